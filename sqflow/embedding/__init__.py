@@ -1,0 +1,20 @@
+"""Learned low-dimensional embeddings (PAPER.md section 4): a triplet network trained with online
+semi-hard mining, so that Stochastic Quantization runs where distances keep their contrast."""
+
+from .encoder import TripletEncoder, data_sha256, preprocess, resolve_device, train_encoder
+from .mining import pairwise_distances, semi_hard_triplet_loss, semi_hard_triplets
+from .networks import MLPEncoder, PaperCNN, build_network
+
+__all__ = [
+    "TripletEncoder",
+    "train_encoder",
+    "preprocess",
+    "resolve_device",
+    "data_sha256",
+    "semi_hard_triplets",
+    "semi_hard_triplet_loss",
+    "pairwise_distances",
+    "PaperCNN",
+    "MLPEncoder",
+    "build_network",
+]
