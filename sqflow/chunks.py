@@ -1,0 +1,92 @@
+"""Reading data chunk by chunk: in-memory arrays and larger-than-memory array-likes alike.
+
+A *chunked* input is anything with ``shape``, ``dtype``, ``chunks`` and row slicing (a zarr
+array, a dask array, an h5py dataset): it is read one block of rows at a time, so memory holds
+one chunk plus a bounded initialisation sample, never the whole array.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+
+def is_chunked(X: object) -> bool:
+    """True for larger-than-memory array-likes that must be streamed (zarr, dask, h5py)."""
+    if isinstance(X, (np.ndarray, list, tuple)):
+        return False
+    if hasattr(X, "tocsr") or hasattr(X, "iloc"):  # scipy.sparse / pandas: in-memory paths
+        return False
+    return all(hasattr(X, a) for a in ("shape", "dtype", "chunks", "__getitem__"))
+
+
+def row_block(X, start: int, stop: int) -> np.ndarray:
+    """Rows [start, stop) of a chunked array as a float array (float32 kept, others -> float64)."""
+    block = np.asarray(X[start:stop])
+    if block.dtype not in (np.float32, np.float64):
+        block = block.astype(np.float64)
+    return block
+
+
+def check_block_finite(block: np.ndarray, start: int, name: str = "X") -> None:
+    """Raise ValueError naming the first bad row when a block holds NaN or infinity."""
+    if not np.isfinite(block).all():
+        bad = int(np.flatnonzero(~np.isfinite(block).all(axis=1))[0]) + start
+        raise ValueError(
+            f"{name} contains NaN or infinity (first at row {bad}); SQ needs finite values: "
+            "drop or impute those rows first"
+        )
+
+
+def block_rows(X, chunk_size: int) -> int:
+    """Rows per block for a chunked input: whole storage chunks, about ``chunk_size`` rows."""
+    chunks = getattr(X, "chunks", None)
+    storage = None
+    if isinstance(chunks, tuple) and chunks:
+        first = chunks[0]
+        if isinstance(first, (int, np.integer)):
+            storage = int(first)
+        elif isinstance(first, tuple) and first:  # dask: ((c0, c1, ...), (d,))
+            storage = int(max(first))
+    if not storage:
+        return chunk_size
+    return storage * max(1, chunk_size // storage)
+
+
+def block_bounds(n_rows: int, rows_per_block: int) -> list[tuple[int, int]]:
+    return [(a, min(a + rows_per_block, n_rows)) for a in range(0, n_rows, rows_per_block)]
+
+
+def iter_blocks(
+    X, bounds: list[tuple[int, int]], order: np.ndarray | None = None, name: str = "X"
+) -> Iterator[tuple[int, int, np.ndarray]]:
+    """Yield ``(start, stop, block)`` for each bound (in ``order`` if given), checked finite."""
+    seq = range(len(bounds)) if order is None else order
+    for b in seq:
+        start, stop = bounds[b]
+        block = row_block(X, start, stop)
+        check_block_finite(block, start, name)
+        yield start, stop, block
+
+
+def uniform_sample(
+    X, size: int, rng: np.random.RandomState, bounds: list[tuple[int, int]]
+) -> np.ndarray:
+    """A uniform sample of ``size`` distinct rows of a chunked array, read block by block.
+
+    Only the blocks that hold sampled rows are read, and only the sampled rows are kept.
+    """
+    n = X.shape[0]
+    if size >= n:
+        picks = np.arange(n)
+    else:
+        picks = np.sort(rng.choice(n, size=size, replace=False))
+    out = []
+    for start, stop in bounds:
+        lo, hi = np.searchsorted(picks, [start, stop])
+        if hi > lo:
+            block = row_block(X, start, stop)
+            check_block_finite(block, start)
+            out.append(block[picks[lo:hi] - start])
+    return np.concatenate(out, axis=0)

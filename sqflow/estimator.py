@@ -1,0 +1,650 @@
+"""StochasticQuantization: clustering by stochastic (sub)gradient descent on the quantization error.
+
+F(y) = E_i [ min_k ||x_i - y_k||^r ] is minimised one sample (``batch_size=1``, Algorithm 1 of
+the paper) or one mini-batch at a time, with plain SGD or an adaptive rule whose state is kept
+per center. See ``../shared/PAPER.md`` and the class docstring for the formulas and defaults.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import logging
+import math
+import numbers
+
+import numpy as np
+from sklearn.base import (
+    BaseEstimator,
+    ClassNamePrefixFeaturesOutMixin,
+    ClusterMixin,
+    TransformerMixin,
+)
+from sklearn.utils import check_random_state
+from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
+
+from . import _kernels
+from .chunks import (
+    block_bounds,
+    block_rows,
+    is_chunked,
+    iter_blocks,
+    uniform_sample,
+)
+from .optimizers import (
+    DEFAULT_LEARNING_RATES,
+    OPTIMIZER_CODES,
+    SCHEDULE_CODES,
+    OptimizerState,
+)
+from .seeding import class_means, kmeans_plusplus, random_rows
+
+logger = logging.getLogger(__name__)
+
+_INITS = ("k-means++", "random", "labels")
+
+
+def _atomic(method):
+    """Leave the estimator exactly as it was when ``method`` raises (nothing half-fitted)."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        before = dict(self.__dict__)
+        try:
+            return method(self, *args, **kwargs)
+        except BaseException:
+            self.__dict__.clear()
+            self.__dict__.update(before)
+            raise
+
+    return wrapper
+
+
+class StochasticQuantization(
+    ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, BaseEstimator
+):
+    """Stochastic Quantization (SQ) clustering (Kozyriev & Norkin, 2025).
+
+    Minimises ``F(y) = mean_i min_k ||x_i - y_k||**rank`` by stochastic generalized-gradient
+    steps. For a sample x with nearest center k*, the gradient is zero for every center but k*::
+
+        g = rank * ||x - y_k*||**(rank - 2) * (y_k* - x)      (0 at zero distance)
+
+    Parameters
+    ----------
+    n_clusters : int, default=8
+        Number of centers K (>= 1).
+    optimizer : {"sgd", "momentum", "nag", "adagrad", "rmsprop", "adam"}, default="sgd"
+        Update rule; state (velocity, G, Adam moments, update counts) is kept per center and
+        Adam is bias-corrected with each center's own update count.
+    learning_rate : float or None, default=None
+        Initial step rho_0 (> 0), in units of the data's spread (see ``scale``). None takes the
+        paper's value: 0.001 for sgd, momentum, nag, rmsprop; 0.1 for adagrad; 0.01 for adam.
+    rank : float, default=3.0
+        The exponent r >= 1 of the distance (the paper uses 3; 2 gives the k-means objective).
+    batch_size : int, default=1
+        1 runs Algorithm 1 exactly (one sample per step). B > 1 assigns the B samples of a
+        batch to the centers as they stand at the batch start and moves every center that won
+        samples by one step along the MEAN of their generalized gradients. A batch never spans
+        two chunks (see ``chunk_size``).
+    init : {"k-means++", "random", "labels"} or ndarray (n_clusters, n_features), \
+default="k-means++"
+        "k-means++": greedy k-means++ with squared distances on a bounded sample
+        (``init_size``). "random": distinct random rows of that sample. "labels": ``fit(X, y)``
+        with y = class id in [0, n_clusters) or -1 for unlabeled; center c starts at the mean of
+        the labeled points of class c, so center index = class (classes without labels are
+        seeded by k-means++, with a warning). An array is used as given (data units).
+    n_init : int, default=1
+        Independent starts; the run with the lowest final objective is kept.
+    max_iter : int, default=20
+        Maximum number of passes over the data in ``fit``.
+    tol : float, default=1e-4
+        Stop when the relative improvement of the pass's objective estimate over the previous
+        pass is below ``tol`` (0 disables early stopping).
+    schedule : {"robbins-monro", "constant"}, default="robbins-monro"
+        Step sizes. "robbins-monro": ``rho_t = learning_rate / (1 + t / step_offset) **
+        step_power`` with t = samples processed before the step; with 0.5 < step_power <= 1
+        it satisfies sum rho_t = inf, sum rho_t**2 < inf, the conditions of the convergence
+        theorem. "constant": ``rho_t = learning_rate`` (leaves a noise floor).
+    step_offset : float or None, default=None
+        t0 of the schedule, in samples. None: ``n_clusters / learning_rate`` (about the number
+        of samples after which every center has moved a full step's time constant).
+    step_power : float, default=1.0
+        a of the schedule, in (0.5, 1].
+    momentum : float, default=0.9
+        gamma of "momentum" and "nag", in [0, 1).
+    beta1, beta2 : float, default=0.9, 0.999
+        Adam's moment decay rates, in [0, 1).
+    rmsprop_decay : float, default=0.9
+        RMSProp's decay of G, in [0, 1).
+    epsilon : float, default=1e-8
+        The eps of AdaGrad, RMSProp and Adam (> 0).
+    projection : {"bbox", None}, default="bbox"
+        "bbox" projects every updated center onto the bounding box of the initial centers and of
+        all samples seen so far (a convex set holding the optimum); None disables it.
+    scale : "auto", float or None, default="auto"
+        SQ runs on ``z = x / scale`` and maps the centers back. A scalar rescaling leaves the
+        minimisers unchanged (F is multiplied by ``scale**rank``) but makes learning rates
+        independent of the data's units, which keeps r > 2 from exploding on unscaled data.
+        "auto": the RMS distance of the initialisation sample to its mean (in ``partial_fit``:
+        of the first chunk). None: 1.
+    init_size : int or None, default=None
+        Rows in the bounded initialisation sample; None: ``max(10000, 100 * n_clusters)``.
+    chunk_size : int, default=65536
+        Rows per block of work (rounded down to a multiple of ``batch_size``). For chunked
+        inputs (zarr/dask/h5py) blocks are whole storage chunks of about this many rows.
+    shuffle : bool, default=True
+        Visit the data in a new random order every pass: a global permutation for in-memory
+        arrays; random block order and a permutation inside each block for chunked inputs.
+        False visits rows in order (then ``partial_fit`` over the same rows in the same order
+        gives the same centers as one ``fit`` pass, see ``partial_fit``).
+    random_state : int, RandomState or None, default=None
+        Seed of the initialisation and of the sample order. Same seed -> bit-identical centers.
+        A RandomState instance is copied at the start of ``fit``, so refits repeat.
+    verbose : int, default=0
+        > 0 shows a progress bar over the blocks of each pass and logs each pass.
+
+    Attributes
+    ----------
+    cluster_centers_ : ndarray (n_clusters, n_features), float64
+    labels_ : ndarray (n_samples,), int64
+        Nearest center of each training row (in-memory ``fit`` only; chunked inputs are not
+        materialised: call ``predict``).
+    objective_ : float
+        Exact mean of ``min_k ||x - y_k||**rank`` over the training data at the final centers
+        (after ``partial_fit``: over its last chunk).
+    n_iter_ : int
+        Passes run by ``fit``.
+    n_steps_ : int
+        Optimizer steps taken (samples when ``batch_size=1``, batches otherwise).
+    loss_curve_ : list of float
+        Cheap objective estimates, one per block processed: the mean of ``min_k ||x - y_k||**r``
+        over the block's samples, each measured just before its own step.
+    scale_ : float
+        The scale used (see ``scale``).
+    n_features_in_ : int
+    """
+
+    def __init__(
+        self,
+        n_clusters=8,
+        *,
+        optimizer="sgd",
+        learning_rate=None,
+        rank=3.0,
+        batch_size=1,
+        init="k-means++",
+        n_init=1,
+        max_iter=20,
+        tol=1e-4,
+        schedule="robbins-monro",
+        step_offset=None,
+        step_power=1.0,
+        momentum=0.9,
+        beta1=0.9,
+        beta2=0.999,
+        rmsprop_decay=0.9,
+        epsilon=1e-8,
+        projection="bbox",
+        scale="auto",
+        init_size=None,
+        chunk_size=65536,
+        shuffle=True,
+        random_state=None,
+        verbose=0,
+    ):
+        self.n_clusters = n_clusters
+        self.optimizer = optimizer
+        self.learning_rate = learning_rate
+        self.rank = rank
+        self.batch_size = batch_size
+        self.init = init
+        self.n_init = n_init
+        self.max_iter = max_iter
+        self.tol = tol
+        self.schedule = schedule
+        self.step_offset = step_offset
+        self.step_power = step_power
+        self.momentum = momentum
+        self.beta1 = beta1
+        self.beta2 = beta2
+        self.rmsprop_decay = rmsprop_decay
+        self.epsilon = epsilon
+        self.projection = projection
+        self.scale = scale
+        self.init_size = init_size
+        self.chunk_size = chunk_size
+        self.shuffle = shuffle
+        self.random_state = random_state
+        self.verbose = verbose
+
+    @property
+    def _n_features_out(self) -> int:
+        """Columns of ``transform``'s output (for ``get_feature_names_out``)."""
+        return self.cluster_centers_.shape[0]
+
+    # ------------------------------------------------------------------ validation
+    def _check_params(self, n_features: int) -> dict:
+        """Validate every parameter in one place; return the resolved values (self untouched)."""
+
+        def need(cond: bool, name: str, valid: str) -> None:
+            if not cond:
+                raise ValueError(
+                    f"{type(self).__name__}: parameter {name}={getattr(self, name)!r} is invalid; "
+                    f"valid: {valid}"
+                )
+
+        def is_int(v) -> bool:
+            return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+        def is_real(v) -> bool:
+            return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+        need(is_int(self.n_clusters) and self.n_clusters >= 1, "n_clusters", "an int >= 1")
+        need(self.optimizer in OPTIMIZER_CODES, "optimizer", f"one of {sorted(OPTIMIZER_CODES)}")
+        need(
+            self.learning_rate is None or (is_real(self.learning_rate) and self.learning_rate > 0),
+            "learning_rate",
+            "None (the paper's default for the optimizer) or a float > 0",
+        )
+        need(is_real(self.rank) and self.rank >= 1, "rank", "a float >= 1")
+        need(is_int(self.batch_size) and self.batch_size >= 1, "batch_size", "an int >= 1")
+        need(is_int(self.n_init) and self.n_init >= 1, "n_init", "an int >= 1")
+        need(is_int(self.max_iter) and self.max_iter >= 1, "max_iter", "an int >= 1")
+        need(is_real(self.tol) and self.tol >= 0, "tol", "a float >= 0")
+        need(self.schedule in SCHEDULE_CODES, "schedule", f"one of {sorted(SCHEDULE_CODES)}")
+        need(
+            self.step_offset is None or (is_real(self.step_offset) and self.step_offset > 0),
+            "step_offset",
+            "None or a float > 0 (samples)",
+        )
+        need(
+            is_real(self.step_power) and 0.5 < self.step_power <= 1.0,
+            "step_power",
+            "a float in (0.5, 1] (Robbins-Monro conditions)",
+        )
+        for name in ("momentum", "beta1", "beta2", "rmsprop_decay"):
+            v = getattr(self, name)
+            need(is_real(v) and 0 <= v < 1, name, "a float in [0, 1)")
+        need(is_real(self.epsilon) and self.epsilon > 0, "epsilon", "a float > 0")
+        need(self.projection in ("bbox", None), "projection", "'bbox' or None")
+        need(
+            self.scale is None
+            or (isinstance(self.scale, str) and self.scale == "auto")
+            or (is_real(self.scale) and self.scale > 0),
+            "scale",
+            "'auto', None or a float > 0",
+        )
+        need(
+            self.init_size is None or (is_int(self.init_size) and self.init_size >= 1),
+            "init_size",
+            "None or an int >= 1",
+        )
+        need(is_int(self.chunk_size) and self.chunk_size >= 1, "chunk_size", "an int >= 1")
+        need(isinstance(self.verbose, numbers.Integral), "verbose", "an int")
+
+        if isinstance(self.init, str):
+            need(self.init in _INITS, "init", f"one of {list(_INITS)} or an array (n_clusters, n_features)")
+            init_array = None
+        else:
+            init_array = np.asarray(self.init, dtype=np.float64)
+            if init_array.shape != (self.n_clusters, n_features):
+                raise ValueError(
+                    f"{type(self).__name__}: init array has shape {init_array.shape}; valid: "
+                    f"(n_clusters, n_features) = ({self.n_clusters}, {n_features})"
+                )
+            if not np.isfinite(init_array).all():
+                raise ValueError(f"{type(self).__name__}: init array contains NaN or infinity")
+
+        lr = DEFAULT_LEARNING_RATES[self.optimizer] if self.learning_rate is None else float(self.learning_rate)
+        t0 = self.n_clusters / lr if self.step_offset is None else float(self.step_offset)
+        rows = max(self.batch_size, self.chunk_size - self.chunk_size % self.batch_size)
+        return {
+            "lr": lr,
+            "t0": t0,
+            "opt": OPTIMIZER_CODES[self.optimizer],
+            "sched": SCHEDULE_CODES[self.schedule],
+            "init_array": init_array,
+            "init_size": self.init_size or max(10_000, 100 * self.n_clusters),
+            "rows_per_block": rows,
+            "project": self.projection == "bbox",
+        }
+
+    def _check_X(self, X, *, reset: bool):
+        """Validated in-memory array, or the chunked array-like itself (checked per block)."""
+        if is_chunked(X):
+            if len(X.shape) != 2:
+                raise ValueError(
+                    f"X must be 2-D (n_samples, n_features); got shape {tuple(X.shape)}"
+                )
+            if X.shape[0] < 1 or X.shape[1] < 1:
+                raise ValueError(
+                    f"X is empty (shape {tuple(X.shape)}); need at least one sample and one feature"
+                )
+            if not np.issubdtype(np.dtype(X.dtype), np.number):
+                raise ValueError(f"X must hold numbers; got dtype {X.dtype}")
+            if reset:
+                self.n_features_in_ = int(X.shape[1])
+            elif X.shape[1] != self.n_features_in_:
+                raise ValueError(
+                    f"X has {X.shape[1]} features, but {type(self).__name__} is expecting "
+                    f"{self.n_features_in_} features as input."
+                )
+            return X
+        return validate_data(
+            self, X, dtype=[np.float64, np.float32], order="C", reset=reset,
+            accept_sparse=False,
+        )
+
+    def _check_y(self, y, n_samples: int) -> np.ndarray:
+        if y is None:
+            raise ValueError(
+                "init='labels' needs fit(X, y) with y = class id in [0, n_clusters) or -1 "
+                "for unlabeled rows; got y=None"
+            )
+        y = column_or_1d(np.asarray(y))
+        if y.shape[0] != n_samples:
+            raise ValueError(f"y has {y.shape[0]} entries but X has {n_samples} rows")
+        if not np.issubdtype(y.dtype, np.number) or not np.all(np.mod(y, 1) == 0):
+            raise ValueError("y must hold integer class ids (or -1 for unlabeled)")
+        y = y.astype(np.int64)
+        bad = (y < -1) | (y >= self.n_clusters)
+        if bad.any():
+            raise ValueError(
+                f"y has labels outside [-1, n_clusters) = [-1, {self.n_clusters}): "
+                f"{np.unique(y[bad])[:10].tolist()} (first at row {int(np.flatnonzero(bad)[0])})"
+            )
+        if not (y >= 0).any():
+            raise ValueError("init='labels' needs at least one labeled row (y >= 0); all are -1")
+        return y
+
+    # ------------------------------------------------------------------ fitting
+    @_atomic
+    def fit(self, X, y=None):
+        """Fit the centers by up to ``max_iter`` passes of SQ over X.
+
+        Parameters
+        ----------
+        X : array-like (n_samples, n_features)
+            Numpy array (float32 kept, others cast to float64) or a chunked array-like (zarr,
+            dask, h5py) streamed block by block.
+        y : array-like (n_samples,) of int, optional
+            Class id or -1 (unlabeled); used only by ``init="labels"``.
+
+        Returns
+        -------
+        self
+        """
+        rs = self.random_state
+        rng = check_random_state(copy.deepcopy(rs) if isinstance(rs, np.random.RandomState) else rs)
+        X = self._check_X(X, reset=True)
+        n, d = X.shape
+        p = self._check_params(d)
+        if n < self.n_clusters:
+            raise ValueError(
+                f"n_samples={n} should be >= n_clusters={self.n_clusters}: SQ needs at least "
+                "one sample per center"
+            )
+        chunked = is_chunked(X)
+        labels = self._check_y(y, n) if (isinstance(self.init, str) and self.init == "labels") else None
+        bounds = block_bounds(n, block_rows(X, p["rows_per_block"]) if chunked else p["rows_per_block"])
+
+        size = min(n, p["init_size"])
+        if chunked:
+            sample = uniform_sample(X, size, rng, bounds)
+        else:
+            sample = X if size >= n else X[np.sort(rng.choice(n, size=size, replace=False))]
+        scale = self._resolve_scale(sample)
+        class_sums = self._class_sums(X, labels, bounds, chunked) if labels is not None else None
+
+        best = None
+        seeds = rng.randint(np.iinfo(np.int32).max, size=self.n_init)
+        for run, seed in enumerate(seeds):
+            run_rng = np.random.RandomState(seed)
+            centers0 = self._initial_centers(sample, p, run_rng, class_sums)
+            state = OptimizerState.start(centers0 / scale, self.optimizer)
+            curve, n_passes, n_steps = self._passes(X, chunked, bounds, state, p, scale, run_rng, run)
+            centers = state.centers * scale
+            objective, assigned = self._objective(X, centers, chunked, bounds, keep_labels=not chunked)
+            if self.verbose:
+                logger.info("SQ start %d/%d: objective %.6g after %d passes", run + 1, self.n_init, objective, n_passes)
+            if best is None or objective < best[0]:
+                best = (objective, centers, assigned, state, curve, n_passes, n_steps)
+
+        objective, centers, assigned, state, curve, n_passes, n_steps = best
+        self.cluster_centers_ = centers
+        if assigned is not None:
+            self.labels_ = assigned
+        elif hasattr(self, "labels_"):
+            del self.labels_
+        self.objective_ = float(objective)
+        self.loss_curve_ = curve
+        self.n_iter_ = n_passes
+        self.n_steps_ = n_steps
+        self.scale_ = scale
+        self._sq_state = state
+        return self
+
+    @_atomic
+    def partial_fit(self, X, y=None):
+        """Run SQ steps over the rows of X in order (one chunk of a stream).
+
+        The first call initialises the centers from this chunk (``init`` as in ``fit``; an
+        array init is the way to reproduce ``fit``) and, with ``scale="auto"``, the scale from
+        this chunk. Later calls continue the same run: centers, optimizer state, bounding box and
+        the step schedule's clock carry over. Feeding the rows of X in chunks, in order, gives
+        the same centers as one ``fit(X)`` pass with ``shuffle=False``, ``max_iter=1``, the same
+        array ``init`` and a fixed ``scale`` (for ``batch_size > 1``: when the chunks are
+        multiples of ``batch_size``).
+
+        Returns
+        -------
+        self
+        """
+        first = not hasattr(self, "_sq_state")
+        rs = self.random_state
+        X = self._check_X(X, reset=first)
+        chunked = is_chunked(X)
+        n, d = X.shape
+        p = self._check_params(d)
+        if first:
+            if n < self.n_clusters:
+                raise ValueError(
+                    f"n_samples={n} should be >= n_clusters={self.n_clusters} in the first "
+                    "partial_fit call (it initialises the centers)"
+                )
+            rng = check_random_state(copy.deepcopy(rs) if isinstance(rs, np.random.RandomState) else rs)
+            bounds = block_bounds(n, block_rows(X, p["rows_per_block"]) if chunked else p["rows_per_block"])
+            size = min(n, p["init_size"])
+            if chunked:
+                sample = uniform_sample(X, size, rng, bounds)
+            else:
+                sample = X if size >= n else X[np.sort(rng.choice(n, size=size, replace=False))]
+            labels = self._check_y(y, n) if (isinstance(self.init, str) and self.init == "labels") else None
+            class_sums = self._class_sums(X, labels, bounds, chunked) if labels is not None else None
+            scale = self._resolve_scale(sample)
+            state = OptimizerState.start(self._initial_centers(sample, p, rng, class_sums) / scale, self.optimizer)
+            curve: list[float] = []
+            n_steps = 0
+        else:
+            scale = self.scale_
+            state = self._sq_state.copy()
+            curve = list(self.loss_curve_)
+            n_steps = self.n_steps_
+
+        bounds = block_bounds(n, block_rows(X, p["rows_per_block"]) if chunked else p["rows_per_block"])
+        for start, stop, block in self._blocks(X, chunked, bounds, None, None):
+            loss, steps = self._steps(block, state, p, scale)
+            curve.append(loss / (stop - start))
+            n_steps += steps
+        centers = state.centers * scale
+        objective, assigned = self._objective(X, centers, chunked, bounds, keep_labels=True)
+
+        self.cluster_centers_ = centers
+        self.labels_ = assigned
+        self.objective_ = float(objective)
+        self.loss_curve_ = curve
+        self.n_steps_ = n_steps
+        if first:
+            self.n_iter_ = 0
+        self.scale_ = scale
+        self._sq_state = state
+        return self
+
+    # ------------------------------------------------------------------ internals
+    def _resolve_scale(self, sample: np.ndarray) -> float:
+        if self.scale is None:
+            return 1.0
+        if self.scale != "auto":
+            return float(self.scale)
+        centered = sample - sample.mean(axis=0, dtype=np.float64)
+        s = float(np.sqrt(np.mean(np.einsum("ij,ij->i", centered, centered, dtype=np.float64))))
+        return s if s > 0 and math.isfinite(s) else 1.0
+
+    def _class_sums(self, X, labels, bounds, chunked) -> tuple[np.ndarray, np.ndarray]:
+        K, d = self.n_clusters, X.shape[1]
+        sums = np.zeros((K, d))
+        counts = np.bincount(labels[labels >= 0], minlength=K).astype(np.int64)
+        blocks = iter_blocks(X, bounds) if chunked else [(0, X.shape[0], X)]
+        for start, stop, block in blocks:
+            lab = labels[start:stop]
+            keep = lab >= 0
+            np.add.at(sums, lab[keep], block[keep].astype(np.float64))
+        return sums, counts
+
+    def _initial_centers(self, sample, p, rng, class_sums) -> np.ndarray:
+        if p["init_array"] is not None:
+            return p["init_array"].copy()
+        if self.init == "labels":
+            return class_means(class_sums[0], class_sums[1], sample, rng)
+        if self.init == "random":
+            return random_rows(sample, self.n_clusters, rng)
+        return kmeans_plusplus(sample, self.n_clusters, rng)
+
+    def _blocks(self, X, chunked, bounds, rng, perm):
+        """Yield (start, stop, C-contiguous block) in the pass's order."""
+        if chunked:
+            order = rng.permutation(len(bounds)) if rng is not None else None
+            for start, stop, block in iter_blocks(X, bounds, order):
+                if rng is not None:
+                    block = block[rng.permutation(block.shape[0])]
+                yield start, stop, np.ascontiguousarray(block)
+        else:
+            for start, stop in bounds:
+                if perm is not None:
+                    # gathering the permuted rows into a contiguous block keeps the kernel's
+                    # reads sequential (measured: ~2x faster than indexing rows in the loop)
+                    yield start, stop, np.take(X, perm[start:stop], axis=0)
+                else:
+                    yield start, stop, X[start:stop]
+
+    def _steps(self, block, state: OptimizerState, p: dict, scale: float) -> tuple[float, int]:
+        t, loss, steps = _kernels.sq_steps(
+            block, state.centers, state.m, state.v, state.count, state.lo, state.hi,
+            state.t, p["opt"], p["lr"], p["sched"], p["t0"], float(self.step_power),
+            float(self.rank), float(self.momentum), float(self.beta1), float(self.beta2),
+            float(self.rmsprop_decay), float(self.epsilon), 1.0 / scale, self.batch_size,
+            p["project"],
+        )
+        state.t = int(t)
+        return float(loss) * scale ** float(self.rank), int(steps)
+
+    def _passes(self, X, chunked, bounds, state, p, scale, rng, run):
+        curve: list[float] = []
+        prev = None
+        n_steps = 0
+        n = X.shape[0]
+        progress = None
+        if self.verbose:
+            from tqdm.auto import tqdm
+
+            progress = tqdm(total=self.max_iter * len(bounds), desc=f"SQ start {run + 1}", unit="block")
+        it = 0
+        try:
+            for it in range(1, self.max_iter + 1):
+                perm = rng.permutation(n) if (self.shuffle and not chunked) else None
+                order_rng = rng if (self.shuffle and chunked) else None
+                total = 0.0
+                for start, stop, block in self._blocks(X, chunked, bounds, order_rng, perm):
+                    loss, steps = self._steps(block, state, p, scale)
+                    total += loss
+                    n_steps += steps
+                    curve.append(loss / (stop - start))
+                    if progress is not None:
+                        progress.update(1)
+                estimate = total / n
+                if self.verbose:
+                    logger.info("SQ pass %d: objective estimate %.6g", it, estimate)
+                if prev is not None and (prev - estimate) < self.tol * abs(prev):
+                    break
+                prev = estimate
+        finally:
+            if progress is not None:
+                progress.close()
+        return curve, it, n_steps
+
+    def _objective(self, X, centers, chunked, bounds, keep_labels):
+        """Exact mean of min_k ||x - y_k||^r (and the labels if asked) in one pass."""
+        r = float(self.rank)
+        total = 0.0
+        labels = np.empty(X.shape[0], dtype=np.int64) if keep_labels else None
+        blocks = iter_blocks(X, bounds) if chunked else [(0, X.shape[0], X)]
+        for start, stop, block in blocks:
+            lab, d2 = self._assign_block(block, centers)
+            total += float(np.sum(d2 ** (r / 2.0)))
+            if labels is not None:
+                labels[start:stop] = lab
+        return total / X.shape[0], labels
+
+    @staticmethod
+    def _assign_block(block: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        labels = np.empty(block.shape[0], dtype=np.int64)
+        d2 = np.empty(block.shape[0], dtype=np.float64)
+        _kernels.assign(np.ascontiguousarray(block), centers, labels, d2)
+        return labels, d2
+
+    def _stream(self, X):
+        """Validated blocks of X for prediction: (start, stop, block)."""
+        check_is_fitted(self)
+        X = self._check_X(X, reset=False)
+        if is_chunked(X):
+            bounds = block_bounds(X.shape[0], block_rows(X, self.chunk_size))
+            return X, iter_blocks(X, bounds)
+        return X, [(0, X.shape[0], X)]
+
+    # ------------------------------------------------------------------ inference
+    def predict(self, X):
+        """Index of the nearest center for every row of X: ndarray (n_samples,), int64."""
+        X, blocks = self._stream(X)
+        out = np.empty(X.shape[0], dtype=np.int64)
+        for start, stop, block in blocks:
+            out[start:stop] = self._assign_block(block, self.cluster_centers_)[0]
+        return out
+
+    def transform(self, X):
+        """Euclidean distance of every row to every center: ndarray (n_samples, n_clusters)."""
+        X, blocks = self._stream(X)
+        out = np.empty((X.shape[0], self.n_clusters), dtype=np.float64)
+        c = self.cluster_centers_
+        c2 = np.einsum("ij,ij->i", c, c)
+        for start, stop, block in blocks:
+            b = np.asarray(block, dtype=np.float64)
+            d2 = np.einsum("ij,ij->i", b, b)[:, None] - 2.0 * (b @ c.T) + c2[None, :]
+            out[start:stop] = np.sqrt(np.maximum(d2, 0.0))
+        return out
+
+    def score(self, X, y=None):
+        """Minus the objective on X: ``-mean_i min_k ||x_i - y_k||**rank`` (higher is better)."""
+        X, blocks = self._stream(X)
+        total = 0.0
+        for _, _, block in blocks:
+            d2 = self._assign_block(block, self.cluster_centers_)[1]
+            total += float(np.sum(d2 ** (float(self.rank) / 2.0)))
+        return -total / X.shape[0]
+
+    def fit_predict(self, X, y=None):
+        """Fit, then return the cluster of every training row (streamed for chunked inputs)."""
+        self.fit(X, y)
+        if hasattr(self, "labels_"):
+            return self.labels_
+        return self.predict(X)

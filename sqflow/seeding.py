@@ -1,0 +1,129 @@
+"""Initial centers: greedy k-means++ (squared distances), random rows, and class means."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+
+
+def _sq_dist_to_nearest(X: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    """Squared distance of every row of X to its nearest row of ``centers`` (float64, (n,))."""
+    x2 = np.einsum("ij,ij->i", X, X)
+    c2 = np.einsum("ij,ij->i", centers, centers)
+    d2 = x2[:, None] - 2.0 * (X @ centers.T) + c2[None, :]
+    return np.maximum(d2.min(axis=1), 0.0)
+
+
+def kmeans_plusplus(
+    X: np.ndarray,
+    n_clusters: int,
+    rng: np.random.RandomState,
+    *,
+    existing: np.ndarray | None = None,
+    n_local_trials: int | None = None,
+) -> np.ndarray:
+    """Greedy k-means++ seeding with SQUARED distances (Arthur & Vassilvitskii; as scikit-learn).
+
+    Each new center is the best, by potential (sum of squared distances to the nearest chosen
+    center), of ``n_local_trials`` candidates drawn with probability proportional to the squared
+    distance to the nearest center chosen so far.
+
+    Parameters
+    ----------
+    X : ndarray (n_samples, n_features)
+        Sample to seed from (a bounded sample when the data are larger than memory).
+    n_clusters : int
+        Number of centers to return, including ``existing``.
+    rng : RandomState
+    existing : ndarray (n_existing, n_features), optional
+        Centers already fixed (for example class means); seeding continues from them.
+    n_local_trials : int, default ``2 + floor(ln n_clusters)``
+
+    Returns
+    -------
+    centers : ndarray (n_clusters, n_features), float64
+    """
+    X = np.asarray(X, dtype=np.float64)
+    n = X.shape[0]
+    if n_local_trials is None:
+        n_local_trials = 2 + int(math.log(n_clusters))
+    centers = np.empty((n_clusters, X.shape[1]))
+    n_done = 0
+    if existing is not None and len(existing):
+        centers[: len(existing)] = existing
+        n_done = len(existing)
+        closest = _sq_dist_to_nearest(X, centers[:n_done])
+    else:
+        first = rng.randint(n)
+        centers[0] = X[first]
+        n_done = 1
+        closest = _sq_dist_to_nearest(X, centers[:1])
+    potential = closest.sum()
+    for c in range(n_done, n_clusters):
+        if potential <= 0.0:
+            # every point coincides with a chosen center: any point will do
+            candidates = rng.randint(n, size=n_local_trials)
+        else:
+            cumulative = np.cumsum(closest)
+            draws = rng.uniform(size=n_local_trials) * cumulative[-1]
+            candidates = np.minimum(np.searchsorted(cumulative, draws), n - 1)
+        cand = X[candidates]
+        d2 = (
+            np.einsum("ij,ij->i", X, X)[:, None]
+            - 2.0 * (X @ cand.T)
+            + np.einsum("ij,ij->i", cand, cand)[None, :]
+        )
+        d2 = np.minimum(np.maximum(d2, 0.0), closest[:, None])
+        pots = d2.sum(axis=0)
+        best = int(np.argmin(pots))
+        centers[c] = cand[best]
+        closest = d2[:, best]
+        potential = pots[best]
+    return centers
+
+
+def random_rows(X: np.ndarray, n_clusters: int, rng: np.random.RandomState) -> np.ndarray:
+    """``n_clusters`` distinct rows of X, chosen uniformly (float64)."""
+    idx = rng.choice(X.shape[0], size=n_clusters, replace=False)
+    return np.asarray(X[np.sort(idx)], dtype=np.float64)
+
+
+def class_means(
+    sums: np.ndarray,
+    counts: np.ndarray,
+    sample: np.ndarray,
+    rng: np.random.RandomState,
+) -> np.ndarray:
+    """Center c = mean of the labeled points of class c (so center index = class).
+
+    Classes without any labeled point get k-means++ centers seeded from ``sample``, continuing
+    from the class means, and a warning names them.
+
+    Parameters
+    ----------
+    sums : ndarray (n_clusters, n_features)
+        Per-class sums of the labeled points.
+    counts : ndarray (n_clusters,)
+        Per-class counts of labeled points.
+    sample : ndarray (n, n_features)
+        Bounded sample of the data used to seed missing classes.
+    """
+    n_clusters = sums.shape[0]
+    present = counts > 0
+    means = sums[present] / counts[present, None]
+    if present.all():
+        return means.astype(np.float64)
+    missing = np.flatnonzero(~present)
+    warnings.warn(
+        f"init='labels': no labeled sample for class(es) {missing.tolist()}; "
+        "those centers are seeded with k-means++ from the data",
+        UserWarning,
+        stacklevel=3,
+    )
+    seeded = kmeans_plusplus(sample, n_clusters, rng, existing=means)
+    centers = np.empty_like(seeded)
+    centers[present] = seeded[: present.sum()]
+    centers[missing] = seeded[present.sum():]
+    return centers
