@@ -1,0 +1,448 @@
+"""Tests of sqflow.store: contract checks, round trip, chunk iteration, resumption after a real
+SIGKILL, concurrent writers, fsspec URLs, compression, assignments."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr.codecs
+
+import data_contracts.store as contract
+from sqflow.store import (
+    StoreContractError,
+    StoreNotFoundError,
+    create_store,
+    default_chunk_rows,
+    open_assignment_writer,
+    open_assignments,
+    open_store,
+    read_labels,
+    read_sample_ids,
+    write_assignments,
+    write_embeddings,
+)
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _store_writer_proc import IDENTITY, expected_rows  # noqa: E402
+
+WRITER = Path(__file__).resolve().parent / "_store_writer_proc.py"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make(path, n_rows=1000, dim=8, chunk_rows=128, **kw):
+    return create_store(path, n_rows=n_rows, dim=dim, chunk_rows=chunk_rows, **{**IDENTITY, **kw})
+
+
+def produce(dim):
+    return lambda lo, hi: expected_rows(lo, hi, dim)
+
+
+def assert_rows_match(store, start, stop):
+    emb, ids, lab = expected_rows(start, stop, store.dim)
+    np.testing.assert_array_equal(store.embedding[start:stop], emb)
+    assert list(store._arrays["sample_id"][start:stop]) == ids
+    np.testing.assert_array_equal(store._arrays["label"][start:stop], lab)
+
+
+def assert_complete_and_exact(path, n_rows, dim):
+    store = open_store(path, expected_dim=dim, known_encoders=["enc-v1"])
+    assert store.rows_committed == n_rows and store.is_complete
+    assert store.metadata.rows_committed == n_rows and store.metadata.complete
+    emb, ids, lab = expected_rows(0, n_rows, dim)
+    np.testing.assert_array_equal(store.read_embeddings(), emb)
+    got_ids = store.read_sample_ids()
+    assert len(set(got_ids.tolist())) == n_rows  # no duplicate
+    assert got_ids.tolist() == ids  # no missing row, right order
+    np.testing.assert_array_equal(store.read_labels(), lab)
+
+
+def edit_attrs(path: Path, change) -> None:
+    meta_file = path / "zarr.json"
+    doc = json.loads(meta_file.read_text())
+    change(doc["attributes"])
+    meta_file.write_text(json.dumps(doc))
+
+
+# --------------------------------------------------------------------------- round trip
+def test_round_trip_gap_and_chunk_iteration(tmp_path):
+    path = tmp_path / "emb.zarr"
+    store = make(path, n_rows=1000, dim=8, chunk_rows=128)
+    assert store.n_chunks == 8 and store.rows_committed == 0
+    for k in (0, 1, 3):  # chunk 2 missing: only the prefix 0..1 is visible
+        lo, hi = store.chunk_bounds(k)
+        store.write_chunk(k, *expected_rows(lo, hi, 8))
+    reader = open_store(path, expected_dim=8, expected_encoder="enc-v1")
+    assert reader.rows_committed == 256
+    assert reader.metadata.rows_committed == 256  # attribute written at commit
+    assert reader.committed_chunks().tolist() == [True, True, False, True] + [False] * 4
+    assert reader.pending_chunks() == [2, 4, 5, 6, 7]
+    assert reader.pending_chunks(worker=1, n_workers=2) == [5, 7]
+    chunks = list(reader.iter_chunks())
+    assert [(c.index, c.start, c.stop) for c in chunks] == [(0, 0, 128), (1, 128, 256)]
+    assert chunks[0].embedding.shape == (128, 8) and chunks[0].embedding.dtype == np.float32
+    only_labels = list(reader.iter_chunks(columns=["label"]))
+    assert only_labels[0].embedding is None and only_labels[0].label.dtype == np.int64
+    assert reader.to_dask().shape == (256, 8)
+    assert reader.to_dask().chunks[0] == (128, 128)
+    with pytest.raises(ValueError, match="rows_committed=256"):
+        reader.read_embeddings(0, 300)
+    with pytest.raises(ValueError, match="unknown"):
+        list(reader.iter_chunks(columns=["embeddings"]))
+
+    written = write_embeddings(store, produce(8))
+    assert written == 5
+    assert write_embeddings(store, produce(8)) == 0  # nothing left: producer not called
+    assert_complete_and_exact(path, 1000, 8)
+    full = open_store(path)
+    assert full.to_dask().sum().compute() == pytest.approx(float(full.read_embeddings().sum()))
+    assert read_labels(path).shape == (1000,)
+    assert read_sample_ids(full)[-1] == "kill-test-0000999"
+    meta = full.metadata
+    assert meta.contract_version == "1" and meta.producer_version
+    assert meta.created_at <= meta.updated_at and meta.encoder_hash == "deadbeef"
+
+
+def test_unlabeled_default_and_write_validation(tmp_path):
+    store = make(tmp_path / "e.zarr", n_rows=300, dim=4, chunk_rows=100)
+    emb, ids, _ = expected_rows(0, 100, 4)
+    store.write_chunk(0, emb.astype(np.float64), ids)  # float64 is cast, label None -> -1
+    assert store.read_labels().tolist() == [-1] * 100
+    assert store.read_embeddings().dtype == np.float32
+    with pytest.raises(ValueError, match=r"expected \(100, 4\)"):
+        store.write_chunk(1, emb[:, :3], ids)
+    bad = emb.copy()
+    bad[5, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        store.write_chunk(1, bad, ids)
+    with pytest.raises(ValueError, match="< -1"):
+        store.write_chunk(1, emb, ids, np.full(100, -2))
+    with pytest.raises(ValueError, match="empty"):
+        store.write_chunk(1, emb, [""] * 100)
+    with pytest.raises(IndexError, match="valid: 0..2"):
+        store.write_chunk(3, emb, ids)
+    with pytest.raises(PermissionError, match="read-only"):
+        open_store(tmp_path / "e.zarr").write_chunk(1, emb, ids)
+    assert store.rows_committed == 100  # failed writes committed nothing
+
+
+def test_default_chunk_rows():
+    assert default_chunk_rows(16) == 65536  # 4 MiB of float32
+    assert default_chunk_rows(100_000) == 1024
+    assert default_chunk_rows(1) == 2**20
+
+
+# --------------------------------------------------------------------------- contract
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (lambda a: a.pop("dim"), r"attribute 'dim' is missing"),
+        (lambda a: a.pop("encoder_hash"), r"attribute 'encoder_hash' is missing"),
+        (lambda a: a.update(contract_version="2"), r"contract_version='2' is not supported"),
+        (lambda a: a.update(dtype="float64"), r"attribute 'dtype'='float64'"),
+        (lambda a: a.update(colour="red"), r"'colour' is not part of the contract"),
+        (lambda a: a.update(rows_committed=10**6), r"exceeds n_rows"),
+        (lambda a: a.update(kind="something"), r"attribute 'kind'"),
+    ],
+)
+def test_open_rejects_broken_metadata(tmp_path, change, match):
+    path = tmp_path / "e.zarr"
+    make(path)
+    edit_attrs(path, change)
+    with pytest.raises(StoreContractError, match=match) as info:
+        open_store(path)
+    assert str(path) in str(info.value)
+
+
+def test_open_checks_expectations(tmp_path):
+    path = tmp_path / "e.zarr"
+    make(path, dim=8)
+    with pytest.raises(StoreContractError, match=r"dim=8, but expected_dim=16"):
+        open_store(path, expected_dim=16)
+    with pytest.raises(StoreContractError, match=r"not a known encoder; valid .*\['a', 'b'\]"):
+        open_store(path, known_encoders=["b", "a"])
+    with pytest.raises(StoreContractError, match=r"expected_encoder='enc-v2'"):
+        open_store(path, expected_encoder="enc-v2")
+    with pytest.raises(StoreContractError, match=r"source_manifest_hash='manifest-1'"):
+        open_store(path, expected_manifest_hash="other")
+    with pytest.raises(StoreContractError, match=r"encoder_hash='deadbeef'"):
+        open_store(path, expected_encoder_hash="cafe")
+    with pytest.raises(StoreNotFoundError, match="no embedding store"):
+        open_store(tmp_path / "nothing.zarr")
+    with pytest.raises(ValueError, match="mode="):
+        open_store(path, mode="w")
+
+
+def test_create_store_resume_and_parameter_errors(tmp_path):
+    path = tmp_path / "e.zarr"
+    store = make(path)
+    store.write_chunk(0, *expected_rows(0, 128, 8))
+    again = make(path)  # if_exists="resume" (default) keeps committed chunks
+    assert again.rows_committed == 128
+    assert again.metadata.created_at == store.metadata.created_at
+    with pytest.raises(StoreContractError, match=r"encoder_hash='deadbeef' but create_store got"):
+        make(path, encoder_hash="0000")
+    with pytest.raises(StoreContractError, match=r"chunk_rows=128 but create_store got"):
+        make(path, chunk_rows=64)
+    with pytest.raises(FileExistsError, match="if_exists='resume'"):
+        make(path, if_exists="error")
+    assert make(path, if_exists="overwrite").rows_committed == 0
+    with pytest.raises(ValueError, match=r"compression='lz4'.*valid"):
+        make(tmp_path / "x.zarr", compression="lz4")
+    with pytest.raises(ValueError, match=r"compression_level=99"):
+        make(tmp_path / "x.zarr", compression="gzip", compression_level=99)
+    with pytest.raises(ValueError, match=r"dim=0"):
+        make(tmp_path / "x.zarr", dim=0)
+    with pytest.raises(ValueError, match=r"if_exists='append'"):
+        make(tmp_path / "x.zarr", if_exists="append")
+    with pytest.raises(ValueError, match="storage_options"):
+        make(tmp_path / "x.zarr", storage_options={"anon": True})
+
+
+def test_interrupted_creation_is_finished_on_resume(tmp_path):
+    path = tmp_path / "e.zarr"
+    make(path)
+    shutil.rmtree(path / "_committed")  # as if killed before the last array was created
+    with pytest.raises(StoreContractError, match="'_committed' is missing"):
+        open_store(path)
+    store = make(path)
+    assert store.pending_chunks() == list(range(8))
+    write_embeddings(store, produce(8))
+    assert_complete_and_exact(path, 1000, 8)
+
+
+# --------------------------------------------------------------------------- compression, URLs
+@pytest.mark.parametrize(
+    ("compression", "codec"),
+    [
+        (None, zarr.codecs.ZstdCodec),
+        ("gzip", zarr.codecs.GzipCodec),
+        ("blosc", zarr.codecs.BloscCodec),
+        ("none", None),
+    ],
+)
+def test_compression_option(tmp_path, compression, codec):
+    kw = {} if compression is None else {"compression": compression}
+    path = tmp_path / "e.zarr"
+    store = make(path, n_rows=4096, dim=16, chunk_rows=1024, **kw)
+    write_embeddings(store, produce(16))
+    reader = open_store(path)
+    assert reader.metadata.compression == (compression or "zstd")
+    comps = reader.embedding.compressors
+    if codec is None:
+        assert comps == ()
+    else:
+        assert isinstance(comps[0], codec)
+    assert_complete_and_exact(path, 4096, 16)
+    size = sum(f.stat().st_size for f in (path / "embedding").rglob("*") if f.is_file())
+    raw = 4096 * 16 * 4
+    assert (size < raw * 0.8) if codec else (size >= raw)
+
+
+@pytest.mark.parametrize("scheme", ["memory", "file"])
+def test_fsspec_urls(tmp_path, scheme):
+    url = (
+        f"memory://sqflow-test-{os.getpid()}/{tmp_path.name}/e.zarr"
+        if scheme == "memory"
+        else (tmp_path / "e.zarr").as_uri()
+    )
+    store = make(url, n_rows=700, dim=8, chunk_rows=100)
+    store.write_chunk(0, *expected_rows(0, 100, 8))
+    # a second writer object (as after a restart) resumes from the URL
+    resumed = make(url, n_rows=700, dim=8, chunk_rows=100)
+    assert resumed.pending_chunks() == list(range(1, 7))
+    write_embeddings(resumed, produce(8))
+    assert_complete_and_exact(url, 700, 8)
+    if scheme == "file":
+        assert (tmp_path / "e.zarr" / "zarr.json").exists()
+    write_assignments(url, np.arange(700) % 3, np.linspace(0, 1, 700), n_clusters=3)
+    got = open_assignments(url)
+    assert got.is_complete and got.read_cluster_ids().tolist() == (np.arange(700) % 3).tolist()
+    with pytest.raises(StoreNotFoundError):
+        open_store(url.replace("e.zarr", "missing.zarr"))
+
+
+# --------------------------------------------------------------------------- assignments
+def test_assignment_writer_resumes_and_validates(tmp_path):
+    path = tmp_path / "e.zarr"
+    store = make(path, n_rows=1000, dim=8, chunk_rows=128)
+    write_embeddings(store, produce(8))
+    ids = np.arange(1000) % 5
+    dist = np.linspace(0.0, 2.0, 1000)
+
+    w = open_assignment_writer(path, n_clusters=5, model_hash="m1")
+    assert w.n_rows == 1000 and w.chunk_rows == 128 and w.pending_chunks() == list(range(8))
+    assert w.write(0, ids[:256], dist[:256]) == 2  # two whole chunks in one call
+    with pytest.raises(ValueError, match="start_row=100 is not chunk-aligned"):
+        w.write(100, ids[100:228], dist[100:228])
+    with pytest.raises(ValueError, match="end inside a chunk"):
+        w.write(256, ids[256:300], dist[256:300])
+    with pytest.raises(ValueError, match=r"valid: 0..4"):
+        w.write(256, ids[256:384] + 5, dist[256:384])
+    with pytest.raises(ValueError, match="finite"):
+        w.write(256, ids[256:384], -dist[256:384] - 1)
+    with pytest.raises(ValueError, match="same length"):
+        w.write(256, ids[256:384], dist[256:380])
+    # "killed" here: a new writer continues after the committed chunks
+    w2 = open_assignment_writer(store, n_clusters=5, model_hash="m1")
+    assert w2.pending_chunks() == [2, 3, 4, 5, 6, 7]
+    with pytest.raises(StoreContractError, match=r"model_hash='m1' but this writer has"):
+        open_assignment_writer(path, n_clusters=5, model_hash="m2")
+    with pytest.raises(ValueError, match="n_rows=2000"):
+        open_assignment_writer(path, name="other", n_rows=2000)
+    with pytest.raises(ValueError, match="name="):
+        open_assignment_writer(path, name="../x")
+    with w2:
+        for k in w2.pending_chunks():
+            lo, hi = w2.chunk_bounds(k)
+            w2.write(lo, ids[lo:hi], dist[lo:hi])
+    out = open_assignments(path)
+    assert out.is_complete and out.metadata.complete and out.metadata.rows_committed == 1000
+    np.testing.assert_array_equal(out.read_cluster_ids(), ids.astype(np.int32))
+    np.testing.assert_allclose(out.read_distances(), dist.astype(np.float32))
+    assert [(a, b) for a, b, *_ in out.iter_chunks()][-1] == (896, 1000)
+    assert out.metadata.embedding_store == str(path.resolve())
+    with pytest.raises(PermissionError):
+        out.write(0, ids[:128], dist[:128])
+    # the embedding store itself is untouched and still valid
+    assert_complete_and_exact(path, 1000, 8)
+
+
+def test_write_assignments_from_dask_to_separate_target(tmp_path):
+    import dask.array as da
+
+    path = tmp_path / "e.zarr"
+    write_embeddings(make(path, n_rows=500, dim=8, chunk_rows=100), produce(8))
+    emb = open_store(path).to_dask()
+    cid = da.argmax(emb, axis=1)  # lazy, computed one chunk at a time
+    dist = da.linalg.norm(emb, axis=1)
+    target = tmp_path / "assign.zarr"
+    w = write_assignments(path, cid, dist, target=target, name="run1")
+    assert w.is_complete and (target / "zarr.json").exists()
+    assert not (path / "assignments").exists()
+    got = open_assignments(path, target=target)
+    assert got.read_cluster_ids().tolist() == [7] * 500
+    with pytest.raises(StoreNotFoundError, match="no assignments"):
+        open_assignments(path, name="nope")
+
+
+# --------------------------------------------------------------------------- contract files
+def test_json_schema_is_current():
+    stale = contract.export_schemas(check=True)
+    assert stale == [], "run `python -m data_contracts.store` and commit the schemas"
+    schema = json.loads(contract.EMBEDDING_STORE_SCHEMA_PATH.read_text())
+    assert {"dim", "encoder_hash", "rows_committed", "contract_version"} <= set(schema["required"])
+
+
+def test_data_contracts_import_nothing_of_ours():
+    tree = ast.parse((ROOT / "data_contracts" / "store.py").read_text())
+    mods = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | {
+        a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names
+    }
+    assert not {m.split(".")[0] for m in mods if m} & {"sqflow", "flows", "tasks"}
+
+
+# --------------------------------------------------------------------------- real processes
+def spawn(path, *, n_rows, dim, chunk_rows, create=False, worker=0, n_workers=1, pause=0.0):
+    cmd = [sys.executable, str(WRITER), str(path), "--n-rows", str(n_rows), "--dim", str(dim),
+           "--chunk-rows", str(chunk_rows), "--worker", str(worker),
+           "--n-workers", str(n_workers), "--pause", str(pause)]
+    if create:
+        cmd.append("--create")
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=ROOT)
+
+
+def wait_ready(proc):
+    line = proc.stdout.readline()
+    assert line.strip() == "READY", (line, proc.stderr.read() if proc.poll() is not None else "")
+
+
+def finish(proc) -> int:
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    lines = dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
+    assert lines["PREFECT"] == "False"  # the engine must not import prefect
+    return int(lines["WROTE"])
+
+
+def check_committed_rows_are_complete(path, dim) -> np.ndarray:
+    """After a kill: the store opens (metadata intact), every committed chunk holds exactly the
+    expected rows, and the rows_committed attribute never claims more than the markers."""
+    store = open_store(path, expected_dim=dim)
+    done = store.committed_chunks()
+    for k in np.flatnonzero(done):
+        assert_rows_match(store, *store.chunk_bounds(int(k)))
+    assert store.metadata.rows_committed <= store.rows_committed
+    return done
+
+
+N_ROWS, DIM, CHUNK = 24_000, 16, 500  # 48 chunks
+
+
+@pytest.mark.parametrize("rep", range(4))
+def test_sigkill_mid_write_then_resume(tmp_path, rep):
+    rng = random.Random(1234 + rep)
+    path = tmp_path / "kill.zarr"
+    pause = [0.01, 0.0, 0.005, 0.0][rep]  # with a pause most kills land between data and marker
+    proc = spawn(path, n_rows=N_ROWS, dim=DIM, chunk_rows=CHUNK, create=True, pause=pause)
+    wait_ready(proc)
+    time.sleep(rng.uniform(0.02, 0.25))
+    assert proc.poll() is None, "writer finished before the kill; make the store bigger"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+
+    done = check_committed_rows_are_complete(path, DIM)
+    n_chunks = N_ROWS // CHUNK
+    assert done.sum() < n_chunks  # killed mid-write, not after
+
+    again = spawn(path, n_rows=N_ROWS, dim=DIM, chunk_rows=CHUNK, create=True)
+    wait_ready(again)
+    # resumption writes exactly the chunks that were not committed: none twice, none skipped
+    assert finish(again) == n_chunks - int(done.sum())
+    assert_complete_and_exact(path, N_ROWS, DIM)
+
+
+def test_concurrent_writers_with_one_killed_lose_no_rows(tmp_path):
+    path = tmp_path / "multi.zarr"
+    n_rows = 30_000  # 60 chunks, 20 per writer
+    make(path, n_rows=n_rows, dim=DIM, chunk_rows=CHUNK)
+    procs = [
+        spawn(path, n_rows=n_rows, dim=DIM, chunk_rows=CHUNK, worker=i, n_workers=3, pause=0.005)
+        for i in range(3)
+    ]
+    for p in procs:
+        wait_ready(p)
+    time.sleep(0.05)
+    procs[1].send_signal(signal.SIGKILL)
+    procs[1].wait(timeout=30)
+    assert finish(procs[0]) == 20 and finish(procs[2]) == 20
+    done = check_committed_rows_are_complete(path, DIM)
+    assert done[0::3].all() and done[2::3].all() and not done[1::3].all()
+    # a single writer picks up what the killed one left
+    rest = spawn(path, n_rows=n_rows, dim=DIM, chunk_rows=CHUNK)
+    wait_ready(rest)
+    assert finish(rest) == int((~done).sum())
+    assert_complete_and_exact(path, n_rows, DIM)
+
+
+def test_overlapping_concurrent_writers_lose_no_rows(tmp_path):
+    # Two writers that were (wrongly) both given every chunk: they write identical bytes to the
+    # same keys, so nothing is lost or duplicated (unlike concurrent Zarr append()).
+    path = tmp_path / "overlap.zarr"
+    make(path, n_rows=10_000, dim=DIM, chunk_rows=CHUNK)
+    procs = [spawn(path, n_rows=10_000, dim=DIM, chunk_rows=CHUNK) for _ in range(2)]
+    written = [finish(p) for p in procs]
+    assert sum(written) >= 20
+    assert_complete_and_exact(path, 10_000, DIM)
