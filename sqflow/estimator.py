@@ -37,7 +37,7 @@ from .optimizers import (
     SCHEDULE_CODES,
     OptimizerState,
 )
-from .seeding import class_means, kmeans_plusplus, random_rows
+from .seeding import class_means, kmeans_plusplus, random_rows, sq_dist_to_nearest
 
 logger = logging.getLogger(__name__)
 
@@ -107,8 +107,9 @@ default="k-means++"
         it satisfies sum rho_t = inf, sum rho_t**2 < inf, the conditions of the convergence
         theorem. "constant": ``rho_t = learning_rate`` (leaves a noise floor).
     step_offset : float or None, default=None
-        t0 of the schedule, in samples. None: ``n_clusters / learning_rate`` (about the number
-        of samples after which every center has moved a full step's time constant).
+        t0 of the schedule, in samples. None: ``1000 * n_clusters``, so the step starts to
+        decay once each center has had about a thousand updates; from then on rho_t is about
+        ``learning_rate * 1000 / (updates of the center)``.
     step_power : float, default=1.0
         a of the schedule, in (0.5, 1].
     momentum : float, default=0.9
@@ -126,8 +127,9 @@ default="k-means++"
         SQ runs on ``z = x / scale`` and maps the centers back. A scalar rescaling leaves the
         minimisers unchanged (F is multiplied by ``scale**rank``) but makes learning rates
         independent of the data's units, which keeps r > 2 from exploding on unscaled data.
-        "auto": the RMS distance of the initialisation sample to its mean (in ``partial_fit``:
-        of the first chunk). None: 1.
+        "auto": the RMS distance of the initialisation sample (in ``partial_fit``: of the first
+        chunk) to its nearest initial center, so that learning rates are relative to the
+        initial quantization error. None: 1.
     init_size : int or None, default=None
         Rows in the bounded initialisation sample; None: ``max(10000, 100 * n_clusters)``.
     chunk_size : int, default=65536
@@ -297,7 +299,7 @@ default="k-means++"
                 raise ValueError(f"{type(self).__name__}: init array contains NaN or infinity")
 
         lr = DEFAULT_LEARNING_RATES[self.optimizer] if self.learning_rate is None else float(self.learning_rate)
-        t0 = self.n_clusters / lr if self.step_offset is None else float(self.step_offset)
+        t0 = 1000.0 * self.n_clusters if self.step_offset is None else float(self.step_offset)
         rows = max(self.batch_size, self.chunk_size - self.chunk_size % self.batch_size)
         return {
             "lr": lr,
@@ -394,7 +396,6 @@ default="k-means++"
             sample = uniform_sample(X, size, rng, bounds)
         else:
             sample = X if size >= n else X[np.sort(rng.choice(n, size=size, replace=False))]
-        scale = self._resolve_scale(sample)
         class_sums = self._class_sums(X, labels, bounds, chunked) if labels is not None else None
 
         best = None
@@ -402,6 +403,7 @@ default="k-means++"
         for run, seed in enumerate(seeds):
             run_rng = np.random.RandomState(seed)
             centers0 = self._initial_centers(sample, p, run_rng, class_sums)
+            scale = self._resolve_scale(sample, centers0)
             state = OptimizerState.start(centers0 / scale, self.optimizer)
             curve, n_passes, n_steps = self._passes(X, chunked, bounds, state, p, scale, run_rng, run)
             centers = state.centers * scale
@@ -409,9 +411,9 @@ default="k-means++"
             if self.verbose:
                 logger.info("SQ start %d/%d: objective %.6g after %d passes", run + 1, self.n_init, objective, n_passes)
             if best is None or objective < best[0]:
-                best = (objective, centers, assigned, state, curve, n_passes, n_steps)
+                best = (objective, centers, assigned, state, curve, n_passes, n_steps, scale)
 
-        objective, centers, assigned, state, curve, n_passes, n_steps = best
+        objective, centers, assigned, state, curve, n_passes, n_steps, scale = best
         self.cluster_centers_ = centers
         if assigned is not None:
             self.labels_ = assigned
@@ -462,8 +464,9 @@ default="k-means++"
                 sample = X if size >= n else X[np.sort(rng.choice(n, size=size, replace=False))]
             labels = self._check_y(y, n) if (isinstance(self.init, str) and self.init == "labels") else None
             class_sums = self._class_sums(X, labels, bounds, chunked) if labels is not None else None
-            scale = self._resolve_scale(sample)
-            state = OptimizerState.start(self._initial_centers(sample, p, rng, class_sums) / scale, self.optimizer)
+            centers0 = self._initial_centers(sample, p, rng, class_sums)
+            scale = self._resolve_scale(sample, centers0)
+            state = OptimizerState.start(centers0 / scale, self.optimizer)
             curve: list[float] = []
             n_steps = 0
         else:
@@ -492,13 +495,18 @@ default="k-means++"
         return self
 
     # ------------------------------------------------------------------ internals
-    def _resolve_scale(self, sample: np.ndarray) -> float:
+    def _resolve_scale(self, sample: np.ndarray, centers0: np.ndarray) -> float:
+        """"auto": RMS distance of the init sample to its nearest initial center.
+
+        In those units a typical sample sits about 1 from its center, so the paper's learning
+        rates mean the same thing on any data: a step moves a center by about ``rank *
+        learning_rate`` of the current quantization error, whatever the units of X.
+        """
         if self.scale is None:
             return 1.0
         if self.scale != "auto":
             return float(self.scale)
-        centered = sample - sample.mean(axis=0, dtype=np.float64)
-        s = float(np.sqrt(np.mean(np.einsum("ij,ij->i", centered, centered, dtype=np.float64))))
+        s = math.sqrt(float(np.mean(sq_dist_to_nearest(np.asarray(sample, dtype=np.float64), centers0))))
         return s if s > 0 and math.isfinite(s) else 1.0
 
     def _class_sums(self, X, labels, bounds, chunked) -> tuple[np.ndarray, np.ndarray]:

@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 
 
-def _sq_dist_to_nearest(X: np.ndarray, centers: np.ndarray) -> np.ndarray:
+def sq_dist_to_nearest(X: np.ndarray, centers: np.ndarray) -> np.ndarray:
     """Squared distance of every row of X to its nearest row of ``centers`` (float64, (n,))."""
     x2 = np.einsum("ij,ij->i", X, X)
     c2 = np.einsum("ij,ij->i", centers, centers)
@@ -54,12 +54,12 @@ def kmeans_plusplus(
     if existing is not None and len(existing):
         centers[: len(existing)] = existing
         n_done = len(existing)
-        closest = _sq_dist_to_nearest(X, centers[:n_done])
+        closest = sq_dist_to_nearest(X, centers[:n_done])
     else:
         first = rng.randint(n)
         centers[0] = X[first]
         n_done = 1
-        closest = _sq_dist_to_nearest(X, centers[:1])
+        closest = sq_dist_to_nearest(X, centers[:1])
     potential = closest.sum()
     for c in range(n_done, n_clusters):
         if potential <= 0.0:
