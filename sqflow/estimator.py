@@ -362,7 +362,7 @@ default="k-means++"
 
     # ------------------------------------------------------------------ fitting
     @_atomic
-    def fit(self, X, y=None):
+    def fit(self, X, y=None, callback=None):
         """Fit the centers by up to ``max_iter`` passes of SQ over X.
 
         Parameters
@@ -372,6 +372,10 @@ default="k-means++"
             dask, h5py) streamed block by block.
         y : array-like (n_samples,) of int, optional
             Class id or -1 (unlabeled); used only by ``init="labels"``.
+        callback : callable, optional
+            Called after every pass as ``callback(info)`` with a dict: ``start`` (index of the
+            start, 0..n_init-1), ``pass`` (1-based), ``centers`` (data units, a copy),
+            ``objective_estimate`` (the pass's mean loss), ``n_steps``. Use it to checkpoint.
 
         Returns
         -------
@@ -405,7 +409,9 @@ default="k-means++"
             centers0 = self._initial_centers(sample, p, run_rng, class_sums)
             scale = self._resolve_scale(sample, centers0)
             state = OptimizerState.start(centers0 / scale, self.optimizer)
-            curve, n_passes, n_steps = self._passes(X, chunked, bounds, state, p, scale, run_rng, run)
+            curve, n_passes, n_steps = self._passes(
+                X, chunked, bounds, state, p, scale, run_rng, run, callback
+            )
             centers = state.centers * scale
             objective, assigned = self._objective(X, centers, chunked, bounds, keep_labels=not chunked)
             if self.verbose:
@@ -557,7 +563,7 @@ default="k-means++"
         state.t = int(t)
         return float(loss) * scale ** float(self.rank), int(steps)
 
-    def _passes(self, X, chunked, bounds, state, p, scale, rng, run):
+    def _passes(self, X, chunked, bounds, state, p, scale, rng, run, callback=None):
         curve: list[float] = []
         prev = None
         n_steps = 0
@@ -583,6 +589,9 @@ default="k-means++"
                 estimate = total / n
                 if self.verbose:
                     logger.info("SQ pass %d: objective estimate %.6g", it, estimate)
+                if callback is not None:
+                    callback({"start": run, "pass": it, "centers": state.centers * scale,
+                              "objective_estimate": estimate, "n_steps": n_steps})
                 if prev is not None and (prev - estimate) < self.tol * abs(prev):
                     break
                 prev = estimate

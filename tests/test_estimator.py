@@ -422,3 +422,11 @@ def test_clone_pipeline_gridsearch_and_pickle(blobs):
     restored = pickle.loads(pickle.dumps(est.fit(X)))
     np.testing.assert_array_equal(restored.predict(X), est.predict(X))
     assert restored.get_feature_names_out().tolist() == [f"stochasticquantization{i}" for i in range(4)]
+
+
+def test_callback_sees_every_pass_for_checkpoints(blobs):
+    seen = []
+    est = StochasticQuantization(4, max_iter=4, tol=0.0, random_state=0).fit(blobs[0], callback=seen.append)
+    assert [s["pass"] for s in seen] == [1, 2, 3, 4]
+    np.testing.assert_array_equal(seen[-1]["centers"], est.cluster_centers_)
+    assert seen[0]["objective_estimate"] >= seen[-1]["objective_estimate"]
