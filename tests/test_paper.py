@@ -1,0 +1,102 @@
+"""Paper protocol helpers, plots, and one tiny end-to-end run of the CLI on real MNIST."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sqflow.paper import (
+    ALL_OPTIMIZERS,
+    PaperConfig,
+    build_parser,
+    labeled_mask,
+    main,
+    quantization_objective,
+    stratified_subset,
+)
+from sqflow.plots import plot_confusion, plot_convergence, plot_latent
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def test_stratified_subset_keeps_class_shares() -> None:
+    y = np.repeat(np.arange(4), [100, 200, 300, 400])
+    idx = stratified_subset(y, 100, np.random.default_rng(0))
+    assert len(idx) == 100 and len(np.unique(idx)) == 100
+    assert np.bincount(y[idx]).tolist() == [10, 20, 30, 40]
+
+
+def test_labeled_mask_per_class_fraction_and_minimum() -> None:
+    y = np.repeat(np.arange(3), [50, 100, 10])
+    m = labeled_mask(y, 0.1, np.random.default_rng(1))
+    assert np.bincount(y[m]).tolist() == [5, 10, 2]  # class 2: 1 -> at least 2 for a triplet
+
+
+def test_quantization_objective_matches_definition() -> None:
+    z = np.array([[0.0, 0.0], [3.0, 4.0], [10.0, 0.0]])
+    c = np.array([[0.0, 0.0], [10.0, 1.0]])
+    # nearest distances 0, 5, 1
+    assert quantization_objective(z, c, 3.0) == pytest.approx((0 + 125 + 1) / 3)
+    assert quantization_objective(z, c, 2.0) == pytest.approx((0 + 25 + 1) / 3)
+
+
+def test_parser_defaults_follow_the_issue() -> None:
+    a = build_parser().parse_args([])
+    assert a.fractions == [0.25, 0.5, 0.75, 1.0] and tuple(a.optimizers) == ALL_OPTIMIZERS
+    a = build_parser().parse_args(["--sq-param", "max_iter=5", "--sq-param", "schedule=constant"])
+    assert dict(a.sq_param) == {"max_iter": 5, "schedule": "constant"}
+    with pytest.raises(ValueError, match="fraction 1.5"):
+        PaperConfig(fractions=(1.5,)).validate()
+    with pytest.raises(ValueError, match="'lbfgs'"):
+        PaperConfig(optimizers=("lbfgs",)).validate()
+
+
+def test_plots_write_pngs(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    y = rng.integers(-1, 3, 300)
+    for d in (2, 3, 5):
+        p = plot_latent(rng.normal(size=(300, d)), y, tmp_path / f"l{d}.png",
+                        centers=rng.normal(size=(3, d)))
+        assert p.read_bytes()[:8] == PNG
+    assert plot_convergence({"sgd": [3, 2, 1], "adam": [2, 1.5]}, tmp_path / "c.png").read_bytes()[:8] == PNG
+    assert plot_confusion(y[y >= 0], y[y >= 0][::-1], tmp_path / "m.png").read_bytes()[:8] == PNG
+    with pytest.raises(ValueError, match="shape"):
+        plot_latent(np.zeros((5, 1)), None, tmp_path / "bad.png")
+
+
+def test_tiny_end_to_end_run(tmp_path: Path) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    out = tmp_path / "t.json"
+    argv = ["--train-limit", "1000", "--test-limit", "1000", "--fractions", "0.5", "--optimizers", "sgd", "adam",
+            "--epochs", "2", "--batch-size", "100", "--lr", "3e-3", "--threads", "1",
+            "--cache-dir", str(tmp_path / "cache"), "--out", str(out), "--quiet"]
+    assert main(argv) == 0
+    rep = json.loads(out.read_text())
+    assert rep["complete"] and rep["config"]["n_train"] == 1000
+    rows = {r["optimizer"]: r for r in rep["results"]}
+    assert set(rows) == {"sgd", "adam"}
+    for r in rows.values():
+        assert set(r) >= {"fraction", "optimizer", "f1_weighted", "accuracy", "objective",
+                          "train_seconds"}
+        # 500 labeled images, 2 epochs: ~0.6-0.7 measured; a wrong center->class mapping
+        # would give about chance (0.1)
+        assert r["f1_weighted"] >= 0.4
+        assert r["objective"] == pytest.approx(r["objective_estimator"], rel=1e-6)
+    km = next(r for r in rep["references"] if r["method"] == "kmeans")
+    assert km["objective"] > 0 and 0 <= km["f1_weighted"] <= 1
+    assert rep["encoders"][0]["n_labeled"] == pytest.approx(500, abs=5)  # per-class rounding
+    assert rep["config"]["n_test"] == 1000
+    md = out.with_suffix(".md").read_text()
+    assert "Triplet + SQ-adam" in md and "50% labeled" in md
+    for p in rep["plots"]:
+        assert Path(p).read_bytes()[:8] == PNG
+    assert len(rep["plots"]) == 4
+    # second run reuses the verified cached encoder and gives the same table
+    assert main(argv) == 0
+    rep2 = json.loads(out.read_text())
+    assert [r["f1_weighted"] for r in rep2["results"]] == [r["f1_weighted"] for r in rep["results"]]
