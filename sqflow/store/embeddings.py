@@ -555,6 +555,8 @@ def write_embeddings(
         lo, hi = store.chunk_bounds(k)
         embedding, sample_id, label = produce(lo, hi)
         store.write_chunk(k, embedding, sample_id, label)
+    # Chunks committed by other writers after our last commit are not in our last summary.
+    store.refresh_summary()
     return len(pending)
 
 
