@@ -84,7 +84,12 @@ def try_open_group(zstore: Store, path: str = "") -> zarr.Group | None:
         return zarr.open_group(
             zstore, path=path, mode="r" if zstore.read_only else "r+", zarr_format=3
         )
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
+    except (
+        FileNotFoundError,
+        zarr.errors.GroupNotFoundError,
+        zarr.errors.NodeTypeValidationError,
+        zarr.errors.ContainsArrayError,  # an array, not a group, is there
+    ):
         return None
 
 

@@ -346,6 +346,7 @@ def create_store(
                     existing, meta, location=location, storage_options=storage_options,
                     writable=True,
                 )
+                _check_arrays(store)
                 log.info(
                     "resuming embedding store %s: %d of %d rows committed",
                     location, store.rows_committed, store.n_rows,
