@@ -91,6 +91,21 @@ def test_round_trip_gap_and_chunk_iteration(tmp_path):
     chunks = list(reader.iter_chunks())
     assert [(c.index, c.start, c.stop) for c in chunks] == [(0, 0, 128), (1, 128, 256)]
     assert chunks[0].embedding.shape == (128, 8) and chunks[0].embedding.dtype == np.float32
+    # iteration never reads more than one chunk at a time
+    reads = []
+
+    class Spy:
+        def __init__(self, arr):
+            self.arr = arr
+
+        def __getitem__(self, key):
+            reads.append(key.stop - key.start)
+            return self.arr[key]
+
+    reader._arrays = {name: Spy(arr) for name, arr in reader._arrays.items()}
+    assert sum(len(c) for c in reader.iter_chunks()) == 256
+    assert reads and max(reads) <= 128
+    reader = open_store(path)
     only_labels = list(reader.iter_chunks(columns=["label"]))
     assert only_labels[0].embedding is None and only_labels[0].label.dtype == np.int64
     assert reader.to_dask().shape == (256, 8)
