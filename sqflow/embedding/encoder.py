@@ -340,7 +340,9 @@ def _stratified_split(
 
 def _knn1_accuracy(z_ref: np.ndarray, y_ref: np.ndarray, z_q: np.ndarray, y_q: np.ndarray) -> float:
     """1-nearest-neighbour accuracy of queries against a reference set (a validation metric)."""
-    d = ((z_q[:, None, :] - z_ref[None, :, :]) ** 2).sum(-1)
+    zq, zr = z_q.astype(np.float64), z_ref.astype(np.float64)
+    # |q|^2 - 2 q.r + |r|^2 keeps memory at (Q, R) instead of (Q, R, d)
+    d = (zq * zq).sum(1)[:, None] - 2.0 * zq @ zr.T + (zr * zr).sum(1)[None, :]
     return float((y_ref[d.argmin(1)] == y_q).mean())
 
 
