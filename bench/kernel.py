@@ -18,6 +18,7 @@ import numpy as np
 from bench._report import machine, print_table, write_results
 from sqflow import StochasticQuantization
 from sqflow.chunks import block_bounds
+from sqflow.distributed import run_block
 from sqflow.optimizers import OptimizerState
 
 
@@ -30,8 +31,10 @@ def one_pass(X, K, optimizer="sgd", batch_size=1, shuffle=False, seed=0) -> floa
     bounds = block_bounds(len(X), p["rows_per_block"])
     t = time.perf_counter()
     perm = rng.permutation(len(X)) if shuffle else None
-    for _, _, block in est._blocks(X, False, bounds, None, perm):
-        est._steps(block, state, p, 1.0)
+    args = est._kernel_args(p, 1.0)
+    for start, stop in bounds:
+        block = X[start:stop] if perm is None else np.take(X, perm[start:stop], axis=0)
+        state = run_block(block, state, args, state.t, None, start, check=False)[0]
     return time.perf_counter() - t
 
 

@@ -162,7 +162,7 @@ def sq_steps(
         # Algorithm 1: the hot loop, kept free of the mini-batch bookkeeping
         for i in range(n):
             _load_sample(X, i, inv_scale, z, lo, hi, project)
-            best, best_d2 = _nearest(z, cT, dist2)
+            best, best_d2 = _nearest_center(z, cT, dist2)
             dist = math.sqrt(best_d2)
             loss_sum += _dist_pow(dist, best_d2, r)
             coef = _grad_coef(dist, r)
@@ -194,7 +194,7 @@ def sq_steps(
         stop = min(i + batch_size, n)
         for ii in range(i, stop):
             _load_sample(X, ii, inv_scale, z, lo, hi, project)
-            best, best_d2 = _nearest(z, cT, dist2)
+            best, best_d2 = _nearest_center(z, cT, dist2)
             dist = math.sqrt(best_d2)
             loss_sum += _dist_pow(dist, best_d2, r)
             coef = _grad_coef(dist, r)
@@ -230,7 +230,7 @@ def _load_sample(X, row, inv_scale, z, lo, hi, project):
 
 
 @njit(cache=True, nogil=True, error_model="numpy", fastmath=_FASTMATH, inline="always")
-def _nearest(z, cT, dist2):
+def _nearest_center(z, cT, dist2):
     """Index and squared distance of the center (columns of cT) nearest to z; ties -> lowest k."""
     d, K = cT.shape
     for k in range(K):
@@ -267,3 +267,12 @@ def assign(X, centers, labels_out, dist2_out):
                 best = k
         labels_out[i] = best
         dist2_out[i] = best_d2
+
+
+def nearest(block, centers) -> tuple[np.ndarray, np.ndarray]:
+    """(index int64, squared distance float64) of the nearest center for every row of a block."""
+    block = np.ascontiguousarray(block)
+    labels = np.empty(block.shape[0], dtype=np.int64)
+    d2 = np.empty(block.shape[0], dtype=np.float64)
+    assign(block, np.ascontiguousarray(centers, dtype=np.float64), labels, d2)
+    return labels, d2
