@@ -238,11 +238,16 @@ def _encoder_summary(enc: Any, embed_seconds: float, cache: Path | None) -> dict
     }
 
 
-def fit_sq(cfg: PaperConfig, optimizer: str, z: np.ndarray, y_semi: np.ndarray):
-    """Fit ``StochasticQuantization`` (K, r, init="labels") with one optimizer; (model, seconds)."""
+def fit_sq(
+    cfg: PaperConfig, optimizer: str, z: np.ndarray, y_semi: np.ndarray, rank: float | None = None
+):
+    """Fit ``StochasticQuantization`` (K, r, init="labels") with one optimizer; (model, seconds).
+
+    ``rank`` overrides ``cfg.rank`` (used for the r = 2 comparison with KMeans)."""
     from . import StochasticQuantization  # the lead's estimator
 
-    params = {"n_clusters": cfg.n_clusters, "optimizer": optimizer, "rank": cfg.rank,
+    params = {"n_clusters": cfg.n_clusters, "optimizer": optimizer,
+              "rank": cfg.rank if rank is None else rank,
               "init": "labels", "random_state": cfg.seed, **cfg.sq_params}
     est = StochasticQuantization(**params)
     t0 = time.perf_counter()
@@ -288,6 +293,7 @@ def run_paper(
     results: list[dict[str, Any]] = []
     references: list[dict[str, Any]] = []
     encoders: list[dict[str, Any]] = []
+    comparison: list[dict[str, Any]] = []
     plots: list[str] = []
     for fraction in cfg.fractions:
         emb = embed_fraction(cfg, fraction, x, y, xt, data_hash)
@@ -322,6 +328,19 @@ def run_paper(
                            "objective": quantization_objective(z, kc, cfg.rank),
                            "objective_r2": quantization_objective(z, kc, 2.0),
                            "train_seconds": km_secs})
+        # Objective check against KMeans on the same embeddings, two ways: the paper's r fit vs
+        # KMeans centers on F_r, and an r = 2 SQ fit vs KMeans on its own objective (inertia / N)
+        km_r, km_r2 = references[-1]["objective"], references[-1]["objective_r2"]
+        for opt in cfg.optimizers:
+            est2, _ = fit_sq(cfg, opt, z, y_semi, rank=2.0)
+            sq_r2 = quantization_objective(z, est2.cluster_centers_, 2.0)
+            sq_r = next(r["objective"] for r in results
+                        if r["fraction"] == fraction and r["optimizer"] == opt)
+            comparison.append({"fraction": fraction, "optimizer": opt,
+                               "sq_objective_r": sq_r, "kmeans_objective_r": km_r,
+                               "gap_r": (sq_r - km_r) / km_r,
+                               "sq_objective_r2": sq_r2, "kmeans_objective_r2": km_r2,
+                               "gap_r2": (sq_r2 - km_r2) / km_r2})
         t0 = time.perf_counter()
         knn = KNeighborsClassifier(n_neighbors=cfg.knn_k).fit(z[mask], y[mask])
         knn_pred = knn.predict(zt)
@@ -333,6 +352,7 @@ def run_paper(
             plots += _fraction_plots(Path(plots_dir), fraction, z, y_semi, zt, yt, curves, fitted)
         report = {"config": _config_json(cfg, len(x), len(xt)), "results": results,
                   "references": references, "encoders": encoders, "plots": plots,
+                  "objective_vs_kmeans": comparison,
                   "complete": fraction == cfg.fractions[-1]}
         if on_fraction is not None:
             on_fraction(report)
@@ -415,6 +435,18 @@ def markdown_table(report: dict[str, Any]) -> str:
         vals = [f"{cells[f]['objective']:.5g}" if f in cells and cells[f]["objective"] is not None
                 else "-" for f in fr]
         out.append(f"| {name} | " + " | ".join(vals) + " |")
+    if report.get("objective_vs_kmeans"):
+        out += ["", "SQ objective relative to the best KMeans on the same embeddings, percent "
+                "(negative = SQ lower). r: the paper's SQ fit vs KMeans centers, both on F_r; "
+                "r=2: an SQ fit with rank 2 vs KMeans on its own objective (inertia / N):", "",
+                head, sep]
+        by = {}
+        for c in report["objective_vs_kmeans"]:
+            by.setdefault(c["optimizer"], {})[c["fraction"]] = c
+        for opt, cells in by.items():
+            vals = [f"r: {100 * cells[f]['gap_r']:+.2f}, r=2: {100 * cells[f]['gap_r2']:+.2f}"
+                    if f in cells else "-" for f in fr]
+            out.append(f"| SQ-{opt} | " + " | ".join(vals) + " |")
     out += ["", "Encoders:", "", "| fraction | labeled | epochs run (best) | stop | train s | "
             "s/epoch | val 1-NN acc | embed s |", "|---|---|---|---|---|---|---|---|"]
     for e in report["encoders"]:

@@ -89,6 +89,12 @@ def test_tiny_end_to_end_run(tmp_path: Path) -> None:
         assert r["objective"] == pytest.approx(r["objective_estimator"], rel=1e-6)
     km = next(r for r in rep["references"] if r["method"] == "kmeans")
     assert km["objective"] > 0 and 0 <= km["f1_weighted"] <= 1
+    cmp = rep["objective_vs_kmeans"]
+    assert [c["optimizer"] for c in cmp] == ["sgd", "adam"]
+    for c in cmp:
+        assert c["gap_r2"] == pytest.approx(
+            (c["sq_objective_r2"] - c["kmeans_objective_r2"]) / c["kmeans_objective_r2"])
+        assert c["kmeans_objective_r2"] == pytest.approx(km["objective_r2"])
     assert rep["encoders"][0]["n_labeled"] == pytest.approx(500, abs=5)  # per-class rounding
     assert rep["config"]["n_test"] == 1000
     md = out.with_suffix(".md").read_text()
