@@ -41,7 +41,7 @@ def zarr_store(tmp_path_factory, data):
 
 def _cluster(n_workers):
     return LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                        dashboard_address=None, host="127.0.0.1")
+                        dashboard_address=":0", host="127.0.0.1")
 
 
 @pytest.fixture(scope="module")
