@@ -60,8 +60,159 @@ def _cluster(argv: list[str]) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- pipeline commands
+def _prefect_env() -> None:
+    """Offline-friendly Prefect defaults (the user's own settings win)."""
+    import os
+
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+
+
+def _print_run(rec: dict, wall: float) -> None:
+    s, c = rec["sample"], rec["cluster"]
+    print()
+    print(f"sqflow nightly run {rec['run_id']}: {rec['status']} in {wall:.1f} s "
+          f"(flow {rec['timings']['total']:.1f} s)")
+    print(f"  items: {s['n_scanned']} found, {s['n_quarantined']} quarantined, "
+          f"{s['n_selected']} in this run ({s['n_labeled']} labeled)")
+    print(f"  encoder: {rec['encoder_version']}" + (" (trained in this run)" if rec.get("train")
+                                                   else ""))
+    print("  monitor: " + rec["monitor"])
+    print(f"  SQ objective {c['objective']:.6g} after {c['n_iter']} passes; "
+          f"warm start: {c['warm_start_from'] or 'no (k-means++)'}")
+    print("  cluster  size   majority label (purity)")
+    for row in c["clusters"]:
+        maj = "-" if row["majority_label"] is None else \
+            f"{row['majority_label']} ({row['label_purity']:.0%})"
+        print(f"  {row['cluster_id']:>7} {row['size']:>6}   {maj}")
+    print("  stage timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in rec["timings"].items()))
+    print("outputs:")
+    for k, v in rec["outputs"].items():
+        print(f"  {k:<18} {v}")
+    for k in ("latent", "convergence"):
+        print(f"  {k + ' plot':<18} {rec['plots'][k]}")
+    print(f"  {'summary':<18} {rec['outputs']['run folder']}/summary.md")
+
+
+def _common_flags(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--output", default=None, help="output folder (default ./sqflow-output)")
+    ap.add_argument("--config", default=None, help="TOML settings file (default ./sqflow.toml)")
+
+
+def _apply_config(args) -> None:
+    import os
+
+    if args.config:
+        os.environ["SQFLOW_CONFIG"] = args.config
+
+
+def _demo(argv: list[str]) -> int:
+    """Run the whole nightly flow on the built-in MNIST (trains the encoder first if needed)."""
+    ap = argparse.ArgumentParser(prog="sqflow demo", description=_demo.__doc__)
+    _common_flags(ap)
+    ap.add_argument("--sample-n", type=int, default=10000,
+                    help="images drawn from the 70,000 (default 10000; 0 = all)")
+    ap.add_argument("--epochs", type=int, default=3, help="encoder epochs if one is trained")
+    ap.add_argument("--train-rows", type=int, default=6000,
+                    help="labeled training images for the encoder if one is trained")
+    ap.add_argument("--n-clusters", type=int, default=10)
+    args = ap.parse_args(argv)
+    _apply_config(args)
+    _prefect_env()
+    from flows.nightly import nightly
+
+    sample = {"mode": "all"} if args.sample_n <= 0 else \
+        {"mode": "uniform", "n": args.sample_n, "seed": 0}
+    config = {"output_dir": args.output or "sqflow-output",
+              "source": {"kind": "mnist", "split": "all"}, "sample": sample,
+              "encoder_epochs": args.epochs, "encoder_train_rows": args.train_rows,
+              "n_clusters": args.n_clusters, "train_if_missing": True}
+    print("sqflow demo: nightly flow on the built-in MNIST with ephemeral Prefect and a Dask "
+          "LocalCluster")
+    t = time.perf_counter()
+    rec = nightly(config=config)
+    _print_run(rec, time.perf_counter() - t)
+    print("\nSee the run in the Prefect UI: run `sqflow ui` (or `prefect server start`) and open "
+          f"http://127.0.0.1:4200/runs/flow-run/{rec['flow_run_id']}")
+    return 0
+
+
+def _nightly(argv: list[str]) -> int:
+    """Run the nightly flow once with the settings (sqflow.toml, SQFLOW_* variables, flags)."""
+    ap = argparse.ArgumentParser(prog="sqflow nightly", description=_nightly.__doc__)
+    _common_flags(ap)
+    args = ap.parse_args(argv)
+    _apply_config(args)
+    _prefect_env()
+    from flows.nightly import nightly
+
+    t = time.perf_counter()
+    rec = nightly(config={"output_dir": args.output} if args.output else None)
+    _print_run(rec, time.perf_counter() - t)
+    return 0
+
+
+def _train(argv: list[str]) -> int:
+    """Train, register and make current a new encoder version (and embed its reference set)."""
+    ap = argparse.ArgumentParser(prog="sqflow train-encoder", description=_train.__doc__)
+    _common_flags(ap)
+    args = ap.parse_args(argv)
+    _apply_config(args)
+    _prefect_env()
+    from flows.nightly import train_encoder_flow
+
+    out = train_encoder_flow(config={"output_dir": args.output} if args.output else None)
+    print(f"registered {out['version']} (sha256 {out['encoder_hash'][:12]}); reference set at "
+          f"{out['reference_store']}")
+    return 0
+
+
+def _serve(argv: list[str]) -> int:
+    """Serve the nightly schedule (cron, timezone from settings) from this one process."""
+    ap = argparse.ArgumentParser(prog="sqflow serve", description=_serve.__doc__)
+    _common_flags(ap)
+    ap.add_argument("--cron", default=None, help="cron of the nightly run (default '0 2 * * *')")
+    ap.add_argument("--timezone", default=None, help="IANA timezone of the cron (default UTC)")
+    args = ap.parse_args(argv)
+    _apply_config(args)
+    _prefect_env()
+    from prefect import serve
+
+    from flows.deployments import served_deployments
+
+    serve(*served_deployments(output=args.output, cron=args.cron, timezone=args.timezone))
+    return 0
+
+
+def _ui(argv: list[str]) -> int:
+    """Start the Prefect server and UI on 127.0.0.1 (runs of `sqflow demo` show up there)."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    ap = argparse.ArgumentParser(prog="sqflow ui", description=_ui.__doc__)
+    ap.add_argument("--port", type=int, default=4200)
+    ap.add_argument("--host", default="127.0.0.1")
+    args = ap.parse_args(argv)
+    _prefect_env()
+    env = dict(os.environ)
+    env["PREFECT_UI_API_URL"] = f"http://{args.host}:{args.port}/api"
+    exe = Path(sys.executable).with_name("prefect")
+    cmd = [str(exe) if exe.exists() else (shutil.which("prefect") or "prefect"),
+           "server", "start", "--host", args.host, "--port", str(args.port)]
+    print(f"Prefect UI: http://{args.host}:{args.port}  (Ctrl-C stops it)")
+    os.execvpe(cmd[0], cmd, env)
+    return 0  # pragma: no cover - exec does not return
+
+
 COMMANDS = {
     "cluster": _cluster,
+    "demo": _demo,
+    "nightly": _nightly,
+    "train-encoder": _train,
+    "serve": _serve,
+    "ui": _ui,
 }
 
 
@@ -70,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: sqflow COMMAND [options]\n\ncommands:")
         for name, fn in COMMANDS.items():
-            print(f"  {name:<10} {(fn.__doc__ or '').strip().splitlines()[0]}")
+            print(f"  {name:<14} {(fn.__doc__ or '').strip().splitlines()[0]}")
         return 0 if argv else 2
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:

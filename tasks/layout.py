@@ -1,0 +1,212 @@
+"""Where a pipeline's outputs live, the model registry and the per-output lock (no Prefect).
+
+Layout under one output folder (``./sqflow-output`` by default)::
+
+    models/CURRENT                       the current encoder version (one line)
+    models/<version>/encoder.pt(.json)   checkpoint + verified sidecar; model.json = registry record
+    reference/<version>/embeddings.zarr  the reference set embedded with that version
+    runs/<run_id>/                       one folder per nightly run:
+        manifest.parquet, manifest.json, quarantine.parquet
+        embeddings.zarr                  embedding store (assignments/<run_id> inside)
+        checkpoints/pass-NNN.npy         SQ centers after each pass
+        centers.npy, run.json, summary.md, plots/*.png
+    published/<table>/run_date=YYYY-MM-DD/<run_id>.parquet   runs, cluster_centers, assignments,
+                                         quarantine (one file per run: re-publishing replaces it)
+    sqflow.duckdb                        views over published/ for BI tools
+    .nightly.lock                        held by the running nightly flow
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import re
+import shutil
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+_VERSION = re.compile(r"^triplet-v(\d{4})$")
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
+
+
+def atomic_save_npy(path: str | os.PathLike[str], array: Any) -> Path:
+    """``np.save`` through a temporary file and ``os.replace``."""
+    import numpy as np
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        np.save(fh, np.asarray(array))
+    os.replace(tmp, path)
+    return path
+
+
+@dataclass(frozen=True)
+class OutputLayout:
+    """Paths of one output folder (see the module docstring)."""
+
+    root: Path
+    models_dir: Path
+
+    @classmethod
+    def at(cls, root: str | os.PathLike[str], models_dir: str | os.PathLike[str] | None = None
+           ) -> OutputLayout:
+        r = Path(root).expanduser().resolve()
+        m = Path(models_dir).expanduser().resolve() if models_dir else r / "models"
+        return cls(r, m)
+
+    def run_dir(self, run_id: str) -> Path:
+        return self.root / "runs" / run_id
+
+    def reference_store(self, version: str) -> Path:
+        return self.root / "reference" / version / "embeddings.zarr"
+
+    @property
+    def published(self) -> Path:
+        return self.root / "published"
+
+    @property
+    def duckdb_path(self) -> Path:
+        return self.root / "sqflow.duckdb"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.root / ".nightly.lock"
+
+    def run_records(self) -> list[dict[str, Any]]:
+        """``run.json`` of every earlier run, oldest first (unreadable ones skipped)."""
+        out = []
+        for p in sorted((self.root / "runs").glob("*/run.json")):
+            try:
+                out.append(json.loads(p.read_text()))
+            except (OSError, ValueError):
+                continue
+        return sorted(out, key=lambda r: r.get("started_at", ""))
+
+    def seen_sample_ids(self, dataset: str) -> set[str]:
+        """sample ids in the manifests of earlier COMPLETED runs of ``dataset`` (incremental)."""
+        import pandas as pd
+
+        seen: set[str] = set()
+        for rec in self.run_records():
+            if rec.get("status") != "completed" or rec.get("dataset") != dataset:
+                continue
+            mf = self.run_dir(rec["run_id"]) / "manifest.parquet"
+            if mf.exists():
+                seen.update(pd.read_parquet(mf, columns=["sample_id"])["sample_id"].tolist())
+        return seen
+
+
+def new_run_id(flow_run_id: str | None = None, now: datetime | None = None) -> str:
+    """Sortable, unique run id: ``YYYYMMDDTHHMMSSZ-<8 hex>`` (hex from the flow run id)."""
+    now = now or datetime.now(UTC)
+    tail = (flow_run_id or os.urandom(4).hex()).replace("-", "")[:8]
+    return f"{now:%Y%m%dT%H%M%SZ}-{tail}"
+
+
+# ------------------------------------------------------------------------------- registry
+def current_version(models_dir: Path) -> str | None:
+    """The version named in ``models/CURRENT`` (None when no model is registered)."""
+    p = Path(models_dir) / "CURRENT"
+    if not p.exists():
+        return None
+    v = p.read_text().strip()
+    if not (Path(models_dir) / v / "encoder.pt").exists():
+        raise FileNotFoundError(
+            f"{str(p)!r} names version {v!r} but {str(Path(models_dir) / v / 'encoder.pt')!r} is "
+            "missing; re-run train-encoder or fix CURRENT"
+        )
+    return v
+
+
+def register_encoder(encoder: Any, models_dir: Path, record: dict[str, Any]) -> str:
+    """Save ``encoder`` as the next version (folder written aside, then renamed) and make it
+    current. Returns the version, e.g. ``triplet-v0003``."""
+    models_dir = Path(models_dir)
+    models_dir.mkdir(parents=True, exist_ok=True)
+    nums = [int(m.group(1)) for p in models_dir.iterdir() if (m := _VERSION.match(p.name))]
+    while True:
+        version = f"triplet-v{max(nums, default=0) + 1:04d}"
+        tmp = models_dir / f".{version}.{os.getpid()}.tmp"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        encoder.save(tmp / "encoder.pt")
+        side = json.loads((tmp / "encoder.pt.json").read_text())
+        rec = {**record, "version": version, "encoder_hash": side["file_sha256"],
+               "registered_at": datetime.now(UTC).isoformat()}
+        (tmp / "model.json").write_text(json.dumps(rec, indent=2, sort_keys=True, default=str))
+        try:
+            os.rename(tmp, models_dir / version)
+            break
+        except OSError as exc:  # another trainer took the number: take the next one
+            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+            nums.append(max(nums, default=0) + 1)
+    atomic_write_text(models_dir / "CURRENT", version + "\n")
+    return version
+
+
+def model_record(models_dir: Path, version: str) -> dict[str, Any]:
+    return json.loads((Path(models_dir) / version / "model.json").read_text())
+
+
+# ------------------------------------------------------------------------------- lock
+class RunLockedError(RuntimeError):
+    """Another nightly run holds the lock of this output folder."""
+
+
+@contextmanager
+def output_lock(layout: OutputLayout, run_id: str, timeout_s: float = 0.0,
+                poll_s: float = 0.5) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``<output>/.nightly.lock`` for the ``with`` block.
+
+    Waits up to ``timeout_s`` seconds (0: fail at once) and then raises
+    :class:`RunLockedError` naming the holder. The kernel releases the lock when the holding
+    process dies, so a killed run never leaves a stale lock.
+    """
+    layout.root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(layout.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + max(0.0, timeout_s)
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    try:
+                        holder = Path(layout.lock_path).read_text().strip() or "unknown"
+                    except OSError:
+                        holder = "unknown"
+                    raise RunLockedError(
+                        f"another nightly run holds the lock on {str(layout.root)!r} "
+                        f"({holder}); waited {timeout_s:g} s. Two runs on the same output "
+                        "never overlap: retry later or raise lock_timeout_s"
+                    ) from None
+                time.sleep(poll_s)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({"run_id": run_id, "pid": os.getpid(),
+                                  "host": socket.gethostname(),
+                                  "since": datetime.now(UTC).isoformat()}).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing releases the flock
