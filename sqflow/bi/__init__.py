@@ -1,0 +1,25 @@
+"""BI hand-off of a run (engine level, no Prefect): contract-checked Parquet, DuckDB, PostgreSQL.
+
+    from sqflow.bi import publish_run
+    res = publish_run({"runs": runs_df, "cluster_centers": centers_df, "assignments": asg_df,
+                       "drift_reports": drift_df, "quarantine": quarantine_df},
+                      parquet_dir="out/published", duckdb_path="out/sqflow.duckdb",
+                      postgres_url=None)
+
+Per-sink functions: :func:`write_parquet`, :func:`write_duckdb`, :func:`write_postgres`; all take
+either the frames or a :class:`PreparedRun` from :func:`prepare_run` (validated once).
+"""
+
+from data_contracts.tables import CONTRACT_VERSION, TABLES, ContractViolation
+
+from ._common import ContractVersionMismatch, PreparedRun, SinkError, mask_url, prepare_run
+from .duck import write_duckdb
+from .parquet import parquet_path, write_parquet
+from .postgres import write_postgres
+from .publish import PublishResult, publish_run
+
+__all__ = [
+    "CONTRACT_VERSION", "TABLES", "ContractViolation", "ContractVersionMismatch", "PreparedRun",
+    "PublishResult", "SinkError", "mask_url", "parquet_path", "prepare_run", "publish_run",
+    "write_duckdb", "write_parquet", "write_postgres",
+]

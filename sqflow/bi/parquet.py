@@ -1,0 +1,68 @@
+"""Parquet sink: one dataset per table, partitioned by run date, one file per run.
+
+Layout under ``parquet_dir``::
+
+    <table>/run_date=YYYY-MM-DD/<run_id>.parquet
+
+Each file is written to a temporary name in the same folder (``.<run_id>.parquet.<pid>.tmp``,
+which no ``*.parquet`` glob matches), flushed to disk and renamed over the target, so a reader
+sees the old file or the new one, never half of one. Re-publishing a run replaces its file (and
+removes a copy of it from any other run_date folder), so a run is never counted twice.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+
+from ._common import PreparedRun, ensure_prepared
+
+
+def parquet_path(parquet_dir: str | os.PathLike[str], table: str, run_date: object,
+                 run_id: str) -> Path:
+    return Path(parquet_dir) / table / f"run_date={run_date}" / f"{run_id}.parquet"
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_parquet(tables: Mapping[str, pd.DataFrame] | PreparedRun,
+                  parquet_dir: str | os.PathLike[str]) -> dict[str, Path]:
+    """Validate (unless already prepared) and write every table of one run; returns the file
+    of each table. A contract violation raises before any file is touched."""
+    run = ensure_prepared(tables)
+    root = Path(parquet_dir)
+    out: dict[str, Path] = {}
+    for name, table in run.arrow.items():
+        target = parquet_path(root, name, run.run_date, run.run_id)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "wb") as fh:
+                pq.write_table(table, fh, compression="zstd")
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+        _fsync_dir(target.parent)
+        # the same run published earlier under another date folder: remove that copy
+        for other in (root / name).glob(f"run_date=*/{run.run_id}.parquet"):
+            if other != target:
+                other.unlink(missing_ok=True)
+        out[name] = target
+    return out
