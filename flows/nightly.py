@@ -181,12 +181,12 @@ def nightly(config: dict[str, Any] | None = None) -> dict[str, Any]:
                 "DuckDB": str(lay.duckdb_path),
                 "models": str(lay.models_dir),
             }
-            if rd.exists():
-                atomic_write_text(rd / "run.json", json.dumps(
-                    {k: v for k, v in rec.items() if k != "cluster"} |
-                    {"cluster": {k: v for k, v in (rec.get("cluster") or {}).items()
-                                 if k != "loss_curve"}},
-                    indent=2, default=str))
+            # a failed run leaves its record too (status, error)
+            atomic_write_text(rd / "run.json", json.dumps(
+                {k: v for k, v in rec.items() if k != "cluster"} |
+                {"cluster": {k: v for k, v in (rec.get("cluster") or {}).items()
+                             if k != "loss_curve"}},
+                indent=2, default=str))
         md = _summary_md(rec)
         atomic_write_text(rd / "summary.md", md)
     rec["artifacts"] = _artifacts(rec, md)

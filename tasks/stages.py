@@ -271,7 +271,7 @@ def dask_client(cfg: dict[str, Any]):
     else:
         cluster = LocalCluster(n_workers=int(cfg.get("dask_workers") or 2), threads_per_worker=1,
                                processes=bool(cfg.get("dask_processes")),
-                               dashboard_address=None, silence_logs=logging.WARNING)
+                               dashboard_address=":0", silence_logs=logging.WARNING)
         client = Client(cluster)
     try:
         yield client, time.perf_counter() - t
@@ -279,14 +279,6 @@ def dask_client(cfg: dict[str, Any]):
         client.close()
         if cluster is not None:
             cluster.close()
-
-
-def _assign(block: np.ndarray, centers: np.ndarray) -> np.ndarray:
-    """(rows, 2) float64: nearest center index and Euclidean distance to it."""
-    b = np.asarray(block, dtype=np.float64)
-    d2 = (b * b).sum(1)[:, None] - 2.0 * b @ centers.T + (centers * centers).sum(1)[None, :]
-    k = d2.argmin(1)
-    return np.stack([k, np.sqrt(np.maximum(d2[np.arange(len(b)), k], 0.0))], axis=1)
 
 
 def _warm_start(cfg: dict[str, Any], lay: OutputLayout, run_id: str, version: str, dim: int
@@ -315,10 +307,9 @@ def _warm_start(cfg: dict[str, Any], lay: OutputLayout, run_id: str, version: st
 def cluster_stage(cfg: dict[str, Any], run_id: str) -> dict[str, Any]:
     """SQ over the run's embedding store on a Dask cluster, checkpointing the centers after
     each pass, then the assignment (cluster id, distance) of every row into the store."""
-    import dask.array as da
-
     from sqflow import StochasticQuantization
-    from sqflow.store import open_store, write_assignments
+    from sqflow.assign import assign_store
+    from sqflow.store import open_store
 
     log = _log()
     t0 = time.perf_counter()
@@ -356,12 +347,7 @@ def cluster_stage(cfg: dict[str, Any], run_id: str) -> dict[str, Any]:
         fit_s = time.perf_counter() - t_fit
         centers = np.asarray(est.cluster_centers_)
         t_assign = time.perf_counter()
-        res = da.map_blocks(_assign, X, centers, dtype=np.float64, chunks=(X.chunks[0], (2,)))
-        res = client.persist(res)
-        cid = res[:, 0].astype(np.int64)
-        dist = res[:, 1]
-        out = write_assignments(store, cid, dist, name=run_id, n_clusters=k,
-                                if_exists="overwrite", progress=True)
+        out = assign_store(est, store, client=client, name=run_id, progress=True)
         assign_s = time.perf_counter() - t_assign
     atomic_save_npy(rd / "centers.npy", centers)
     cid = out.read_cluster_ids().astype(np.int64)

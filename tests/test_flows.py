@@ -1,0 +1,194 @@
+"""The nightly flow and its stages on real Prefect (``prefect_test_harness``), a real Dask
+LocalCluster, real Zarr stores and the built-in MNIST; no mocks.
+
+One session fixture starts the harness (about 13 s) and trains a tiny encoder registry once.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from tasks.layout import OutputLayout, RunLockedError, output_lock
+from tasks.sources import SourceError
+
+
+@pytest.fixture(scope="session")
+def harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory):
+    """A registered tiny encoder (1,000 MNIST training images, 1 epoch) shared by the tests."""
+    from tasks.stages import train_encoder_stage
+
+    models = tmp_path_factory.mktemp("models")
+    out = tmp_path_factory.mktemp("train-out")
+    info = train_encoder_stage(_cfg(out, models_dir=str(models)))
+    assert info["version"] == "triplet-v0001"
+    assert (models / "CURRENT").read_text().strip() == "triplet-v0001"
+    return models
+
+
+def _cfg(out, **kw):
+    from flows.settings import load_settings
+
+    base = {"output_dir": str(out), "encoder_train_rows": 1000, "encoder_epochs": 1,
+            "reference_rows": 500, "n_clusters": 10, "max_iter": 5, "store_chunk_rows": 512,
+            "dask_workers": 2}
+    return load_settings(**{**base, **kw}).flow_parameters()
+
+
+def _config(out, models, **kw):
+    return {"output_dir": str(out), "models_dir": str(models), "n_clusters": 10, "max_iter": 5,
+            "store_chunk_rows": 512, "train_if_missing": False, **kw}
+
+
+def _published(out, table):
+    return pd.concat([pd.read_parquet(p) for p in
+                      sorted((Path(out) / "published" / table).glob("*/*.parquet"))])
+
+
+def test_nightly_two_runs_mnist(harness, registry, tmp_path):
+    from prefect.artifacts import Artifact
+
+    from flows.nightly import MONITOR_NOTE, _key, nightly
+
+    out = tmp_path / "out"
+    rec = nightly(config=_config(out, registry, sample={"mode": "uniform", "n": 1500}))
+    run_id = rec["run_id"]
+    assert rec["status"] == "completed" and rec["encoder_version"] == "triplet-v0001"
+    rd = out / "runs" / run_id
+    saved = json.loads((rd / "run.json").read_text())
+    assert saved["status"] == "completed" and saved["monitor"] == MONITOR_NOTE
+    # one checkpoint per SQ pass, the last one equals the final centers
+    ckpts = sorted((rd / "checkpoints").glob("pass-*.npy"))
+    assert len(ckpts) == rec["cluster"]["n_iter"] >= 1
+    # every published row carries the run id; assignments cover exactly the manifest
+    manifest = pd.read_parquet(rd / "manifest.parquet")
+    asg = _published(out, "assignments")
+    assert len(asg) == 1500 and set(asg["run_id"]) == {run_id}
+    assert sorted(asg["sample_id"]) == sorted(manifest["sample_id"])
+    centers = _published(out, "cluster_centers")
+    assert set(centers["run_id"]) == {run_id} and centers["size"].sum() == 1500
+    sizes = asg.groupby("cluster_id").size()
+    for row in centers.itertuples():
+        assert sizes.get(row.cluster_id, 0) == row.size
+    runs = _published(out, "runs")
+    assert runs["run_id"].tolist() == [run_id] and runs["drift_detected"].isna().all()
+    # artifacts a person reads in the UI
+    md = Artifact.get(_key(run_id, "summary"))
+    assert md is not None and "not run: drift monitoring is not implemented yet" in md.data
+    assert "| 70000 | 70000 | 0 | 1500 | 1500 |" in md.data
+    table = Artifact.get(_key(run_id, "clusters"))
+    rows = json.loads(table.data) if isinstance(table.data, str) else table.data
+    assert sum(r["size"] for r in rows) == 1500
+    for name in ("latent", "convergence"):
+        assert Path(rec["plots"][name]).stat().st_size > 1000
+
+    # second run: incremental (only unseen items), warm-started from the first run's centers
+    rec2 = nightly(config=_config(out, registry, sample={"mode": "incremental", "n": 800}))
+    assert rec2["cluster"]["warm_start_from"] == f"run {run_id}"
+    m2 = pd.read_parquet(out / "runs" / rec2["run_id"] / "manifest.parquet")
+    assert len(m2) == 800 and not set(m2["sample_id"]) & set(manifest["sample_id"])
+    con = duckdb.connect(str(out / "sqflow.duckdb"), read_only=True)
+    got = con.execute("SELECT run_id, count(*) FROM assignments GROUP BY run_id ORDER BY run_id"
+                      ).fetchall()
+    con.close()
+    assert got == [(run_id, 1500), (rec2["run_id"], 800)]
+
+    # the embed stage resumes: a re-run finds every chunk committed and writes none
+    from tasks.stages import embed_stage
+
+    again = embed_stage(_config(out, registry), run_id)
+    assert again["chunks_written"] == 0 and again["chunks_total"] == 3
+
+
+@pytest.fixture
+def png_folder(tmp_path):
+    """40 MNIST test digits as PNG files plus three bad items, with a labels CSV."""
+    from sqflow.datasets import load_mnist
+
+    images, labels = load_mnist("test")
+    root = tmp_path / "inspection"
+    root.mkdir()
+    rows = ["sample_id,label"]
+    for i in range(40):
+        Image.fromarray(images[i]).save(root / f"img{i:03d}.png")
+        rows.append(f"img{i:03d},{labels[i]}")
+    (root / "truncated.png").write_bytes((root / "img000.png").read_bytes()[:40])
+    Image.fromarray(images[0][:20, :20]).save(root / "cropped.png")
+    Image.fromarray(np.stack([images[1]] * 3, axis=-1)).save(root / "rgb.png")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    return {"kind": "image_folder", "path": str(root), "labels_path": str(tmp_path / "labels.csv")}
+
+
+def test_image_folder_run_quarantines_bad_items(harness, registry, tmp_path, png_folder):
+    from flows.nightly import nightly
+
+    out = tmp_path / "out"
+    rec = nightly(config=_config(out, registry, source=png_folder, n_clusters=3))
+    assert rec["status"] == "completed"
+    assert rec["sample"]["n_scanned"] == 43 and rec["sample"]["n_selected"] == 40
+    q = _published(out, "quarantine").set_index("sample_ref")
+    assert set(q.index) == {"truncated.png", "cropped.png", "rgb.png"}
+    assert q.loc["truncated.png", "reason"].startswith("cannot decode image")
+    assert "unexpected size" in q.loc["cropped.png", "reason"]
+    assert "unexpected channels" in q.loc["rgb.png", "reason"]
+    assert set(q["run_id"]) == {rec["run_id"]}
+    asg = _published(out, "assignments")
+    assert len(asg) == 40 and asg["label"].notna().all()
+
+
+def test_missing_source_fails_the_run_clearly(harness, registry, tmp_path):
+    from flows.nightly import nightly
+
+    out = tmp_path / "out"
+    missing = tmp_path / "no-such-dir"
+    with pytest.raises(SourceError, match="image folder .*no-such-dir.* does not exist"):
+        nightly(config=_config(out, registry, source={"kind": "image_folder",
+                                                      "path": str(missing)}))
+    (run,) = OutputLayout.at(out).run_records()
+    assert run["status"] == "failed" and str(missing) in run["error"]
+    assert not (out / "published").exists()
+
+
+def test_two_runs_on_one_output_never_overlap(harness, registry, tmp_path, png_folder):
+    from flows.nightly import nightly
+
+    out = tmp_path / "out"
+    lay = OutputLayout.at(out)
+    cfg = _config(out, registry, source=png_folder, n_clusters=3)
+    with output_lock(lay, "other-run"):
+        # a second run fails fast with a message naming the holder ...
+        with pytest.raises(RunLockedError, match="another nightly run holds the lock.*other-run"):
+            nightly(config={**cfg, "lock_timeout_s": 1})
+        assert not (out / "runs").exists()
+        # ... or waits for it when allowed to
+        release = threading.Event()
+        result = {}
+
+        def waiter():
+            result["rec"] = nightly(config={**cfg, "lock_timeout_s": 120})
+            release.set()
+
+        t = threading.Thread(target=waiter)
+        t.start()
+        time.sleep(3)
+        assert not release.is_set() and not (out / "runs").exists()
+    t.join(180)
+    assert result["rec"]["status"] == "completed"
+    shutil.rmtree(out)
