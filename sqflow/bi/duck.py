@@ -85,7 +85,10 @@ def write_duckdb(tables: Mapping[str, pd.DataFrame] | PreparedRun,
     path = Path(duckdb_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     con = duckdb.connect(str(path))
+    sources = {name: f"_sqflow_src_{name}" for name in run.arrow}
     try:
+        for name, view in sources.items():
+            con.register(view, run.arrow[name])
         con.execute("BEGIN TRANSACTION")
         try:
             con.execute(CONTRACTS_DDL)
@@ -94,11 +97,7 @@ def write_duckdb(tables: Mapping[str, pd.DataFrame] | PreparedRun,
             for name, arrow in run.arrow.items():
                 cols = ", ".join(f'"{c}"' for c in arrow.column_names)
                 con.execute(f'DELETE FROM "{name}" WHERE run_id = ?', [run.run_id])
-                con.register("_sqflow_src", arrow)
-                try:
-                    con.execute(f'INSERT INTO "{name}" ({cols}) SELECT {cols} FROM _sqflow_src')
-                finally:
-                    con.unregister("_sqflow_src")
+                con.execute(f'INSERT INTO "{name}" ({cols}) SELECT {cols} FROM {sources[name]}')
                 con.execute(
                     "INSERT OR REPLACE INTO sqflow_contracts VALUES (?, ?, ?, now())",
                     [name, get_contract(name).version, contract_record(name)])
@@ -106,6 +105,8 @@ def write_duckdb(tables: Mapping[str, pd.DataFrame] | PreparedRun,
         except BaseException:
             con.execute("ROLLBACK")
             raise
+        for view in sources.values():
+            con.unregister(view)
         con.execute("CHECKPOINT")
     finally:
         con.close()

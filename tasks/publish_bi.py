@@ -1,0 +1,132 @@
+"""Prefect side of the BI hand-off: the ``publish-bi`` task around :func:`sqflow.bi.publish_run`.
+
+Where the PostgreSQL URL comes from (first found wins; never from code, never logged):
+
+1. ``postgres_url`` passed in (for tests and notebooks);
+2. the environment variable ``SQFLOW_POSTGRES_URL`` of the process that runs the task;
+3. a Prefect ``Secret`` block whose NAME is given by ``postgres_secret_block`` (argument, key
+   ``postgres_secret_block`` of the run's config dict, or ``SQFLOW_POSTGRES_SECRET_BLOCK``);
+   create it once with ``Secret(value="postgresql://user:pass@host/db").save("sqflow-postgres")``
+   or in the UI (Blocks -> Secret).
+
+None of them set: PostgreSQL is skipped (Parquet and DuckDB are always written). Messages and
+the artifact show the URL with its password masked.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.tasks import exponential_backoff
+
+from data_contracts.tables import ContractViolation
+from sqflow.bi import ContractVersionMismatch, SinkError, mask_url, publish_run
+
+ENV_URL = "SQFLOW_POSTGRES_URL"
+ENV_SECRET_BLOCK = "SQFLOW_POSTGRES_SECRET_BLOCK"
+
+
+def _log() -> logging.Logger | logging.LoggerAdapter:
+    from prefect import get_run_logger
+
+    try:
+        return get_run_logger()
+    except Exception:  # noqa: BLE001 - outside a run (plain function call)
+        return logging.getLogger("sqflow.tasks.publish_bi")
+
+
+def resolve_postgres_url(postgres_url: str | None = None,
+                         postgres_secret_block: str | None = None,
+                         cfg: Mapping[str, Any] | None = None) -> str | None:
+    """The PostgreSQL URL from the argument, ``SQFLOW_POSTGRES_URL`` or a Secret block (see the
+    module docstring); None when none is configured."""
+    if postgres_url:
+        return str(postgres_url)
+    if os.environ.get(ENV_URL):
+        return os.environ[ENV_URL]
+    block = (postgres_secret_block or (cfg or {}).get("postgres_secret_block")
+             or os.environ.get(ENV_SECRET_BLOCK))
+    if not block:
+        return None
+    from prefect.blocks.system import Secret
+
+    try:
+        secret = Secret.load(block)
+    except ValueError as exc:
+        raise SinkError(f"Prefect Secret block {block!r} (PostgreSQL URL) cannot be loaded: "
+                        f"{exc}. Create it with Secret(value=URL).save({block!r})") from None
+    value = secret.get()
+    return str(value) if value else None
+
+
+def _transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry I/O and connection failures; never contract violations or version mismatches."""
+    try:
+        state.result()
+    except (ContractViolation, ContractVersionMismatch):
+        return False
+    except OSError:
+        return True
+    except SinkError as exc:
+        return "cannot connect" in str(exc)
+    except Exception as exc:  # noqa: BLE001 - DuckDB lock / dropped PostgreSQL connection
+        import duckdb
+        from sqlalchemy.exc import OperationalError
+
+        if isinstance(exc, (duckdb.IOException, OperationalError)):
+            return True
+        orig = getattr(exc, "__cause__", None) or getattr(exc, "__context__", None)
+        mod = type(orig).__module__ if orig is not None else ""
+        return mod.startswith("psycopg") and type(orig).__name__ == "OperationalError"
+    return False
+
+
+def publish_bi_stage(tables: Mapping[str, pd.DataFrame], *,
+                     parquet_dir: str | os.PathLike[str],
+                     duckdb_path: str | os.PathLike[str] | None,
+                     postgres_url: str | None = None,
+                     postgres_secret_block: str | None = None,
+                     cfg: Mapping[str, Any] | None = None,
+                     artifact: bool = True) -> dict[str, Any]:
+    """Validate and publish one run's BI tables (Parquet, DuckDB, optional PostgreSQL); when
+    called inside a Prefect run, leave a Markdown artifact listing what was written (tables,
+    contract versions, rows, files, the masked database URL). Returns
+    :meth:`sqflow.bi.PublishResult.to_dict`."""
+    log = _log()
+    url = resolve_postgres_url(postgres_url, postgres_secret_block, cfg)
+    log.info("publishing BI tables: Parquet %s, DuckDB %s, PostgreSQL %s", parquet_dir,
+             duckdb_path or "-", mask_url(url) if url else "not configured")
+    res = publish_run(tables, parquet_dir=Path(parquet_dir), duckdb_path=duckdb_path,
+                      postgres_url=url)
+    out = res.to_dict()
+    if artifact:
+        out["artifact"] = _artifact(res)
+    log.info("BI tables of run %s published: %s", res.run_id,
+             ", ".join(f"{k} {v}" for k, v in res.rows.items()))
+    return out
+
+
+def _artifact(res: Any) -> str | None:
+    from prefect.context import FlowRunContext, TaskRunContext
+
+    if TaskRunContext.get() is None and FlowRunContext.get() is None:
+        return None
+    from prefect.artifacts import create_markdown_artifact
+
+    key = "sqflow-bi-" + "".join(c if c.isalnum() else "-" for c in res.run_id.lower())
+    return str(create_markdown_artifact(res.to_markdown(), key=key,
+                                        description=f"BI tables of run {res.run_id}"))
+
+
+#: The Prefect task: retried with exponential backoff on I/O and connection errors only; no
+#: result cache (the inputs are DataFrames and publishing is idempotent per run_id anyway).
+publish_bi_task = task(publish_bi_stage, name="publish-bi", retries=3,
+                       retry_delay_seconds=exponential_backoff(backoff_factor=2),
+                       retry_condition_fn=_transient, cache_policy=NO_CACHE)
