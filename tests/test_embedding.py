@@ -243,3 +243,16 @@ def test_missing_sidecar_is_refused(tmp_path: Path, mnist_encoder) -> None:
     (tmp_path / "enc.pt.json").unlink()
     with pytest.raises(FileNotFoundError, match=r"enc\.pt\.json.*missing"):
         TripletEncoder.load(path)
+
+
+def test_lr_plateau_decay_and_early_stopping(mnist_small) -> None:
+    x, y, _, _ = mnist_small
+    # min_delta=10 makes every epoch after the first a "no improvement" epoch
+    enc = train_encoder(x[:300], y[:300], epochs=10, batch_size=100, lr=1e-3, patience=3,
+                        min_delta=10.0, lr_plateau_factor=0.5, progress=False)
+    met = enc.metadata["metrics"]
+    assert met["stop_reason"] == "early_stopping" and met["epochs_run"] == 4
+    assert met["lr"] == pytest.approx([1e-3, 1e-3, 1e-3, 5e-4])
+    assert met["best_epoch"] == 1
+    with pytest.raises(ValueError, match="lr_plateau_factor"):
+        train_encoder(x[:300], y[:300], lr_plateau_factor=1.5)

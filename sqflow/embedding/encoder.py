@@ -361,6 +361,7 @@ def train_encoder(
     val_fraction: float = 0.1,
     patience: int = 5,
     min_delta: float = 1e-4,
+    lr_plateau_factor: float | None = None,
     arch: dict[str, Any] | None = None,
     progress: bool = True,
     max_seconds: float | None = None,
@@ -394,6 +395,10 @@ def train_encoder(
     patience:
         Stop after this many epochs without a validation-loss improvement larger than
         ``min_delta``; the best epoch's weights are kept.
+    lr_plateau_factor:
+        When set (e.g. 0.3), multiply the learning rate by it after ``max(1, patience // 2)``
+        epochs without a validation improvement (``ReduceLROnPlateau``); None keeps the paper's
+        constant rate.
     arch:
         Network description (see :func:`sqflow.embedding.networks.build_network`); default:
         the paper CNN for images, an MLP for vectors.
@@ -426,6 +431,8 @@ def train_encoder(
         ("weight_decay", weight_decay, weight_decay >= 0),
         ("val_fraction", val_fraction, 0 <= val_fraction < 1),
         ("patience", patience, patience >= 1),
+        ("lr_plateau_factor", lr_plateau_factor,
+         lr_plateau_factor is None or 0 < lr_plateau_factor < 1),
         ("latent_dim", latent_dim, latent_dim >= 1),
     ):
         if not ok:
@@ -462,9 +469,14 @@ def train_encoder(
         net = build_network(arch).to(dev)
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=weight_decay)
+    plateau = None
+    if lr_plateau_factor is not None:
+        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            opt, mode="min", factor=lr_plateau_factor, patience=max(1, patience // 2),
+            threshold=min_delta, threshold_mode="abs")
 
     history: dict[str, list[float]] = {"train_loss": [], "val_loss": [], "val_knn1_accuracy": [],
-                                       "fraction_active": [], "epoch_seconds": []}
+                                       "fraction_active": [], "epoch_seconds": [], "lr": []}
     best = (math.inf, -1)
     best_state: dict[str, torch.Tensor] | None = None
     bad_epochs = 0
@@ -518,12 +530,15 @@ def train_encoder(
             history["val_loss"].append(val_loss)
             history["val_knn1_accuracy"].append(val_acc)
             history["epoch_seconds"].append(time.perf_counter() - t0)
+            history["lr"].append(float(opt.param_groups[0]["lr"]))
             bar.set_postfix(loss=f"{train_loss:.4f}", val_loss=f"{val_loss:.4f}",
                             val_acc=f"{val_acc:.4f}")
             log.info("epoch %d: train_loss=%.4f val_loss=%.4f val_knn1=%.4f (%.1fs)", epoch + 1,
                      train_loss, val_loss, val_acc, history["epoch_seconds"][-1])
 
             monitored = val_loss if x_val is not None else train_loss
+            if plateau is not None:
+                plateau.step(monitored)
             if monitored < best[0] - min_delta:
                 best = (monitored, epoch)
                 best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
@@ -549,7 +564,8 @@ def train_encoder(
         "n_val": int(len(val_rows)),
         "params": {"latent_dim": latent_dim, "epochs": epochs, "batch_size": batch_size,
                    "margin": margin, "lr": lr, "weight_decay": weight_decay, "seed": seed,
-                   "val_fraction": val_fraction, "patience": patience, "device": str(dev)},
+                   "val_fraction": val_fraction, "patience": patience, "device": str(dev),
+                   "lr_plateau_factor": lr_plateau_factor},
         "metrics": {**history, "best_epoch": best[1] + 1, "best_monitored": best[0],
                     "epochs_run": len(history["train_loss"]), "stop_reason": stop_reason,
                     "seconds": time.perf_counter() - t_start},
