@@ -94,20 +94,23 @@ def plot_convergence(
     path: str | os.PathLike[str],
     *,
     title: str = "SQ convergence",
-    xlabel: str = "recorded step",
+    xlabel: str = "block of samples (loss_curve_ entry)",
     ylabel: str = "objective",
 ) -> Path:
-    """One line per named curve (e.g. ``loss_curve_`` per optimizer), log-scaled y when positive."""
+    """One line per named curve (e.g. ``loss_curve_`` per optimizer); log-scaled y when the
+    values are positive and span more than a factor of 10."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    positive = True
+    finite: list[np.ndarray] = []
     for name, ys in curves.items():
         ys = np.asarray(ys, dtype=np.float64)
         if ys.size == 0:
             continue
-        positive &= bool(np.all(ys[np.isfinite(ys)] > 0))
-        ax.plot(np.arange(1, len(ys) + 1), ys, label=name, lw=1.2)
-    if positive:
+        finite.append(ys[np.isfinite(ys)])
+        ax.plot(np.arange(1, len(ys) + 1), ys, label=name, lw=1.2, marker=".")
+    allv = np.concatenate(finite) if finite else np.array([])
+    # log scale only when the curves span more than a decade; otherwise it hides the detail
+    if allv.size and allv.min() > 0 and allv.max() / allv.min() > 10:
         ax.set_yscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
