@@ -311,19 +311,29 @@ ASSIGNMENTS = TableContract(
 DRIFT_REPORTS = TableContract(
     name="drift_reports",
     version="1",
-    description="One row per drift statistic of a run (new embeddings vs the reference set).",
+    description="One row per drift statistic of a run (new embeddings vs the reference set), "
+                "plus one 'decision' row (value = statistics flagging drift, threshold = how "
+                "many must agree).",
     key=("run_id", "statistic"),
     columns=(
         _RUN_ID,
-        Col("reference_version", "str", "Version of the reference embedding set compared to.",
+        Col("reference_version", "str", "Encoder version whose reference set was compared to.",
             checks=(_non_empty(),), json_extra={"minLength": 1}),
-        Col("statistic", "str", "Name of the statistic, e.g. mmd or ks_dim0.",
+        Col("statistic", "str", "mmd, ks, distortion, occupancy, or decision.",
             checks=(_non_empty(),), json_extra={"minLength": 1}),
         Col("value", "float64", "Value of the statistic (not NaN; may be infinite)."),
-        Col("threshold", "float64", "Bound of the statistic beyond which it signals drift."),
+        Col("threshold", "float64", "Bound the statistic is compared with (alpha for tests)."),
         Col("p_value", "float64", "p-value when the test has one, else null.", nullable=True,
             checks=(pa.Check.in_range(0.0, 1.0),), json_extra={"minimum": 0, "maximum": 1}),
-        Col("drifted", "bool", "Whether this statistic signals drift."),
+        Col("drifted", "bool", "Whether this statistic (or the decision) signals drift; null "
+            "when the data were insufficient for a decision.", nullable=True),
+        Col("status", "str", "Outcome of the check, e.g. ok or insufficient_data.",
+            checks=(_non_empty(),), json_extra={"minLength": 1}),
+        Col("batch_rows", "int64", "Rows of the run's embeddings that were checked.",
+            checks=(_GE0,), json_extra={"minimum": 0}),
+        Col("reference_rows", "int64", "Rows of the reference set used.", checks=(_GE0,),
+            json_extra={"minimum": 0}),
+        Col("created_at", "timestamp", "When the report was computed (UTC)."),
     ),
 )
 

@@ -53,7 +53,9 @@ def run_frames(run_id: str = "20261126T020000Z-abcdef01", *, started: str = "202
             "run_id": [run_id, run_id], "reference_version": ["triplet-v0001"] * 2,
             "statistic": ["mmd", "ks_max"], "value": [drift, drift / 2],
             "threshold": [0.5, 0.5], "p_value": [None, 0.3],
-            "drifted": [drift > 0.5, drift / 2 > 0.5],
+            "drifted": [drift > 0.5, drift / 2 > 0.5], "status": ["ok", "ok"],
+            "batch_rows": [n, n], "reference_rows": [500, 500],
+            "created_at": [t0 + pd.Timedelta(seconds=30)] * 2,
         }),
         "quarantine": pd.DataFrame({
             "run_id": pd.Series([run_id] * n_quarantine, dtype="str"),
