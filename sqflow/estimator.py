@@ -403,31 +403,18 @@ default="k-means++"
         -------
         self
         """
-        rs = self.random_state
-        rng = check_random_state(copy.deepcopy(rs) if isinstance(rs, np.random.RandomState) else rs)
+        rng = self._rng()
         X = self._check_X(X, reset=True)
         n, d = X.shape
         p = self._check_params(d)
-        if n < self.n_clusters:
-            raise ValueError(
-                f"n_samples={n} should be >= n_clusters={self.n_clusters}: SQ needs at least "
-                "one sample per center"
-            )
         chunked = is_chunked(X)
-        labels = self._check_y(y, n) if (isinstance(self.init, str) and self.init == "labels") else None
         bounds = self._bounds(X, p)
+        sample, class_sums = self._init_data(X, y, p, bounds, rng, "")
         dask_passes = None
         if is_dask_array(X):
             client = get_client(self.dask_address)
             if client is not None:
                 dask_passes = DaskPasses(client, X, self.n_parallel)
-
-        size = min(n, p["init_size"])
-        if chunked:
-            sample = uniform_sample(X, size, rng, bounds)
-        else:
-            sample = X if size >= n else X[np.sort(rng.choice(n, size=size, replace=False))]
-        class_sums = self._class_sums(X, labels, bounds, chunked) if labels is not None else None
 
         best = None
         seeds = rng.randint(np.iinfo(np.int32).max, size=self.n_init)
@@ -480,26 +467,16 @@ default="k-means++"
         self
         """
         first = not hasattr(self, "_sq_state")
-        rs = self.random_state
         X = self._check_X(X, reset=first)
         chunked = is_chunked(X)
         n, d = X.shape
         p = self._check_params(d)
+        bounds = self._bounds(X, p)
         if first:
-            if n < self.n_clusters:
-                raise ValueError(
-                    f"n_samples={n} should be >= n_clusters={self.n_clusters} in the first "
-                    "partial_fit call (it initialises the centers)"
-                )
-            rng = check_random_state(copy.deepcopy(rs) if isinstance(rs, np.random.RandomState) else rs)
-            bounds = self._bounds(X, p)
-            size = min(n, p["init_size"])
-            if chunked:
-                sample = uniform_sample(X, size, rng, bounds)
-            else:
-                sample = X if size >= n else X[np.sort(rng.choice(n, size=size, replace=False))]
-            labels = self._check_y(y, n) if (isinstance(self.init, str) and self.init == "labels") else None
-            class_sums = self._class_sums(X, labels, bounds, chunked) if labels is not None else None
+            rng = self._rng()
+            sample, class_sums = self._init_data(
+                X, y, p, bounds, rng, " in the first partial_fit call (it initialises the centers)"
+            )
             centers0 = self._initial_centers(sample, p, rng, class_sums)
             scale = self._resolve_scale(sample, centers0)
             state = OptimizerState.start(centers0 / scale, self.optimizer)
@@ -511,7 +488,6 @@ default="k-means++"
             curve = list(self.loss_curve_)
             n_steps = self.n_steps_
 
-        bounds = self._bounds(X, p)
         args = self._kernel_args(p, scale)
         unit = scale ** float(self.rank)
         for start, stop in bounds:
@@ -534,6 +510,29 @@ default="k-means++"
         return self
 
     # ------------------------------------------------------------------ internals
+    def _rng(self) -> np.random.RandomState:
+        """The run's generator; a passed RandomState is copied so that refits repeat."""
+        rs = self.random_state
+        return check_random_state(copy.deepcopy(rs) if isinstance(rs, np.random.RandomState) else rs)
+
+    def _init_data(self, X, y, p, bounds, rng, where: str):
+        """Bounded initialisation sample and, for ``init="labels"``, per-class sums/counts."""
+        n = X.shape[0]
+        if n < self.n_clusters:
+            raise ValueError(
+                f"n_samples={n} should be >= n_clusters={self.n_clusters}{where}: SQ needs at "
+                "least one sample per center"
+            )
+        chunked = is_chunked(X)
+        labels = self._check_y(y, n) if (isinstance(self.init, str) and self.init == "labels") else None
+        size = min(n, p["init_size"])
+        if chunked:
+            sample = uniform_sample(X, size, rng, bounds)
+        else:
+            sample = X if size >= n else X[np.sort(rng.choice(n, size=size, replace=False))]
+        class_sums = self._class_sums(X, labels, bounds, chunked) if labels is not None else None
+        return sample, class_sums
+
     def _resolve_scale(self, sample: np.ndarray, centers0: np.ndarray) -> float:
         """"auto": RMS distance of the init sample to its nearest initial center.
 
