@@ -192,3 +192,48 @@ def test_two_runs_on_one_output_never_overlap(harness, registry, tmp_path, png_f
     t.join(180)
     assert result["rec"]["status"] == "completed"
     shutil.rmtree(out)
+
+
+def test_settings_from_toml_and_environment(tmp_path, monkeypatch):
+    from flows.settings import load_settings
+
+    toml = tmp_path / "sqflow.toml"
+    toml.write_text('output_dir = "/data/x"\nn_clusters = 7\ntimezone = "Europe/Kyiv"\n'
+                    '[source]\nkind = "npy"\npath = "/data/v.npy"\n[sample]\nmode = "incremental"\n')
+    monkeypatch.setenv("SQFLOW_CONFIG", str(toml))
+    monkeypatch.setenv("SQFLOW_N_CLUSTERS", "12")
+    s = load_settings(max_iter=3)
+    assert (s.n_clusters, s.max_iter, s.timezone, str(s.output_dir)) == (12, 3, "Europe/Kyiv",
+                                                                        "/data/x")
+    assert s.source.kind == "npy" and s.sample.mode == "incremental"
+    monkeypatch.setenv("SQFLOW_SAMPLE__MODE", "uniform")
+    with pytest.raises(ValueError, match="needs n"):
+        load_settings()
+    monkeypatch.setenv("SQFLOW_CONFIG", str(tmp_path / "missing.toml"))
+    with pytest.raises(FileNotFoundError, match="missing.toml"):
+        load_settings()
+
+
+def test_infra_files_are_consistent():
+    """prefect.yaml entrypoints are real flows; the compose file has the promised services (it
+    is not run here: no Docker engine on the build machine)."""
+    import importlib
+
+    import yaml
+    from prefect import Flow
+
+    repo = Path(__file__).resolve().parents[1]
+    spec = yaml.safe_load((repo / "prefect.yaml").read_text())
+    names = {d["name"]: d for d in spec["deployments"]}
+    assert set(names) == {"nightly", "train-encoder", "sample", "embed", "cluster"}
+    for d in spec["deployments"]:
+        path, fn = d["entrypoint"].split(":")
+        mod = importlib.import_module(path.removesuffix(".py").replace("/", "."))
+        assert isinstance(getattr(mod, fn), Flow) and d["work_pool"]["name"] == "sqflow-process"
+    assert names["nightly"]["schedules"][0]["cron"] == "0 2 * * *"
+    assert names["nightly"]["concurrency_limit"] == 1
+    compose = yaml.safe_load((repo / "infra" / "docker-compose.yml").read_text())
+    assert {"postgres", "prefect-server", "dask-scheduler", "dask-worker",
+            "prefect-worker"} <= set(compose["services"])
+    env = compose["services"]["prefect-worker"]["environment"]
+    assert env["SQFLOW_DASK_ADDRESS"] == "tcp://dask-scheduler:8786"
