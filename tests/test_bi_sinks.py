@@ -417,3 +417,54 @@ def test_postgres_password_never_shown(postgres_server, caplog, tmp_path):
     assert "cannot connect" in str(ei.value) and "***" in str(ei.value)
     assert secret not in str(ei.value) and secret not in repr(ei.value)
     assert secret not in caplog.text
+
+
+def test_every_table_exists_even_before_its_first_rows(tmp_path, pg_url):
+    """A dashboard on drift_reports works before the monitor ever ran: all contract tables are
+    created (empty) on the first publish, whatever tables the run had."""
+    only_runs = {"runs": _frames(RUN_A)["runs"]}
+    db = tmp_path / "bi.duckdb"
+    publish_run(only_runs, parquet_dir=tmp_path / "p", duckdb_path=db, postgres_url=pg_url)
+    con = duckdb.connect(str(db), read_only=True)
+    for name in TABLES:
+        n = con.execute(f"SELECT count(*) FROM {name}").fetchone()[0]
+        assert n == (1 if name == "runs" else 0)
+        assert _pg(pg_url, f"SELECT count(*) FROM {name}")[0][0] == n
+    assert len(con.execute("SELECT * FROM sqflow_contracts").fetchall()) == len(TABLES)
+    con.close()
+    assert [p.parent.parent.name for p in (tmp_path / "p").rglob("*.parquet")] == ["runs"]
+
+
+_READER = textwrap.dedent("""
+    import sys, duckdb
+    con = duckdb.connect(sys.argv[1], read_only=True)
+    print(con.execute("SELECT count(*) FROM assignments").fetchone()[0], flush=True)
+    sys.stdin.readline()  # hold the file open until told
+    print(con.execute("SELECT count(*) FROM assignments").fetchone()[0], flush=True)
+""")
+
+
+def test_duckdb_publish_is_not_blocked_by_a_bi_reader(tmp_path):
+    """A BI tool in another process holds the DuckDB file open: the next publish still goes
+    through (copy + atomic replace), the open connection keeps a consistent old view, a new
+    connection sees the new run. Writing in place (swap=False) is what a reader would block."""
+    db = tmp_path / "sqflow.duckdb"
+    write_duckdb(_frames(RUN_A), db)
+    p = subprocess.Popen([sys.executable, "-c", _READER, str(db)], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "200"
+        with pytest.raises(duckdb.IOException, match="lock"):
+            write_duckdb(_frames(RUN_B), db, swap=False)
+        write_duckdb(_frames(RUN_B, n=50), db)
+        p.stdin.write("\n")
+        p.stdin.flush()
+        assert p.stdout.readline().strip() == "200"  # its snapshot: the old file
+    finally:
+        p.kill()
+        p.wait()
+    con = duckdb.connect(str(db), read_only=True)
+    assert con.execute("SELECT run_id, count(*) FROM assignments GROUP BY 1 ORDER BY 1"
+                       ).fetchall() == [(RUN_A[0], 200), (RUN_B[0], 50)]
+    con.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".sqflow.duckdb.lock", "sqflow.duckdb"]

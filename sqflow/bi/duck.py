@@ -6,20 +6,24 @@ contract version recorded in ``sqflow_contracts``, then in ONE transaction delet
 rows from every published table and insert the new ones, and record the contract versions. A
 failure anywhere rolls the whole run back: readers see the previous state.
 
-DuckDB allows one writing process per file: a BI tool should open the file read-only (see the
-README's "BI hand-off"); while a writer holds it, publishing fails with an I/O error (retried by
-the Prefect task).
+DuckDB allows one writing process per file, and a process holding the file blocks writers from
+other processes. So by default the upsert runs on a copy that then atomically replaces the file
+(:func:`write_duckdb` ``swap=True``): BI tools keep their (read-only) connections to the old
+file and see the new run on their next connection; a failed publish leaves the file untouched.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
-from collections.abc import Mapping
+import shutil
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
 
-from data_contracts.tables import get_contract
+from data_contracts.tables import TABLES, get_contract
 
 from ._common import (
     ContractVersionMismatch,
@@ -62,7 +66,10 @@ def _ensure_table(con, table: str) -> None:
             con.execute(f'COMMENT ON COLUMN "{table}"."{col.name}" IS {_q(col.description)}')
     row = con.execute("SELECT contract_version FROM sqflow_contracts WHERE table_name = ?",
                       [table]).fetchone()
-    if row is not None and row[0] != c.version:
+    if row is None:
+        con.execute("INSERT INTO sqflow_contracts VALUES (?, ?, ?, now())",
+                    [table, c.version, contract_record(table)])
+    elif row[0] != c.version:
         raise ContractVersionMismatch(
             f"DuckDB table {table!r} holds contract v{row[0]} but this sqflow writes "
             f"v{c.version}: migrate the table (or publish into a new database file) first")
@@ -75,39 +82,94 @@ def _ensure_table(con, table: str) -> None:
             f"{c.column_names}: migrate the table or publish into a new database file")
 
 
+def _upsert(con, run: PreparedRun) -> None:
+    """Create missing tables, then replace the run's rows of every given table, in one
+    transaction; checkpoint so that the file holds everything (no write-ahead log left)."""
+    sources = {name: f"_sqflow_src_{name}" for name in run.arrow}
+    for name, view in sources.items():
+        con.register(view, run.arrow[name])
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.execute(CONTRACTS_DDL)
+        for name in TABLES:  # every table exists (empty) for BI tools from the start
+            _ensure_table(con, name)
+        for name, arrow in run.arrow.items():
+            cols = ", ".join(f'"{c}"' for c in arrow.column_names)
+            con.execute(f'DELETE FROM "{name}" WHERE run_id = ?', [run.run_id])
+            con.execute(f'INSERT INTO "{name}" ({cols}) SELECT {cols} FROM {sources[name]}')
+            con.execute(
+                "INSERT OR REPLACE INTO sqflow_contracts VALUES (?, ?, ?, now())",
+                [name, get_contract(name).version, contract_record(name)])
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    for view in sources.values():
+        con.unregister(view)
+    con.execute("CHECKPOINT")
+
+
+@contextmanager
+def _flock(path: Path) -> Iterator[None]:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def write_duckdb(tables: Mapping[str, pd.DataFrame] | PreparedRun,
-                 duckdb_path: str | os.PathLike[str]) -> Path:
+                 duckdb_path: str | os.PathLike[str], *, swap: bool = True) -> Path:
     """Validate (unless already prepared) and upsert one run into the DuckDB file (created if
-    missing). All tables and the contract records change in one transaction."""
+    missing). All tables and the contract records change in one transaction.
+
+    ``swap=True`` (default): the upsert runs on a copy of the file that then replaces it
+    (``os.replace``; publishers serialised by ``.<name>.lock``). BI tools that hold the file
+    open (read-only) never block the nightly publish and never see a half-written file; they
+    see the new run when they reconnect. ``swap=False`` writes in place (needs exclusive
+    access to the file; cheaper for very large files)."""
     import duckdb
 
     run = ensure_prepared(tables)
     path = Path(duckdb_path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    con = duckdb.connect(str(path))
-    sources = {name: f"_sqflow_src_{name}" for name in run.arrow}
-    try:
-        for name, view in sources.items():
-            con.register(view, run.arrow[name])
-        con.execute("BEGIN TRANSACTION")
+    if not swap:
+        con = duckdb.connect(str(path))
         try:
-            con.execute(CONTRACTS_DDL)
-            for name in run.arrow:
-                _ensure_table(con, name)
-            for name, arrow in run.arrow.items():
-                cols = ", ".join(f'"{c}"' for c in arrow.column_names)
-                con.execute(f'DELETE FROM "{name}" WHERE run_id = ?', [run.run_id])
-                con.execute(f'INSERT INTO "{name}" ({cols}) SELECT {cols} FROM {sources[name]}')
-                con.execute(
-                    "INSERT OR REPLACE INTO sqflow_contracts VALUES (?, ?, ?, now())",
-                    [name, get_contract(name).version, contract_record(name)])
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-        for view in sources.values():
-            con.unregister(view)
-        con.execute("CHECKPOINT")
-    finally:
-        con.close()
+            _upsert(con, run)
+        finally:
+            con.close()
+        return path
+    with _flock(path.with_name(f".{path.name}.lock")):
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp_wal = Path(f"{tmp}.wal")
+        tmp.unlink(missing_ok=True)
+        tmp_wal.unlink(missing_ok=True)
+        try:
+            if path.exists():
+                if Path(f"{path}.wal").exists():  # an interrupted in-place writer: replay it
+                    duckdb.connect(str(path)).close()
+                shutil.copyfile(path, tmp)
+            con = duckdb.connect(str(tmp))
+            try:
+                _upsert(con, run)
+            finally:
+                con.close()
+            _fsync(tmp)
+            os.replace(tmp, path)
+            _fsync(path.parent)
+        finally:
+            tmp.unlink(missing_ok=True)
+            tmp_wal.unlink(missing_ok=True)
     return path

@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from data_contracts.tables import get_contract
+from data_contracts.tables import TABLES, get_contract
 
 from ._common import (
     ContractVersionMismatch,
@@ -82,7 +82,10 @@ def _ensure_tables(cur, names: list[str]) -> None:
         cur.execute("SELECT contract_version FROM sqflow_contracts WHERE table_name = %s",
                     (name,))
         row = cur.fetchone()
-        if row is not None and row[0] != c.version:
+        if row is None:
+            cur.execute("INSERT INTO sqflow_contracts (table_name, contract_version, contract) "
+                        "VALUES (%s, %s, %s::jsonb)", (name, c.version, contract_record(name)))
+        elif row[0] != c.version:
             raise ContractVersionMismatch(
                 f"PostgreSQL table {name!r} holds contract v{row[0]} but this sqflow writes "
                 f"v{c.version}: migrate the table first")
@@ -122,7 +125,7 @@ def write_postgres(tables: Mapping[str, pd.DataFrame] | PreparedRun, url: Any) -
                 pg = conn.connection.driver_connection
                 with pg.cursor() as cur:
                     cur.execute("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_LOCK_KEY,))
-                    _ensure_tables(cur, list(run.arrow))
+                    _ensure_tables(cur, list(TABLES))  # all exist (empty) for BI tools
                     for name, arrow in run.arrow.items():
                         cols = ", ".join(f'"{c}"' for c in arrow.column_names)
                         cur.execute(f'DELETE FROM "{name}" WHERE run_id = %s', (run.run_id,))
