@@ -1,0 +1,379 @@
+"""The cluster report of a nightly run: loader from the output folder, Prefect task, BI table.
+
+* :func:`build_report_for_run` (plain function; what ``sqflow report RUN_ID`` calls) reads a
+  run's outputs from the pipeline's output folder (see :mod:`tasks.layout`) and calls the engine
+  :func:`sqflow.report.build_report`. It writes ``runs/<run_id>/report/report.html`` (the
+  self-contained page), ``cluster_report.parquet`` and ``report.json`` beside it.
+* :data:`report_task` (Prefect): the same, plus two artifacts (a Markdown summary with a link to
+  the page, and the per-cluster table) and the ``cluster_report`` BI Parquet file
+  ``published/cluster_report/run_date=YYYY-MM-DD/<run_id>.parquet`` checked against
+  :data:`CLUSTER_REPORT` first.
+
+What is read (all written by ``nightly``): ``run.json`` (status, dataset, encoder version,
+counts, quarantine reasons, objective, passes, timings), ``manifest.parquet`` / ``.json``
+(sample ids, source refs, labels, splits, item shape), ``embeddings.zarr`` with the
+assignments ``<run_id>`` inside, ``centers.npy``, ``drift_report.json`` when the monitor ran,
+and the ``report/cluster_report.parquet`` of earlier runs (trends, previous values).
+
+The labeled hold-out (embedding quality) is the labeled rows of the run whose split is not
+``train`` (the encoder trains on the ``train`` split); when the run has none, all labeled rows
+are used and the page says that they may include encoder training items.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pandera.pandas as pa
+
+from data_contracts.tables import Col, ContractViolation, TableContract
+
+from .layout import OutputLayout
+
+__all__ = ["build_report_for_run", "report_stage", "report_task", "CLUSTER_REPORT",
+           "validate_cluster_report", "report_dir"]
+
+#: runs kept in the size trend (this run included)
+TREND_RUNS = 7
+
+_GE0 = pa.Check.ge(0)
+_SHARE = pa.Check.in_range(0.0, 1.0)
+
+
+def _share_col(name: str, text: str) -> Col:
+    return Col(name, "float64", text, nullable=True, checks=(_SHARE,),
+               json_extra={"minimum": 0, "maximum": 1})
+
+
+#: Contract of the ``cluster_report`` BI table (same mechanism as data_contracts.tables; to be
+#: registered in ``data_contracts.tables.TABLES`` by its owner so the sinks publish it).
+CLUSTER_REPORT = TableContract(
+    name="cluster_report",
+    version="1",
+    description="One row per cluster of a run: the figures of the cluster report (size, label "
+                "purity, spread) and the run's embedding quality on the labeled hold-out.",
+    key=("run_id", "cluster_id"),
+    columns=(
+        Col("run_id", "str", "Id of the nightly run.", checks=(pa.Check.str_length(min_value=1),),
+            json_extra={"minLength": 1}),
+        Col("cluster_id", "int32", "Cluster index 0..k-1.", checks=(_GE0,),
+            json_extra={"minimum": 0}),
+        Col("size", "int64", "Items assigned to the cluster.", checks=(_GE0,),
+            json_extra={"minimum": 0}),
+        Col("majority_label", "int64", "Most frequent known label of its items; null when none "
+            "is labeled.", nullable=True, checks=(_GE0,), json_extra={"minimum": 0}),
+        _share_col("purity", "Share of its labeled items carrying the majority label."),
+        Col("mean_distance", "float64", "Mean Euclidean distance of its items to the center; "
+            "null for an empty cluster.", nullable=True, checks=(_GE0,),
+            json_extra={"minimum": 0}),
+        _share_col("knn_accuracy", "Run-level: leave-one-out kNN accuracy of the labeled "
+                   "hold-out in the embedding (same on every row of the run)."),
+        _share_col("majority_agreement", "Run-level: share of held-out labeled items whose "
+                   "cluster's majority label is their own."),
+        _share_col("trustworthiness", "Run-level: scikit-learn trustworthiness of the embedding "
+                   "of the hold-out (input neighbours kept)."),
+        Col("representative_sample_ids", "json", "JSON array of the sample ids nearest to the "
+            "center (the cluster's typical members), nearest first."),
+    ),
+)
+
+
+def validate_cluster_report(df: pd.DataFrame) -> pd.DataFrame:
+    """Check the per-cluster table against :data:`CLUSTER_REPORT`; raise
+    :class:`ContractViolation` naming the columns and rows that violate it."""
+    missing = [c for c in CLUSTER_REPORT.column_names if c not in df.columns]
+    extra = [c for c in df.columns if c not in CLUSTER_REPORT.column_names]
+    if missing or extra:
+        raise ContractViolation("cluster_report", f"columns missing {missing}, unexpected "
+                                f"{extra}; valid: {CLUSTER_REPORT.column_names}")
+    bad = [i for i, v in df["representative_sample_ids"].items()
+           if not isinstance(v, str) or not isinstance(_loads(v), list)]
+    if bad:
+        raise ContractViolation("cluster_report", "column 'representative_sample_ids' must be a "
+                                f"JSON array in rows {bad[:10]}")
+    try:
+        CLUSTER_REPORT.pandera_schema().validate(df, lazy=True)
+    except pa.errors.SchemaErrors as exc:
+        fc = exc.failure_cases
+        raise ContractViolation("cluster_report", "; ".join(
+            f"column {r.get('column')!r} fails {r.get('check')} in row {r.get('index')}"
+            for r in fc.head(10).to_dict("records"))) from None
+    return df
+
+
+def _loads(v: str) -> Any:
+    try:
+        return json.loads(v)
+    except ValueError:
+        return None
+
+
+def _log() -> logging.Logger | logging.LoggerAdapter:
+    try:
+        from prefect import get_run_logger
+
+        return get_run_logger()
+    except Exception:  # noqa: BLE001 - outside a run (plain function call)
+        return logging.getLogger("sqflow.tasks.report")
+
+
+def report_dir(layout: OutputLayout, run_id: str) -> Path:
+    return layout.run_dir(run_id) / "report"
+
+
+def _previous_runs(lay: OutputLayout, run_id: str, started_at: str | None) -> list[Any]:
+    """Earlier completed runs (oldest first, at most TREND_RUNS - 1): their report table when
+    they have one, else the cluster sizes of their run.json."""
+    from sqflow.report import REPORT_TABLE, PreviousRun, summarise_previous
+
+    out = []
+    for rec in lay.run_records():
+        rid = rec.get("run_id")
+        if rid == run_id or rec.get("status") != "completed":
+            continue
+        if started_at and rec.get("started_at", "") >= started_at:
+            continue
+        tp = report_dir(lay, rid) / REPORT_TABLE
+        if tp.exists():
+            try:
+                out.append(summarise_previous(pd.read_parquet(tp), rid))
+                continue
+            except (OSError, ValueError, KeyError):
+                pass
+        clusters = (rec.get("cluster") or {}).get("clusters") or []
+        if clusters:
+            out.append(PreviousRun(rid, {int(c["cluster_id"]): int(c["size"]) for c in clusters}))
+    return out[-(TREND_RUNS - 1):]
+
+
+def _drift(rd: Path, rec: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
+    p = rd / "drift_report.json"
+    if p.exists():
+        d = json.loads(p.read_text())
+        stats = [{"statistic": s.get("statistic") or s.get("name"), "value": s.get("value"),
+                  "threshold": s.get("threshold"), "p_value": s.get("p_value"),
+                  "drifted": s.get("drifted")} for s in d.get("statistics", [])]
+        return {"drifted": d.get("drifted"), "status": d.get("status"),
+                "reasons": d.get("reasons", []), "statistics": stats}, None
+    mon = rec.get("monitor")
+    if isinstance(mon, dict) and "drifted" in mon:
+        return {"drifted": mon.get("drifted"), "status": mon.get("status"),
+                "reasons": mon.get("reasons", []), "statistics": mon.get("statistics", [])}, None
+    note = mon if isinstance(mon, str) else None
+    return None, ("The drift monitor did not run" + (f": {note}" if note else "") + ".")
+
+
+def build_report_for_run(output_dir: str | os.PathLike[str], run_id: str, *,
+                         models_dir: str | os.PathLike[str] | None = None,
+                         record: dict[str, Any] | None = None,
+                         max_heldout: int = 2000) -> Path:
+    """Build the cluster report of run ``run_id`` in the output folder ``output_dir`` and
+    return the path of its HTML page (``runs/<run_id>/report/report.html``).
+
+    ``record``: the run record that ``nightly`` holds in memory (it has the full convergence
+    curve, ``cluster.loss_curve``); None reads ``run.json`` (whose convergence curve is the
+    objective estimate after each pass). Raises FileNotFoundError naming what is missing when
+    the run folder is incomplete (the run failed or has not clustered yet).
+    """
+    return _build(output_dir, run_id, models_dir=models_dir, record=record,
+                  max_heldout=max_heldout).html_path
+
+
+def _build(output_dir: str | os.PathLike[str], run_id: str, *, models_dir: Any = None,
+           record: dict[str, Any] | None = None, max_heldout: int = 2000) -> Any:
+    from data_contracts.manifest import ManifestMeta
+    from sqflow.report import HeldOut, RunHealth, build_report
+    from sqflow.store import open_assignments, open_store
+
+    from .sources import open_source
+
+    lay = OutputLayout.at(output_dir, models_dir)
+    rd = lay.run_dir(run_id)
+    if not rd.is_dir():
+        runs = sorted(p.name for p in (lay.root / "runs").glob("*") if p.is_dir())
+        raise FileNotFoundError(f"no run {run_id!r} in {str(lay.root / 'runs')!r}; runs there: "
+                                f"{runs[-5:] if runs else 'none'}")
+    need = [rd / "run.json", rd / "manifest.parquet", rd / "manifest.json",
+            rd / "embeddings.zarr", rd / "centers.npy"]
+    missing = [str(p) for p in need if not p.exists()]
+    if missing:
+        raise FileNotFoundError(f"run {run_id!r} has no {', '.join(missing)}: the report needs "
+                                "a run that got through clustering")
+    rec = record if record is not None else json.loads((rd / "run.json").read_text())
+    saved = json.loads((rd / "run.json").read_text()) if record is not None else rec
+    meta = ManifestMeta.model_validate_json((rd / "manifest.json").read_text())
+    manifest = pd.read_parquet(rd / "manifest.parquet")
+    store = open_store(rd / "embeddings.zarr")
+    asg = open_assignments(store, name=run_id)
+    cid = asg.read_cluster_ids().astype(np.int64)
+    dist = asg.read_distances().astype(np.float64)
+    labels = store.read_labels().astype(np.int64)
+    ids = np.asarray(store.read_sample_ids()).astype(str)
+    if len(manifest) != len(ids) or not np.array_equal(manifest["sample_id"].to_numpy(str), ids):
+        raise RuntimeError(f"run {run_id!r}: the embedding store's sample ids differ from the "
+                           "manifest's; re-run embed")
+    centers = np.load(rd / "centers.npy")
+    source = open_source(meta.source)
+    refs = manifest["source_ref"].to_numpy(object)
+    row_of = {s: i for i, s in enumerate(ids)}
+    images = len(meta.item_shape) >= 2
+
+    def thumbnails(sample_ids: Sequence[str]) -> np.ndarray:
+        return source.load([refs[row_of[s]] for s in sample_ids])
+
+    # labeled hold-out: labeled rows outside the encoder's training split
+    split = manifest["split"].to_numpy(str)
+    lab_rows = np.flatnonzero(labels >= 0)
+    held = lab_rows[split[lab_rows] != "train"]
+    caveat = None
+    if len(held) == 0 and len(lab_rows):
+        held = lab_rows
+        caveat = ("this run has no labeled items outside the encoder's training split, so the "
+                  "quality was measured on its labeled items, which may include items the "
+                  "encoder was trained on (figures may look better than they are)")
+    heldout = None
+    if len(held) >= 2:
+        if len(held) > max_heldout:
+            held = np.sort(np.random.default_rng(0).choice(held, max_heldout, replace=False))
+        heldout = HeldOut(embeddings=store.embedding.oindex[held], labels=labels[held],
+                          inputs=source.load(list(refs[held])), cluster_ids=cid[held],
+                          note=caveat)
+    cl = rec.get("cluster") or {}
+    curve = cl.get("loss_curve")
+    curve_label = "block of samples"
+    if not curve:
+        curve = [p["objective_estimate"] for p in cl.get("passes", [])]
+        curve_label = "pass over the data"
+    samp = rec.get("sample") or {}
+    drift, note = _drift(rd, saved)
+    timings = {k: float(v) for k, v in (rec.get("timings") or {}).items()}
+    health = RunHealth(
+        drift=drift, monitor_note=note, n_items=len(ids),
+        n_quarantined=int(samp.get("n_quarantined") or 0),
+        quarantine_reasons=samp.get("top_quarantine_reasons") or {},
+        objective=cl.get("objective"), loss_curve=curve, loss_curve_label=curve_label,
+        n_passes=cl.get("n_iter"), timings=timings, dataset=rec.get("dataset"),
+        encoder_version=rec.get("encoder_version") or store.encoder_version,
+        started_at=rec.get("started_at"), warm_start_from=cl.get("warm_start_from"))
+    result = build_report(
+        run_id, report_dir(lay, run_id), embeddings=store.embedding, cluster_ids=cid,
+        distances=dist, centers=centers, sample_ids=ids,
+        labels=labels if (labels >= 0).any() else None,
+        thumbnails=thumbnails if images else None, heldout=heldout,
+        previous=_previous_runs(lay, run_id, rec.get("started_at")), health=health,
+        max_heldout=max_heldout)
+    return result
+
+
+# ------------------------------------------------------------------------------ Prefect
+def report_stage(cfg: dict[str, Any], run_id: str,
+                 record: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Build the report of ``run_id`` (see :func:`build_report_for_run`), write the
+    ``cluster_report`` BI Parquet file (contract-checked) and return a small JSON-able dict:
+    ``html``, ``table``, ``bi_parquet``, ``rows`` (the per-cluster records), ``quality``,
+    ``seconds``."""
+    t0 = time.perf_counter()
+    lay = OutputLayout.at(cfg["output_dir"], cfg.get("models_dir"))
+    res = _build(lay.root, run_id, models_dir=lay.models_dir, record=record)
+    table = validate_cluster_report(res.table)
+    started = (record or {}).get("started_at") or json.loads(
+        (lay.run_dir(run_id) / "run.json").read_text()).get("started_at") or ""
+    run_date = str(started)[:10] or time.strftime("%Y-%m-%d", time.gmtime())
+    import pyarrow as pyarr
+    import pyarrow.parquet as pq
+
+    arrow = pyarr.Table.from_pandas(table, schema=CLUSTER_REPORT.arrow_schema(),
+                                    preserve_index=False)
+    bi_path = lay.published / "cluster_report" / f"run_date={run_date}" / f"{run_id}.parquet"
+    bi_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = bi_path.with_name(f".{bi_path.name}.{os.getpid()}.tmp")
+    pq.write_table(arrow, tmp)
+    os.replace(tmp, bi_path)
+    q = res.data.quality
+    _log().info("cluster report of run %s: %s", run_id, res.html_path)
+    return {"html": str(res.html_path), "table": str(res.table_path),
+            "bi_parquet": str(bi_path), "rows": _plain_records(table),
+            "quality": {"knn_accuracy": q.knn_accuracy,
+                        "majority_agreement": q.majority_agreement,
+                        "trustworthiness": q.trustworthiness, "n_heldout": q.n_heldout,
+                        "previous": q.previous, "previous_run_id": q.previous_run_id},
+            "confused_pairs": [[p.a, p.b] for p in res.data.pairs],
+            "seconds": time.perf_counter() - t0}
+
+
+def _plain_records(df: pd.DataFrame) -> list[dict[str, Any]]:
+    """Records with plain Python values (Prefect table artifacts reject NumPy scalars)."""
+    out = []
+    for rec in df.to_dict("records"):
+        row = {}
+        for k, v in rec.items():
+            if v is None or (not isinstance(v, str) and pd.isna(v)):
+                row[k] = None
+            elif isinstance(v, np.integer):
+                row[k] = int(v)
+            elif isinstance(v, np.floating | float):
+                row[k] = round(float(v), 6)
+            else:
+                row[k] = v
+        out.append(row)
+    return out
+
+
+def report_markdown(run_id: str, info: dict[str, Any]) -> str:
+    q = info["quality"]
+
+    def pct(v: float | None) -> str:
+        return "n/a" if v is None else f"{100 * v:.1f}%"
+
+    lines = [f"# Cluster report, run `{run_id}`", "",
+             f"[Open the report page (self-contained HTML)](file://{info['html']})  ",
+             f"`{info['html']}`", "",
+             "| embedding quality (labeled hold-out) | this run | previous run |",
+             "|---|---:|---:|",
+             f"| neighbour check (kNN accuracy) | {pct(q['knn_accuracy'])} | "
+             f"{pct(q['previous'].get('knn_accuracy'))} |",
+             f"| cluster check (majority label is own) | {pct(q['majority_agreement'])} | "
+             f"{pct(q['previous'].get('majority_agreement'))} |",
+             f"| trustworthiness | {'n/a' if q['trustworthiness'] is None else round(q['trustworthiness'], 3)} | "
+             f"{'n/a' if q['previous'].get('trustworthiness') is None else round(q['previous']['trustworthiness'], 3)} |",
+             "", f"Held-out labeled items: {q['n_heldout']}."]
+    if info["confused_pairs"]:
+        lines += ["", "Easily confused cluster pairs: " + ", ".join(
+            f"{a} & {b}" for a, b in info["confused_pairs"]) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def _report_with_artifacts(cfg: dict[str, Any], run_id: str,
+                           record: dict[str, Any] | None = None) -> dict[str, Any]:
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    info = report_stage(cfg, run_id, record)
+    key = "sqflow-report-" + "".join(c if c.isalnum() else "-" for c in run_id.lower())
+    info["artifacts"] = {
+        "report": str(create_markdown_artifact(
+            report_markdown(run_id, info), key=key,
+            description=f"cluster report of run {run_id}")),
+        "clusters": str(create_table_artifact(
+            info["rows"], key=key + "-clusters",
+            description=f"cluster_report table of run {run_id}")),
+    }
+    return info
+
+
+def _make_task():
+    from prefect import task
+
+    return task(_report_with_artifacts, name="report")
+
+
+#: Prefect task: ``report_task(cfg, run_id, record)`` -> :func:`report_stage`'s dict plus
+#: ``artifacts`` (ids of the Markdown link artifact and the table artifact).
+report_task = _make_task()
