@@ -412,15 +412,13 @@ PUBLISHED_TABLES = ("runs", "cluster_centers", "assignments", "quarantine")
 def publish_stage(cfg: dict[str, Any], run_id: str, record: dict[str, Any]) -> dict[str, Any]:
     """Parquet tables for BI (one file per run and table under ``published/<table>/
     run_date=<date>/<run_id>.parquet``, written atomically; re-publishing a run replaces its
-    files) and DuckDB views over them in ``sqflow.duckdb``. Every row carries ``run_id``."""
-    import duckdb
-
+    files), the same tables in ``sqflow.duckdb`` and in PostgreSQL when configured, each frame
+    checked against its contract first (``tasks.publish_bi``). Every row carries ``run_id``."""
     from sqflow.store import open_assignments, open_store
 
     t0 = time.perf_counter()
     lay = _layout(cfg)
     rd = lay.run_dir(run_id)
-    run_date = record["started_at"][:10]
     store = open_store(rd / "embeddings.zarr")
     asg = open_assignments(store, name=run_id)
     clusters = record["cluster"]["clusters"]
@@ -455,23 +453,12 @@ def publish_stage(cfg: dict[str, Any], run_id: str, record: dict[str, Any]) -> d
         "quarantine": pd.read_parquet(rd / "quarantine.parquet"),
     }
     frames["assignments"].loc[frames["assignments"]["label"] < 0, "label"] = pd.NA
-    paths = {}
-    for name, df in frames.items():
-        paths[name] = str(atomic_write_parquet(
-            df, lay.published / name / f"run_date={run_date}" / f"{run_id}.parquet"))
-    # DuckDB: views over every published file, so BI tools see all runs
-    tmp = lay.duckdb_path.with_name(f".{lay.duckdb_path.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    con = duckdb.connect(str(tmp))
-    try:
-        for name in PUBLISHED_TABLES:
-            glob = (lay.published / name / "*" / "*.parquet").as_posix()
-            con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet('{glob}', "
-                        "hive_partitioning = true, union_by_name = true)")
-    finally:
-        con.close()
-    tmp.replace(lay.duckdb_path)
-    return {"tables": paths, "duckdb": str(lay.duckdb_path), "seconds": time.perf_counter() - t0}
+    # contract-checked BI sinks: Parquet, DuckDB tables, PostgreSQL when configured
+    from .publish_bi import publish_bi_stage
+
+    bi = publish_bi_stage(frames, parquet_dir=lay.published, duckdb_path=lay.duckdb_path, cfg=cfg)
+    return {"tables": bi["parquet_files"], "duckdb": bi["duckdb_path"], "postgres": bi["postgres"],
+            "rows": bi["rows"], "seconds": time.perf_counter() - t0}
 
 
 publish_task = task(publish_stage, name="publish", **IO_RETRY)
