@@ -78,13 +78,10 @@ def _transient(task: Any, task_run: Any, state: Any) -> bool:
         return "cannot connect" in str(exc)
     except Exception as exc:  # noqa: BLE001 - DuckDB lock / dropped PostgreSQL connection
         import duckdb
+        import psycopg
         from sqlalchemy.exc import OperationalError
 
-        if isinstance(exc, (duckdb.IOException, OperationalError)):
-            return True
-        orig = getattr(exc, "__cause__", None) or getattr(exc, "__context__", None)
-        mod = type(orig).__module__ if orig is not None else ""
-        return mod.startswith("psycopg") and type(orig).__name__ == "OperationalError"
+        return isinstance(exc, (duckdb.IOException, OperationalError, psycopg.OperationalError))
     return False
 
 

@@ -176,3 +176,24 @@ def test_data_contracts_imports_nothing_of_ours():
             "('sqflow', 'tasks', 'flows')); print(bad); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("shift,n_batch", [(0.0, 400), (3.0, 400), (0.0, 20)])
+def test_the_monitors_drift_rows_satisfy_the_contract(shift, n_batch):
+    """The drift monitor's ``drift_reports`` frame (issue 7) fits this contract as it is, for a
+    stable batch, a drifted one and one too small for a decision (drifted null)."""
+    drift = pytest.importorskip("sqflow.drift")
+    monitor = pytest.importorskip("tasks.monitor")
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(600, 3))
+    batch = rng.normal(size=(n_batch, 3)) + shift
+    report = drift.detect_drift(ref, batch, policy={"statistics": ["mmd", "ks"],
+                                                    "min_agreeing": 1,
+                                                    "mmd_permutations": 100})
+    df = monitor.drift_report_frame(report, "20261126T020000Z-00000001", "triplet-v0001")
+    out = validate_frame("drift_reports", df)
+    assert out["statistic"].iloc[-1] == "decision"
+    if n_batch < 200:
+        assert out["drifted"].isna().all()
+    else:
+        assert bool(out["drifted"].iloc[-1]) == (shift > 0)

@@ -264,6 +264,30 @@ def test_duckdb_refuses_another_contract_version_and_replaces_legacy_views(tmp_p
 
 
 # ------------------------------------------------------------------------------- PostgreSQL
+def _retried(exc: BaseException) -> bool:
+    """Whether the publish-bi Prefect task would retry after ``exc``."""
+    from prefect.states import Failed
+
+    from tasks.publish_bi import _transient
+
+    return _transient(None, None, Failed(data=exc))
+
+
+def test_publish_bi_retries_only_transient_failures_and_resolves_the_url(monkeypatch):
+    from tasks.publish_bi import resolve_postgres_url
+
+    assert not _retried(ContractViolation("runs", "column 'x' ..."))
+    assert not _retried(ContractVersionMismatch("v0 vs v1"))
+    assert _retried(duckdb.IOException("Could not set lock on file"))
+    assert _retried(OSError("disk full"))
+    monkeypatch.delenv("SQFLOW_POSTGRES_URL", raising=False)
+    monkeypatch.delenv("SQFLOW_POSTGRES_SECRET_BLOCK", raising=False)
+    assert resolve_postgres_url() is None
+    monkeypatch.setenv("SQFLOW_POSTGRES_URL", "postgresql://u:p@h/db")
+    assert resolve_postgres_url() == "postgresql://u:p@h/db"
+    assert resolve_postgres_url("postgresql://x@h/y") == "postgresql://x@h/y"
+
+
 def _pg(url, sql, *args):
     import psycopg
 
@@ -334,8 +358,9 @@ def test_postgres_failure_mid_run_keeps_previous_state(pg_url):
     new["quarantine"].loc[1, "reason"] = "boom"
     import psycopg
 
-    with pytest.raises(psycopg.errors.CheckViolation):
+    with pytest.raises(psycopg.errors.CheckViolation) as ei:
         write_postgres(new, pg_url)
+    assert not _retried(ei.value)  # a constraint failure is not retried
     assert _pg_state(pg_url) == before
     # and the fixed run then goes in, replacing run A only
     new["quarantine"].loc[1, "reason"] = "fine"
@@ -387,7 +412,7 @@ def test_postgres_connection_killed_mid_run_keeps_previous_state(pg_url):
         holder.rollback()
         holder.close()
     assert not t.is_alive() and err, "the publish should have failed"
-    assert isinstance(err[0], Exception)
+    assert _retried(err[0])  # the Prefect task retries a dropped connection
     assert _pg_state(pg_url) == before
     write_postgres(_frames(RUN_A, seed=6, n=50), pg_url)  # the retry then succeeds
     assert _pg(pg_url, "SELECT count(*) FROM assignments")[0][0] == 50
