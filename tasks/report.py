@@ -167,8 +167,12 @@ def _drift(rd: Path, rec: dict[str, Any]) -> tuple[dict[str, Any] | None, str | 
     if isinstance(mon, dict) and "drifted" in mon:
         return {"drifted": mon.get("drifted"), "status": mon.get("status"),
                 "reasons": mon.get("reasons", []), "statistics": mon.get("statistics", [])}, None
-    note = mon if isinstance(mon, str) else None
-    return None, ("The drift monitor did not run" + (f": {note}" if note else "") + ".")
+    note = mon.strip() if isinstance(mon, str) else ""
+    for prefix in ("not run:", "not run"):
+        if note.lower().startswith(prefix):
+            note = note[len(prefix):].strip()
+    return None, ("The drift monitor did not run for this run" + (f" ({note})" if note else "")
+                  + ", so no drift decision was made.")
 
 
 def build_report_for_run(output_dir: str | os.PathLike[str], run_id: str, *,
@@ -216,8 +220,8 @@ def _build(output_dir: str | os.PathLike[str], run_id: str, *, models_dir: Any =
     cid = asg.read_cluster_ids().astype(np.int64)
     dist = asg.read_distances().astype(np.float64)
     labels = store.read_labels().astype(np.int64)
-    ids = np.asarray(store.read_sample_ids()).astype(str)
-    if len(manifest) != len(ids) or not np.array_equal(manifest["sample_id"].to_numpy(str), ids):
+    ids = np.array([str(v) for v in store.read_sample_ids().tolist()], dtype=object)
+    if manifest["sample_id"].astype(str).tolist() != ids.tolist():
         raise RuntimeError(f"run {run_id!r}: the embedding store's sample ids differ from the "
                            "manifest's; re-run embed")
     centers = np.load(rd / "centers.npy")
@@ -230,7 +234,7 @@ def _build(output_dir: str | os.PathLike[str], run_id: str, *, models_dir: Any =
         return source.load([refs[row_of[s]] for s in sample_ids])
 
     # labeled hold-out: labeled rows outside the encoder's training split
-    split = manifest["split"].to_numpy(str)
+    split = np.array(manifest["split"].astype(str).tolist(), dtype=object)
     lab_rows = np.flatnonzero(labels >= 0)
     held = lab_rows[split[lab_rows] != "train"]
     caveat = None

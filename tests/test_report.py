@@ -329,3 +329,83 @@ def test_cluster_report_contract(runs):
     bad.loc[1, "representative_sample_ids"] = "not json"
     with pytest.raises(ContractViolation, match=r"representative_sample_ids.*\[1\]"):
         validate_cluster_report(bad)
+
+
+def _pipeline_run(cfg, lay, monitor_note):
+    """One nightly-like run through the pipeline's own stages (as plain functions), with the
+    run.json the nightly flow writes."""
+    from datetime import UTC, datetime
+
+    from tasks.layout import atomic_write_text, new_run_id
+    from tasks.stages import cluster_stage, embed_stage, sample_stage
+
+    started = datetime.now(UTC)
+    run_id = new_run_id(None, started)
+    rec = {"run_id": run_id, "started_at": started.isoformat(), "status": "completed",
+           "monitor": monitor_note, "timings": {}}
+    rec["sample"] = sample_stage(cfg, run_id)
+    rec["dataset"] = rec["sample"]["dataset"]
+    rec["embed"] = embed_stage(cfg, run_id)
+    rec["encoder_version"] = rec["embed"]["encoder_version"]
+    rec["cluster"] = cluster_stage(cfg, run_id)
+    for k in ("sample", "embed", "cluster"):
+        rec["timings"][k] = rec[k]["seconds"]
+    saved = {**rec, "cluster": {k: v for k, v in rec["cluster"].items() if k != "loss_curve"}}
+    atomic_write_text(lay.run_dir(run_id) / "run.json", json.dumps(saved, default=str))
+    return run_id, rec
+
+
+def test_report_of_pipeline_runs(tmp_path):
+    """The loader on two real runs of the pipeline's stages (tiny encoder, MNIST all splits):
+    figures equal the run's own assignments, the hold-out is the labeled test-split rows, the
+    second run shows the first one's values, the BI file follows the cluster_report contract."""
+    import pyarrow.parquet as pq
+
+    from flows.settings import load_settings
+    from sqflow.store import open_assignments, open_store
+    from tasks.layout import OutputLayout
+    from tasks.report import build_report_for_run, report_stage
+    from tasks.stages import train_encoder_stage
+
+    cfg = load_settings(output_dir=str(tmp_path / "out"), encoder_train_rows=200,
+                        encoder_epochs=1, reference_rows=50, n_clusters=6, max_iter=3,
+                        store_chunk_rows=512, dask_workers=1,
+                        source={"kind": "mnist", "split": "all"},
+                        sample={"mode": "uniform", "n": 900, "seed": 0}).flow_parameters()
+    lay = OutputLayout.at(cfg["output_dir"])
+    train_encoder_stage(cfg)
+    note = "not run: drift monitoring is not implemented yet"
+    run1, rec1 = _pipeline_run(cfg, lay, note)
+    info1 = report_stage(cfg, run1, record=rec1)  # with the in-memory record (full curve)
+    cfg2 = {**cfg, "sample": {"mode": "uniform", "n": 900, "seed": 1}}
+    run2, _ = _pipeline_run(cfg2, lay, note)
+    html2 = build_report_for_run(cfg["output_dir"], run2)  # from run.json only
+    assert html2 == lay.run_dir(run2) / "report" / "report.html"
+    info2 = report_stage(cfg2, run2)
+    for run_id, info in ((run1, info1), (run2, info2)):
+        rd = lay.run_dir(run_id)
+        store = open_store(rd / "embeddings.zarr")
+        cid = open_assignments(store, name=run_id).read_cluster_ids()
+        table = pd.read_parquet(info["table"])
+        np.testing.assert_array_equal(table["size"], np.bincount(cid, minlength=6))
+        manifest = pd.read_parquet(rd / "manifest.parquet")
+        held = manifest[(manifest["label"] >= 0) & (manifest["split"] != "train")]
+        assert info["quality"]["n_heldout"] == len(held) > 0
+        ids = set(manifest["sample_id"])
+        for rep in table["representative_sample_ids"]:
+            assert set(json.loads(rep)) <= ids
+        bi = pq.read_table(info["bi_parquet"])
+        meta = json.loads(bi.schema.metadata[b"sqflow.contract"])
+        assert meta["table"] == "cluster_report" and bi.num_rows == 6
+        text = Path(info["html"]).read_text()
+        assert "drift monitor did not run" in text and run_id in text
+        dom = _parse(text)
+        for src in dom.imgs:
+            _png_ok(src)
+    prev = pd.read_parquet(info1["table"])
+    assert info2["quality"]["previous_run_id"] == run1
+    assert info2["quality"]["previous"]["knn_accuracy"] == pytest.approx(
+        prev["knn_accuracy"].iloc[0])
+    check_page_figures(_parse(Path(info2["html"]).read_text()), pd.read_parquet(info2["table"]),
+                       prev)
+    assert len(info2["rows"]) == 6 and all(type(r["size"]) is int for r in info2["rows"])

@@ -272,7 +272,7 @@ def compute_report(
     dist = _check_1d("distances", distances, n, np.float64)
     if not np.all(np.isfinite(dist)) or dist.min() < 0:
         raise ValueError("distances must be finite and >= 0")
-    ids = np.asarray(sample_ids).astype(str)
+    ids = np.array([str(s) for s in np.asarray(sample_ids).tolist()], dtype=object)
     _check_1d("sample_ids", ids, n)
     emb_shape = getattr(embeddings, "shape", None)
     if emb_shape is not None and (len(emb_shape) != 2 or emb_shape[0] != n or emb_shape[1] != dim):
