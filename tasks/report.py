@@ -171,8 +171,8 @@ def _drift(rd: Path, rec: dict[str, Any]) -> tuple[dict[str, Any] | None, str | 
     for prefix in ("not run:", "not run"):
         if note.lower().startswith(prefix):
             note = note[len(prefix):].strip()
-    return None, ("The drift monitor did not run for this run" + (f" ({note})" if note else "")
-                  + ", so no drift decision was made.")
+    return None, ("The drift monitor did not run for this run"
+                  + (f": {note.rstrip('.')}." if note else ", so no drift decision was made."))
 
 
 def build_report_for_run(output_dir: str | os.PathLike[str], run_id: str, *,
@@ -337,6 +337,9 @@ def report_markdown(run_id: str, info: dict[str, Any]) -> str:
     def pct(v: float | None) -> str:
         return "n/a" if v is None else f"{100 * v:.1f}%"
 
+    def num(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.3f}"
+
     lines = [f"# Cluster report, run `{run_id}`", "",
              f"[Open the report page (self-contained HTML)](file://{info['html']})  ",
              f"`{info['html']}`", "",
@@ -346,8 +349,8 @@ def report_markdown(run_id: str, info: dict[str, Any]) -> str:
              f"{pct(q['previous'].get('knn_accuracy'))} |",
              f"| cluster check (majority label is own) | {pct(q['majority_agreement'])} | "
              f"{pct(q['previous'].get('majority_agreement'))} |",
-             f"| trustworthiness | {'n/a' if q['trustworthiness'] is None else round(q['trustworthiness'], 3)} | "
-             f"{'n/a' if q['previous'].get('trustworthiness') is None else round(q['previous']['trustworthiness'], 3)} |",
+             f"| trustworthiness | {num(q['trustworthiness'])} | "
+             f"{num(q['previous'].get('trustworthiness'))} |",
              "", f"Held-out labeled items: {q['n_heldout']}."]
     if info["confused_pairs"]:
         lines += ["", "Easily confused cluster pairs: " + ", ".join(
