@@ -66,11 +66,13 @@ def resolve_postgres_url(postgres_url: str | None = None,
     return str(value) if value else None
 
 
-def _transient(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry I/O and connection failures; never contract violations or version mismatches."""
+def transient_publish_error(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect ``retry_condition_fn``: retry I/O errors (not a missing file), a locked DuckDB
+    file and dropped database connections; never contract violations, version mismatches or
+    constraint failures."""
     try:
         state.result()
-    except (ContractViolation, ContractVersionMismatch):
+    except (ContractViolation, ContractVersionMismatch, FileNotFoundError):
         return False
     except OSError:
         return True
@@ -126,4 +128,4 @@ def _artifact(res: Any) -> str | None:
 #: result cache (the inputs are DataFrames and publishing is idempotent per run_id anyway).
 publish_bi_task = task(publish_bi_stage, name="publish-bi", retries=3,
                        retry_delay_seconds=exponential_backoff(backoff_factor=2),
-                       retry_condition_fn=_transient, cache_policy=NO_CACHE)
+                       retry_condition_fn=transient_publish_error, cache_policy=NO_CACHE)

@@ -38,6 +38,7 @@ from .layout import (
     model_record,
     register_encoder,
 )
+from .publish_bi import transient_publish_error
 from .sources import atomic_write_parquet, manifest_hash, open_source, select
 
 
@@ -461,4 +462,5 @@ def publish_stage(cfg: dict[str, Any], run_id: str, record: dict[str, Any]) -> d
             "rows": bi["rows"], "seconds": time.perf_counter() - t0}
 
 
-publish_task = task(publish_stage, name="publish", **IO_RETRY)
+publish_task = task(publish_stage, name="publish",
+                    **{**IO_RETRY, "retry_condition_fn": transient_publish_error})

@@ -268,9 +268,9 @@ def _retried(exc: BaseException) -> bool:
     """Whether the publish-bi Prefect task would retry after ``exc``."""
     from prefect.states import Failed
 
-    from tasks.publish_bi import _transient
+    from tasks.publish_bi import transient_publish_error
 
-    return _transient(None, None, Failed(data=exc))
+    return transient_publish_error(None, None, Failed(data=exc))
 
 
 def test_publish_bi_retries_only_transient_failures_and_resolves_the_url(monkeypatch):
@@ -279,7 +279,7 @@ def test_publish_bi_retries_only_transient_failures_and_resolves_the_url(monkeyp
     assert not _retried(ContractViolation("runs", "column 'x' ..."))
     assert not _retried(ContractVersionMismatch("v0 vs v1"))
     assert _retried(duckdb.IOException("Could not set lock on file"))
-    assert _retried(OSError("disk full"))
+    assert _retried(OSError("disk full")) and not _retried(FileNotFoundError("x"))
     monkeypatch.delenv("SQFLOW_POSTGRES_URL", raising=False)
     monkeypatch.delenv("SQFLOW_POSTGRES_SECRET_BLOCK", raising=False)
     assert resolve_postgres_url() is None
