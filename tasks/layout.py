@@ -12,7 +12,7 @@ Layout under one output folder (``./sqflow-output`` by default)::
         centers.npy, run.json, summary.md, plots/*.png
     published/<table>/run_date=YYYY-MM-DD/<run_id>.parquet   runs, cluster_centers, assignments,
                                          quarantine (one file per run: re-publishing replaces it)
-    sqflow.duckdb                        views over published/ for BI tools
+    sqflow.duckdb                        the same tables as DuckDB tables for BI tools (sqflow.bi)
     .nightly.lock                        held by the running nightly flow
 """
 
