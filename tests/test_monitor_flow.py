@@ -1,0 +1,148 @@
+"""The monitor flow under prefect_test_harness on real MNIST: no drift on a clean batch, drift on
+a rotated batch triggers a retrain (new encoder version, new reference, re-embedded batch,
+lineage), and a retrain that fails leaves the old version current."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tasks.layout import current_version
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One Prefect test server for this module's session (about 13 s to start; generous
+    timeout for a loaded machine). tests/test_flows.py has the same fixture (``harness``);
+    both belong in tests/conftest.py."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """An output folder with encoder v0001 (trained on 2,000 MNIST training images, 2 epochs)
+    and its reference set, and two sampled + embedded runs: ``run-clean`` (1,000 test images)
+    and ``run-rot`` (1,000 other test images rotated by 90 degrees, labeled)."""
+    import torch
+    from scipy import ndimage
+
+    from flows.monitor import _config
+    from sqflow.datasets import load_mnist
+    from tasks.stages import embed_stage, sample_stage, train_encoder_stage
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("monitor")
+    xt, yt = load_mnist("test")
+    np.save(root / "clean.npy", xt[:1000])
+    np.save(root / "clean_y.npy", yt[:1000].astype(np.int64))
+    rot = ndimage.rotate(xt[1000:2000], 90, axes=(1, 2), reshape=False, order=1)
+    np.save(root / "rot.npy", rot.astype(np.uint8))
+    np.save(root / "rot_y.npy", yt[1000:2000].astype(np.int64))
+    common = {"output_dir": str(root / "out"), "encoder_epochs": 2, "encoder_train_rows": 2000,
+              "reference_rows": 1500, "n_clusters": 10, "seed": 0, "device": "cpu",
+              "store_chunk_rows": 512, "encoder_batch_size": 250}
+    cfg = _config({**common, "source": {"kind": "mnist", "split": "train"}})
+    assert train_encoder_stage(cfg)["version"] == "triplet-v0001"
+    for run_id, name in (("run-clean", "clean"), ("run-rot", "rot")):
+        c = _config({**common, "source": {"kind": "npy", "path": str(root / f"{name}.npy"),
+                                          "labels_path": str(root / f"{name}_y.npy")}})
+        sample_stage(c, run_id)
+        embed_stage(c, run_id)
+    return root, common
+
+
+def _copy(base, tmp_path, source: str) -> dict:
+    root, common = base
+    out = tmp_path / "out"
+    shutil.copytree(root / "out", out)
+    return {**common, "output_dir": str(out),
+            "source": {"kind": "npy", "path": str(root / f"{source}.npy"),
+                       "labels_path": str(root / f"{source}_y.npy")}}
+
+
+def test_clean_batch_no_drift_no_retrain(prefect_harness, base, tmp_path):
+    from flows.monitor import monitor_flow
+
+    cfg = _copy(base, tmp_path, "clean")
+    mon = monitor_flow(run_id="run-clean", config=cfg)
+    assert mon["status"] == "no_drift", mon["markdown"]
+    assert mon["event_id"] is None
+    assert mon["retrain"]["status"] == "not needed"
+    assert mon["encoder_version"] == "triplet-v0001"
+    df = pd.read_parquet(mon["drift_reports_table"])
+    assert list(df["statistic"]) == ["mmd", "ks", "distortion", "occupancy", "decision"]
+    assert set(df["run_id"]) == {"run-clean"} and set(df["reference_version"]) == {"triplet-v0001"}
+    assert not df["drifted"].any()
+    assert json.loads((tmp_path / "out" / "runs" / "run-clean" / "drift_report.json")
+                      .read_text())["status"] == "no_drift"
+
+
+def test_drift_triggers_retrain_with_new_version_and_reference(prefect_harness, base, tmp_path):
+    from flows.monitor import monitor_flow
+    from sqflow.store import open_store
+
+    cfg = _copy(base, tmp_path, "rot")
+    out = tmp_path / "out"
+    mon = monitor_flow(run_id="run-rot", config=cfg)
+    assert mon["status"] == "drift" and mon["drifted"] is True, mon["markdown"]
+    assert "mmd" in mon["flagged"]
+    assert mon["event_id"]  # sqflow.drift.detected was emitted
+    r = mon["retrain"]
+    assert r["status"] == "completed" and r["mode"] == "subflow", r
+    assert r["old_version"] == "triplet-v0001" and r["new_version"] == "triplet-v0002"
+    assert current_version(out / "models") == "triplet-v0002"
+    assert mon["encoder_version"] == "triplet-v0002"
+    # new reference, its centers, the batch re-embedded with the new version, old store kept
+    ref = open_store(out / "reference" / "triplet-v0002" / "embeddings.zarr")
+    assert ref.encoder_version == "triplet-v0002" and ref.is_complete
+    assert np.load(out / "reference" / "triplet-v0002" / "centers.npy").shape == (10, 3)
+    assert open_store(out / "runs" / "run-rot" / "embeddings.zarr").encoder_version == \
+        "triplet-v0002"
+    assert open_store(out / "runs" / "run-rot" / "embeddings-triplet-v0001.zarr") \
+        .encoder_version == "triplet-v0001"
+    lines = [json.loads(s) for s in (out / "models" / "lineage.jsonl").read_text().splitlines()]
+    assert lines[-1]["from_version"] == "triplet-v0001"
+    assert lines[-1]["to_version"] == "triplet-v0002"
+    assert lines[-1]["status"] == "completed" and "drift in run run-rot" in lines[-1]["reason"]
+    assert (out / "models" / "triplet-v0002" / "lineage.json").exists()
+    df = pd.read_parquet(mon["drift_reports_table"])
+    assert bool(df.loc[df["statistic"] == "decision", "drifted"].iloc[0]) is True
+    assert "retrained: encoder triplet-v0001 -> triplet-v0002" in mon["markdown"]
+
+
+def test_failed_retrain_keeps_the_old_version_current(prefect_harness, base, tmp_path,
+                                                      monkeypatch):
+    import tasks.monitor as tm
+    from flows.monitor import monitor_flow
+    from sqflow.store import open_store
+
+    def broken(*args, **kwargs):
+        raise OSError("no space left on device (injected by the test)")
+
+    monkeypatch.setattr(tm, "_reembed_run", broken)
+    cfg = _copy(base, tmp_path, "rot")
+    out = tmp_path / "out"
+    mon = monitor_flow(run_id="run-rot", config=cfg)
+    assert mon["status"] == "drift"
+    r = mon["retrain"]
+    assert r["status"] == "failed", r
+    assert "triplet-v0001 stays current" in r["message"]
+    assert current_version(out / "models") == "triplet-v0001"
+    assert mon["encoder_version"] == "triplet-v0001"
+    # the half-made version was registered by training, then marked failed and not current
+    failed = json.loads((out / "models" / "triplet-v0002" / "FAILED.json").read_text())
+    assert "no space left on device" in failed["error"]
+    last = json.loads((out / "models" / "lineage.jsonl").read_text().splitlines()[-1])
+    assert last["status"] == "failed" and last["current_after"] == "triplet-v0001"
+    assert open_store(out / "runs" / "run-rot" / "embeddings.zarr").encoder_version == \
+        "triplet-v0001"
+    assert "FAILED" in mon["markdown"]
