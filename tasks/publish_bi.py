@@ -42,11 +42,13 @@ def _log() -> logging.Logger | logging.LoggerAdapter:
         return logging.getLogger("sqflow.tasks.publish_bi")
 
 
-def resolve_postgres_url(postgres_url: str | None = None,
+def resolve_postgres_url(postgres_url: Any = None,
                          postgres_secret_block: str | None = None,
                          cfg: Mapping[str, Any] | None = None) -> str | None:
     """The PostgreSQL URL from the argument, ``SQFLOW_POSTGRES_URL`` or a Secret block (see the
     module docstring); None when none is configured."""
+    if hasattr(postgres_url, "get_secret_value"):  # pydantic SecretStr
+        postgres_url = postgres_url.get_secret_value()
     if postgres_url:
         return str(postgres_url)
     if os.environ.get(ENV_URL):
@@ -90,7 +92,7 @@ def transient_publish_error(task: Any, task_run: Any, state: Any) -> bool:
 def publish_bi_stage(tables: Mapping[str, pd.DataFrame], *,
                      parquet_dir: str | os.PathLike[str],
                      duckdb_path: str | os.PathLike[str] | None,
-                     postgres_url: str | None = None,
+                     postgres_url: Any = None,
                      postgres_secret_block: str | None = None,
                      cfg: Mapping[str, Any] | None = None,
                      artifact: bool = True) -> dict[str, Any]:

@@ -286,6 +286,9 @@ def test_publish_bi_retries_only_transient_failures_and_resolves_the_url(monkeyp
     monkeypatch.setenv("SQFLOW_POSTGRES_URL", "postgresql://u:p@h/db")
     assert resolve_postgres_url() == "postgresql://u:p@h/db"
     assert resolve_postgres_url("postgresql://x@h/y") == "postgresql://x@h/y"
+    from pydantic import SecretStr
+
+    assert resolve_postgres_url(SecretStr("postgresql://x:pw@h/y")) == "postgresql://x:pw@h/y"
 
 
 def _pg(url, sql, *args):

@@ -86,6 +86,8 @@ def mask_url(url: Any) -> str:
     """The URL with its password replaced by ``***`` (for messages and artifacts)."""
     from sqlalchemy.engine import make_url
 
+    if hasattr(url, "get_secret_value"):  # pydantic SecretStr
+        url = url.get_secret_value()
     try:
         return make_url(str(url)).render_as_string(hide_password=True)
     except Exception:  # noqa: BLE001 - not a parseable URL: show nothing of it

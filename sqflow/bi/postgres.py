@@ -59,6 +59,8 @@ def engine_url(url: Any):
     """SQLAlchemy URL object; a driver-less ``postgresql://`` uses psycopg 3."""
     from sqlalchemy.engine import make_url
 
+    if hasattr(url, "get_secret_value"):  # pydantic SecretStr from a settings model
+        url = url.get_secret_value()
     u = make_url(str(url)) if not hasattr(url, "drivername") else url
     if u.drivername in ("postgresql", "postgres"):
         u = u.set(drivername="postgresql+psycopg")
