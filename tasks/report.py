@@ -129,9 +129,12 @@ def report_dir(layout: OutputLayout, run_id: str) -> Path:
     return layout.run_dir(run_id) / "report"
 
 
-def _previous_runs(lay: OutputLayout, run_id: str, started_at: str | None) -> list[Any]:
+def _previous_runs(lay: OutputLayout, run_id: str, started_at: str | None,
+                   encoder_version: str | None, k: int) -> list[Any]:
     """Earlier completed runs (oldest first, at most TREND_RUNS - 1): their report table when
-    they have one, else the cluster sizes of their run.json."""
+    they have one, else the cluster sizes of their run.json. Cluster sizes of a run with
+    another encoder version or number of clusters are left out (its cluster numbers mean
+    other clusters); its quality figures are kept."""
     from sqflow.report import REPORT_TABLE, PreviousRun, summarise_previous
 
     out = []
@@ -141,16 +144,22 @@ def _previous_runs(lay: OutputLayout, run_id: str, started_at: str | None) -> li
             continue
         if started_at and rec.get("started_at", "") >= started_at:
             continue
+        clusters = (rec.get("cluster") or {}).get("clusters") or []
+        same = (rec.get("encoder_version") == encoder_version
+                and int(rec.get("n_clusters") or len(clusters)) == k)
+        prev = None
         tp = report_dir(lay, rid) / REPORT_TABLE
         if tp.exists():
             try:
-                out.append(summarise_previous(pd.read_parquet(tp), rid))
-                continue
+                prev = summarise_previous(pd.read_parquet(tp), rid)
             except (OSError, ValueError, KeyError):
-                pass
-        clusters = (rec.get("cluster") or {}).get("clusters") or []
-        if clusters:
-            out.append(PreviousRun(rid, {int(c["cluster_id"]): int(c["size"]) for c in clusters}))
+                prev = None
+        if prev is None and clusters:
+            prev = PreviousRun(rid, {int(c["cluster_id"]): int(c["size"]) for c in clusters})
+        if prev is not None:
+            if not same:
+                prev.sizes = {}
+            out.append(prev)
     return out[-(TREND_RUNS - 1):]
 
 
@@ -272,7 +281,8 @@ def _build(output_dir: str | os.PathLike[str], run_id: str, *, models_dir: Any =
         distances=dist, centers=centers, sample_ids=ids,
         labels=labels if (labels >= 0).any() else None,
         thumbnails=thumbnails if images else None, heldout=heldout,
-        previous=_previous_runs(lay, run_id, rec.get("started_at")), health=health,
+        previous=_previous_runs(lay, run_id, rec.get("started_at"), health.encoder_version,
+                                len(centers)), health=health,
         max_heldout=max_heldout)
     return result
 

@@ -342,7 +342,7 @@ def _pipeline_run(cfg, lay, monitor_note):
     started = datetime.now(UTC)
     run_id = new_run_id(None, started)
     rec = {"run_id": run_id, "started_at": started.isoformat(), "status": "completed",
-           "monitor": monitor_note, "timings": {}}
+           "monitor": monitor_note, "timings": {}, "n_clusters": int(cfg["n_clusters"])}
     rec["sample"] = sample_stage(cfg, run_id)
     rec["dataset"] = rec["sample"]["dataset"]
     rec["embed"] = embed_stage(cfg, run_id)
@@ -409,3 +409,62 @@ def test_report_of_pipeline_runs(tmp_path):
     check_page_figures(_parse(Path(info2["html"]).read_text()), pd.read_parquet(info2["table"]),
                        prev)
     assert len(info2["rows"]) == 6 and all(type(r["size"]) is int for r in info2["rows"])
+
+
+def test_streamed_embeddings_and_large_images(tmp_path):
+    """Embeddings as a Dask array are only read for the rows drawn (same picture as NumPy);
+    big images are shrunk to thumbnails so the page stays small."""
+    import dask.array as da
+
+    rng = np.random.default_rng(3)
+    centers = rng.normal(size=(4, 3)) * 5
+    z = np.concatenate([c + rng.normal(size=(300, 3)) for c in centers])
+    cid = ((z[:, None] - centers[None]) ** 2).sum(-1).argmin(1)
+    dist = np.linalg.norm(z - centers[cid], axis=1)
+    ids = [f"s{i:04d}" for i in range(len(z))]
+    big = rng.integers(0, 256, size=(400, 300), dtype=np.uint8)
+    common = {"cluster_ids": cid, "distances": dist, "centers": centers, "sample_ids": ids,
+              "max_plot_points": 500, "thumbnails": lambda q: [big] * len(q)}
+    r_np = build_report("np", tmp_path / "np", embeddings=z, **common)
+    r_da = build_report("da", tmp_path / "da", embeddings=da.from_array(z, chunks=(256, 3)),
+                        **common)
+    np.testing.assert_array_equal(r_np.data.plot_rows, r_da.data.plot_rows)
+    np.testing.assert_allclose(r_np.data.plot_embeddings, r_da.data.plot_embeddings)
+    assert len(r_da.data.plot_rows) == 500
+    thumbs = [_png_ok(s) for s in _parse(r_da.html_path.read_text()).imgs
+              if s and _png_ok(s).size[0] < 200]
+    assert thumbs and all(max(im.size) <= 96 for im in thumbs)
+
+
+def test_engine_does_not_import_prefect():
+    import subprocess
+    import sys
+
+    code = ("import sys, sqflow.report, sqflow.report.render; "
+            "sys.exit(1 if any(m == 'prefect' or m.startswith('prefect.') for m in sys.modules)"
+            " else 0)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0, \
+        "sqflow.report imports prefect (layer rule: the engine never does)"
+
+
+def test_previous_runs_trend_only_with_the_same_encoder_and_k(tmp_path):
+    from tasks.layout import OutputLayout
+    from tasks.report import _previous_runs
+
+    lay = OutputLayout.at(tmp_path)
+    recs = [("20261120T020000Z-00000001", "triplet-v0001", 3, "completed"),
+            ("20261121T020000Z-00000002", "triplet-v0002", 3, "completed"),
+            ("20261122T020000Z-00000003", "triplet-v0002", 4, "completed"),
+            ("20261123T020000Z-00000004", "triplet-v0002", 3, "failed"),
+            ("20261125T020000Z-00000005", "triplet-v0002", 3, "completed")]  # later: excluded
+    for rid, ver, k, status in recs:
+        d = lay.run_dir(rid)
+        d.mkdir(parents=True)
+        (d / "run.json").write_text(json.dumps({
+            "run_id": rid, "started_at": rid[:8], "status": status, "encoder_version": ver,
+            "n_clusters": k, "cluster": {"clusters": [{"cluster_id": j, "size": 10 + j}
+                                                      for j in range(k)]}}))
+    prev = _previous_runs(lay, "now", "20261124", "triplet-v0002", 3)
+    assert [p.run_id for p in prev] == [r[0] for r in recs[:3]]
+    assert prev[0].sizes == {} and prev[2].sizes == {}  # other encoder / other k
+    assert prev[1].sizes == {0: 10, 1: 11, 2: 12}

@@ -63,9 +63,10 @@ def png_data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-def image_to_png(img: np.ndarray) -> bytes:
-    """PNG bytes of an (H, W) or (H, W, 3|4) image; floats are taken as 0..1 (or 0..255 when
-    their maximum exceeds 1)."""
+def image_to_png(img: np.ndarray, max_side: int = 96) -> bytes:
+    """PNG bytes of an (H, W) or (H, W, 3|4) image, shrunk to at most ``max_side`` pixels on
+    its longer side (so large inspection photos keep the page small); floats are taken as
+    0..1 (or 0..255 when their maximum exceeds 1)."""
     from PIL import Image
 
     a = np.asarray(img)
@@ -77,8 +78,11 @@ def image_to_png(img: np.ndarray) -> bytes:
         a = a.astype(np.float64)
         scale = 255.0 if np.nanmax(a) <= 1.0 else 1.0
         a = np.clip(np.nan_to_num(a) * scale, 0, 255).astype(np.uint8)
+    im = Image.fromarray(a)
+    if max(im.size) > max_side:
+        im.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
     buf = io.BytesIO()
-    Image.fromarray(a).save(buf, format="PNG", optimize=True)
+    im.save(buf, format="PNG", optimize=True)
     return buf.getvalue()
 
 
