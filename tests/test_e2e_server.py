@@ -164,3 +164,29 @@ def test_deploy_schedule_worker_run_and_ui(server, tmp_path):
     dom = _chromium(f"{server['ui']}/artifacts/artifact/{summary['id']}", tmp_path,
                     ARTIFACTS / "e2e_summary_artifact.png")
     assert "drift monitoring is not implemented yet" in dom and "Clustering" in dom
+
+    # `sqflow serve` registers the same flows from one process, with the schedule from flags
+    slog = server["tmp"] / "serve.log"
+    serve = subprocess.Popen([str(Path(sys.executable).with_name("sqflow")), "serve", "--cron",
+                              "30 3 * * *", "--timezone", "Europe/Kyiv", "--output",
+                              str(tmp_path / "served")], env=env, cwd=tmp_path,
+                             stdout=open(slog, "w"), stderr=subprocess.STDOUT,
+                             start_new_session=True)
+    try:
+        def served():
+            d = httpx.get(f"{api}/deployments/name/nightly/nightly", timeout=30).json()
+            s = d["schedules"][0]["schedule"] if d.get("schedules") else {}
+            return d if s.get("cron") == "30 3 * * *" else None
+
+        d = _wait(served, 120, "sqflow serve", serve, slog)
+        assert d["schedules"][0]["schedule"]["timezone"] == "Europe/Kyiv"
+        assert d["parameters"]["config"]["output_dir"] == str(tmp_path / "served")
+        names = {x["name"] for x in httpx.post(f"{api}/deployments/filter", json={},
+                                               timeout=30).json()}
+        assert {"nightly", "train-encoder", "sample", "embed", "cluster"} <= names
+    finally:
+        serve.send_signal(2)
+        try:
+            serve.wait(30)
+        except subprocess.TimeoutExpired:
+            serve.kill()
