@@ -352,10 +352,59 @@ QUARANTINE = TableContract(
     ),
 )
 
-#: Every published table by name. A later table (e.g. ``cluster_report``) is added here with its
-#: own contract; sinks, JSON Schema export and tests pick it up from this registry.
+def _json_array(s: pd.Series) -> pd.Series:
+    def ok(v: Any) -> bool:
+        try:
+            return isinstance(v, str) and isinstance(json.loads(v), list)
+        except ValueError:
+            return False
+
+    return s.map(ok)
+
+
+_SHARE = pa.Check.in_range(0.0, 1.0)
+
+
+def _share(name: str, text: str) -> Col:
+    return Col(name, "float64", text, nullable=True, checks=(_SHARE,),
+               json_extra={"minimum": 0, "maximum": 1})
+
+
+CLUSTER_REPORT = TableContract(
+    name="cluster_report",
+    version="1",
+    description="One row per cluster of a run: the figures of the cluster report (size, label "
+                "purity, spread) and the run's embedding quality on the labeled hold-out.",
+    key=("run_id", "cluster_id"),
+    columns=(
+        _RUN_ID,
+        Col("cluster_id", "int32", "Cluster index 0..k-1.", checks=(_GE0,),
+            json_extra={"minimum": 0}),
+        Col("size", "int64", "Items assigned to the cluster.", checks=(_GE0,),
+            json_extra={"minimum": 0}),
+        Col("majority_label", "int64", "Most frequent known label of its items; null when none "
+            "is labeled.", nullable=True, checks=(_GE0,), json_extra={"minimum": 0}),
+        _share("purity", "Share of its labeled items carrying the majority label."),
+        Col("mean_distance", "float64", "Mean Euclidean distance of its items to the center; "
+            "null for an empty cluster.", nullable=True, checks=(_GE0,),
+            json_extra={"minimum": 0}),
+        _share("knn_accuracy", "Run-level: leave-one-out kNN accuracy of the labeled hold-out "
+               "in the embedding (same on every row of the run)."),
+        _share("majority_agreement", "Run-level: share of held-out labeled items whose "
+               "cluster's majority label is their own."),
+        _share("trustworthiness", "Run-level: scikit-learn trustworthiness of the embedding of "
+               "the hold-out (input neighbours kept)."),
+        Col("representative_sample_ids", "json", "JSON array of the sample ids nearest to the "
+            "center (the cluster's typical members), nearest first.",
+            checks=(pa.Check(_json_array, element_wise=False, name="json_array"),)),
+    ),
+)
+
+#: Every published table by name. A new table is added here with its own contract; sinks,
+#: JSON Schema export and tests pick it up from this registry.
 TABLES: dict[str, TableContract] = {
-    t.name: t for t in (RUNS, CLUSTER_CENTERS, ASSIGNMENTS, DRIFT_REPORTS, QUARANTINE)
+    t.name: t for t in (RUNS, CLUSTER_CENTERS, ASSIGNMENTS, DRIFT_REPORTS, QUARANTINE,
+                        CLUSTER_REPORT)
 }
 
 #: Version of each table's contract, e.g. ``CONTRACT_VERSION["runs"] == "1"``.

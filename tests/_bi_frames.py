@@ -30,7 +30,17 @@ def run_frames(run_id: str = "20261126T020000Z-abcdef01", *, started: str = "202
                      "majority_label": maj,
                      "label_purity": float(np.mean(ll == maj)) if ll.size else None})
     t0 = pd.Timestamp(started)
+    report = pd.DataFrame([{
+        "run_id": r["run_id"], "cluster_id": r["cluster_id"], "size": r["size"],
+        "majority_label": r["majority_label"], "purity": r["label_purity"],
+        "mean_distance": r["mean_distance"], "knn_accuracy": 0.9, "majority_agreement": 0.8,
+        "trustworthiness": 0.95,
+        "representative_sample_ids": json.dumps([f"s{i:05d}" for i in
+                                                 np.flatnonzero(cid == r["cluster_id"])[:3]]),
+    } for r in rows]).astype({"majority_label": "Int64", "purity": "Float64",
+                              "mean_distance": "Float64"})
     return {
+        "cluster_report": report,
         "runs": pd.DataFrame([{
             "run_id": run_id, "flow_run_id": None, "started_at": t0,
             "finished_at": t0 + pd.Timedelta(seconds=42), "status": "completed",

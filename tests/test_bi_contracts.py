@@ -36,7 +36,7 @@ def test_json_schemas_are_committed_and_fresh():
 
 def test_every_table_has_a_version_recorded_in_its_schemas():
     assert set(TABLES) == {"runs", "cluster_centers", "assignments", "drift_reports",
-                           "quarantine"}
+                           "quarantine", "cluster_report"}
     for name, c in TABLES.items():
         js = json.loads(schema_path(name).read_text())
         assert js["x-sqflow-contract-version"] == CONTRACT_VERSION[name] == c.version
@@ -197,3 +197,21 @@ def test_the_monitors_drift_rows_satisfy_the_contract(shift, n_batch):
         assert out["drifted"].isna().all()
     else:
         assert bool(out["drifted"].iloc[-1]) == (shift > 0)
+
+
+def test_the_cluster_reports_own_copy_matches_the_registered_contract():
+    """tasks.report kept a copy of the cluster_report contract until it was registered here:
+    while it exists it must not diverge (types, nullability, key, version)."""
+    report = pytest.importorskip("tasks.report")
+    theirs = getattr(report, "CLUSTER_REPORT", None)
+    if theirs is None or theirs is TABLES["cluster_report"]:
+        pytest.skip("tasks.report uses data_contracts.tables.CLUSTER_REPORT directly")
+    assert theirs.metadata() == TABLES["cluster_report"].metadata()
+    assert theirs.key == TABLES["cluster_report"].key
+
+
+def test_cluster_report_ids_must_be_a_json_array():
+    df = run_frames()["cluster_report"]
+    df.loc[2, "representative_sample_ids"] = '{"not": "a list"}'
+    msg = str(_violation("cluster_report", df))
+    assert "'representative_sample_ids'" in msg and "json_array" in msg and "[2]" in msg
