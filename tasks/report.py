@@ -394,3 +394,40 @@ def _make_task():
 #: Prefect task: ``report_task(cfg, run_id, record)`` -> :func:`report_stage`'s dict plus
 #: ``artifacts`` (ids of the Markdown link artifact and the table artifact).
 report_task = _make_task()
+
+
+# ------------------------------------------------------------------------------ CLI
+def report_command(argv: list[str] | None = None) -> int:
+    """Build the cluster report (HTML) of a finished run: sqflow report RUN_ID|latest."""
+    import argparse
+    import sys
+
+    ap = argparse.ArgumentParser(prog="sqflow report", description=report_command.__doc__)
+    ap.add_argument("run_id", help="the run id (runs/<RUN_ID> in the output folder) or "
+                    "'latest' for the latest completed run")
+    ap.add_argument("--output", default=os.environ.get("SQFLOW_OUTPUT_DIR", "sqflow-output"),
+                    help="the pipeline's output folder (default: $SQFLOW_OUTPUT_DIR or "
+                    "./sqflow-output)")
+    ap.add_argument("--models-dir", default=os.environ.get("SQFLOW_MODELS_DIR"),
+                    help="model registry (default <output>/models)")
+    args = ap.parse_args(argv)
+    lay = OutputLayout.at(args.output, args.models_dir)
+    run_id = args.run_id
+    if run_id == "latest":
+        done = [r["run_id"] for r in lay.run_records() if r.get("status") == "completed"]
+        if not done:
+            print(f"sqflow report: no completed run in {str(lay.root)!r}", file=sys.stderr)
+            return 2
+        run_id = done[-1]
+    try:
+        path = build_report_for_run(lay.root, run_id, models_dir=lay.models_dir)
+    except FileNotFoundError as exc:
+        print(f"sqflow report: {exc}", file=sys.stderr)
+        return 2
+    print(f"cluster report of run {run_id}:\n  {path}\n  open it in a browser "
+          f"(file://{path}); it is self-contained and works offline")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(report_command())

@@ -355,7 +355,7 @@ def _pipeline_run(cfg, lay, monitor_note):
     return run_id, rec
 
 
-def test_report_of_pipeline_runs(tmp_path):
+def test_report_of_pipeline_runs(tmp_path, capsys):
     """The loader on two real runs of the pipeline's stages (tiny encoder, MNIST all splits):
     figures equal the run's own assignments, the hold-out is the labeled test-split rows, the
     second run shows the first one's values, the BI file follows the cluster_report contract."""
@@ -364,7 +364,7 @@ def test_report_of_pipeline_runs(tmp_path):
     from flows.settings import load_settings
     from sqflow.store import open_assignments, open_store
     from tasks.layout import OutputLayout
-    from tasks.report import build_report_for_run, report_stage
+    from tasks.report import build_report_for_run, report_command, report_stage
     from tasks.stages import train_encoder_stage
 
     cfg = load_settings(output_dir=str(tmp_path / "out"), encoder_train_rows=200,
@@ -381,6 +381,9 @@ def test_report_of_pipeline_runs(tmp_path):
     run2, _ = _pipeline_run(cfg2, lay, note)
     html2 = build_report_for_run(cfg["output_dir"], run2)  # from run.json only
     assert html2 == lay.run_dir(run2) / "report" / "report.html"
+    assert report_command(["latest", "--output", cfg["output_dir"]]) == 0
+    assert report_command(["no-such-run", "--output", cfg["output_dir"]]) == 2
+    assert "no run 'no-such-run'" in capsys.readouterr().err
     info2 = report_stage(cfg2, run2)
     for run_id, info in ((run1, info1), (run2, info2)):
         rd = lay.run_dir(run_id)
