@@ -131,3 +131,25 @@ def _artifact(res: Any) -> str | None:
 publish_bi_task = task(publish_bi_stage, name="publish-bi", retries=3,
                        retry_delay_seconds=exponential_backoff(backoff_factor=2),
                        retry_condition_fn=transient_publish_error, cache_policy=NO_CACHE)
+
+
+def attach_drift_reports(frames: dict[str, pd.DataFrame], published_dir: str | os.PathLike[str],
+                         run_id: str) -> dict[str, pd.DataFrame]:
+    """Add the run's ``drift_reports`` rows written by the monitor stage
+    (``<published>/drift_reports/run_date=*/<run_id>.parquet``) to ``frames`` and set the
+    ``runs`` row's ``monitor_ran``/``drift_detected`` from its ``decision`` row. Without such a
+    file (the monitor did not run) ``frames`` is returned unchanged: no stand-in values."""
+    found = sorted(Path(published_dir).glob(f"drift_reports/run_date=*/{run_id}.parquet"))
+    if not found or "drift_reports" in frames:
+        return frames
+    drift = pd.read_parquet(found[-1])
+    out = dict(frames)
+    out["drift_reports"] = drift
+    if "runs" in out:
+        runs = out["runs"].copy()
+        decision = drift.loc[drift["statistic"] == "decision", "drifted"]
+        runs["monitor_ran"] = True
+        runs["drift_detected"] = pd.array(
+            [decision.iloc[0] if len(decision) else pd.NA] * len(runs), dtype="boolean")
+        out["runs"] = runs
+    return out

@@ -455,8 +455,9 @@ def publish_stage(cfg: dict[str, Any], run_id: str, record: dict[str, Any]) -> d
     }
     frames["assignments"].loc[frames["assignments"]["label"] < 0, "label"] = pd.NA
     # contract-checked BI sinks: Parquet, DuckDB tables, PostgreSQL when configured
-    from .publish_bi import publish_bi_stage
+    from .publish_bi import attach_drift_reports, publish_bi_stage
 
+    frames = attach_drift_reports(frames, lay.published, run_id)  # the monitor's, if it ran
     bi = publish_bi_stage(frames, parquet_dir=lay.published, duckdb_path=lay.duckdb_path, cfg=cfg)
     return {"tables": bi["parquet_files"], "duckdb": bi["duckdb_path"], "postgres": bi["postgres"],
             "rows": bi["rows"], "seconds": time.perf_counter() - t0}

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
+import pandas as pd
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
@@ -496,3 +497,28 @@ def test_duckdb_publish_is_not_blocked_by_a_bi_reader(tmp_path):
                        ).fetchall() == [(RUN_A[0], 200), (RUN_B[0], 50)]
     con.close()
     assert sorted(p.name for p in tmp_path.iterdir()) == [".sqflow.duckdb.lock", "sqflow.duckdb"]
+
+
+def test_the_monitors_drift_file_joins_the_published_run(tmp_path):
+    """When the monitor stage wrote the run's drift_reports Parquet, the publish step takes it
+    (moved to the run's date partition) and the runs row carries the decision; without it, the
+    runs row keeps drift_detected null."""
+    from tasks.publish_bi import attach_drift_reports
+
+    root = tmp_path / "published"
+    frames = _frames(RUN_A)
+    drift = frames.pop("drift_reports")
+    drift = pd.concat([drift, drift.iloc[[0]].assign(statistic="decision", drifted=True)],
+                      ignore_index=True)
+    frames["runs"]["monitor_ran"] = False
+    frames["runs"]["drift_detected"] = pd.array([pd.NA], dtype="boolean")
+    assert attach_drift_reports(frames, root, RUN_A[0]) is frames  # monitor did not run
+    monitor_file = root / "drift_reports" / "run_date=2026-11-25" / f"{RUN_A[0]}.parquet"
+    monitor_file.parent.mkdir(parents=True)
+    drift.to_parquet(monitor_file)
+    out = attach_drift_reports(frames, root, RUN_A[0])
+    assert bool(out["runs"]["monitor_ran"].iloc[0]) and bool(out["runs"]["drift_detected"].iloc[0])
+    write_parquet(out, root)
+    files = sorted((root / "drift_reports").rglob("*.parquet"))
+    assert files == [root / "drift_reports" / "run_date=2026-11-24" / f"{RUN_A[0]}.parquet"]
+    assert len(pd.read_parquet(files[0])) == 3
