@@ -192,8 +192,8 @@ def build_report_for_run(output_dir: str | os.PathLike[str], run_id: str, *,
     return the path of its HTML page (``runs/<run_id>/report/report.html``).
 
     ``record``: the run record that ``nightly`` holds in memory (it has the full convergence
-    curve, ``cluster.loss_curve``); None reads ``run.json`` (whose convergence curve is the
-    objective estimate after each pass). Raises FileNotFoundError naming what is missing when
+    curve, ``cluster.loss_curve``; ``run.json`` need not exist yet); None reads ``run.json``
+    (whose convergence curve is the objective estimate after each pass). Raises FileNotFoundError naming what is missing when
     the run folder is incomplete (the run failed or has not clustered yet).
     """
     return _build(output_dir, run_id, models_dir=models_dir, record=record,
@@ -214,14 +214,15 @@ def _build(output_dir: str | os.PathLike[str], run_id: str, *, models_dir: Any =
         runs = sorted(p.name for p in (lay.root / "runs").glob("*") if p.is_dir())
         raise FileNotFoundError(f"no run {run_id!r} in {str(lay.root / 'runs')!r}; runs there: "
                                 f"{runs[-5:] if runs else 'none'}")
-    need = [rd / "run.json", rd / "manifest.parquet", rd / "manifest.json",
-            rd / "embeddings.zarr", rd / "centers.npy"]
+    need = ([] if record is not None else [rd / "run.json"]) + [
+        rd / "manifest.parquet", rd / "manifest.json", rd / "embeddings.zarr",
+        rd / "centers.npy"]
     missing = [str(p) for p in need if not p.exists()]
     if missing:
         raise FileNotFoundError(f"run {run_id!r} has no {', '.join(missing)}: the report needs "
                                 "a run that got through clustering")
+    # nightly passes its in-memory record (run.json is written when the run ends)
     rec = record if record is not None else json.loads((rd / "run.json").read_text())
-    saved = json.loads((rd / "run.json").read_text()) if record is not None else rec
     meta = ManifestMeta.model_validate_json((rd / "manifest.json").read_text())
     manifest = pd.read_parquet(rd / "manifest.parquet")
     store = open_store(rd / "embeddings.zarr")
@@ -266,7 +267,7 @@ def _build(output_dir: str | os.PathLike[str], run_id: str, *, models_dir: Any =
         curve = [p["objective_estimate"] for p in cl.get("passes", [])]
         curve_label = "pass over the data"
     samp = rec.get("sample") or {}
-    drift, note = _drift(rd, saved)
+    drift, note = _drift(rd, rec)
     timings = {k: float(v) for k, v in (rec.get("timings") or {}).items()}
     health = RunHealth(
         drift=drift, monitor_note=note, n_items=len(ids),
@@ -298,8 +299,8 @@ def report_stage(cfg: dict[str, Any], run_id: str,
     lay = OutputLayout.at(cfg["output_dir"], cfg.get("models_dir"))
     res = _build(lay.root, run_id, models_dir=lay.models_dir, record=record)
     table = validate_cluster_report(res.table)
-    started = (record or {}).get("started_at") or json.loads(
-        (lay.run_dir(run_id) / "run.json").read_text()).get("started_at") or ""
+    started = (record if record is not None else json.loads(
+        (lay.run_dir(run_id) / "run.json").read_text())).get("started_at") or ""
     run_date = str(started)[:10] or time.strftime("%Y-%m-%d", time.gmtime())
     import pyarrow as pyarr
     import pyarrow.parquet as pq

@@ -331,12 +331,19 @@ def test_cluster_report_contract(runs):
         validate_cluster_report(bad)
 
 
-def _pipeline_run(cfg, lay, monitor_note):
+def _write_run_json(lay, rec):
+    from tasks.layout import atomic_write_text
+
+    saved = {**rec, "cluster": {k: v for k, v in rec["cluster"].items() if k != "loss_curve"}}
+    atomic_write_text(lay.run_dir(rec["run_id"]) / "run.json", json.dumps(saved, default=str))
+
+
+def _pipeline_run(cfg, lay, monitor_note, write_json=True):
     """One nightly-like run through the pipeline's own stages (as plain functions), with the
     run.json the nightly flow writes."""
     from datetime import UTC, datetime
 
-    from tasks.layout import atomic_write_text, new_run_id
+    from tasks.layout import new_run_id
     from tasks.stages import cluster_stage, embed_stage, sample_stage
 
     started = datetime.now(UTC)
@@ -350,8 +357,8 @@ def _pipeline_run(cfg, lay, monitor_note):
     rec["cluster"] = cluster_stage(cfg, run_id)
     for k in ("sample", "embed", "cluster"):
         rec["timings"][k] = rec[k]["seconds"]
-    saved = {**rec, "cluster": {k: v for k, v in rec["cluster"].items() if k != "loss_curve"}}
-    atomic_write_text(lay.run_dir(run_id) / "run.json", json.dumps(saved, default=str))
+    if write_json:  # nightly writes it when the run ends (after the report step)
+        _write_run_json(lay, rec)
     return run_id, rec
 
 
@@ -375,8 +382,10 @@ def test_report_of_pipeline_runs(tmp_path, capsys):
     lay = OutputLayout.at(cfg["output_dir"])
     train_encoder_stage(cfg)
     note = "not run: drift monitoring is not implemented yet"
-    run1, rec1 = _pipeline_run(cfg, lay, note)
-    info1 = report_stage(cfg, run1, record=rec1)  # with the in-memory record (full curve)
+    run1, rec1 = _pipeline_run(cfg, lay, note, write_json=False)
+    # as in nightly: the in-memory record (full curve), before run.json exists
+    info1 = report_stage(cfg, run1, record=rec1)
+    _write_run_json(lay, rec1)
     cfg2 = {**cfg, "sample": {"mode": "uniform", "n": 900, "seed": 1}}
     run2, _ = _pipeline_run(cfg2, lay, note)
     html2 = build_report_for_run(cfg["output_dir"], run2)  # from run.json only
@@ -405,6 +414,9 @@ def test_report_of_pipeline_runs(tmp_path, capsys):
         dom = _parse(text)
         for src in dom.imgs:
             _png_ok(src)
+    # convergence: full loss_curve_ from the in-memory record, per-pass estimates from run.json
+    assert "block of samples" in Path(info1["html"]).read_text()
+    assert "pass over the data" in Path(info2["html"]).read_text()
     prev = pd.read_parquet(info1["table"])
     assert info2["quality"]["previous_run_id"] == run1
     assert info2["quality"]["previous"]["knn_accuracy"] == pytest.approx(

@@ -337,7 +337,10 @@ def _health(data: ReportData, conv_png: bytes | None) -> str:
                  "</p>")
     if conv_png:
         parts.append(f"<img class=\"chart\" alt=\"convergence curve\" "
-                     f"src=\"{png_data_uri(conv_png)}\">")
+                     f"src=\"{png_data_uri(conv_png)}\">"
+                     f"<p class=\"muted\">Each point: the objective estimated after one "
+                     f"{_e(h.loss_curve_label)}; a curve that flattens out means the clustering "
+                     "has settled.</p>")
     if h.timings:
         parts.append("<h3>Timings</h3><table><tr><th>stage</th><th class=\"num\">seconds</th>"
                      "</tr>" + "".join(f"<tr><td>{_e(s)}</td>{_td(f'{t:.1f}')}</tr>"
