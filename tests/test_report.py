@@ -483,3 +483,26 @@ def test_previous_runs_trend_only_with_the_same_encoder_and_k(tmp_path):
     assert [p.run_id for p in prev] == [r[0] for r in recs[:3]]
     assert prev[0].sizes == {} and prev[2].sizes == {}  # other encoder / other k
     assert prev[1].sizes == {0: 10, 1: 11, 2: 12}
+
+
+def test_drift_from_the_monitor_files_or_record(tmp_path):
+    from tasks.report import _drift
+
+    rd = tmp_path / "run"
+    rd.mkdir()
+    # the monitor's record shape (tasks.monitor): statistics rows named "statistic"
+    rec = {"monitor": {"drifted": None, "status": "insufficient_data",
+                       "reasons": ["batch has 12 rows; at least 50 are needed"],
+                       "statistics": []}}
+    d, note = _drift(rd, rec)
+    assert note is None and d["drifted"] is None and d["status"] == "insufficient_data"
+    # drift_report.json written by the monitor (DriftReport.to_dict: statistics named "name")
+    (rd / "drift_report.json").write_text(json.dumps({
+        "drifted": True, "status": "ok", "reasons": ["mmd flags drift"],
+        "statistics": [{"name": "mmd", "value": 0.3, "threshold": 0.01, "p_value": 0.002,
+                        "drifted": True, "detail": {}}]}))
+    d, note = _drift(rd, {"monitor": "not run: whatever"})
+    assert d["statistics"][0]["statistic"] == "mmd" and d["drifted"] is True
+    d, note = _drift(tmp_path, {"monitor": "not run: drift monitoring is off"})
+    assert d is None and note == ("The drift monitor did not run for this run: drift "
+                                  "monitoring is off.")
