@@ -439,6 +439,8 @@ def _conform_column(table: str, col: Col, s: pd.Series) -> pd.Series:
             [{"column": col.name, "index": i, "failure_case": s.loc[i]} for i in rows])
 
     na = s.isna() if col.type != "list_float64" else s.map(lambda v: v is None or v is pd.NA)
+    if not col.nullable and na.any():  # before any cast could turn a null into a value
+        raise fail("null values in a non-nullable column", na)
     t = col.type
     if t in ("str", "json"):
         vals = s

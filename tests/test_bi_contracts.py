@@ -79,6 +79,18 @@ def test_null_in_a_non_nullable_column_names_table_column_rows():
     assert {f["index"] for f in e.failures} == {3, 17}
 
 
+def test_nulls_never_become_values():
+    runs = run_frames()["runs"]
+    runs["monitor_ran"] = pd.Series([None], dtype=object)  # bool(None) would be False
+    msg = str(_violation("runs", runs))
+    assert "'monitor_ran'" in msg and "null" in msg and "[0]" in msg
+    asg = run_frames()["assignments"]
+    asg["cluster_id"] = asg["cluster_id"].astype("Int64")
+    asg.loc[8, "cluster_id"] = pd.NA
+    msg = str(_violation("assignments", asg))
+    assert "'cluster_id'" in msg and "[8]" in msg
+
+
 def test_out_of_range_and_unknown_values_are_named():
     cc = run_frames()["cluster_centers"]
     cc.loc[2, "label_purity"] = 1.5
