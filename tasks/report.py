@@ -6,8 +6,10 @@
   self-contained page), ``cluster_report.parquet`` and ``report.json`` beside it.
 * :data:`report_task` (Prefect): the same, plus two artifacts (a Markdown summary with a link to
   the page, and the per-cluster table) and the ``cluster_report`` BI Parquet file
-  ``published/cluster_report/run_date=YYYY-MM-DD/<run_id>.parquet`` checked against
-  :data:`CLUSTER_REPORT` first.
+  ``published/cluster_report/run_date=YYYY-MM-DD/<run_id>.parquet`` (same layout and Arrow
+  schema as the BI Parquet sink) checked against the registered contract
+  :data:`data_contracts.tables.CLUSTER_REPORT` first. Like the monitor's ``drift_reports``
+  file, the publish step can attach it so DuckDB and PostgreSQL get the table too.
 
 What is read (all written by ``nightly``): ``run.json`` (status, dataset, encoder version,
 counts, quarantine reasons, objective, passes, timings), ``manifest.parquet`` / ``.json``
@@ -32,88 +34,25 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pandera.pandas as pa
+import pyarrow as pa
+import pyarrow.parquet as pq
 
-from data_contracts.tables import Col, ContractViolation, TableContract
+from data_contracts.tables import CLUSTER_REPORT, ContractViolation, validate_frame
 
 from .layout import OutputLayout
 
-__all__ = ["build_report_for_run", "report_stage", "report_task", "CLUSTER_REPORT",
-           "validate_cluster_report", "report_dir"]
+__all__ = ["build_report_for_run", "report_stage", "report_task", "report_command",
+           "CLUSTER_REPORT", "ContractViolation", "validate_cluster_report", "report_dir"]
 
 #: runs kept in the size trend (this run included)
 TREND_RUNS = 7
 
-_GE0 = pa.Check.ge(0)
-_SHARE = pa.Check.in_range(0.0, 1.0)
-
-
-def _share_col(name: str, text: str) -> Col:
-    return Col(name, "float64", text, nullable=True, checks=(_SHARE,),
-               json_extra={"minimum": 0, "maximum": 1})
-
-
-#: Contract of the ``cluster_report`` BI table (same mechanism as data_contracts.tables; to be
-#: registered in ``data_contracts.tables.TABLES`` by its owner so the sinks publish it).
-CLUSTER_REPORT = TableContract(
-    name="cluster_report",
-    version="1",
-    description="One row per cluster of a run: the figures of the cluster report (size, label "
-                "purity, spread) and the run's embedding quality on the labeled hold-out.",
-    key=("run_id", "cluster_id"),
-    columns=(
-        Col("run_id", "str", "Id of the nightly run.", checks=(pa.Check.str_length(min_value=1),),
-            json_extra={"minLength": 1}),
-        Col("cluster_id", "int32", "Cluster index 0..k-1.", checks=(_GE0,),
-            json_extra={"minimum": 0}),
-        Col("size", "int64", "Items assigned to the cluster.", checks=(_GE0,),
-            json_extra={"minimum": 0}),
-        Col("majority_label", "int64", "Most frequent known label of its items; null when none "
-            "is labeled.", nullable=True, checks=(_GE0,), json_extra={"minimum": 0}),
-        _share_col("purity", "Share of its labeled items carrying the majority label."),
-        Col("mean_distance", "float64", "Mean Euclidean distance of its items to the center; "
-            "null for an empty cluster.", nullable=True, checks=(_GE0,),
-            json_extra={"minimum": 0}),
-        _share_col("knn_accuracy", "Run-level: leave-one-out kNN accuracy of the labeled "
-                   "hold-out in the embedding (same on every row of the run)."),
-        _share_col("majority_agreement", "Run-level: share of held-out labeled items whose "
-                   "cluster's majority label is their own."),
-        _share_col("trustworthiness", "Run-level: scikit-learn trustworthiness of the embedding "
-                   "of the hold-out (input neighbours kept)."),
-        Col("representative_sample_ids", "json", "JSON array of the sample ids nearest to the "
-            "center (the cluster's typical members), nearest first."),
-    ),
-)
-
 
 def validate_cluster_report(df: pd.DataFrame) -> pd.DataFrame:
-    """Check the per-cluster table against :data:`CLUSTER_REPORT`; raise
-    :class:`ContractViolation` naming the columns and rows that violate it."""
-    missing = [c for c in CLUSTER_REPORT.column_names if c not in df.columns]
-    extra = [c for c in df.columns if c not in CLUSTER_REPORT.column_names]
-    if missing or extra:
-        raise ContractViolation("cluster_report", f"columns missing {missing}, unexpected "
-                                f"{extra}; valid: {CLUSTER_REPORT.column_names}")
-    bad = [i for i, v in df["representative_sample_ids"].items()
-           if not isinstance(v, str) or not isinstance(_loads(v), list)]
-    if bad:
-        raise ContractViolation("cluster_report", "column 'representative_sample_ids' must be a "
-                                f"JSON array in rows {bad[:10]}")
-    try:
-        CLUSTER_REPORT.pandera_schema().validate(df, lazy=True)
-    except pa.errors.SchemaErrors as exc:
-        fc = exc.failure_cases
-        raise ContractViolation("cluster_report", "; ".join(
-            f"column {r.get('column')!r} fails {r.get('check')} in row {r.get('index')}"
-            for r in fc.head(10).to_dict("records"))) from None
-    return df
-
-
-def _loads(v: str) -> Any:
-    try:
-        return json.loads(v)
-    except ValueError:
-        return None
+    """``df`` conformed to the registered ``cluster_report`` contract
+    (:data:`data_contracts.tables.CLUSTER_REPORT`), or :class:`ContractViolation` naming the
+    columns and rows that violate it."""
+    return validate_frame("cluster_report", df)
 
 
 def _log() -> logging.Logger | logging.LoggerAdapter:
@@ -302,16 +241,25 @@ def report_stage(cfg: dict[str, Any], run_id: str,
     started = (record if record is not None else json.loads(
         (lay.run_dir(run_id) / "run.json").read_text())).get("started_at") or ""
     run_date = str(started)[:10] or time.strftime("%Y-%m-%d", time.gmtime())
-    import pyarrow as pyarr
-    import pyarrow.parquet as pq
+    from sqflow.bi import parquet_path
 
-    arrow = pyarr.Table.from_pandas(table, schema=CLUSTER_REPORT.arrow_schema(),
-                                    preserve_index=False)
-    bi_path = lay.published / "cluster_report" / f"run_date={run_date}" / f"{run_id}.parquet"
+    schema = CLUSTER_REPORT.arrow_schema()
+    arrow = pa.Table.from_pandas(table, schema=schema, preserve_index=False)
+    arrow = arrow.replace_schema_metadata(schema.metadata)
+    bi_path = parquet_path(lay.published, "cluster_report", run_date, run_id)
     bi_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = bi_path.with_name(f".{bi_path.name}.{os.getpid()}.tmp")
-    pq.write_table(arrow, tmp)
-    os.replace(tmp, bi_path)
+    try:
+        with open(tmp, "wb") as fh:
+            pq.write_table(arrow, fh, compression="zstd")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, bi_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    for other in (lay.published / "cluster_report").glob(f"run_date=*/{run_id}.parquet"):
+        if other != bi_path:  # the same run reported earlier under another date: replace it
+            other.unlink(missing_ok=True)
     q = res.data.quality
     _log().info("cluster report of run %s: %s", run_id, res.html_path)
     return {"html": str(res.html_path), "table": str(res.table_path),

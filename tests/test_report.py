@@ -315,11 +315,12 @@ def test_bad_inputs_name_the_parameter(tmp_path):
 
 
 def test_cluster_report_contract(runs):
-    from data_contracts.tables import ContractViolation
+    from data_contracts.tables import TABLES, ContractViolation
     from tasks.report import CLUSTER_REPORT, validate_cluster_report
 
     t = runs[1]["res"].table
-    validate_cluster_report(t)
+    pd.testing.assert_frame_equal(validate_cluster_report(t), t, check_dtype=False)
+    assert CLUSTER_REPORT is TABLES["cluster_report"]  # the registered contract, not a copy
     assert CLUSTER_REPORT.column_names == list(CLUSTER_REPORT_COLUMNS)
     bad = t.copy()
     bad.loc[2, "purity"] = 1.5
