@@ -336,8 +336,10 @@ def _report_with_artifacts(cfg: dict[str, Any], run_id: str,
 
 def _make_task():
     from prefect import task
+    from prefect.cache_policies import NO_CACHE
 
-    return task(_report_with_artifacts, name="report")
+    # no result cache: the report reads files that change between runs under the same inputs
+    return task(_report_with_artifacts, name="report", cache_policy=NO_CACHE)
 
 
 #: Prefect task: ``report_task(cfg, run_id, record)`` -> :func:`report_stage`'s dict plus
