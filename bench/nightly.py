@@ -42,6 +42,7 @@ def main() -> int:
     args = ap.parse_args()
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="sqflow-bench-prefect-"))
 
     from flows.settings import load_settings
