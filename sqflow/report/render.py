@@ -434,7 +434,9 @@ def _cluster_card(c: ClusterFigures, data: ReportData, thumbs: dict[str, bytes] 
             f"({fmt_pct(c.share)}), mean distance {fmt_num(c.mean_distance)}</span></div>"
             f"{trend}{lab_txt}{pair_txt}"
             f"<p class=\"sub\">The {len(c.nearest_ids)} members nearest to the center (what this "
-            "cluster typically holds); caption: distance | label:</p>"
+            "cluster typically holds)"
+            + ("; caption: distance | label:" if thumbs is not None else
+               "; z0, z1, ... are their embedding coordinates:") + "</p>"
             + _member_strip(c.nearest_ids, c.nearest_distances, thumbs, vectors, labels)
             + far + "</div>")
 
