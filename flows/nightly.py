@@ -209,4 +209,28 @@ def _artifacts(rec: dict[str, Any], md: str) -> dict[str, str]:
         ids[name] = str(create_link_artifact(
             f"file://{rec['plots'][name]}", link_text=f"{name} plot (PNG)",
             key=_key(run_id, name), description=f"{name} plot of run {run_id}"))
+    ids["plots"] = str(create_markdown_artifact(
+        _plots_md(rec), key=_key(run_id, "plots"),
+        description=f"latent space and convergence plots of run {run_id} (embedded PNG)"))
     return ids
+
+
+def _plots_md(rec: dict[str, Any], max_side: int = 520) -> str:
+    """Markdown with the run's PNG plots embedded as data URIs (the Prefect UI renders them;
+    the full-size files stay in the run folder). Thumbnails keep the artifact small."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    parts = [f"# Plots of run `{rec['run_id']}`", ""]
+    for name, title in (("latent", "Latent space with the SQ centers"),
+                        ("convergence", "SQ convergence (objective estimate per block)")):
+        with Image.open(rec["plots"][name]) as im:
+            im.thumbnail((max_side, max_side))
+            buf = io.BytesIO()
+            im.save(buf, format="PNG", optimize=True)
+        b64 = base64.b64encode(buf.getvalue()).decode()
+        parts += [f"## {title}", "", f"![{name}](data:image/png;base64,{b64})", "",
+                  f"Full size: `{rec['plots'][name]}`", ""]
+    return "\n".join(parts)

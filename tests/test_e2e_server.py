@@ -164,6 +164,11 @@ def test_deploy_schedule_worker_run_and_ui(server, tmp_path):
     dom = _chromium(f"{server['ui']}/artifacts/artifact/{summary['id']}", tmp_path,
                     ARTIFACTS / "e2e_summary_artifact.png")
     assert "drift monitoring is not implemented yet" in dom and "Clustering" in dom
+    # the plots artifact embeds both PNGs, and the browser renders them as images
+    plots = by_key[f"sqflow-plots-{run_id}"]
+    dom = _chromium(f"{server['ui']}/artifacts/artifact/{plots['id']}", tmp_path,
+                    ARTIFACTS / "e2e_plots_artifact.png")
+    assert dom.count('<img src="data:image/png;base64,') == 2
 
     # `sqflow serve` registers the same flows from one process, with the schedule from flags
     slog = server["tmp"] / "serve.log"

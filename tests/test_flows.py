@@ -98,6 +98,8 @@ def test_nightly_two_runs_mnist(harness, registry, tmp_path):
     assert sum(r["size"] for r in rows) == 1500
     for name in ("latent", "convergence"):
         assert Path(rec["plots"][name]).stat().st_size > 1000
+    plots = Artifact.get(_key(run_id, "plots"))
+    assert plots.data.count("](data:image/png;base64,") == 2
 
     # second run: incremental (only unseen items), warm-started from the first run's centers
     rec2 = nightly(config=_config(out, registry, sample={"mode": "incremental", "n": 800}))
