@@ -117,6 +117,26 @@ def test_nightly_two_runs_mnist(harness, registry, tmp_path):
 
     again = embed_stage(_config(out, registry), run_id)
     assert again["chunks_written"] == 0 and again["chunks_total"] == 3
+    # a retried cluster stage resumes from this run's last checkpoint of the centers
+    from tasks.stages import cluster_stage
+
+    redo = cluster_stage(_cfg(out, models_dir=str(registry), max_iter=2), run_id)
+    assert redo["warm_start_from"] == f"checkpoint {ckpts[-1].name} of this run"
+    assert redo["objective"] <= 1.1 * rec["cluster"]["objective"]  # resumed, not restarted
+
+
+def test_io_tasks_retry_only_transient_errors():
+    from prefect.states import Failed
+
+    from tasks.stages import _transient_io, cluster_task, embed_task, publish_task, sample_task
+
+    for t in (sample_task, embed_task, cluster_task, publish_task):
+        assert t.retries == 2 and callable(t.retry_condition_fn)
+        assert t is publish_task or t.retry_condition_fn is _transient_io
+        assert len(t.retry_delay_seconds) == 2 and t.retry_delay_seconds[1] > t.retry_delay_seconds[0]
+    assert _transient_io(None, None, Failed(data=OSError(5, "Input/output error")))
+    assert not _transient_io(None, None, Failed(data=FileNotFoundError("gone")))
+    assert not _transient_io(None, None, Failed(data=SourceError("no readable item")))
 
 
 @pytest.fixture
