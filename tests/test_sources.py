@@ -133,3 +133,24 @@ def test_mnist_source_and_sample_modes():
     assert len(inc) == 300 and not set(inc["sample_id"]) & set(u["sample_id"])
     with pytest.raises(ValueError, match="needs n"):
         SampleSpec(mode="uniform")
+
+
+def test_idx_source_and_unreadable_idx(tmp_path):
+    from sqflow.datasets import mnist_dir
+
+    d = mnist_dir()
+    src = open_source(SourceSpec(kind="idx", path=str(d / "t10k-images-idx3-ubyte.gz"),
+                                 labels_path=str(d / "t10k-labels-idx1-ubyte.gz")))
+    res = src.scan()
+    assert len(res.items) == 10000 and res.items["sample_id"].iloc[7] == "t10k-images-idx3-ubyte-000007"
+    assert res.items["label"].between(0, 9).all()
+    bad = tmp_path / "cut.idx"
+    bad.write_bytes(b"\x00\x00\x08\x03\x00\x00\x00\x05\x00\x00\x00\x1c\x00\x00\x00\x1c" + b"\x00" * 100)
+    with pytest.raises(SourceError, match="IDX source unreadable.*cut.idx"):
+        open_source(SourceSpec(kind="idx", path=str(bad))).scan()
+
+
+def test_manifest_json_schemas_are_current():
+    from data_contracts.manifest import export_schemas
+
+    assert export_schemas(check=True) == [], "run `python -m data_contracts.manifest`"
