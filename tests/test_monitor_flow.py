@@ -146,3 +146,40 @@ def test_failed_retrain_keeps_the_old_version_current(prefect_harness, base, tmp
     assert open_store(out / "runs" / "run-rot" / "embeddings.zarr").encoder_version == \
         "triplet-v0001"
     assert "FAILED" in mon["markdown"]
+
+
+def test_drift_retrains_through_the_retrain_deployment_when_one_is_served(
+        prefect_harness, base, tmp_path):
+    """With a registered ``retrain`` deployment (served here by a real Prefect Runner that runs
+    the flow run in a subprocess), the monitor goes through ``run_deployment``."""
+    import asyncio
+    import threading
+
+    from prefect.runner import Runner
+
+    from flows.monitor import monitor_flow, retrain_flow
+
+    runner = Runner(name="sqflow-retrain-test", query_seconds=1)
+    runner.add_flow(retrain_flow, name="sqflow-retrain-test")
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            asyncio.run(runner.start(run_once=True, webserver=False))
+            stop.wait(1.0)
+
+    th = threading.Thread(target=serve, daemon=True)
+    th.start()
+    try:
+        cfg = _copy(base, tmp_path, "rot")
+        mon = monitor_flow(run_id="run-rot", config=cfg,
+                           retrain_deployment="retrain/sqflow-retrain-test",
+                           retrain_timeout_s=900)
+    finally:
+        stop.set()
+        th.join(timeout=60)
+    r = mon["retrain"]
+    assert r["mode"].startswith("deployment retrain/sqflow-retrain-test"), r
+    assert r["status"] == "completed", r
+    assert r["new_version"] == "triplet-v0002"
+    assert current_version(tmp_path / "out" / "models") == "triplet-v0002"
