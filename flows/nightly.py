@@ -127,8 +127,9 @@ def nightly(config: dict[str, Any] | None = None) -> dict[str, Any]:
 
     Holds ``<output>/.nightly.lock`` for the whole run (a second run on the same output waits
     ``lock_timeout_s`` and then fails with a clear message). Trains and registers an encoder
-    first when none exists and ``train_if_missing`` is true. Leaves a Markdown summary, a table
-    of the clusters and links to the plots as artifacts, and ``runs/<run_id>/run.json``.
+    first when none exists and ``train_if_missing`` is true. Leaves as artifacts a Markdown
+    summary, a table of the clusters, the plots (embedded PNG) and links to the full-size PNG
+    files; and ``runs/<run_id>/run.json`` + ``summary.md``.
     """
     log = get_run_logger()
     cfg = _config(config)
@@ -140,7 +141,8 @@ def nightly(config: dict[str, Any] | None = None) -> dict[str, Any]:
         rec: dict[str, Any] = {"run_id": run_id, "flow_run_id": _flow_run_id(),
                                "started_at": started.isoformat(), "status": "running",
                                "dataset": None, "monitor": MONITOR_NOTE, "timings": {},
-                               "outputs": {}, "n_clusters": int(cfg["n_clusters"])}
+                               "outputs": {}, "n_clusters": int(cfg["n_clusters"]),
+                               "waited_for_lock_s": (datetime.now(UTC) - started).total_seconds()}
         rd = lay.run_dir(run_id)
         log.info("nightly run %s -> %s", run_id, rd)
         try:
