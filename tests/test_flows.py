@@ -259,3 +259,35 @@ def test_infra_files_are_consistent():
             "prefect-worker"} <= set(compose["services"])
     env = compose["services"]["prefect-worker"]["environment"]
     assert env["SQFLOW_DASK_ADDRESS"] == "tcp://dask-scheduler:8786"
+
+
+def test_two_processes_on_one_output_take_turns(registry, tmp_path, png_folder):
+    """Two nightly runs started at the same moment in two processes (each with its own
+    ephemeral Prefect): both complete, their locked intervals do not overlap, and the published
+    tables hold each run's rows exactly once."""
+    import os
+    import subprocess
+    import sys
+    from datetime import datetime, timedelta
+
+    out = tmp_path / "out"
+    cfg = _config(out, registry, source=png_folder, n_clusters=3, lock_timeout_s=300)
+    code = ("import json, sys; from flows.nightly import nightly; "
+            "nightly(config=json.loads(sys.argv[1]))")
+    procs = []
+    for i in range(2):
+        env = {**os.environ, "PREFECT_HOME": str(tmp_path / f"prefect-{i}"),
+               "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"}
+        procs.append(subprocess.Popen([sys.executable, "-c", code, json.dumps(cfg)], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      text=True))
+    logs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(x[-3000:] for x in logs)
+    runs = OutputLayout.at(out).run_records()
+    assert [r["status"] for r in runs] == ["completed", "completed"]
+    spans = sorted((datetime.fromisoformat(r["started_at"])
+                    + timedelta(seconds=r["waited_for_lock_s"]),
+                    datetime.fromisoformat(r["finished_at"])) for r in runs)
+    assert spans[0][1] <= spans[1][0], f"locked intervals overlap: {spans}"
+    asg = _published(out, "assignments")
+    assert asg.groupby("run_id").size().tolist() == [40, 40]
