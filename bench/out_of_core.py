@@ -88,13 +88,31 @@ def _tree_rss(proc) -> tuple[int, int, dict]:
     for p in procs:
         try:
             with p.oneshot():
-                total += p.memory_info().rss
+                rss = p.memory_info().rss
                 ct = p.cpu_times()
+            total += rss
             cpu[p.pid] = ct.user + ct.system
             count += 1
+            if rss > _PEAK_BY_PID.get(p.pid, (0, ""))[0]:
+                _PEAK_BY_PID[p.pid] = (rss, _role(p, proc))
         except psutil.NoSuchProcess:
             pass
     return total, count, cpu
+
+
+_PEAK_BY_PID: dict[int, tuple[int, str]] = {}
+
+
+def _role(p, root) -> str:
+    """What a process of the tree is: the driver (scheduler and nannies in it), a worker, ..."""
+    if p.pid == root.pid:
+        return "driver"
+    cmd = " ".join(p.cmdline())
+    if "spawn_main" in cmd:
+        return "worker"
+    if "resource_tracker" in cmd:
+        return "resource_tracker"
+    return "other"
 
 
 def _machine_cpu() -> tuple[float, float]:
@@ -116,6 +134,7 @@ def run_child(mode: str, params: dict, sample_s: float, timeout: float = 1800) -
     params = {**params, "out": out}
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", mode, json.dumps(params)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    _PEAK_BY_PID.clear()
     proc = subprocess.Popen(cmd, env=env)
     ps = psutil.Process(proc.pid)
     samples: list[tuple[float, int, int, dict, tuple]] = []
@@ -140,6 +159,9 @@ def run_child(mode: str, params: dict, sample_s: float, timeout: float = 1800) -
     res["peak_rss_mib"] = float(rss.max()) if len(rss) else float("nan")
     # the runtime alone (cluster up, store opened, before fit) vs the fit's own peak
     res["loadavg_1m_start_end"] = [load0, os.getloadavg()[0]]
+    res["peak_rss_mib_by_process"] = sorted(
+        ([role, round(rss / 2**20, 1)] for rss, role in _PEAK_BY_PID.values()),
+        key=lambda x: (x[0], -x[1]))
 
     def cpu_window(ta: float, tb: float) -> dict:
         """CPU seconds of the benchmark's process tree vs the whole machine in [ta, tb]."""
@@ -500,7 +522,8 @@ def limits_text(size: int, pass_res: dict, fit2: dict, fit1: dict | None) -> lis
             f"multiprocessing helpers): bare runtime "
             f"{fit2.get('bare_runtime_rss_mib', float('nan')):.0f} MiB, after loading the compiled "
             f"kernels {fit2.get('warm_runtime_rss_mib', float('nan')):.0f} MiB, peak during the fit "
-            f"{fit2.get('fit_peak_rss_mib', float('nan')):.0f} MiB")
+            f"{fit2.get('fit_peak_rss_mib', float('nan')):.0f} MiB; peak per process (MiB): "
+            + ", ".join(f"{r} {m:.0f}" for r, m in fit2.get("peak_rss_mib_by_process", [])))
     return out
 
 
