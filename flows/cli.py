@@ -80,7 +80,9 @@ def _print_run(rec: dict, wall: float) -> None:
           f"{s['n_selected']} in this run ({s['n_labeled']} labeled)")
     print(f"  encoder: {rec['encoder_version']}" + (" (trained in this run)" if rec.get("train")
                                                    else ""))
-    print("  monitor: " + rec["monitor"])
+    mon = rec.get("monitor") or {}
+    print("  monitor: " + (f"FAILED ({mon['error']}), no drift decision" if mon.get("error")
+                           else f"{mon['status']}; {mon['retrain']['message']}"))
     print(f"  SQ objective {c['objective']:.6g} after {c['n_iter']} passes; "
           f"warm start: {c['warm_start_from'] or 'no (k-means++)'}")
     print("  cluster  size   majority label (purity)")
@@ -95,6 +97,8 @@ def _print_run(rec: dict, wall: float) -> None:
     for k in ("latent", "convergence"):
         print(f"  {k + ' plot':<18} {rec['plots'][k]}")
     print(f"  {'summary':<18} {rec['outputs']['run folder']}/summary.md")
+    if (rec.get("report") or {}).get("error"):
+        print(f"  cluster report FAILED: {rec['report']['error']}")
 
 
 def _common_flags(ap: argparse.ArgumentParser) -> None:
@@ -208,6 +212,20 @@ def _ui(argv: list[str]) -> int:
     return 0  # pragma: no cover - exec does not return
 
 
+def _paper(argv: list[str]) -> int:
+    """Reproduce the paper's semi-supervised MNIST table (Triplet encoder + SQ)."""
+    from sqflow.paper import main as paper_main
+
+    return paper_main(argv)
+
+
+def _report(argv: list[str]) -> int:
+    """Build the cluster report (HTML) of a finished run: sqflow report RUN_ID|latest."""
+    from tasks.report import report_command
+
+    return report_command(argv)
+
+
 COMMANDS = {
     "cluster": _cluster,
     "demo": _demo,
@@ -215,6 +233,8 @@ COMMANDS = {
     "train-encoder": _train,
     "serve": _serve,
     "ui": _ui,
+    "paper": _paper,
+    "report": _report,
 }
 
 

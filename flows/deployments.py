@@ -7,6 +7,7 @@ from typing import Any
 
 from prefect.schedules import Cron
 
+from flows.monitor import DEFAULT_RETRAIN_DEPLOYMENT, monitor_flow, retrain_flow
 from flows.nightly import cluster_flow, embed_flow, nightly, sample_flow, train_encoder_flow
 from flows.settings import load_settings
 
@@ -20,10 +21,15 @@ def served_deployments(output: str | None = None, cron: str | None = None,
     return [
         nightly.to_deployment(name="nightly", schedules=[sched], parameters=params,
                               concurrency_limit=1, tags=["sqflow"],
-                              description="sample -> embed -> cluster -> publish, every night"),
+                              description="sample -> embed -> monitor -> cluster -> report -> "
+                                          "publish, every night"),
         train_encoder_flow.to_deployment(name="train-encoder", parameters=params,
                                          tags=["sqflow"]),
         sample_flow.to_deployment(name="sample", parameters=params, tags=["sqflow"]),
         embed_flow.to_deployment(name="embed", tags=["sqflow"]),
         cluster_flow.to_deployment(name="cluster", tags=["sqflow"]),
+        monitor_flow.to_deployment(name="monitor", tags=["sqflow"]),
+        # the monitor finds this one by name and runs retraining through it
+        retrain_flow.to_deployment(name=DEFAULT_RETRAIN_DEPLOYMENT.split("/", 1)[1],
+                                   tags=["sqflow"]),
     ]

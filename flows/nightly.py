@@ -1,5 +1,6 @@
-"""Prefect flows: ``nightly`` (sample -> embed -> [monitor: not yet] -> cluster -> publish) and
-its stages as flows of their own (``sample``, ``train-encoder``, ``embed``, ``cluster``).
+"""Prefect flows: ``nightly`` (sample -> embed -> monitor -> cluster -> report -> publish) and
+its stages as flows of their own (``sample``, ``train-encoder``, ``embed``, ``cluster``; the
+monitor and retrain flows live in :mod:`flows.monitor`).
 
 Every flow takes ``config``: overrides of :class:`flows.settings.SqflowSettings` (which also
 reads ``sqflow.toml`` and ``SQFLOW_*`` variables where the flow runs). One nightly flow run has
@@ -19,6 +20,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
+from flows.monitor import monitor_flow
 from flows.settings import load_settings
 from tasks.layout import OutputLayout, atomic_write_text, current_version, new_run_id, output_lock
 from tasks.stages import (
@@ -29,9 +31,7 @@ from tasks.stages import (
     sample_task,
     train_encoder_task,
 )
-
-MONITOR_NOTE = ("not run: drift monitoring is not implemented yet (issue 7); no drift decision "
-                "was made for this run")
+from tasks.report import report_task
 
 
 def _config(config: dict[str, Any] | None) -> dict[str, Any]:
@@ -95,12 +95,7 @@ def _summary_md(rec: dict[str, Any]) -> str:
     if s.get("top_quarantine_reasons"):
         lines += ["Top quarantine reasons: " + "; ".join(
             f"{k} ({v})" for k, v in s["top_quarantine_reasons"].items()), ""]
-    lines += [
-        "## Monitor (drift)",
-        "",
-        f"**{MONITOR_NOTE}.**",
-        "",
-        "## Clustering",
+    lines += ["## Monitor (drift)", "", *_monitor_md(rec.get("monitor")), "", "## Clustering",
         "",
         f"Objective (mean min_k ||z - y_k||^r): **{c.get('objective', float('nan')):.6g}** after "
         f"{c.get('n_iter')} passes; warm start: {c.get('warm_start_from') or 'no (k-means++)'}.",
@@ -121,9 +116,56 @@ def _summary_md(rec: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _monitor_md(mon: dict[str, Any] | None) -> list[str]:
+    if not mon:
+        return ["Not reached: the run stopped before the monitor stage."]
+    if mon.get("error"):
+        return [f"**The monitor stage FAILED** ({mon['error']}): no drift decision for this run; "
+                "the run went on with the current encoder."]
+    lines = [f"**Decision: {mon['status']}** against the reference of encoder "
+             f"`{mon['reference_version']}`.", ""]
+    lines += [f"- {r}" for r in mon.get("reasons", [])]
+    lines += ["", f"**Retraining:** {mon['retrain']['message']}"]
+    if mon.get("report_path"):
+        lines += ["", f"Full drift report: `{mon['report_path']}`"]
+    return lines
+
+
+def _monitor_stage(cfg: dict[str, Any], run_id: str, log: Any) -> dict[str, Any]:
+    """The monitor subflow; a failure is recorded (no drift decision) and the run goes on, so a
+    broken reference set never costs users tonight's clusters."""
+    t0 = time.perf_counter()
+    try:
+        mon = monitor_flow(run_id=run_id, config=cfg)
+    except Exception as exc:  # noqa: BLE001 - reported in the summary, run.json and the log
+        log.error("monitor stage failed, no drift decision for run %s: %s: %s", run_id,
+                  type(exc).__name__, exc)
+        return {"error": f"{type(exc).__name__}: {exc}", "seconds": time.perf_counter() - t0}
+    # the full report is in drift_report.json; keep the run record small
+    return {k: v for k, v in mon.items() if k not in ("report", "markdown")}
+
+
+def _report_stage(cfg: dict[str, Any], run_id: str, rec: dict[str, Any],
+                  log: Any) -> dict[str, Any]:
+    """The cluster report (HTML + ``cluster_report`` rows); like the monitor, a failure is
+    recorded and the clusters are still published."""
+    t0 = time.perf_counter()
+    try:
+        rep = report_task(cfg, run_id, rec)
+    except Exception as exc:  # noqa: BLE001
+        log.error("cluster report of run %s failed: %s: %s", run_id, type(exc).__name__, exc)
+        return {"error": f"{type(exc).__name__}: {exc}", "seconds": time.perf_counter() - t0}
+    return {k: v for k, v in rep.items() if k != "rows"}
+
+
 @flow(name="nightly", log_prints=True)
 def nightly(config: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The nightly run: sample -> embed -> monitor (not yet) -> cluster -> publish.
+    """The nightly run: sample -> embed -> monitor -> cluster -> report -> publish.
+
+    The monitor compares the run's embeddings with the current encoder's reference and, on
+    drift, retrains (a new encoder version; the run's batch is re-embedded with it before
+    clustering). The monitor and the report are recorded but not fatal: when either fails the
+    summary says so and the clusters are still published.
 
     Holds ``<output>/.nightly.lock`` for the whole run (a second run on the same output waits
     ``lock_timeout_s`` and then fails with a clear message). Trains and registers an encoder
@@ -140,7 +182,7 @@ def nightly(config: dict[str, Any] | None = None) -> dict[str, Any]:
         t_all = time.perf_counter()
         rec: dict[str, Any] = {"run_id": run_id, "flow_run_id": _flow_run_id(),
                                "started_at": started.isoformat(), "status": "running",
-                               "dataset": None, "monitor": MONITOR_NOTE, "timings": {},
+                               "dataset": None, "timings": {},
                                "outputs": {}, "n_clusters": int(cfg["n_clusters"]),
                                "waited_for_lock_s": (datetime.now(UTC) - started).total_seconds()}
         rd = lay.run_dir(run_id)
@@ -160,11 +202,17 @@ def nightly(config: dict[str, Any] | None = None) -> dict[str, Any]:
             rec["embed"] = embed_task(cfg, run_id)
             rec["encoder_version"] = rec["embed"]["encoder_version"]
             rec["timings"]["embed"] = rec["embed"]["seconds"]
-            log.warning("monitor stage %s", MONITOR_NOTE)
+            rec["monitor"] = _monitor_stage(cfg, run_id, log)
+            rec["timings"]["monitor"] = rec["monitor"]["seconds"]
+            # a successful retrain made a new version current and re-embedded the batch
+            rec["encoder_version"] = rec["monitor"].get("encoder_version") or \
+                rec["encoder_version"]
             rec["cluster"] = cluster_task(cfg, run_id)
             rec["timings"]["cluster"] = rec["cluster"]["seconds"]
             rec["plots"] = plots_task(cfg, run_id, rec["cluster"]["loss_curve"])
             rec["timings"]["plots"] = rec["plots"]["seconds"]
+            rec["report"] = _report_stage(cfg, run_id, rec, log)
+            rec["timings"]["report"] = rec["report"]["seconds"]
             rec["publish"] = publish_task(cfg, run_id, rec)
             rec["timings"]["publish"] = rec["publish"]["seconds"]
             rec["status"] = "completed"
@@ -183,6 +231,8 @@ def nightly(config: dict[str, Any] | None = None) -> dict[str, Any]:
                 "DuckDB": str(lay.duckdb_path),
                 "models": str(lay.models_dir),
             }
+            if (rec.get("report") or {}).get("html"):
+                rec["outputs"]["cluster report"] = rec["report"]["html"]
             # a failed run leaves its record too (status, error)
             atomic_write_text(rd / "run.json", json.dumps(
                 {k: v for k, v in rec.items() if k != "cluster"} |

@@ -4,7 +4,10 @@ Layout under one output folder (``./sqflow-output`` by default)::
 
     models/CURRENT                       the current encoder version (one line)
     models/<version>/encoder.pt(.json)   checkpoint + verified sidecar; model.json = registry record
-    reference/<version>/embeddings.zarr  the reference set embedded with that version
+    models/reference/<version>/          the reference set embedded with that version
+                                         (embeddings.zarr) and its SQ centers (centers.npy): they
+                                         belong to the version, so they live in the registry,
+                                         which several output folders may share (models_dir)
     runs/<run_id>/                       one folder per nightly run:
         manifest.parquet, manifest.json, quarantine.parquet
         embeddings.zarr                  embedding store (assignments/<run_id> inside)
@@ -77,7 +80,7 @@ class OutputLayout:
         return self.root / "runs" / run_id
 
     def reference_store(self, version: str) -> Path:
-        return self.root / "reference" / version / "embeddings.zarr"
+        return self.models_dir / "reference" / version / "embeddings.zarr"
 
     @property
     def published(self) -> Path:

@@ -3,7 +3,7 @@ recorded with the current encoder, write the report, and retrain when asked.
 
 Files (under the pipeline's output folder, see :mod:`tasks.layout`)::
 
-    reference/<version>/centers.npy        SQ centers fitted on that version's reference set
+    models/reference/<version>/centers.npy SQ centers fitted on that version's reference set
     runs/<run_id>/drift_report.json        the full DriftReport (+ reference version, paths)
     runs/<run_id>/drift_report.md          the same as Markdown
     runs/<run_id>/embeddings-<old>.zarr    after a retrain: the run's store from the old encoder
@@ -70,7 +70,7 @@ def _policy(policy: DriftPolicy | dict[str, Any] | None, cfg: dict[str, Any]) ->
 
 # ------------------------------------------------------------------------------ centers
 def reference_centers(cfg: dict[str, Any], version: str) -> tuple[np.ndarray, str]:
-    """SQ centers of ``version``'s reference set: ``reference/<version>/centers.npy``, fitted
+    """SQ centers of ``version``'s reference set: ``<models>/reference/<version>/centers.npy``, fitted
     (K = ``n_clusters``, r = ``rank``, ``seed``) and saved on first use. Returns (centers, path)."""
     from sqflow import StochasticQuantization
     from sqflow.store import open_store

@@ -133,6 +133,18 @@ publish_bi_task = task(publish_bi_stage, name="publish-bi", retries=3,
                        retry_condition_fn=transient_publish_error, cache_policy=NO_CACHE)
 
 
+def attach_cluster_report(frames: dict[str, pd.DataFrame], published_dir: str | os.PathLike[str],
+                          run_id: str) -> dict[str, pd.DataFrame]:
+    """Add the run's ``cluster_report`` rows written by the report stage
+    (``<published>/cluster_report/run_date=*/<run_id>.parquet``, contract-typed) to ``frames``,
+    so DuckDB and PostgreSQL get them with the run's other tables. Unchanged when the report
+    did not run or failed."""
+    found = sorted(Path(published_dir).glob(f"cluster_report/run_date=*/{run_id}.parquet"))
+    if not found or "cluster_report" in frames:
+        return frames
+    return {**frames, "cluster_report": pd.read_parquet(found[-1])}
+
+
 def attach_drift_reports(frames: dict[str, pd.DataFrame], published_dir: str | os.PathLike[str],
                          run_id: str) -> dict[str, pd.DataFrame]:
     """Add the run's ``drift_reports`` rows written by the monitor stage

@@ -112,6 +112,9 @@ def _drift(rd: Path, rec: dict[str, Any]) -> tuple[dict[str, Any] | None, str | 
         return {"drifted": d.get("drifted"), "status": d.get("status"),
                 "reasons": d.get("reasons", []), "statistics": stats}, None
     mon = rec.get("monitor")
+    if isinstance(mon, dict) and mon.get("error"):
+        return None, (f"The drift monitor failed for this run ({mon['error']}), so no drift "
+                      "decision was made.")
     if isinstance(mon, dict) and "drifted" in mon:
         return {"drifted": mon.get("drifted"), "status": mon.get("status"),
                 "reasons": mon.get("reasons", []), "statistics": mon.get("statistics", [])}, None

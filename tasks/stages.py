@@ -130,7 +130,7 @@ sample_task = task(sample_stage, name="sample", **IO_RETRY)
 # ------------------------------------------------------------------------------ train
 def train_encoder_stage(cfg: dict[str, Any]) -> dict[str, Any]:
     """Train the triplet encoder on the labeled part of the source, register it as the next
-    version (made current) and embed the reference set into ``reference/<version>``."""
+    version (made current) and embed the reference set into ``<models>/reference/<version>``."""
     from sqflow.embedding import train_encoder
     from sqflow.store import create_store, write_embeddings
 
@@ -425,9 +425,6 @@ plots_task = task(plots_stage, name="plots")
 
 
 # ------------------------------------------------------------------------------ publish
-PUBLISHED_TABLES = ("runs", "cluster_centers", "assignments", "quarantine")
-
-
 def publish_stage(cfg: dict[str, Any], run_id: str, record: dict[str, Any]) -> dict[str, Any]:
     """Parquet tables for BI (one file per run and table under ``published/<table>/
     run_date=<date>/<run_id>.parquet``, written atomically; re-publishing a run replaces its
@@ -473,9 +470,10 @@ def publish_stage(cfg: dict[str, Any], run_id: str, record: dict[str, Any]) -> d
     }
     frames["assignments"].loc[frames["assignments"]["label"] < 0, "label"] = pd.NA
     # contract-checked BI sinks: Parquet, DuckDB tables, PostgreSQL when configured
-    from .publish_bi import attach_drift_reports, publish_bi_stage
+    from .publish_bi import attach_cluster_report, attach_drift_reports, publish_bi_stage
 
     frames = attach_drift_reports(frames, lay.published, run_id)  # the monitor's, if it ran
+    frames = attach_cluster_report(frames, lay.published, run_id)  # the report's, if it ran
     bi = publish_bi_stage(frames, parquet_dir=lay.published, duckdb_path=lay.duckdb_path, cfg=cfg)
     return {"tables": bi["parquet_files"], "duckdb": bi["duckdb_path"], "postgres": bi["postgres"],
             "rows": bi["rows"], "seconds": time.perf_counter() - t0}

@@ -141,7 +141,7 @@ def test_deploy_schedule_worker_run_and_ui(server, tmp_path):
     (summary,) = [a for k, a in by_key.items() if k.startswith("sqflow-summary-")]
     run_id = summary["key"].removeprefix("sqflow-summary-")
     assert summary["type"] == "markdown"
-    assert "not run: drift monitoring is not implemented yet" in summary["data"]
+    assert "## Monitor (drift)" in summary["data"] and "**Decision: " in summary["data"]
     assert "| 10000 | 10000 | 0 | 1000 | 1000 |" in summary["data"]
     table = by_key[f"sqflow-clusters-{run_id}"]
     assert table["type"] == "table" and '"size"' in str(table["data"])
@@ -163,7 +163,7 @@ def test_deploy_schedule_worker_run_and_ui(server, tmp_path):
     assert shot.stat().st_size > 20_000
     dom = _chromium(f"{server['ui']}/artifacts/artifact/{summary['id']}", tmp_path,
                     ARTIFACTS / "e2e_summary_artifact.png")
-    assert "drift monitoring is not implemented yet" in dom and "Clustering" in dom
+    assert "Monitor (drift)" in dom and "Decision:" in dom and "Clustering" in dom
     # the plots artifact embeds both PNGs, and the browser renders them as images
     plots = by_key[f"sqflow-plots-{run_id}"]
     dom = _chromium(f"{server['ui']}/artifacts/artifact/{plots['id']}", tmp_path,

@@ -65,7 +65,7 @@ def _published(out, table):
 def test_nightly_two_runs_mnist(harness, registry, tmp_path):
     from prefect.artifacts import Artifact
 
-    from flows.nightly import MONITOR_NOTE, _key, nightly
+    from flows.nightly import _key, nightly
 
     out = tmp_path / "out"
     rec = nightly(config=_config(out, registry, sample={"mode": "uniform", "n": 1500}))
@@ -73,7 +73,12 @@ def test_nightly_two_runs_mnist(harness, registry, tmp_path):
     assert rec["status"] == "completed" and rec["encoder_version"] == "triplet-v0001"
     rd = out / "runs" / run_id
     saved = json.loads((rd / "run.json").read_text())
-    assert saved["status"] == "completed" and saved["monitor"] == MONITOR_NOTE
+    assert saved["status"] == "completed"
+    # the monitor ran on this run's store against the encoder's reference and decided
+    mon = saved["monitor"]
+    assert "error" not in mon and mon["status"] in ("drift", "no_drift", "insufficient_data")
+    assert mon["reference_version"] == "triplet-v0001" and mon["statistics"]
+    assert (rd / "drift_report.json").exists()
     # one checkpoint per SQ pass, the last one equals the final centers
     ckpts = sorted((rd / "checkpoints").glob("pass-*.npy"))
     assert len(ckpts) == rec["cluster"]["n_iter"] >= 1
@@ -88,10 +93,22 @@ def test_nightly_two_runs_mnist(harness, registry, tmp_path):
     for row in centers.itertuples():
         assert sizes.get(row.cluster_id, 0) == row.size
     runs = _published(out, "runs")
-    assert runs["run_id"].tolist() == [run_id] and runs["drift_detected"].isna().all()
+    assert runs["run_id"].tolist() == [run_id] and bool(runs["monitor_ran"].iloc[0])
+    if mon["drifted"] is None:
+        assert runs["drift_detected"].isna().all()
+    else:
+        assert bool(runs["drift_detected"].iloc[0]) == mon["drifted"]
+    # the cluster report: an HTML page, and its rows in the BI tables
+    assert Path(rec["report"]["html"]).stat().st_size > 10_000
+    assert saved["outputs"]["cluster report"] == rec["report"]["html"]
+    report_rows = _published(out, "cluster_report")
+    assert set(report_rows["run_id"]) == {run_id}
+    assert report_rows["size"].sum() == 1500
+    for row in report_rows.itertuples():
+        assert sizes.get(row.cluster_id, 0) == row.size
     # artifacts a person reads in the UI
     md = Artifact.get(_key(run_id, "summary"))
-    assert md is not None and "not run: drift monitoring is not implemented yet" in md.data
+    assert md is not None and "## Monitor (drift)" in md.data and "**Decision: " in md.data
     assert "| 70000 | 70000 | 0 | 1500 | 1500 |" in md.data
     table = Artifact.get(_key(run_id, "clusters"))
     rows = json.loads(table.data) if isinstance(table.data, str) else table.data
@@ -109,6 +126,11 @@ def test_nightly_two_runs_mnist(harness, registry, tmp_path):
     con = duckdb.connect(str(out / "sqflow.duckdb"), read_only=True)
     got = con.execute("SELECT run_id, count(*) FROM assignments GROUP BY run_id ORDER BY run_id"
                       ).fetchall()
+    con.close()
+    assert got == [(run_id, 1500), (rec2["run_id"], 800)]
+    con = duckdb.connect(str(out / "sqflow.duckdb"), read_only=True)
+    got = con.execute("SELECT run_id, sum(size) FROM cluster_report GROUP BY run_id "
+                      "ORDER BY run_id").fetchall()
     con.close()
     assert got == [(run_id, 1500), (rec2["run_id"], 800)]
 
@@ -247,7 +269,12 @@ def test_infra_files_are_consistent():
     repo = Path(__file__).resolve().parents[1]
     spec = yaml.safe_load((repo / "prefect.yaml").read_text())
     names = {d["name"]: d for d in spec["deployments"]}
-    assert set(names) == {"nightly", "train-encoder", "sample", "embed", "cluster"}
+    assert set(names) == {"nightly", "train-encoder", "sample", "embed", "cluster", "monitor",
+                          "sqflow-retrain"}
+    # the monitor finds the retrain deployment by "<flow name>/<deployment name>"
+    from flows.monitor import DEFAULT_RETRAIN_DEPLOYMENT, retrain_flow
+
+    assert DEFAULT_RETRAIN_DEPLOYMENT == f"{retrain_flow.name}/sqflow-retrain"
     for d in spec["deployments"]:
         path, fn = d["entrypoint"].split(":")
         mod = importlib.import_module(path.removesuffix(".py").replace("/", "."))

@@ -102,9 +102,9 @@ def test_drift_triggers_retrain_with_new_version_and_reference(prefect_harness, 
     assert current_version(out / "models") == "triplet-v0002"
     assert mon["encoder_version"] == "triplet-v0002"
     # new reference, its centers, the batch re-embedded with the new version, old store kept
-    ref = open_store(out / "reference" / "triplet-v0002" / "embeddings.zarr")
+    ref = open_store(out / "models" / "reference" / "triplet-v0002" / "embeddings.zarr")
     assert ref.encoder_version == "triplet-v0002" and ref.is_complete
-    assert np.load(out / "reference" / "triplet-v0002" / "centers.npy").shape == (10, 3)
+    assert np.load(out / "models" / "reference" / "triplet-v0002" / "centers.npy").shape == (10, 3)
     assert open_store(out / "runs" / "run-rot" / "embeddings.zarr").encoder_version == \
         "triplet-v0002"
     assert open_store(out / "runs" / "run-rot" / "embeddings-triplet-v0001.zarr") \
