@@ -29,10 +29,15 @@ def row_block(X, start: int, stop: int) -> np.ndarray:
     return block
 
 
-def check_block_finite(block: np.ndarray, start: int, name: str = "X") -> None:
-    """Raise ValueError naming the first bad row when a block holds NaN or infinity."""
+def check_block_finite(block: np.ndarray, start: int, name: str = "X",
+                       rows: np.ndarray | None = None) -> None:
+    """Raise ValueError naming the first bad row when a block holds NaN or infinity.
+
+    Row i of ``block`` is row ``start + i`` of ``name``, or ``rows[i]`` when given (a gathered
+    sample)."""
     if not np.isfinite(block).all():
-        bad = int(np.flatnonzero(~np.isfinite(block).all(axis=1))[0]) + start
+        i = int(np.flatnonzero(~np.isfinite(block).all(axis=1))[0])
+        bad = int(rows[i]) if rows is not None else i + start
         raise ValueError(
             f"{name} contains NaN or infinity (first at row {bad}); SQ needs finite values: "
             "drop or impute those rows first"
@@ -70,6 +75,13 @@ def iter_blocks(
         yield start, stop, block
 
 
+def sample_picks(n: int, size: int, rng: np.random.RandomState) -> np.ndarray:
+    """Sorted indices of a uniform sample of ``size`` distinct rows out of ``n``."""
+    if size >= n:
+        return np.arange(n)
+    return np.sort(rng.choice(n, size=size, replace=False))
+
+
 def uniform_sample(
     X, size: int, rng: np.random.RandomState, bounds: list[tuple[int, int]]
 ) -> np.ndarray:
@@ -77,11 +89,7 @@ def uniform_sample(
 
     Only the blocks that hold sampled rows are read, and only the sampled rows are kept.
     """
-    n = X.shape[0]
-    if size >= n:
-        picks = np.arange(n)
-    else:
-        picks = np.sort(rng.choice(n, size=size, replace=False))
+    picks = sample_picks(X.shape[0], size, rng)
     out = []
     for start, stop in bounds:
         lo, hi = np.searchsorted(picks, [start, stop])

@@ -27,9 +27,11 @@ from . import _kernels
 from .chunks import (
     block_bounds,
     block_rows,
+    check_block_finite,
     is_chunked,
     iter_blocks,
     row_block,
+    sample_picks,
     uniform_sample,
 )
 from .distributed import DaskPasses, KernelArgs, get_client, is_dask_array, run_block
@@ -39,7 +41,7 @@ from .optimizers import (
     SCHEDULE_CODES,
     OptimizerState,
 )
-from .seeding import class_means, kmeans_plusplus, random_rows, sq_dist_to_nearest
+from .seeding import class_means, kmeans_plusplus, random_rows
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +104,11 @@ default="k-means++"
         seeded by k-means++, with a warning). An array is used as given (data units).
     n_init : int, default=1
         Independent starts; the run with the lowest final objective is kept.
+    init_candidates : int, default=3
+        For "k-means++" and "random": seedings drawn on the initialisation sample per start;
+        the one with the lowest objective on that sample starts SQ (as MiniBatchKMeans'
+        ``n_init``). Cheap next to a pass, and the seeding's sample objective predicts the
+        basin SQ ends in (``bench/sq_vs_kmeans.py``). 1 = a single seeding.
     max_iter : int, default=20
         Maximum number of passes over the data in ``fit``.
     tol : float, default=1e-4
@@ -191,6 +198,7 @@ default="k-means++"
         batch_size=1,
         init="k-means++",
         n_init=1,
+        init_candidates=3,
         max_iter=20,
         tol=1e-4,
         schedule="robbins-monro",
@@ -218,6 +226,7 @@ default="k-means++"
         self.batch_size = batch_size
         self.init = init
         self.n_init = n_init
+        self.init_candidates = init_candidates
         self.max_iter = max_iter
         self.tol = tol
         self.schedule = schedule
@@ -270,6 +279,8 @@ default="k-means++"
         need(is_real(self.rank) and self.rank >= 1, "rank", "a float >= 1")
         need(is_int(self.batch_size) and self.batch_size >= 1, "batch_size", "an int >= 1")
         need(is_int(self.n_init) and self.n_init >= 1, "n_init", "an int >= 1")
+        need(is_int(self.init_candidates) and self.init_candidates >= 1, "init_candidates",
+             "an int >= 1")
         need(is_int(self.max_iter) and self.max_iter >= 1, "max_iter", "an int >= 1")
         need(is_real(self.tol) and self.tol >= 0, "tol", "a float >= 0")
         need(self.schedule in SCHEDULE_CODES, "schedule", f"one of {sorted(SCHEDULE_CODES)}")
@@ -409,12 +420,12 @@ default="k-means++"
         p = self._check_params(d)
         chunked = is_chunked(X)
         bounds = self._bounds(X, p)
-        sample, class_sums = self._init_data(X, y, p, bounds, rng, "")
-        dask_passes = None
+        dask_passes, client = None, None
         if is_dask_array(X):
             client = get_client(self.dask_address)
             if client is not None:
                 dask_passes = DaskPasses(client, X, self.n_parallel)
+        sample, class_sums = self._init_data(X, y, p, bounds, rng, "", client)
 
         best = None
         seeds = rng.randint(np.iinfo(np.int32).max, size=self.n_init)
@@ -515,8 +526,11 @@ default="k-means++"
         rs = self.random_state
         return check_random_state(copy.deepcopy(rs) if isinstance(rs, np.random.RandomState) else rs)
 
-    def _init_data(self, X, y, p, bounds, rng, where: str):
-        """Bounded initialisation sample and, for ``init="labels"``, per-class sums/counts."""
+    def _init_data(self, X, y, p, bounds, rng, where: str, client=None):
+        """Bounded initialisation sample and, for ``init="labels"``, per-class sums/counts.
+
+        With a distributed ``client`` (Dask input) the sample is gathered on the workers, so
+        only the sampled rows travel to the driver instead of every block that holds one."""
         n = X.shape[0]
         if n < self.n_clusters:
             raise ValueError(
@@ -526,7 +540,13 @@ default="k-means++"
         chunked = is_chunked(X)
         labels = self._check_y(y, n) if (isinstance(self.init, str) and self.init == "labels") else None
         size = min(n, p["init_size"])
-        if chunked:
+        if client is not None:
+            picks = sample_picks(n, size, rng)
+            sample = np.asarray(client.compute(X[picks]).result())
+            if sample.dtype not in (np.float32, np.float64):
+                sample = sample.astype(np.float64)
+            check_block_finite(sample, 0, rows=picks)
+        elif chunked:
             sample = uniform_sample(X, size, rng, bounds)
         else:
             sample = X if size >= n else X[np.sort(rng.choice(n, size=size, replace=False))]
@@ -544,7 +564,8 @@ default="k-means++"
             return 1.0
         if self.scale != "auto":
             return float(self.scale)
-        s = math.sqrt(float(np.mean(sq_dist_to_nearest(np.asarray(sample, dtype=np.float64), centers0))))
+        # the compiled assignment: no (n, K) distance matrix for a large init sample
+        s = math.sqrt(float(np.mean(_kernels.nearest(sample, centers0)[1])))
         return s if s > 0 and math.isfinite(s) else 1.0
 
     def _class_sums(self, X, labels, bounds, chunked) -> tuple[np.ndarray, np.ndarray]:
@@ -563,9 +584,17 @@ default="k-means++"
             return p["init_array"].copy()
         if self.init == "labels":
             return class_means(class_sums[0], class_sums[1], sample, rng)
-        if self.init == "random":
-            return random_rows(sample, self.n_clusters, rng)
-        return kmeans_plusplus(sample, self.n_clusters, rng)
+        seed = random_rows if self.init == "random" else kmeans_plusplus
+        best, best_obj = None, np.inf
+        for _ in range(self.init_candidates):
+            centers = seed(sample, self.n_clusters, rng)
+            if self.init_candidates == 1:
+                return centers
+            # the SQ objective (rank r) of the seeding on the sample
+            obj = float(np.mean(_kernels.nearest(sample, centers)[1] ** (self.rank / 2.0)))
+            if obj < best_obj:
+                best, best_obj = centers, obj
+        return best
 
     def _bounds(self, X, p) -> list[tuple[int, int]]:
         """Row ranges of the blocks of work: Dask's own chunks, whole storage chunks, or
