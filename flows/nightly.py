@@ -23,6 +23,7 @@ from prefect.runtime import flow_run
 from flows.monitor import monitor_flow
 from flows.settings import load_settings
 from tasks.layout import OutputLayout, atomic_write_text, current_version, new_run_id, output_lock
+from tasks.report import report_task
 from tasks.stages import (
     cluster_task,
     embed_task,
@@ -31,7 +32,6 @@ from tasks.stages import (
     sample_task,
     train_encoder_task,
 )
-from tasks.report import report_task
 
 
 def _config(config: dict[str, Any] | None) -> dict[str, Any]:

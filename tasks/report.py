@@ -35,7 +35,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from data_contracts.tables import CLUSTER_REPORT, ContractViolation, validate_frame
 
@@ -244,25 +243,12 @@ def report_stage(cfg: dict[str, Any], run_id: str,
     started = (record if record is not None else json.loads(
         (lay.run_dir(run_id) / "run.json").read_text())).get("started_at") or ""
     run_date = str(started)[:10] or time.strftime("%Y-%m-%d", time.gmtime())
-    from sqflow.bi import parquet_path
+    from sqflow.bi.parquet import write_table_file
 
     schema = CLUSTER_REPORT.arrow_schema()
     arrow = pa.Table.from_pandas(table, schema=schema, preserve_index=False)
-    arrow = arrow.replace_schema_metadata(schema.metadata)
-    bi_path = parquet_path(lay.published, "cluster_report", run_date, run_id)
-    bi_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = bi_path.with_name(f".{bi_path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            pq.write_table(arrow, fh, compression="zstd")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, bi_path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    for other in (lay.published / "cluster_report").glob(f"run_date=*/{run_id}.parquet"):
-        if other != bi_path:  # the same run reported earlier under another date: replace it
-            other.unlink(missing_ok=True)
+    bi_path = write_table_file(lay.published, "cluster_report", run_date, run_id,
+                               arrow.replace_schema_metadata(schema.metadata))
     q = res.data.quality
     _log().info("cluster report of run %s: %s", run_id, res.html_path)
     return {"html": str(res.html_path), "table": str(res.table_path),

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ._common import PreparedRun, ensure_prepared
@@ -45,24 +46,30 @@ def write_parquet(tables: Mapping[str, pd.DataFrame] | PreparedRun,
     """Validate (unless already prepared) and write every table of one run; returns the file
     of each table. A contract violation raises before any file is touched."""
     run = ensure_prepared(tables)
+    return {name: write_table_file(parquet_dir, name, run.run_date, run.run_id, table)
+            for name, table in run.arrow.items()}
+
+
+def write_table_file(parquet_dir: str | os.PathLike[str], table: str, run_date: object,
+                     run_id: str, arrow: pa.Table) -> Path:
+    """Write one run's already validated Arrow table of ``table`` atomically (temp file, fsync,
+    rename) to ``<parquet_dir>/<table>/run_date=<date>/<run_id>.parquet``, replacing a copy of
+    the same run under another date; returns the file."""
     root = Path(parquet_dir)
-    out: dict[str, Path] = {}
-    for name, table in run.arrow.items():
-        target = parquet_path(root, name, run.run_date, run.run_id)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        try:
-            with open(tmp, "wb") as fh:
-                pq.write_table(table, fh, compression="zstd")
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
-        _fsync_dir(target.parent)
-        # the same run published earlier under another date folder: remove that copy
-        for other in (root / name).glob(f"run_date=*/{run.run_id}.parquet"):
-            if other != target:
-                other.unlink(missing_ok=True)
-        out[name] = target
-    return out
+    target = parquet_path(root, table, run_date, run_id)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            pq.write_table(arrow, fh, compression="zstd")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(target.parent)
+    # the same run published earlier under another date folder: remove that copy
+    for other in (root / table).glob(f"run_date=*/{run_id}.parquet"):
+        if other != target:
+            other.unlink(missing_ok=True)
+    return target
