@@ -105,6 +105,8 @@ def _summary_md(rec: dict[str, Any]) -> str:
     ]
     for name, sec in rec["timings"].items():
         lines.append(f"| {name} | {sec:.2f} |")
+    if (rec.get("report") or {}).get("error"):
+        lines += ["", f"**The cluster report FAILED** ({rec['report']['error']})."]
     lines += ["", "## Outputs", ""]
     for name, path in rec["outputs"].items():
         lines.append(f"- {name}: `{path}`")
@@ -131,31 +133,16 @@ def _monitor_md(mon: dict[str, Any] | None) -> list[str]:
     return lines
 
 
-def _monitor_stage(cfg: dict[str, Any], run_id: str, log: Any) -> dict[str, Any]:
-    """The monitor subflow; a failure is recorded (no drift decision) and the run goes on, so a
-    broken reference set never costs users tonight's clusters."""
+def _recorded_stage(stage: str, fn: Any, *args: Any, drop: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Run a stage whose failure must not cost users tonight's clusters (monitor, report): the
+    error is logged and returned as ``{"error", "seconds"}`` for the summary and run.json."""
     t0 = time.perf_counter()
     try:
-        mon = monitor_flow(run_id=run_id, config=cfg)
+        out = fn(*args)
     except Exception as exc:  # noqa: BLE001 - reported in the summary, run.json and the log
-        log.error("monitor stage failed, no drift decision for run %s: %s: %s", run_id,
-                  type(exc).__name__, exc)
+        get_run_logger().error("%s stage failed: %s: %s", stage, type(exc).__name__, exc)
         return {"error": f"{type(exc).__name__}: {exc}", "seconds": time.perf_counter() - t0}
-    # the full report is in drift_report.json; keep the run record small
-    return {k: v for k, v in mon.items() if k not in ("report", "markdown")}
-
-
-def _report_stage(cfg: dict[str, Any], run_id: str, rec: dict[str, Any],
-                  log: Any) -> dict[str, Any]:
-    """The cluster report (HTML + ``cluster_report`` rows); like the monitor, a failure is
-    recorded and the clusters are still published."""
-    t0 = time.perf_counter()
-    try:
-        rep = report_task(cfg, run_id, rec)
-    except Exception as exc:  # noqa: BLE001
-        log.error("cluster report of run %s failed: %s: %s", run_id, type(exc).__name__, exc)
-        return {"error": f"{type(exc).__name__}: {exc}", "seconds": time.perf_counter() - t0}
-    return {k: v for k, v in rep.items() if k != "rows"}
+    return {k: v for k, v in out.items() if k not in drop}
 
 
 @flow(name="nightly", log_prints=True)
@@ -202,7 +189,10 @@ def nightly(config: dict[str, Any] | None = None) -> dict[str, Any]:
             rec["embed"] = embed_task(cfg, run_id)
             rec["encoder_version"] = rec["embed"]["encoder_version"]
             rec["timings"]["embed"] = rec["embed"]["seconds"]
-            rec["monitor"] = _monitor_stage(cfg, run_id, log)
+            # the full drift report stays in drift_report.json; the record keeps the decision
+            rec["monitor"] = _recorded_stage(
+                "monitor", lambda: monitor_flow(run_id=run_id, config=cfg),
+                drop=("report", "markdown"))
             rec["timings"]["monitor"] = rec["monitor"]["seconds"]
             # a successful retrain made a new version current and re-embedded the batch
             rec["encoder_version"] = rec["monitor"].get("encoder_version") or \
@@ -211,7 +201,8 @@ def nightly(config: dict[str, Any] | None = None) -> dict[str, Any]:
             rec["timings"]["cluster"] = rec["cluster"]["seconds"]
             rec["plots"] = plots_task(cfg, run_id, rec["cluster"]["loss_curve"])
             rec["timings"]["plots"] = rec["plots"]["seconds"]
-            rec["report"] = _report_stage(cfg, run_id, rec, log)
+            rec["report"] = _recorded_stage("report", report_task, cfg, run_id, rec,
+                                            drop=("rows",))
             rec["timings"]["report"] = rec["report"]["seconds"]
             rec["publish"] = publish_task(cfg, run_id, rec)
             rec["timings"]["publish"] = rec["publish"]["seconds"]

@@ -211,17 +211,6 @@ def test_the_monitors_drift_rows_satisfy_the_contract(shift, n_batch):
         assert bool(out["drifted"].iloc[-1]) == (shift > 0)
 
 
-def test_the_cluster_reports_own_copy_matches_the_registered_contract():
-    """tasks.report kept a copy of the cluster_report contract until it was registered here:
-    while it exists it must not diverge (types, nullability, key, version)."""
-    report = pytest.importorskip("tasks.report")
-    theirs = getattr(report, "CLUSTER_REPORT", None)
-    if theirs is None or theirs is TABLES["cluster_report"]:
-        pytest.skip("tasks.report uses data_contracts.tables.CLUSTER_REPORT directly")
-    assert theirs.metadata() == TABLES["cluster_report"].metadata()
-    assert theirs.key == TABLES["cluster_report"].key
-
-
 def test_cluster_report_ids_must_be_a_json_array():
     df = run_frames()["cluster_report"]
     df.loc[2, "representative_sample_ids"] = '{"not": "a list"}'

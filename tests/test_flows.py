@@ -195,6 +195,32 @@ def test_image_folder_run_quarantines_bad_items(harness, registry, tmp_path, png
     assert set(q["run_id"]) == {rec["run_id"]}
     asg = _published(out, "assignments")
     assert len(asg) == 40 and asg["label"].notna().all()
+    # 40 items are below the drift policy's minimum batch: no decision, and none is faked
+    assert rec["monitor"]["status"] == "insufficient_data" and rec["monitor"]["drifted"] is None
+    assert _published(out, "runs")["drift_detected"].isna().all()
+
+
+def test_failed_monitor_is_reported_and_the_clusters_still_published(harness, registry, tmp_path):
+    import shutil
+
+    from prefect.artifacts import Artifact
+
+    from flows.nightly import _key, nightly
+
+    models = tmp_path / "models"
+    shutil.copytree(registry, models)
+    shutil.rmtree(models / "reference")  # a registry that lost its reference set
+    out = tmp_path / "out"
+    rec = nightly(config=_config(out, models, sample={"mode": "uniform", "n": 600}))
+    assert rec["status"] == "completed"
+    assert "no reference set for encoder 'triplet-v0001'" in rec["monitor"]["error"]
+    md = Artifact.get(_key(rec["run_id"], "summary")).data
+    assert "**The monitor stage FAILED** (FileNotFoundError: no reference set" in md
+    runs = _published(out, "runs")
+    assert not runs["monitor_ran"].any() and runs["drift_detected"].isna().all()
+    assert len(_published(out, "assignments")) == 600
+    assert Path(rec["report"]["html"]).exists()  # the report says the monitor did not decide
+    assert "drift monitor failed" in Path(rec["report"]["html"]).read_text()
 
 
 def test_missing_source_fails_the_run_clearly(harness, registry, tmp_path):
