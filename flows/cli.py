@@ -82,7 +82,8 @@ def _print_run(rec: dict, wall: float) -> None:
                                                    else ""))
     mon = rec.get("monitor") or {}
     print("  monitor: " + (f"FAILED ({mon['error']}), no drift decision" if mon.get("error")
-                           else f"{mon['status']}; {mon['retrain']['message']}"))
+                           else f"{mon['status'].replace('_', ' ')} (retraining: "
+                           f"{mon['retrain']['message']})"))
     print(f"  SQ objective {c['objective']:.6g} after {c['n_iter']} passes; "
           f"warm start: {c['warm_start_from'] or 'no (k-means++)'}")
     print("  cluster  size   majority label (purity)")
