@@ -39,6 +39,7 @@ def assign_store(
     max_in_flight: int | None = None,
     progress: bool = False,
     storage_options: dict | None = None,
+    if_exists: str = "resume",
 ) -> AssignmentStore:
     """Write the nearest center and its distance for every committed row of ``store``.
 
@@ -52,8 +53,11 @@ def assign_store(
     name, target : where the output goes (see :func:`sqflow.store.open_assignment_writer`).
     max_in_flight : int, optional
         Chunks computed at once on the cluster (default: 2 per worker thread) — bounds memory.
+    if_exists : {"resume", "overwrite", "error"}, default="resume"
+        An output of that name already there: "resume" skips the chunks an interrupted earlier
+        call with the SAME model committed (another model raises ``StoreContractError`` naming
+        the field); "overwrite" starts it afresh; "error" raises ``FileExistsError``.
 
-    Resumable: chunks committed by an interrupted earlier call with the same model are skipped.
     Returns the (committed) :class:`~sqflow.store.AssignmentStore`.
     """
     check_is_fitted(est)
@@ -62,7 +66,7 @@ def assign_store(
         raise ValueError(f"model has {est.n_features_in_} features but the store's dim is {emb.dim}")
     centers = np.ascontiguousarray(est.cluster_centers_, dtype=np.float64)
     writer = open_assignment_writer(emb, name=name, target=target, n_clusters=int(est.n_clusters),
-                                    model_hash=model_hash(est))
+                                    model_hash=model_hash(est), if_exists=if_exists)
     pending = writer.pending_chunks()
     bar = None
     if progress:

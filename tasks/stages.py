@@ -305,29 +305,12 @@ def _warm_start(cfg: dict[str, Any], lay: OutputLayout, run_id: str, version: st
     return None, None
 
 
-def _drop_stale_assignments(store: Any, name: str, est: Any) -> None:
-    """A retried cluster stage refits the centers, so assignments left by an earlier attempt
-    belong to another model: start them afresh (``assign_store`` itself only resumes an output
-    of the same model and has no overwrite option)."""
-    from sqflow.assign import model_hash
-    from sqflow.store import StoreNotFoundError, open_assignment_writer, open_assignments
-
-    try:
-        old = open_assignments(store, name=name)
-    except (StoreNotFoundError, FileNotFoundError):
-        return
-    if old.metadata.model_hash != model_hash(est):
-        _log().info("assignments %s come from an earlier attempt's model: rewriting them", name)
-        open_assignment_writer(store, name=name, n_clusters=int(est.n_clusters),
-                               model_hash=model_hash(est), if_exists="overwrite").commit()
-
-
 def cluster_stage(cfg: dict[str, Any], run_id: str) -> dict[str, Any]:
     """SQ over the run's embedding store on a Dask cluster, checkpointing the centers after
     each pass, then the assignment (cluster id, distance) of every row into the store."""
     from sqflow import StochasticQuantization
     from sqflow.assign import assign_store
-    from sqflow.store import open_store
+    from sqflow.store import StoreContractError, open_store
 
     log = _log()
     t0 = time.perf_counter()
@@ -365,8 +348,14 @@ def cluster_stage(cfg: dict[str, Any], run_id: str) -> dict[str, Any]:
         fit_s = time.perf_counter() - t_fit
         centers = np.asarray(est.cluster_centers_)
         t_assign = time.perf_counter()
-        _drop_stale_assignments(store, run_id, est)
-        out = assign_store(est, store, client=client, name=run_id, progress=True)
+        try:  # an interrupted assignment of this very model resumes
+            out = assign_store(est, store, client=client, name=run_id, progress=True)
+        except StoreContractError as exc:
+            # a retried stage refitted the centers: the earlier attempt's rows are another model's
+            log.info("assignments %s belong to an earlier attempt (%s): rewriting them", run_id,
+                     exc)
+            out = assign_store(est, store, client=client, name=run_id, progress=True,
+                               if_exists="overwrite")
         assign_s = time.perf_counter() - t_assign
     atomic_save_npy(rd / "centers.npy", centers)
     cid = out.read_cluster_ids().astype(np.int64)

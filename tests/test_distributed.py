@@ -17,7 +17,7 @@ from sqflow import StochasticQuantization
 from sqflow.assign import assign_store, model_hash
 from sqflow.distributed import combine
 from sqflow.optimizers import OptimizerState
-from sqflow.store import create_store, open_assignments
+from sqflow.store import StoreContractError, create_store, open_assignments
 
 
 @pytest.fixture(scope="module")
@@ -138,3 +138,11 @@ def test_assign_store_writes_every_row_chunk_by_chunk(zarr_store, data, two_work
     # a rerun resumes: nothing pending, nothing rewritten
     again = assign_store(est, zarr_store, name=name)
     assert again.rows_committed == len(X)
+    # another model never mixes its rows into this output: refused, or rewritten on request
+    other = StochasticQuantization(12, random_state=1).fit(X)
+    with pytest.raises(StoreContractError, match="model_hash"):
+        assign_store(other, zarr_store, name=name)
+    assign_store(other, zarr_store, name=name, if_exists="overwrite")
+    back = open_assignments(zarr_store, name=name)
+    np.testing.assert_array_equal(back.read_cluster_ids(), other.predict(X))
+    assert back.metadata.model_hash == model_hash(other)
