@@ -81,9 +81,13 @@ def _print_run(rec: dict, wall: float) -> None:
     print(f"  encoder: {rec['encoder_version']}" + (" (trained in this run)" if rec.get("train")
                                                    else ""))
     mon = rec.get("monitor") or {}
-    print("  monitor: " + (f"FAILED ({mon['error']}), no drift decision" if mon.get("error")
-                           else f"{mon['status'].replace('_', ' ')} (retraining: "
-                           f"{mon['retrain']['message']})"))
+    if mon.get("error"):
+        line = f"FAILED ({mon['error']}), no drift decision"
+    else:  # the retrain message adds something only when drift was found
+        line = mon["status"].replace("_", " ")
+        if mon["retrain"]["status"] not in ("not needed", "no decision"):
+            line += f"; {mon['retrain']['message']}"
+    print("  monitor: " + line)
     print(f"  SQ objective {c['objective']:.6g} after {c['n_iter']} passes; "
           f"warm start: {c['warm_start_from'] or 'no (k-means++)'}")
     print("  cluster  size   majority label (purity)")
