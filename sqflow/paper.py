@@ -73,6 +73,7 @@ class PaperConfig:
     val_fraction: float = 0.1
     patience: int = 5
     lr_plateau_factor: float | None = None
+    augment: bool = False
     encoder_max_seconds: float | None = None
     train_limit: int | None = None
     test_limit: int | None = None
@@ -176,6 +177,8 @@ def _cache_key(cfg: PaperConfig, fraction: float, data_hash: str) -> str:
                                          "encoder_max_seconds", "train_limit", "seed")}
     if cfg.lr_plateau_factor is not None:  # only when set, so older cache keys stay valid
         keep["lr_plateau_factor"] = cfg.lr_plateau_factor
+    if cfg.augment:
+        keep["augment"] = True
     keep.update(fraction=fraction, data=data_hash)
     return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -213,7 +216,7 @@ def embed_fraction(
         margin=cfg.margin, lr=cfg.lr, weight_decay=cfg.weight_decay, device=cfg.device,
         seed=cfg.seed, val_fraction=cfg.val_fraction, patience=cfg.patience,
         progress=cfg.progress, max_seconds=cfg.encoder_max_seconds,
-        lr_plateau_factor=cfg.lr_plateau_factor,
+        lr_plateau_factor=cfg.lr_plateau_factor, augment=cfg.augment,
     )
     t0 = time.perf_counter()
     z_train, z_test = enc.embed(x), enc.embed(xt)
@@ -461,7 +464,7 @@ def markdown_table(report: dict[str, Any]) -> str:
                    f"{e['embed_seconds']:.1f} |")
     c = report["config"]
     out += ["", f"Config: epochs={c['epochs']}, batch={c['batch_size']}, lr={c['lr']}, "
-            f"patience={c['patience']}, lr_plateau={c.get('lr_plateau_factor')}, encoder_max_seconds={c['encoder_max_seconds']}, "
+            f"patience={c['patience']}, lr_plateau={c.get('lr_plateau_factor')}, augment={c.get('augment', False)}, encoder_max_seconds={c['encoder_max_seconds']}, "
             f"train_limit={c['train_limit']} (n_train={c['n_train']}), n_test={c['n_test']}, seed={c['seed']}, "
             f"sq_params={c['sq_params']}, torch threads={c['torch_threads']}."]
     return "\n".join(out) + "\n"
@@ -516,6 +519,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patience", type=int, default=5, help="early-stopping patience (epochs)")
     p.add_argument("--lr-plateau", type=float, default=None, metavar="FACTOR",
                    help="multiply the encoder lr by FACTOR when validation loss plateaus")
+    p.add_argument("--augment", action="store_true",
+                   help="random rotation (+-10 deg) and shift (+-8 %%) of training batches")
     p.add_argument("--encoder-max-seconds", type=float, default=None,
                    help="wall-clock cap per fraction's encoder training")
     p.add_argument("--train-limit", type=int, default=None,
@@ -543,7 +548,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = PaperConfig(
         fractions=tuple(args.fractions), optimizers=tuple(args.optimizers), epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, patience=args.patience,
-        lr_plateau_factor=args.lr_plateau,
+        lr_plateau_factor=args.lr_plateau, augment=args.augment,
         encoder_max_seconds=args.encoder_max_seconds, train_limit=args.train_limit,
         test_limit=args.test_limit,
         seed=args.seed, device=args.device, threads=args.threads, sq_params=dict(args.sq_param),

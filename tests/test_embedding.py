@@ -256,3 +256,44 @@ def test_lr_plateau_decay_and_early_stopping(mnist_small) -> None:
     assert met["best_epoch"] == 1
     with pytest.raises(ValueError, match="lr_plateau_factor"):
         train_encoder(x[:300], y[:300], lr_plateau_factor=1.5)
+
+
+# --------------------------------------------------------------------------- augmentation
+def test_augment_moves_images_and_is_identity_at_zero_ranges(mnist_small) -> None:
+    from sqflow.embedding.encoder import _augment_batch
+
+    x = torch.from_numpy(mnist_small[0][:64, None].astype(np.float32) / 255)
+    gen = torch.Generator().manual_seed(0)
+    torch.testing.assert_close(_augment_batch(x, gen, rotation=0.0, shift=0.0), x)
+    moved = _augment_batch(x, gen, rotation=10.0, shift=0.08)
+    assert moved.shape == x.shape and float(moved.min()) >= 0 and float(moved.max()) <= 1
+    changed = (moved - x).abs().flatten(1).amax(1)
+    assert (changed > 0.1).float().mean() > 0.9  # (nearly) every image really moved
+    # ink is kept, not invented: a small shift/rotation keeps the total intensity close
+    ratio = moved.sum((1, 2, 3)) / x.sum((1, 2, 3))
+    assert float(ratio.min()) > 0.85 and float(ratio.max()) < 1.1
+
+
+def test_augmented_training_is_seeded_and_recorded(mnist_small) -> None:
+    x, y, xt, _ = mnist_small
+    kw = dict(epochs=1, batch_size=100, seed=3, progress=False, device="cpu")
+    a1 = train_encoder(x[:600], y[:600], augment=True, **kw)
+    a2 = train_encoder(x[:600], y[:600], augment=True, **kw)
+    plain = train_encoder(x[:600], y[:600], **kw)
+    np.testing.assert_array_equal(a1.embed(xt[:200]), a2.embed(xt[:200]))
+    assert not np.array_equal(a1.embed(xt[:200]), plain.embed(xt[:200]))
+    assert a1.metadata["params"]["augment"] == {"rotation": 10.0, "shift": 0.08}
+    assert plain.metadata["params"]["augment"] is None
+
+
+@pytest.mark.parametrize("augment,match", [
+    ({"rotation": 10, "zoom": 0.1}, "unknown keys.*zoom"),
+    ({"shift": 0.7}, "shift in"),
+    ("yes", "augment='yes'"),
+])
+def test_bad_augment_is_named(augment, match) -> None:
+    x = np.zeros((10, 28, 28), np.uint8)
+    with pytest.raises(ValueError, match=match):
+        train_encoder(x, np.arange(10) % 2, augment=augment)
+    with pytest.raises(ValueError, match="feature vectors"):
+        train_encoder(np.zeros((10, 4)), np.arange(10) % 2, augment=True)

@@ -324,6 +324,46 @@ def _deterministic(device: torch.device) -> Iterator[None]:
         torch.use_deterministic_algorithms(was)
 
 
+def _augment_ranges(augment: bool | dict[str, float], ndim: int) -> dict[str, float] | None:
+    """Validated augmentation ranges (None: off)."""
+    if augment is False or augment is None:
+        return None
+    if ndim == 2:
+        raise ValueError("augment applies to images (N, H, W) / (N, C, H, W), not to feature "
+                         "vectors; pass augment=False")
+    ranges = {"rotation": 10.0, "shift": 0.08}
+    if isinstance(augment, dict):
+        unknown = set(augment) - set(ranges)
+        if unknown:
+            raise ValueError(f"augment has unknown keys {sorted(unknown)}; valid: "
+                             "'rotation' (degrees), 'shift' (fraction of the size)")
+        ranges.update({k: float(v) for k, v in augment.items()})
+    elif augment is not True:
+        raise ValueError(f"augment={augment!r}; use False, True or a dict of ranges")
+    if not (0 <= ranges["rotation"] <= 180 and 0 <= ranges["shift"] < 0.5):
+        raise ValueError(f"augment ranges {ranges} out of range: rotation in [0, 180] degrees, "
+                         "shift in [0, 0.5)")
+    return ranges
+
+
+def _augment_batch(x: torch.Tensor, gen: torch.Generator, rotation: float,
+                   shift: float) -> torch.Tensor:
+    """Random rotation and translation per image (bilinear, zero = background fill).
+
+    The random parameters come from the CPU generator ``gen``, so a seed gives the same
+    augmentations on any device."""
+    n = x.shape[0]
+    ang = (torch.rand(n, generator=gen) * 2 - 1) * math.radians(rotation)
+    # affine_grid works in [-1, 1] coordinates: a shift of f of the size is 2 f there
+    off = (torch.rand(n, 2, generator=gen) * 2 - 1) * (2 * shift)
+    cos, sin = torch.cos(ang), torch.sin(ang)
+    theta = torch.stack([torch.stack([cos, -sin, off[:, 0]], 1),
+                         torch.stack([sin, cos, off[:, 1]], 1)], 1).to(x.device, x.dtype)
+    grid = nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
+    return nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="zeros",
+                                     align_corners=False)
+
+
 def _stratified_split(
     labels: np.ndarray, val_fraction: float, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -365,6 +405,7 @@ def train_encoder(
     arch: dict[str, Any] | None = None,
     progress: bool = True,
     max_seconds: float | None = None,
+    augment: bool | dict[str, float] = False,
 ) -> TripletEncoder:
     """Train a triplet encoder on the labeled rows (PAPER.md section 4).
 
@@ -406,6 +447,12 @@ def train_encoder(
         Show a tqdm bar with one step per epoch.
     max_seconds:
         Optional wall-clock budget; training stops after the epoch that exceeds it.
+    augment:
+        Images only. True: every training batch is randomly rotated (uniform in +-10 degrees)
+        and shifted (uniform in +-8 % of the width and height, about 2 px on 28x28) per image,
+        background-filled: the placement and camera jitter of an inspection line, so the
+        embedding learns to ignore it. A dict ``{"rotation": degrees, "shift": fraction}``
+        sets the ranges. Validation batches are never augmented. Seeded by ``seed``.
 
     Returns
     -------
@@ -437,6 +484,7 @@ def train_encoder(
     ):
         if not ok:
             raise ValueError(f"{name}={value!r} is out of range")
+    aug = _augment_ranges(augment, images.ndim)
     labeled_rows = np.flatnonzero(labels >= 0)
     y_lab = labels[labeled_rows]
     if len(np.unique(y_lab)) < 2:
@@ -468,6 +516,7 @@ def train_encoder(
         torch.manual_seed(seed)
         net = build_network(arch).to(dev)
     gen = torch.Generator().manual_seed(seed)
+    aug_gen = torch.Generator().manual_seed(seed + 1)  # its own stream: batch order unchanged
     opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=weight_decay)
     plateau = None
     if lr_plateau_factor is not None:
@@ -498,7 +547,10 @@ def train_encoder(
                 idx = perm[start:start + batch_size]
                 if len(idx) < 2:
                     continue
-                z = net(x_train[idx].to(dev))
+                xb = x_train[idx].to(dev)
+                if aug is not None:
+                    xb = _augment_batch(xb, aug_gen, **aug)
+                z = net(xb)
                 loss, stats = semi_hard_triplet_loss(z, y_train[idx].to(dev), margin)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -565,7 +617,7 @@ def train_encoder(
         "params": {"latent_dim": latent_dim, "epochs": epochs, "batch_size": batch_size,
                    "margin": margin, "lr": lr, "weight_decay": weight_decay, "seed": seed,
                    "val_fraction": val_fraction, "patience": patience, "device": str(dev),
-                   "lr_plateau_factor": lr_plateau_factor},
+                   "lr_plateau_factor": lr_plateau_factor, "augment": aug},
         "metrics": {**history, "best_epoch": best[1] + 1, "best_monitored": best[0],
                     "epochs_run": len(history["train_loss"]), "stop_reason": stop_reason,
                     "seconds": time.perf_counter() - t_start},
