@@ -56,6 +56,9 @@ class SqflowSettings(BaseSettings):
     encoder_epochs: int = Field(3, ge=1)
     encoder_train_rows: int = Field(6000, ge=100, description="Labeled rows used to train.")
     encoder_batch_size: int = Field(500, ge=2)
+    encoder_augment: bool = Field(
+        False, description="Images: random rotation (+-10 deg) and shift (+-8 %) of training "
+        "batches; reached >= 99 % F1 from 25 % labels on MNIST (README). Ignored for vectors.")
     reference_rows: int = Field(10000, ge=10, description="Rows of the reference embedding set.")
     device: str | None = Field(None, description="torch device; None = CUDA when present.")
     embed_batch_size: int = Field(4096, ge=1)

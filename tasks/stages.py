@@ -159,12 +159,14 @@ def train_encoder_stage(cfg: dict[str, Any]) -> dict[str, Any]:
              cfg["encoder_epochs"], cfg["latent_dim"])
     enc = train_encoder(x, y, latent_dim=int(cfg["latent_dim"]), epochs=int(cfg["encoder_epochs"]),
                         batch_size=int(cfg["encoder_batch_size"]), seed=int(cfg["seed"]),
-                        device=cfg.get("device"), progress=True)
+                        device=cfg.get("device"), progress=True,
+                        augment=bool(cfg.get("encoder_augment")) and x.ndim > 2)
     train_s = time.perf_counter() - t0
     record = {"dataset": spec.dataset, "n_train": len(x), "epochs": int(cfg["encoder_epochs"]),
               "latent_dim": int(cfg["latent_dim"]), "train_seconds": train_s,
               "train_manifest_hash": manifest_hash(train),
-              "best_val": enc.metadata.get("metrics", {}).get("best_monitored")}
+              "best_val": enc.metadata.get("metrics", {}).get("best_monitored"),
+              "augment": enc.metadata["params"]["augment"]}
     version = register_encoder(enc, lay.models_dir, record)
     rec = model_record(lay.models_dir, version)
     # reference set: labeled rows the monitor (drift issue) compares each night's batch with

@@ -37,9 +37,11 @@ def registry(tmp_path_factory):
 
     models = tmp_path_factory.mktemp("models")
     out = tmp_path_factory.mktemp("train-out")
-    info = train_encoder_stage(_cfg(out, models_dir=str(models)))
+    info = train_encoder_stage(_cfg(out, models_dir=str(models), encoder_augment=True))
     assert info["version"] == "triplet-v0001"
     assert (models / "CURRENT").read_text().strip() == "triplet-v0001"
+    record = json.loads((models / "triplet-v0001" / "model.json").read_text())
+    assert record["augment"] == {"rotation": 10.0, "shift": 0.08}  # the setting reached training
     return models
 
 
