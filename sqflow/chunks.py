@@ -21,12 +21,15 @@ def is_chunked(X: object) -> bool:
     return all(hasattr(X, a) for a in ("shape", "dtype", "chunks", "__getitem__"))
 
 
+def as_float_rows(block) -> np.ndarray:
+    """``block`` as a float array: float32/float64 kept as they are, other dtypes -> float64."""
+    block = np.asarray(block)
+    return block if block.dtype in (np.float32, np.float64) else block.astype(np.float64)
+
+
 def row_block(X, start: int, stop: int) -> np.ndarray:
-    """Rows [start, stop) of a chunked array as a float array (float32 kept, others -> float64)."""
-    block = np.asarray(X[start:stop])
-    if block.dtype not in (np.float32, np.float64):
-        block = block.astype(np.float64)
-    return block
+    """Rows [start, stop) of a chunked array as a float array (see :func:`as_float_rows`)."""
+    return as_float_rows(X[start:stop])
 
 
 def check_block_finite(block: np.ndarray, start: int, name: str = "X",

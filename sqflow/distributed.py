@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _kernels
-from .chunks import check_block_finite
+from .chunks import as_float_rows, check_block_finite
 from .optimizers import OptimizerState
 
 logger = logging.getLogger(__name__)
@@ -80,9 +80,7 @@ def run_block(block: np.ndarray, state: OptimizerState, args: KernelArgs, t_star
     rejects NaN/inf naming the row (skip it only for data validated already).
     Returns (new state, loss sum in working units, steps).
     """
-    block = np.asarray(block)
-    if block.dtype not in (np.float32, np.float64):
-        block = block.astype(np.float64)
+    block = as_float_rows(block)
     if check:
         check_block_finite(block, start_row)
     if seed is not None:

@@ -25,6 +25,7 @@ from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_dat
 
 from . import _kernels
 from .chunks import (
+    as_float_rows,
     block_bounds,
     block_rows,
     check_block_finite,
@@ -542,9 +543,7 @@ default="k-means++"
         size = min(n, p["init_size"])
         if client is not None:
             picks = sample_picks(n, size, rng)
-            sample = np.asarray(client.compute(X[picks]).result())
-            if sample.dtype not in (np.float32, np.float64):
-                sample = sample.astype(np.float64)
+            sample = as_float_rows(client.compute(X[picks]).result())
             check_block_finite(sample, 0, rows=picks)
         elif chunked:
             sample = uniform_sample(X, size, rng, bounds)
