@@ -1,7 +1,8 @@
 """Benchmark: the nightly flow on the full built-in MNIST (70,000 images) with an already trained
 encoder. Wall time per stage and the share spent in orchestration, measured:
 
-* stage work = seconds measured inside each task body (sample, embed, cluster, plots, publish);
+* stage work = seconds measured inside each stage (sample, embed, monitor, cluster, plots,
+  report, publish);
 * Prefect overhead = wall time of the flow call - the sum of the stage work (flow/task engine,
   API calls, result handling, artifacts). The ephemeral API server is started before, by a
   trivial flow, and its start time is reported on its own (``prefect_ephemeral_start_s``): a
@@ -32,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-STAGES = ("sample", "embed", "cluster", "plots", "publish")
+STAGES = ("sample", "embed", "monitor", "cluster", "plots", "report", "publish")
 
 
 def main() -> int:
@@ -119,7 +120,6 @@ def _measure(rec: dict, wall: float, work: Path, cold: bool) -> dict:
     run_dir = work / "runs" / rec["run_id"]
     store = open_store(run_dir / "embeddings.zarr")
     z = store.read_embeddings()
-    cfg = json.loads(Path(run_dir / "run.json").read_text())
     # the same fit in memory: same parameters and the same initial centers
     k = int(rec["n_clusters"])
     init = None
@@ -143,7 +143,6 @@ def _measure(rec: dict, wall: float, work: Path, cold: bool) -> dict:
     work_s = sum(stage.values())
     prefect_over = wall - work_s
     orch = prefect_over + max(dask_over, 0.0)
-    del cfg
     return {
         "run_id": rec["run_id"], "cold": cold, "wall_s": wall, "stages_s": stage,
         "stage_work_s": work_s, "embed_device": rec["embed"]["device"],

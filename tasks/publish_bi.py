@@ -139,10 +139,16 @@ def attach_cluster_report(frames: dict[str, pd.DataFrame], published_dir: str | 
     (``<published>/cluster_report/run_date=*/<run_id>.parquet``, contract-typed) to ``frames``,
     so DuckDB and PostgreSQL get them with the run's other tables. Unchanged when the report
     did not run or failed."""
-    found = sorted(Path(published_dir).glob(f"cluster_report/run_date=*/{run_id}.parquet"))
-    if not found or "cluster_report" in frames:
+    found = _stage_file(published_dir, "cluster_report", run_id)
+    if found is None or "cluster_report" in frames:
         return frames
-    return {**frames, "cluster_report": pd.read_parquet(found[-1])}
+    return {**frames, "cluster_report": pd.read_parquet(found)}
+
+
+def _stage_file(published_dir: str | os.PathLike[str], table: str, run_id: str) -> Path | None:
+    """The Parquet file a stage wrote for ``run_id`` under ``<published>/<table>/``, if any."""
+    found = sorted(Path(published_dir).glob(f"{table}/run_date=*/{run_id}.parquet"))
+    return found[-1] if found else None
 
 
 def attach_drift_reports(frames: dict[str, pd.DataFrame], published_dir: str | os.PathLike[str],
@@ -151,10 +157,10 @@ def attach_drift_reports(frames: dict[str, pd.DataFrame], published_dir: str | o
     (``<published>/drift_reports/run_date=*/<run_id>.parquet``) to ``frames`` and set the
     ``runs`` row's ``monitor_ran``/``drift_detected`` from its ``decision`` row. Without such a
     file (the monitor did not run) ``frames`` is returned unchanged: no stand-in values."""
-    found = sorted(Path(published_dir).glob(f"drift_reports/run_date=*/{run_id}.parquet"))
-    if not found or "drift_reports" in frames:
+    found = _stage_file(published_dir, "drift_reports", run_id)
+    if found is None or "drift_reports" in frames:
         return frames
-    drift = pd.read_parquet(found[-1])
+    drift = pd.read_parquet(found)
     out = dict(frames)
     out["drift_reports"] = drift
     if "runs" in out:

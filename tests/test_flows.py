@@ -78,8 +78,8 @@ def test_nightly_two_runs_mnist(harness, registry, tmp_path):
     assert saved["status"] == "completed"
     # the monitor ran on this run's store against the encoder's reference and decided
     mon = saved["monitor"]
-    assert "error" not in mon and mon["status"] in ("drift", "no_drift", "insufficient_data")
-    assert mon["reference_version"] == "triplet-v0001" and mon["statistics"]
+    assert "error" not in mon and mon["status"] in ("drift", "no_drift") and mon["statistics"]
+    assert mon["reference_version"] == "triplet-v0001"
     assert (rd / "drift_report.json").exists()
     # one checkpoint per SQ pass, the last one equals the final centers
     ckpts = sorted((rd / "checkpoints").glob("pass-*.npy"))
@@ -125,16 +125,12 @@ def test_nightly_two_runs_mnist(harness, registry, tmp_path):
     assert rec2["cluster"]["warm_start_from"] == f"run {run_id}"
     m2 = pd.read_parquet(out / "runs" / rec2["run_id"] / "manifest.parquet")
     assert len(m2) == 800 and not set(m2["sample_id"]) & set(manifest["sample_id"])
+    # every row of both runs in DuckDB, and the report's cluster sizes add up to them
     con = duckdb.connect(str(out / "sqflow.duckdb"), read_only=True)
-    got = con.execute("SELECT run_id, count(*) FROM assignments GROUP BY run_id ORDER BY run_id"
-                      ).fetchall()
+    for sql in ("SELECT run_id, count(*) FROM assignments GROUP BY run_id ORDER BY run_id",
+                "SELECT run_id, sum(size) FROM cluster_report GROUP BY run_id ORDER BY run_id"):
+        assert con.execute(sql).fetchall() == [(run_id, 1500), (rec2["run_id"], 800)], sql
     con.close()
-    assert got == [(run_id, 1500), (rec2["run_id"], 800)]
-    con = duckdb.connect(str(out / "sqflow.duckdb"), read_only=True)
-    got = con.execute("SELECT run_id, sum(size) FROM cluster_report GROUP BY run_id "
-                      "ORDER BY run_id").fetchall()
-    con.close()
-    assert got == [(run_id, 1500), (rec2["run_id"], 800)]
 
     # the embed stage resumes: a re-run finds every chunk committed and writes none
     from tasks.stages import embed_stage
