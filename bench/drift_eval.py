@@ -63,9 +63,21 @@ SHIFTS = {
     "contrast-0.5": ("contrast", 0.5),
     "contrast-0.3": ("contrast", 0.3),
 }
-IN_SPEC = {"rotate-30", "rotate-45", "rotate-90", "noise-0.1", "noise-0.3", "blur-1.0",
-           "blur-1.5", "contrast-0.5", "contrast-0.3", "prior-digits-0-4", "prior-no-1",
-           "unseen-10pct", "unseen-30pct"}
+IN_SPEC = {
+    "rotate-30",
+    "rotate-45",
+    "rotate-90",
+    "noise-0.1",
+    "noise-0.3",
+    "blur-1.0",
+    "blur-1.5",
+    "contrast-0.5",
+    "contrast-0.3",
+    "prior-digits-0-4",
+    "prior-no-1",
+    "unseen-10pct",
+    "unseen-30pct",
+}
 
 
 def apply_shift(images: np.ndarray, kind: str, amount: float, seed: int) -> np.ndarray:
@@ -93,8 +105,9 @@ def _labeled_mask(y: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     return labeled_mask(y, fraction, np.random.default_rng([seed, int(round(fraction * 1e6))]))
 
 
-def get_encoder(name: str, x: np.ndarray, y: np.ndarray, args: argparse.Namespace,
-                reuse: str | None) -> tuple[Any, np.ndarray, dict[str, Any]]:
+def get_encoder(
+    name: str, x: np.ndarray, y: np.ndarray, args: argparse.Namespace, reuse: str | None
+) -> tuple[Any, np.ndarray, dict[str, Any]]:
     """(encoder, labeled mask over x, info). Reuses ``reuse`` (a checkpoint) if given and
     present, else a cached one in ``args.cache_dir/name``, else trains."""
     from sqflow.embedding import TripletEncoder, train_encoder
@@ -104,18 +117,42 @@ def get_encoder(name: str, x: np.ndarray, y: np.ndarray, args: argparse.Namespac
         if path and Path(path).is_file():
             enc = TripletEncoder.load(path, device="cpu")
             log.info("%s: reusing encoder %s", name, path)
-            return enc, mask, {"checkpoint": path, "trained_here": False,
-                               "n_labeled": int(enc.metadata.get("n_labeled", mask.sum())),
-                               "val_knn1": _val(enc)}
+            return (
+                enc,
+                mask,
+                {
+                    "checkpoint": path,
+                    "trained_here": False,
+                    "n_labeled": int(enc.metadata.get("n_labeled", mask.sum())),
+                    "val_knn1": _val(enc),
+                },
+            )
     t0 = time.perf_counter()
-    enc = train_encoder(x, np.where(mask, y, -1).astype(np.int64), latent_dim=3,
-                        epochs=args.epochs, batch_size=256, seed=args.seed, patience=5,
-                        device="cpu", progress=False, max_seconds=args.encoder_max_seconds)
+    enc = train_encoder(
+        x,
+        np.where(mask, y, -1).astype(np.int64),
+        latent_dim=3,
+        epochs=args.epochs,
+        batch_size=256,
+        seed=args.seed,
+        patience=5,
+        device="cpu",
+        progress=False,
+        max_seconds=args.encoder_max_seconds,
+    )
     out = Path(args.cache_dir) / name / "encoder.pt"
     enc.save(out)
-    return enc, mask, {"checkpoint": str(out), "trained_here": True,
-                       "n_labeled": int(mask.sum()), "train_seconds": time.perf_counter() - t0,
-                       "val_knn1": _val(enc)}
+    return (
+        enc,
+        mask,
+        {
+            "checkpoint": str(out),
+            "trained_here": True,
+            "n_labeled": int(mask.sum()),
+            "train_seconds": time.perf_counter() - t0,
+            "val_knn1": _val(enc),
+        },
+    )
 
 
 def _val(enc: Any) -> float | None:
@@ -138,34 +175,43 @@ def _flags(rep: Any, alpha: float) -> dict[str, bool]:
     return out
 
 
-def run_batches(ref: np.ndarray, centers: np.ndarray, batches: list[np.ndarray],
-                seed0: int, policy: DriftPolicy) -> list[dict[str, Any]]:
+def run_batches(
+    ref: np.ndarray, centers: np.ndarray, batches: list[np.ndarray], seed0: int, policy: DriftPolicy
+) -> list[dict[str, Any]]:
     from sqflow.drift import detect_drift
 
     rows = []
     for i, b in enumerate(batches):
         rep = detect_drift(ref, b, centers=centers, policy=policy, seed=seed0 + i)
-        rows.append({"drifted": bool(rep.drifted),
-                     "values": {s.name: float(s.value) for s in rep.statistics},
-                     "p": {s.name: s.p_value for s in rep.statistics},
-                     "flags": {"0.01": _flags(rep, 0.01), "0.05": _flags(rep, 0.05)}})
+        rows.append(
+            {
+                "drifted": bool(rep.drifted),
+                "values": {s.name: float(s.value) for s in rep.statistics},
+                "p": {s.name: s.p_value for s in rep.statistics},
+                "flags": {"0.01": _flags(rep, 0.01), "0.05": _flags(rep, 0.05)},
+            }
+        )
     return rows
 
 
 def summarize(rows: list[dict[str, Any]], default_alpha: float) -> dict[str, Any]:
     n = len(rows)
-    out: dict[str, Any] = {"n_batches": n,
-                           "policy_rate": float(np.mean([r["drifted"] for r in rows]))}
+    out: dict[str, Any] = {
+        "n_batches": n,
+        "policy_rate": float(np.mean([r["drifted"] for r in rows])),
+    }
     for a in ("0.01", "0.05"):
         f = np.array([[r["flags"][a][s] for s in ALL_STATISTICS] for r in rows], dtype=bool)
         out[f"alpha_{a}"] = {
             **{s: float(f[:, j].mean()) for j, s in enumerate(ALL_STATISTICS)},
             **{f"{k}_of_4": float((f.sum(1) >= k).mean()) for k in range(1, 5)},
         }
-    out["median_values"] = {s: float(np.median([r["values"][s] for r in rows]))
-                            for s in ALL_STATISTICS}
-    out["q99_values"] = {s: float(np.quantile([r["values"][s] for r in rows], 0.99))
-                         for s in ALL_STATISTICS}
+    out["median_values"] = {
+        s: float(np.median([r["values"][s] for r in rows])) for s in ALL_STATISTICS
+    }
+    out["q99_values"] = {
+        s: float(np.quantile([r["values"][s] for r in rows], 0.99)) for s in ALL_STATISTICS
+    }
     return out
 
 
@@ -173,8 +219,15 @@ def sample_batch(pool: np.ndarray, size: int, rng: np.random.Generator) -> np.nd
     return np.sort(rng.choice(pool, size=size, replace=False))
 
 
-def setting(name: str, enc: Any, mask: np.ndarray, x: np.ndarray, y: np.ndarray,
-            keep_train: np.ndarray, args: argparse.Namespace) -> dict[str, Any]:
+def setting(
+    name: str,
+    enc: Any,
+    mask: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    keep_train: np.ndarray,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
     """Reference (10,000 unlabeled training images of the kept classes), centers."""
     from sqflow import StochasticQuantization
 
@@ -194,7 +247,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-null-b", type=int, default=100, help="in-distribution batches (encoder B)")
     p.add_argument("--n-shift", type=int, default=50, help="batches per shift")
     p.add_argument("--n-sequences", type=int, default=10, help="gradual-drift sequences")
-    p.add_argument("--nights", type=int, default=10, help="nights per gradual sequence (share 5%%/night)")
+    p.add_argument(
+        "--nights", type=int, default=10, help="nights per gradual sequence (share 5%%/night)"
+    )
     p.add_argument("--reference-rows", type=int, default=10000)
     p.add_argument("--fraction", type=float, default=0.05, help="labeled share of the encoders")
     p.add_argument("--epochs", type=int, default=50)
@@ -202,8 +257,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--heldout-digit", type=int, default=9)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache-dir", default="sqflow-output/drift_eval_cache")
-    p.add_argument("--paper-cache", default="sqflow-output/paper_cache",
-                   help="reuse the paper table's encoder of --fraction from here if present ('' = no)")
+    p.add_argument(
+        "--paper-cache",
+        default="sqflow-output/paper_cache",
+        help="reuse the paper table's encoder of --fraction from here if present ('' = no)",
+    )
     p.add_argument("--out", default="bench/results/drift_eval", help="output path without suffix")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -223,7 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     t = time.perf_counter()
     reuse = None
     if args.paper_cache:
-        hits = sorted(glob.glob(str(Path(args.paper_cache) / f"f{args.fraction:g}_*" / "encoder.pt")))
+        hits = sorted(
+            glob.glob(str(Path(args.paper_cache) / f"f{args.fraction:g}_*" / "encoder.pt"))
+        )
         reuse = hits[0] if hits else None
     encA, maskA, infoA = get_encoder("all-digits", x, y, args, reuse)
     A = setting("A", encA, maskA, x, y, np.ones(len(x), bool), args)
@@ -246,25 +306,44 @@ def main(argv: list[str] | None = None) -> int:
         t1 = time.perf_counter()
         rows = run_batches(setting_["ref"], setting_["centers"], batches, seed, policy)
         seed += len(batches)
-        scenarios[name] = {"kind": kind, "in_spec": name in IN_SPEC or kind == "null",
-                           **summarize(rows, policy.alpha),
-                           "seconds": time.perf_counter() - t1,
-                           # per batch: [value, p-value] of each statistic (for re-deriving
-                           # other thresholds from the same batches)
-                           "batches": [{s: [r["values"][s], r["p"][s]] for s in ALL_STATISTICS}
-                                       for r in rows]}
+        scenarios[name] = {
+            "kind": kind,
+            "in_spec": name in IN_SPEC or kind == "null",
+            **summarize(rows, policy.alpha),
+            "seconds": time.perf_counter() - t1,
+            # per batch: [value, p-value] of each statistic (for re-deriving
+            # other thresholds from the same batches)
+            "batches": [{s: [r["values"][s], r["p"][s]] for s in ALL_STATISTICS} for r in rows],
+        }
         s = scenarios[name]
-        log.info("%s: policy rate %.3f (%s) in %.1f s", name, s["policy_rate"],
-                 s["alpha_0.01"], s["seconds"])
+        log.info(
+            "%s: policy rate %.3f (%s) in %.1f s",
+            name,
+            s["policy_rate"],
+            s["alpha_0.01"],
+            s["seconds"],
+        )
 
-    run("in-distribution", A, [clean[sample_batch(all_test, B, rng)] for _ in range(args.n_null)],
-        "null")
+    run(
+        "in-distribution",
+        A,
+        [clean[sample_batch(all_test, B, rng)] for _ in range(args.n_null)],
+        "null",
+    )
     for name in SHIFTS:
-        run(name, A, [shifted[name][sample_batch(all_test, B, rng)] for _ in range(args.n_shift)],
-            "shift")
+        run(
+            name,
+            A,
+            [shifted[name][sample_batch(all_test, B, rng)] for _ in range(args.n_shift)],
+            "shift",
+        )
     low = np.flatnonzero(yt <= 4)
-    run("prior-digits-0-4", A, [clean[sample_batch(low, B, rng)] for _ in range(args.n_shift)],
-        "shift")
+    run(
+        "prior-digits-0-4",
+        A,
+        [clean[sample_batch(low, B, rng)] for _ in range(args.n_shift)],
+        "shift",
+    )
     no1 = np.flatnonzero(yt != 1)
     run("prior-no-1", A, [clean[sample_batch(no1, B, rng)] for _ in range(args.n_shift)], "shift")
     timings["scenarios_A"] = time.perf_counter() - t
@@ -297,10 +376,14 @@ def main(argv: list[str] | None = None) -> int:
         return float(np.median(v)) if v else None
 
     gradual_summary = {
-        "shift": "rotate-30", "share_per_night": 0.05, "nights": args.nights,
+        "shift": "rotate-30",
+        "share_per_night": 0.05,
+        "nights": args.nights,
         "sequences": gradual,
         "median_first_night": {k: med(k) for k in ("policy", *ALL_STATISTICS)},
-        "never_flagged": {k: sum(g[k] is None for g in gradual) for k in ("policy", *ALL_STATISTICS)},
+        "never_flagged": {
+            k: sum(g[k] is None for g in gradual) for k in ("policy", *ALL_STATISTICS)
+        },
     }
 
     # ---------------- encoder B: unseen class
@@ -314,22 +397,32 @@ def main(argv: list[str] | None = None) -> int:
     unseen = np.flatnonzero(yt == h)
     timings["encoder_B_and_embeddings"] = time.perf_counter() - t
     t = time.perf_counter()
-    run("in-distribution (encoder B, 9 digits)", Bset,
-        [cleanB[sample_batch(known, B, rng)] for _ in range(args.n_null_b)], "null")
+    run(
+        "in-distribution (encoder B, 9 digits)",
+        Bset,
+        [cleanB[sample_batch(known, B, rng)] for _ in range(args.n_null_b)],
+        "null",
+    )
     for share, name in ((0.10, "unseen-10pct"), (0.30, "unseen-30pct")):
         n_u = int(round(share * B))
-        batches = [cleanB[np.concatenate([sample_batch(known, B - n_u, rng),
-                                          sample_batch(unseen, n_u, rng)])]
-                   for _ in range(args.n_shift)]
+        batches = [
+            cleanB[
+                np.concatenate([sample_batch(known, B - n_u, rng), sample_batch(unseen, n_u, rng)])
+            ]
+            for _ in range(args.n_shift)
+        ]
         run(name, Bset, batches, "shift")
     timings["scenarios_B"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t_start
 
     result = {
         "protocol": __doc__.split("Protocol\n--------\n", 1)[1].strip(),
-        "config": vars(args), "policy": policy.model_dump(mode="json"),
+        "config": vars(args),
+        "policy": policy.model_dump(mode="json"),
         "encoders": {"A": infoA, "B": {**infoB, "heldout_digit": h}},
-        "scenarios": scenarios, "gradual": gradual_summary, "timings_s": timings,
+        "scenarios": scenarios,
+        "gradual": gradual_summary,
+        "timings_s": timings,
         "machine": machine(),
     }
     out = Path(args.out)
@@ -372,7 +465,8 @@ def to_markdown(res: dict[str, Any]) -> str:
             f"| {name}{tag} | {s['n_batches']} | **{_pct(s['policy_rate'])}** | {_pct(a1['mmd'])} | "
             f"{_pct(a1['ks'])} | {_pct(a1['distortion'])} | {_pct(a1['occupancy'])} | "
             f"{_pct(a1['2_of_4'])} | {_pct(a5['1_of_4'])} | "
-            f"{s['median_values']['distortion']:.3f} | {s['median_values']['occupancy']:.3f} |")
+            f"{s['median_values']['distortion']:.3f} | {s['median_values']['occupancy']:.3f} |"
+        )
     g = res["gradual"]
     mf, nf = g["median_first_night"], g["never_flagged"]
     lines += [
@@ -383,8 +477,11 @@ def to_markdown(res: dict[str, Any]) -> str:
         "",
         "| policy | mmd | ks | distortion | occupancy |",
         "|---:|---:|---:|---:|---:|",
-        "| " + " | ".join(f"{mf[k] if mf[k] is not None else '-'} ({nf[k]})"
-                         for k in ("policy", *ALL_STATISTICS)) + " |",
+        "| "
+        + " | ".join(
+            f"{mf[k] if mf[k] is not None else '-'} ({nf[k]})" for k in ("policy", *ALL_STATISTICS)
+        )
+        + " |",
         "",
         f"Encoders: A {res['encoders']['A']}; B (without digit "
         f"{res['encoders']['B']['heldout_digit']}) {res['encoders']['B']}.",

@@ -60,16 +60,24 @@ def measure(device: str, train_batches: list[int], embed_batches: list[int], rep
     enc = None
     for b in train_batches:
         t0 = time.perf_counter()
-        enc = train_encoder(x_tr, y_tr, epochs=1, batch_size=b, device=dev, progress=False,
-                            patience=1)
+        enc = train_encoder(
+            x_tr, y_tr, epochs=1, batch_size=b, device=dev, progress=False, patience=1
+        )
         sync()
         wall = time.perf_counter() - t0
         ep = enc.metadata["metrics"]["epoch_seconds"]
         n_lab = enc.metadata["n_train"]
-        epochs.append({"batch_size": b, "epoch_seconds": float(ep[0]), "call_seconds": wall,
-                       "train_images_per_s": n_lab / float(ep[0])})
-        print(f"  train epoch, batch {b}: {ep[0]:.2f} s ({n_lab / ep[0]:,.0f} images/s)",
-              flush=True)
+        epochs.append(
+            {
+                "batch_size": b,
+                "epoch_seconds": float(ep[0]),
+                "call_seconds": wall,
+                "train_images_per_s": n_lab / float(ep[0]),
+            }
+        )
+        print(
+            f"  train epoch, batch {b}: {ep[0]:.2f} s ({n_lab / ep[0]:,.0f} images/s)", flush=True
+        )
 
     embeds = []
     for b in embed_batches:
@@ -82,11 +90,19 @@ def measure(device: str, train_batches: list[int], embed_batches: list[int], rep
             best = min(best, time.perf_counter() - t0)
         assert z.shape == (len(x_all), enc.latent_dim) and np.isfinite(z).all()
         embeds.append({"batch_size": b, "seconds": best, "images_per_s": len(x_all) / best})
-        print(f"  embed 70,000 images, batch {b}: {best:.3f} s ({len(x_all) / best:,.0f} images/s)",
-              flush=True)
-    return {"device": str(dev), "device_name": _device_name(dev), "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(), "machine": machine(),
-            "train_epoch": epochs, "embed": embeds}
+        print(
+            f"  embed 70,000 images, batch {b}: {best:.3f} s ({len(x_all) / best:,.0f} images/s)",
+            flush=True,
+        )
+    return {
+        "device": str(dev),
+        "device_name": _device_name(dev),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "machine": machine(),
+        "train_epoch": epochs,
+        "embed": embeds,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,11 +134,23 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for lab, r in doc.items():
         for e in r["train_epoch"]:
-            rows.append({"device": lab, "what": f"train epoch, batch {e['batch_size']}",
-                         "seconds": e["epoch_seconds"], "images/s": e["train_images_per_s"]})
+            rows.append(
+                {
+                    "device": lab,
+                    "what": f"train epoch, batch {e['batch_size']}",
+                    "seconds": e["epoch_seconds"],
+                    "images/s": e["train_images_per_s"],
+                }
+            )
         for e in r["embed"]:
-            rows.append({"device": lab, "what": f"embed 70k, batch {e['batch_size']}",
-                         "seconds": e["seconds"], "images/s": e["images_per_s"]})
+            rows.append(
+                {
+                    "device": lab,
+                    "what": f"embed 70k, batch {e['batch_size']}",
+                    "seconds": e["seconds"],
+                    "images/s": e["images_per_s"],
+                }
+            )
     if "gpu" in doc and "cpu" in doc:
         cpu = {r["what"]: r["images/s"] for r in rows if r["device"] == "cpu"}
         for r in rows:

@@ -56,19 +56,47 @@ def main(argv=None) -> None:
             one_pass(X[:20_000], K, opt, bs)
             best = min(one_pass(X, K, opt, bs, shuffle) for _ in range(args.repeats))
             rate = args.n / best
-            row = {"n": args.n, "d": d, "K": K, "optimizer": opt, "batch_size": bs,
-                   "order": "shuffled" if shuffle else "sequential",
-                   "seconds": round(best, 4), "M_samples_per_s": round(rate / 1e6, 2)}
+            row = {
+                "n": args.n,
+                "d": d,
+                "K": K,
+                "optimizer": opt,
+                "batch_size": bs,
+                "order": "shuffled" if shuffle else "sequential",
+                "seconds": round(best, 4),
+                "M_samples_per_s": round(rate / 1e6, 2),
+            }
             if opt == "sgd" and bs == 1:
                 row["target_M_per_s"] = target / 1e6
                 row["meets_target"] = bool(rate >= target)
             rows.append(row)
-            print(f"d={d:>2} K={K:>2} {opt:<8} batch={bs:<3} {row['order']:<10} {row['M_samples_per_s']:>6.2f} M/s")
+            print(
+                f"d={d:>2} K={K:>2} {opt:<8} batch={bs:<3} {row['order']:<10} {row['M_samples_per_s']:>6.2f} M/s"
+            )
     print()
-    table = print_table(rows, ["d", "K", "optimizer", "batch_size", "order", "M_samples_per_s",
-                               "target_M_per_s", "meets_target"])
-    write_results("kernel", {"benchmark": "kernel", "machine": machine(), "repeats": args.repeats,
-                             "rows": rows, "table_markdown": table})
+    table = print_table(
+        rows,
+        [
+            "d",
+            "K",
+            "optimizer",
+            "batch_size",
+            "order",
+            "M_samples_per_s",
+            "target_M_per_s",
+            "meets_target",
+        ],
+    )
+    write_results(
+        "kernel",
+        {
+            "benchmark": "kernel",
+            "machine": machine(),
+            "repeats": args.repeats,
+            "rows": rows,
+            "table_markdown": table,
+        },
+    )
 
 
 if __name__ == "__main__":

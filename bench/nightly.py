@@ -40,8 +40,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default=str(Path.home() / ".cache" / "sqflow-bench" / "models"))
     ap.add_argument("--work", default=None, help="output folder (default: a temp dir)")
-    ap.add_argument("--repeats", type=int, default=2,
-                    help="nightly runs (the first starts SQ from k-means++, later ones warm)")
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        default=2,
+        help="nightly runs (the first starts SQ from k-means++, later ones warm)",
+    )
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "nightly.json"))
     args = ap.parse_args()
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -57,8 +61,9 @@ def main() -> int:
     if current_version(models) is None:
         from tasks.stages import train_encoder_stage
 
-        cfg = load_settings(output_dir=tempfile.mkdtemp(prefix="sqflow-bench-train-"),
-                            models_dir=str(models)).flow_parameters()
+        cfg = load_settings(
+            output_dir=tempfile.mkdtemp(prefix="sqflow-bench-train-"), models_dir=str(models)
+        ).flow_parameters()
         t = time.perf_counter()
         train_encoder_stage(cfg)
         train_s = time.perf_counter() - t
@@ -82,8 +87,13 @@ def main() -> int:
     server_start = time.perf_counter() - t
     print(f"ephemeral Prefect API server start + trivial flow: {server_start:.1f} s")
 
-    config = {"output_dir": str(work), "models_dir": str(models), "train_if_missing": False,
-              "source": {"kind": "mnist", "split": "all"}, "sample": {"mode": "all"}}
+    config = {
+        "output_dir": str(work),
+        "models_dir": str(models),
+        "train_if_missing": False,
+        "source": {"kind": "mnist", "split": "all"},
+        "sample": {"mode": "all"},
+    }
     runs = []
     for i in range(args.repeats):
         t = time.perf_counter()
@@ -91,14 +101,21 @@ def main() -> int:
         wall = time.perf_counter() - t
         runs.append(_measure(rec, wall, work, cold=(i == 0)))
         r = runs[-1]
-        print(f"run {i + 1} ({'first' if i == 0 else 'warm-started'}): wall {wall:.1f} s, "
-              f"orchestration {r['orchestration_s']:.1f} s ({r['orchestration_share']:.1%})")
+        print(
+            f"run {i + 1} ({'first' if i == 0 else 'warm-started'}): wall {wall:.1f} s, "
+            f"orchestration {r['orchestration_s']:.1f} s ({r['orchestration_share']:.1%})"
+        )
     result = {
         "benchmark": "nightly flow, built-in MNIST 70,000 images, trained encoder",
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "python": platform.python_version()},
-        "encoder_version": runs[0]["encoder_version"], "encoder_train_seconds": train_s,
-        "n_rows": runs[0]["n_rows"], "runs": runs,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+        },
+        "encoder_version": runs[0]["encoder_version"],
+        "encoder_train_seconds": train_s,
+        "n_rows": runs[0]["n_rows"],
+        "runs": runs,
         "prefect_ephemeral_start_s": server_start,
         "note": "stage seconds are measured inside the task bodies; overheads as in the docstring",
     }
@@ -128,31 +145,52 @@ def _measure(rec: dict, wall: float, work: Path, cold: bool) -> dict:
         init = np.load(work / "runs" / warm[4:] / "centers.npy")
     settings = _settings(rec)
     est = StochasticQuantization(
-        k, optimizer=settings["optimizer"], rank=float(settings["rank"]),
-        batch_size=int(settings["sq_batch_size"]), max_iter=int(settings["max_iter"]),
-        init=init if init is not None else "k-means++", random_state=int(settings["seed"]),
-        chunk_size=int(settings["store_chunk_rows"]))
+        k,
+        optimizer=settings["optimizer"],
+        rank=float(settings["rank"]),
+        batch_size=int(settings["sq_batch_size"]),
+        max_iter=int(settings["max_iter"]),
+        init=init if init is not None else "k-means++",
+        random_state=int(settings["seed"]),
+        chunk_size=int(settings["store_chunk_rows"]),
+    )
     t = time.perf_counter()
     est.fit(z)
     fit_mem = time.perf_counter() - t
     t = time.perf_counter()
     assign_store(est, store, client=None, name="bench-local")
     assign_local = time.perf_counter() - t
-    dask_over = c["dask_start_seconds"] + (c["fit_seconds"] - fit_mem) + \
-        (c["assign_seconds"] - assign_local)
+    dask_over = (
+        c["dask_start_seconds"]
+        + (c["fit_seconds"] - fit_mem)
+        + (c["assign_seconds"] - assign_local)
+    )
     work_s = sum(stage.values())
     prefect_over = wall - work_s
     orch = prefect_over + max(dask_over, 0.0)
     return {
-        "run_id": rec["run_id"], "cold": cold, "wall_s": wall, "stages_s": stage,
-        "stage_work_s": work_s, "embed_device": rec["embed"]["device"],
-        "n_rows": int(rec["embed"]["n_rows"]), "encoder_version": rec["encoder_version"],
-        "sq_passes": c["n_iter"], "objective": c["objective"], "warm_start_from": warm,
+        "run_id": rec["run_id"],
+        "cold": cold,
+        "wall_s": wall,
+        "stages_s": stage,
+        "stage_work_s": work_s,
+        "embed_device": rec["embed"]["device"],
+        "n_rows": int(rec["embed"]["n_rows"]),
+        "encoder_version": rec["encoder_version"],
+        "sq_passes": c["n_iter"],
+        "objective": c["objective"],
+        "warm_start_from": warm,
         "prefect_overhead_s": prefect_over,
-        "dask": {"start_s": c["dask_start_seconds"], "fit_on_cluster_s": c["fit_seconds"],
-                 "fit_in_memory_s": fit_mem, "assign_on_cluster_s": c["assign_seconds"],
-                 "assign_in_process_s": assign_local, "overhead_s": dask_over},
-        "orchestration_s": orch, "orchestration_share": orch / wall,
+        "dask": {
+            "start_s": c["dask_start_seconds"],
+            "fit_on_cluster_s": c["fit_seconds"],
+            "fit_in_memory_s": fit_mem,
+            "assign_on_cluster_s": c["assign_seconds"],
+            "assign_in_process_s": assign_local,
+            "overhead_s": dask_over,
+        },
+        "orchestration_s": orch,
+        "orchestration_share": orch / wall,
     }
 
 
@@ -168,8 +206,11 @@ def _table(runs: list[dict]) -> None:
     for i, r in enumerate(runs):
         cells = [f"{i + 1} ({'first' if r['cold'] else 'warm-started'})", f"{r['wall_s']:.1f}"]
         cells += [f"{r['stages_s'][s]:.1f}" for s in STAGES]
-        cells += [f"{r['prefect_overhead_s']:.1f}", f"{r['dask']['overhead_s']:.1f}",
-                  f"{r['orchestration_share']:.1%}"]
+        cells += [
+            f"{r['prefect_overhead_s']:.1f}",
+            f"{r['dask']['overhead_s']:.1f}",
+            f"{r['orchestration_share']:.1%}",
+        ]
         print(" | ".join(cells))
 
 

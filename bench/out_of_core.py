@@ -52,17 +52,25 @@ def blob_centers(n_centers: int, dim: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).uniform(-10.0, 10.0, size=(n_centers, dim))
 
 
-def generate_store(path: Path, n_rows: int, n_centers: int, seed: int,
-                   chunk_rows: int | None) -> dict:
+def generate_store(
+    path: Path, n_rows: int, n_centers: int, seed: int, chunk_rows: int | None
+) -> dict:
     """Write an n_rows x DIM float32 store of Gaussian blobs, one chunk at a time."""
     from sqflow.store import create_store
 
     t0 = time.perf_counter()
     centers = blob_centers(n_centers, DIM, seed)
-    store = create_store(path, n_rows=n_rows, dim=DIM, dataset=f"blobs-{n_rows}",
-                         encoder_version="bench", encoder_hash="none",
-                         source_manifest_hash=f"blobs-seed{seed}", chunk_rows=chunk_rows,
-                         if_exists="overwrite")
+    store = create_store(
+        path,
+        n_rows=n_rows,
+        dim=DIM,
+        dataset=f"blobs-{n_rows}",
+        encoder_version="bench",
+        encoder_hash="none",
+        source_manifest_hash=f"blobs-seed{seed}",
+        chunk_rows=chunk_rows,
+        if_exists="overwrite",
+    )
     for k in range(store.n_chunks):
         lo, hi = store.chunk_bounds(k)
         rng = np.random.default_rng([seed, k])  # chunk-local: same data whatever the order
@@ -71,8 +79,13 @@ def generate_store(path: Path, n_rows: int, n_centers: int, seed: int,
         ids = np.char.add("r", np.arange(lo, hi).astype(str))
         store.write_chunk(k, emb, ids, lab)
     disk = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
-    return {"n_rows": n_rows, "chunk_rows": store.chunk_rows, "n_chunks": store.n_chunks,
-            "seconds": time.perf_counter() - t0, "disk_mib": disk / 2**20}
+    return {
+        "n_rows": n_rows,
+        "chunk_rows": store.chunk_rows,
+        "n_chunks": store.n_chunks,
+        "seconds": time.perf_counter() - t0,
+        "disk_mib": disk / 2**20,
+    }
 
 
 # --------------------------------------------------------------------------- RSS sampling
@@ -161,7 +174,8 @@ def run_child(mode: str, params: dict, sample_s: float, timeout: float = 1800) -
     res["loadavg_1m_start_end"] = [load0, os.getloadavg()[0]]
     res["peak_rss_mib_by_process"] = sorted(
         ([role, round(rss / 2**20, 1)] for rss, role in _PEAK_BY_PID.values()),
-        key=lambda x: (x[0], -x[1]))
+        key=lambda x: (x[0], -x[1]),
+    )
 
     def cpu_window(ta: float, tb: float) -> dict:
         """CPU seconds of the benchmark's process tree vs the whole machine in [ta, tb]."""
@@ -179,9 +193,14 @@ def run_child(mode: str, params: dict, sample_s: float, timeout: float = 1800) -
         wall = upto[-1][0] - before[-1][0]
         busy = upto[-1][4][0] - before[-1][4][0]
         steal = upto[-1][4][1] - before[-1][4][1]
-        return {"wall_s": wall, "tree_cpu_s": ours, "machine_busy_cpu_s": busy,
-                "other_users_cpu_s": busy - ours, "steal_s": steal,
-                "cores": os.cpu_count()}
+        return {
+            "wall_s": wall,
+            "tree_cpu_s": ours,
+            "machine_busy_cpu_s": busy,
+            "other_users_cpu_s": busy - ours,
+            "steal_s": steal,
+            "cores": os.cpu_count(),
+        }
 
     if "t_fit_start" in res and "t_fit_end" in res:
         res.setdefault("windows", {})["fit"] = [res["t_fit_start"], res["t_fit_end"]]
@@ -202,9 +221,14 @@ def run_child(mode: str, params: dict, sample_s: float, timeout: float = 1800) -
 def _start_cluster(n_workers: int):
     from distributed import Client, LocalCluster
 
-    cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                           host="127.0.0.1", dashboard_address=None,
-                           silence_logs=logging.ERROR)
+    cluster = LocalCluster(
+        n_workers=n_workers,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=None,
+        silence_logs=logging.ERROR,
+    )
     return cluster, Client(cluster)
 
 
@@ -283,8 +307,12 @@ class _Timer:
 def _fit(X, params: dict, callback=None):
     from sqflow import StochasticQuantization
 
-    est = StochasticQuantization(n_clusters=params["k"], max_iter=params["max_iter"],
-                                 tol=params["tol"], random_state=params["seed"])
+    est = StochasticQuantization(
+        n_clusters=params["k"],
+        max_iter=params["max_iter"],
+        tol=params["tol"],
+        random_state=params["seed"],
+    )
     return est.fit(X, callback=callback)
 
 
@@ -298,24 +326,35 @@ def _stream_summary(records: list[dict], n_threads: int) -> dict:
     t_lo, t_hi = float("inf"), float("-inf")
     for r in records:
         name = key_split(r["key"])
-        d = by.setdefault(name, {"tasks": 0, "compute_s": 0.0, "transfer_s": 0.0,
-                                 "deserialize_s": 0.0, "other_s": 0.0})
+        d = by.setdefault(
+            name,
+            {"tasks": 0, "compute_s": 0.0, "transfer_s": 0.0, "deserialize_s": 0.0, "other_s": 0.0},
+        )
         d["tasks"] += 1
         for ss in r["startstops"]:
             dt = ss["stop"] - ss["start"]
             t_lo, t_hi = min(t_lo, ss["start"]), max(t_hi, ss["stop"])
             act = ss["action"]
-            key = {"compute": "compute_s", "transfer": "transfer_s",
-                   "deserialize": "deserialize_s"}.get(act, "other_s")
+            key = {
+                "compute": "compute_s",
+                "transfer": "transfer_s",
+                "deserialize": "deserialize_s",
+            }.get(act, "other_s")
             d[key] += dt
     span = t_hi - t_lo
     compute = sum(d["compute_s"] for d in by.values())
     transfer = sum(d["transfer_s"] for d in by.values())
     for d in by.values():
         d["mean_compute_ms"] = 1e3 * d["compute_s"] / d["tasks"]
-    return {"span_s": span, "threads": n_threads, "compute_s": compute, "transfer_s": transfer,
-            "busy_fraction": compute / (span * n_threads) if span > 0 else float("nan"),
-            "idle_s": span * n_threads - compute, "by_prefix": by}
+    return {
+        "span_s": span,
+        "threads": n_threads,
+        "compute_s": compute,
+        "transfer_s": transfer,
+        "busy_fraction": compute / (span * n_threads) if span > 0 else float("nan"),
+        "idle_s": span * n_threads - compute,
+        "by_prefix": by,
+    }
 
 
 def _driver_profile(prof: cProfile.Profile) -> dict:
@@ -337,8 +376,10 @@ def _driver_profile(prof: cProfile.Profile) -> dict:
         for (f, fn), label in wanted.items():
             if file.endswith(f) and func == fn and ("sqflow" in file or "distributed" in file):
                 out[label] = max(out.get(label, 0.0), ct)
-    top = sorted(((tt, f"{Path(k[0]).name}:{k[2]}") for k, (_c, _n, tt, _ct, _cl)
-                  in st.stats.items()), reverse=True)[:8]
+    top = sorted(
+        ((tt, f"{Path(k[0]).name}:{k[2]}") for k, (_c, _n, tt, _ct, _cl) in st.stats.items()),
+        reverse=True,
+    )[:8]
     out["top_self_time"] = [[name, round(tt, 3)] for tt, name in top]
     return out
 
@@ -368,11 +409,15 @@ def _fit_breakdown(timer: _Timer, t0: float, total: float) -> dict:
     obj = sum(b - a for a, b in timer.objective)
     init = timer.passes[0][0] - t0 if timer.passes else float("nan")
     rounds = timer.round_seconds()
-    return {"init_s": init, "pass_s": passes, "objective_s": obj,
-            "other_s": total - init - sum(passes) - obj,
-            "rounds": len(rounds),
-            "round_ms_median": 1e3 * float(np.median(rounds)) if rounds else float("nan"),
-            "round_ms_p90": 1e3 * float(np.percentile(rounds, 90)) if rounds else float("nan")}
+    return {
+        "init_s": init,
+        "pass_s": passes,
+        "objective_s": obj,
+        "other_s": total - init - sum(passes) - obj,
+        "rounds": len(rounds),
+        "round_ms_median": 1e3 * float(np.median(rounds)) if rounds else float("nan"),
+        "round_ms_p90": 1e3 * float(np.percentile(rounds, 90)) if rounds else float("nan"),
+    }
 
 
 def child_pass(p: dict) -> dict:
@@ -416,9 +461,13 @@ def child_pass(p: dict) -> dict:
             # task stream of the pass alone (records between run_pass start and end)
             a, b = timer.passes[0]
             windows["pass"] = [a, b]
-            in_pass = [r for r in ts.data if r["startstops"]
-                       and r["startstops"][0]["start"] >= a - 0.05
-                       and r["startstops"][-1]["stop"] <= b + 0.05]
+            in_pass = [
+                r
+                for r in ts.data
+                if r["startstops"]
+                and r["startstops"][0]["start"] >= a - 0.05
+                and r["startstops"][-1]["stop"] <= b + 0.05
+            ]
             res["pass_stream"] = _stream_summary(in_pass, n_threads)
             res["fit_stream"] = _stream_summary(ts.data, n_threads)
     if p.get("profile"):
@@ -454,13 +503,17 @@ def child_kmeans(p: dict) -> dict:
     res["t_fit_start"] = time.time()
     t0 = time.perf_counter()
     X = open_store(p["store"]).read_embeddings()
-    km = KMeans(n_clusters=p["k"], n_init=1, max_iter=p["kmeans_max_iter"],
-                random_state=p["seed"]).fit(X)
+    km = KMeans(
+        n_clusters=p["k"], n_init=1, max_iter=p["kmeans_max_iter"], random_state=p["seed"]
+    ).fit(X)
     res["fit_s"] = time.perf_counter() - t0
     res["t_fit_end"] = time.time()
     d2 = _kernels.nearest(X, km.cluster_centers_.astype(np.float64))[1]
-    res.update(n_iter=int(km.n_iter_), inertia_per_row=float(km.inertia_) / X.shape[0],
-               objective_rank3=float(np.mean(d2 ** 1.5)))
+    res.update(
+        n_iter=int(km.n_iter_),
+        inertia_per_row=float(km.inertia_) / X.shape[0],
+        objective_rank3=float(np.mean(d2**1.5)),
+    )
     return res
 
 
@@ -483,7 +536,8 @@ def limits_text(size: int, pass_res: dict, fit2: dict, fit1: dict | None) -> lis
             f"{kern.get('compute_s', 0):.2f} s, read+decompress {read_s:.2f} s, transfers "
             f"{ps['transfer_s']:.2f} s, idle {ps['idle_s']:.2f} s thread-seconds); "
             f"{pass_res['rounds']} rounds, median {pass_res['round_ms_median']:.1f} ms/round vs "
-            f"{kern.get('mean_compute_ms', float('nan')):.1f} ms of kernel per block")
+            f"{kern.get('mean_compute_ms', float('nan')):.1f} ms of kernel per block"
+        )
     cpu = pass_res.get("cpu", {})
     if "pass" in cpu and "sum_1" in cpu:
         sums = [cpu[k]["tree_cpu_s"] for k in ("sum_1", "sum_2") if k in cpu]
@@ -492,12 +546,14 @@ def limits_text(size: int, pass_res: dict, fit2: dict, fit1: dict | None) -> lis
             f"{size:,} rows, CPU actually received: the pass {c['tree_cpu_s']:.2f} CPU-s in "
             f"{c['wall_s']:.2f} s wall ({c['tree_cpu_s'] / c['wall_s']:.2f} cores; other processes "
             f"{c['other_users_cpu_s']:.2f} CPU-s) vs the bare sum {np.mean(sums):.2f} CPU-s: "
-            f"CPU ratio {c['tree_cpu_s'] / np.mean(sums):.2f}x")
+            f"CPU ratio {c['tree_cpu_s'] / np.mean(sums):.2f}x"
+        )
     ss = pass_res.get("sum_stream") or {}
     if ss:
         out.append(
             f"{size:,} rows, bare sum: span {ss['span_s']:.2f} s, workers busy "
-            f"{100 * ss['busy_fraction']:.0f}% (read+decompress+sum tasks)")
+            f"{100 * ss['busy_fraction']:.0f}% (read+decompress+sum tasks)"
+        )
     dp = pass_res.get("driver_profile", {})
     if dp:
         out.append(
@@ -505,7 +561,8 @@ def limits_text(size: int, pass_res: dict, fit2: dict, fit1: dict | None) -> lis
             f"of it Client.gather (waiting) {dp.get('Client.gather (waiting on workers)', 0):.2f} s, "
             f"Client.compute {dp.get('Client.compute (graph build + send)', 0):.2f} s, "
             f"Client.submit {dp.get('Client.submit', 0):.2f} s, combine {dp.get('combine', 0):.2f} s; "
-            f"init uniform_sample {dp.get('uniform_sample (init, reads via driver)', 0):.2f} s")
+            f"init uniform_sample {dp.get('uniform_sample (init, reads via driver)', 0):.2f} s"
+        )
     for f in (fit1, fit2):
         c = (f or {}).get("cpu", {}).get("fit")
         if c:
@@ -514,7 +571,8 @@ def limits_text(size: int, pass_res: dict, fit2: dict, fit1: dict | None) -> lis
                 f"processes used {c['tree_cpu_s']:.1f} CPU-s ({c['tree_cpu_s'] / c['wall_s']:.2f} "
                 f"cores on average), other processes on the machine {c['other_users_cpu_s']:.1f} CPU-s, steal "
                 f"{c['steal_s']:.1f} s, of {c['cores']} cores x {c['wall_s']:.1f} s; load average "
-                f"{f['loadavg_1m_start_end'][0]:.1f} -> {f['loadavg_1m_start_end'][1]:.1f}")
+                f"{f['loadavg_1m_start_end'][0]:.1f} -> {f['loadavg_1m_start_end'][1]:.1f}"
+            )
     if fit2:
         out.append(
             f"{size:,} rows, RSS of the process tree (at most {fit2['max_processes']} processes: the "
@@ -523,7 +581,8 @@ def limits_text(size: int, pass_res: dict, fit2: dict, fit1: dict | None) -> lis
             f"{fit2.get('bare_runtime_rss_mib', float('nan')):.0f} MiB, after loading the compiled "
             f"kernels {fit2.get('warm_runtime_rss_mib', float('nan')):.0f} MiB, peak during the fit "
             f"{fit2.get('fit_peak_rss_mib', float('nan')):.0f} MiB; peak per process (MiB): "
-            + ", ".join(f"{r} {m:.0f}" for r, m in fit2.get("peak_rss_mib_by_process", [])))
+            + ", ".join(f"{r} {m:.0f}" for r, m in fit2.get("peak_rss_mib_by_process", []))
+        )
     return out
 
 
@@ -534,14 +593,32 @@ def main(argv=None) -> None:
     ap.add_argument("--k", type=int, default=64, help="clusters (= blob centers)")
     ap.add_argument("--max-iter", type=int, default=5, help="passes of the full fits")
     ap.add_argument("--tol", type=float, default=1e-4)
-    ap.add_argument("--chunk-rows", type=int, default=None,
-                    help="store chunk rows (default: the store's default, ~4 MiB chunks)")
-    ap.add_argument("--speedup-sizes", type=int, nargs="*", default=None,
-                    help="sizes for the 1-vs-2-worker fit (default: the smallest size)")
-    ap.add_argument("--speedup-repeats", type=int, default=2,
-                    help="fits per worker count for the speedup (order 2w 1w 1w 2w ...)")
-    ap.add_argument("--profile-sizes", type=int, nargs="*", default=None,
-                    help="sizes with a cProfile'd extra one-pass fit (default: the smallest)")
+    ap.add_argument(
+        "--chunk-rows",
+        type=int,
+        default=None,
+        help="store chunk rows (default: the store's default, ~4 MiB chunks)",
+    )
+    ap.add_argument(
+        "--speedup-sizes",
+        type=int,
+        nargs="*",
+        default=None,
+        help="sizes for the 1-vs-2-worker fit (default: the smallest size)",
+    )
+    ap.add_argument(
+        "--speedup-repeats",
+        type=int,
+        default=2,
+        help="fits per worker count for the speedup (order 2w 1w 1w 2w ...)",
+    )
+    ap.add_argument(
+        "--profile-sizes",
+        type=int,
+        nargs="*",
+        default=None,
+        help="sizes with a cProfile'd extra one-pass fit (default: the smallest)",
+    )
     ap.add_argument("--kmeans-max-iter", type=int, default=100)
     ap.add_argument("--sample-ms", type=float, default=50.0)
     ap.add_argument("--seed", type=int, default=0)
@@ -565,20 +642,35 @@ def main(argv=None) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     common = {"k": args.k, "max_iter": args.max_iter, "tol": args.tol, "seed": args.seed}
-    payload: dict = {"benchmark": "out_of_core", "machine": machine(), "quick": args.quick,
-                     "config": {**common, "dim": DIM, "blob_centers": args.k,
-                                "optimizer": "sgd", "rank": 3.0, "batch_size": 1,
-                                "threads_per_worker": 1, "rss_sample_ms": args.sample_ms,
-                                "kmeans_max_iter": args.kmeans_max_iter},
-                     "loadavg_at_start": list(os.getloadavg()), "sizes": {}}
+    payload: dict = {
+        "benchmark": "out_of_core",
+        "machine": machine(),
+        "quick": args.quick,
+        "config": {
+            **common,
+            "dim": DIM,
+            "blob_centers": args.k,
+            "optimizer": "sgd",
+            "rank": 3.0,
+            "batch_size": 1,
+            "threads_per_worker": 1,
+            "rss_sample_ms": args.sample_ms,
+            "kmeans_max_iter": args.kmeans_max_iter,
+        },
+        "loadavg_at_start": list(os.getloadavg()),
+        "sizes": {},
+    }
     rows = []
     try:
         for n in sizes:
             path = workdir / f"blobs_{n}.zarr"
             print(f"== {n:,} rows: generating {path}", flush=True)
             gen = generate_store(path, n, args.k, args.seed, args.chunk_rows)
-            print(f"   generated in {gen['seconds']:.1f} s, {gen['n_chunks']} chunks, "
-                  f"{gen['disk_mib']:.0f} MiB on disk", flush=True)
+            print(
+                f"   generated in {gen['seconds']:.1f} s, {gen['n_chunks']} chunks, "
+                f"{gen['disk_mib']:.0f} MiB on disk",
+                flush=True,
+            )
             rec: dict = {"store": gen}
             base = {**common, "store": str(path)}
             print("   full fit, 2 workers (RSS)", flush=True)
@@ -591,62 +683,96 @@ def main(argv=None) -> None:
                     print(f"   full fit, {w} worker(s)", flush=True)
                     runs[w].append(run_child("fit", {**base, "workers": w}, sample_s))
                 rec["fit_1w"] = runs[1][0]
-                rec["speedup_runs"] = {f"{w}w": [
-                    {k: r[k] for k in ("fit_s", "pass_s", "init_s", "objective_s", "n_iter",
-                                       "objective", "cpu", "loadavg_1m_start_end")}
-                    for r in runs[w]] for w in runs}
+                rec["speedup_runs"] = {
+                    f"{w}w": [
+                        {
+                            k: r[k]
+                            for k in (
+                                "fit_s",
+                                "pass_s",
+                                "init_s",
+                                "objective_s",
+                                "n_iter",
+                                "objective",
+                                "cpu",
+                                "loadavg_1m_start_end",
+                            )
+                        }
+                        for r in runs[w]
+                    ]
+                    for w in runs
+                }
             print("   one pass vs bare sum, 2 workers", flush=True)
-            rec["pass"] = run_child("pass", {**base, "workers": 2, "profile": n in profile_sizes},
-                                    sample_s)
+            rec["pass"] = run_child(
+                "pass", {**base, "workers": 2, "profile": n in profile_sizes}, sample_s
+            )
             if n == sizes[0] and not args.no_kmeans:
                 print("   scikit-learn KMeans (in memory)", flush=True)
-                rec["kmeans"] = run_child("kmeans", {**base, "kmeans_max_iter": args.kmeans_max_iter},
-                                          sample_s)
+                rec["kmeans"] = run_child(
+                    "kmeans", {**base, "kmeans_max_iter": args.kmeans_max_iter}, sample_s
+                )
             if not args.keep:
                 shutil.rmtree(path, ignore_errors=True)
             pr = rec["pass"]
             # the pass vs the mean of the two bare sums run just before and just after it
             rec["pass_vs_sum"] = pr["pass_s"][0] / float(np.mean(pr["sum_s"]))
             if {"pass", "sum_1", "sum_2"} <= set(pr.get("cpu", {})):
-                rec["pass_vs_sum_cpu_s"] = pr["cpu"]["pass"]["tree_cpu_s"] / float(np.mean(
-                    [pr["cpu"][k]["tree_cpu_s"] for k in ("sum_1", "sum_2")]))
+                rec["pass_vs_sum_cpu_s"] = pr["cpu"]["pass"]["tree_cpu_s"] / float(
+                    np.mean([pr["cpu"][k]["tree_cpu_s"] for k in ("sum_1", "sum_2")])
+                )
             if "speedup_runs" in rec:
                 sr = rec["speedup_runs"]
 
                 def med(w, f, sr=sr):
                     return float(np.median([f(r) for r in sr[w]]))
 
-                rec["speedup_2w_vs_1w"] = (med("1w", lambda r: r["fit_s"])
-                                           / med("2w", lambda r: r["fit_s"]))
-                rec["pass_speedup_2w_vs_1w"] = (med("1w", lambda r: np.mean(r["pass_s"]))
-                                                / med("2w", lambda r: np.mean(r["pass_s"])))
+                rec["speedup_2w_vs_1w"] = med("1w", lambda r: r["fit_s"]) / med(
+                    "2w", lambda r: r["fit_s"]
+                )
+                rec["pass_speedup_2w_vs_1w"] = med("1w", lambda r: np.mean(r["pass_s"])) / med(
+                    "2w", lambda r: np.mean(r["pass_s"])
+                )
                 # CPU-seconds the fit's processes got per second of wall time: the share of the
                 # machine they actually had (other tenants use the rest)
-                rec["cores_used_1w_2w"] = [med(w, lambda r: r["cpu"]["fit"]["tree_cpu_s"]
-                                               / r["cpu"]["fit"]["wall_s"]) for w in ("1w", "2w")]
+                rec["cores_used_1w_2w"] = [
+                    med(w, lambda r: r["cpu"]["fit"]["tree_cpu_s"] / r["cpu"]["fit"]["wall_s"])
+                    for w in ("1w", "2w")
+                ]
                 rec["cpu_s_per_pass_1w_2w"] = [
                     med(w, lambda r: r["cpu"]["fit"]["tree_cpu_s"] / r["n_iter"])
-                    for w in ("1w", "2w")]
-                rec["objective_rel_diff_2w_vs_1w"] = (med("2w", lambda r: r["objective"])
-                                                      / med("1w", lambda r: r["objective"]) - 1.0)
+                    for w in ("1w", "2w")
+                ]
+                rec["objective_rel_diff_2w_vs_1w"] = (
+                    med("2w", lambda r: r["objective"]) / med("1w", lambda r: r["objective"]) - 1.0
+                )
             rec["limits"] = limits_text(n, pr, rec["fit_2w"], rec.get("fit_1w"))
             payload["sizes"][str(n)] = rec
             f2 = rec["fit_2w"]
-            rows.append({
-                "rows": f"{n:,}", "chunks": gen["n_chunks"],
-                "peak RSS MiB (SQ fit, 2w)": f2["peak_rss_mib"],
-                "RSS before fit MiB": f2.get("warm_runtime_rss_mib", float("nan")),
-                "fit s (2w)": f2["fit_s"], "passes": f2["n_iter"],
-                "init s": f2["init_s"], "final objective s": f2["objective_s"],
-                "1 pass s": pr["pass_s"][0], "bare sum s": float(np.mean(pr["sum_s"])),
-                "pass/sum": rec["pass_vs_sum"],
-                "fit s (1w, median)": (float(np.median([r["fit_s"] for r in rec["speedup_runs"]["1w"]]))
-                                       if "speedup_runs" in rec else ""),
-                "speedup 2w/1w": rec.get("speedup_2w_vs_1w", ""),
-                "objective 1w": rec.get("fit_1w", {}).get("objective", ""),
-                "cores used (2w fit)": f2["cpu"]["fit"]["tree_cpu_s"] / f2["cpu"]["fit"]["wall_s"],
-                "objective 2w": f2["objective"],
-            })
+            rows.append(
+                {
+                    "rows": f"{n:,}",
+                    "chunks": gen["n_chunks"],
+                    "peak RSS MiB (SQ fit, 2w)": f2["peak_rss_mib"],
+                    "RSS before fit MiB": f2.get("warm_runtime_rss_mib", float("nan")),
+                    "fit s (2w)": f2["fit_s"],
+                    "passes": f2["n_iter"],
+                    "init s": f2["init_s"],
+                    "final objective s": f2["objective_s"],
+                    "1 pass s": pr["pass_s"][0],
+                    "bare sum s": float(np.mean(pr["sum_s"])),
+                    "pass/sum": rec["pass_vs_sum"],
+                    "fit s (1w, median)": (
+                        float(np.median([r["fit_s"] for r in rec["speedup_runs"]["1w"]]))
+                        if "speedup_runs" in rec
+                        else ""
+                    ),
+                    "speedup 2w/1w": rec.get("speedup_2w_vs_1w", ""),
+                    "objective 1w": rec.get("fit_1w", {}).get("objective", ""),
+                    "cores used (2w fit)": f2["cpu"]["fit"]["tree_cpu_s"]
+                    / f2["cpu"]["fit"]["wall_s"],
+                    "objective 2w": f2["objective"],
+                }
+            )
             write_results("out_of_core_quick" if args.quick else "out_of_core", payload)
     finally:
         if not args.keep:
@@ -657,14 +783,17 @@ def main(argv=None) -> None:
     s = payload["sizes"]
     summary: dict = {}
     if len(sizes) > 1:
-        summary["rss_ratio_largest_vs_smallest"] = (s[last]["fit_2w"]["peak_rss_mib"]
-                                                    / s[first]["fit_2w"]["peak_rss_mib"])
+        summary["rss_ratio_largest_vs_smallest"] = (
+            s[last]["fit_2w"]["peak_rss_mib"] / s[first]["fit_2w"]["peak_rss_mib"]
+        )
         summary["rss_ratio_target"] = 1.2
         summary["rss_ratio_met"] = summary["rss_ratio_largest_vs_smallest"] <= 1.2
     summary["pass_vs_sum"] = {n: s[n]["pass_vs_sum"] for n in s}
     summary["pass_vs_sum_target"] = 1.5
     summary["pass_vs_sum_met"] = {n: v <= 1.5 for n, v in summary["pass_vs_sum"].items()}
-    summary["speedup_2w_vs_1w"] = {n: s[n]["speedup_2w_vs_1w"] for n in s if "speedup_2w_vs_1w" in s[n]}
+    summary["speedup_2w_vs_1w"] = {
+        n: s[n]["speedup_2w_vs_1w"] for n in s if "speedup_2w_vs_1w" in s[n]
+    }
     summary["speedup_target"] = 1.6
     summary["speedup_met"] = {n: v >= 1.6 for n, v in summary["speedup_2w_vs_1w"].items()}
     if "kmeans" in s[first]:
@@ -676,8 +805,10 @@ def main(argv=None) -> None:
     payload["table_md"] = print_table(rows, cols)
     if "kmeans" in s[first]:
         km = s[first]["kmeans"]
-        line = (f"scikit-learn KMeans on {int(first):,} rows in memory: peak RSS "
-                f"{km['peak_rss_mib']:.0f} MiB, {km['fit_s']:.1f} s, {km['n_iter']} iterations")
+        line = (
+            f"scikit-learn KMeans on {int(first):,} rows in memory: peak RSS "
+            f"{km['peak_rss_mib']:.0f} MiB, {km['fit_s']:.1f} s, {km['n_iter']} iterations"
+        )
         print(line)
         payload["kmeans_line"] = line
     print("\nWhat limits it (measured):")

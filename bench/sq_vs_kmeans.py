@@ -41,13 +41,26 @@ def objective(X, centers) -> float:
 
 
 def make_sq(K, opt, seed, max_iter=20, tol=1e-4, init_candidates=3):
-    return StochasticQuantization(K, optimizer=opt, rank=2.0, max_iter=max_iter, tol=tol,
-                                  init_candidates=init_candidates, random_state=seed)
+    return StochasticQuantization(
+        K,
+        optimizer=opt,
+        rank=2.0,
+        max_iter=max_iter,
+        tol=tol,
+        init_candidates=init_candidates,
+        random_state=seed,
+    )
 
 
 def make_mbk(K, seed, max_iter=100, tol=0.0, max_no_improvement=10, n_init=1):
-    return MiniBatchKMeans(K, random_state=seed, max_iter=max_iter, tol=tol,
-                           max_no_improvement=max_no_improvement, n_init=n_init)
+    return MiniBatchKMeans(
+        K,
+        random_state=seed,
+        max_iter=max_iter,
+        tol=tol,
+        max_no_improvement=max_no_improvement,
+        n_init=n_init,
+    )
 
 
 def timed(est, X):
@@ -73,26 +86,53 @@ def run_case(n, d, K, seed, max_passes, km_starts):
     # in a poor local optimum on blobs, which would make the 1.005x target meaningless)
     km_t, km_obj = timed(KMeans(K, random_state=seed, n_init=km_starts), X)
     target = 1.005 * km_obj
-    rows.append({"method": f"KMeans (best of {km_starts} k-means++ starts)", "seconds": km_t,
-                 "objective": km_obj, "ratio_to_kmeans": 1.0})
+    rows.append(
+        {
+            "method": f"KMeans (best of {km_starts} k-means++ starts)",
+            "seconds": km_t,
+            "objective": km_obj,
+            "ratio_to_kmeans": 1.0,
+        }
+    )
     for starts in sorted({1, StochasticQuantization().init_candidates, km_starts}):
         mbk_t, mbk_obj = timed(make_mbk(K, seed, n_init=starts), X)
         mbk_tt, mbk_m, _ = time_to_target(
             lambda m, n=starts: make_mbk(K, seed, max_iter=m, max_no_improvement=None, n_init=n),
-            X, target, max_passes)
-        rows.append({"method": f"MiniBatchKMeans, n_init={starts}", "seconds": mbk_t,
-                     "objective": mbk_obj, "ratio_to_kmeans": mbk_obj / km_obj,
-                     "time_to_1.005x": mbk_tt, "passes_to_1.005x": mbk_m})
+            X,
+            target,
+            max_passes,
+        )
+        rows.append(
+            {
+                "method": f"MiniBatchKMeans, n_init={starts}",
+                "seconds": mbk_t,
+                "objective": mbk_obj,
+                "ratio_to_kmeans": mbk_obj / km_obj,
+                "time_to_1.005x": mbk_tt,
+                "passes_to_1.005x": mbk_m,
+            }
+        )
         for opt in OPTIMIZERS:
             sq_t, sq_obj = timed(make_sq(K, opt, seed, init_candidates=starts), X)
             tt, m, _ = time_to_target(
-                lambda m, opt=opt, c=starts: make_sq(K, opt, seed, max_iter=m, tol=0.0,
-                                                     init_candidates=c), X,
-                target, max_passes)
-            rows.append({"method": f"SQ-{opt}, init_candidates={starts}", "seconds": sq_t,
-                         "objective": sq_obj, "ratio_to_kmeans": sq_obj / km_obj,
-                         "time_to_1.005x": tt, "passes_to_1.005x": m,
-                         "time_ratio_vs_mbk": tt / mbk_tt if np.isfinite(mbk_tt) else None})
+                lambda m, opt=opt, c=starts: make_sq(
+                    K, opt, seed, max_iter=m, tol=0.0, init_candidates=c
+                ),
+                X,
+                target,
+                max_passes,
+            )
+            rows.append(
+                {
+                    "method": f"SQ-{opt}, init_candidates={starts}",
+                    "seconds": sq_t,
+                    "objective": sq_obj,
+                    "ratio_to_kmeans": sq_obj / km_obj,
+                    "time_to_1.005x": tt,
+                    "passes_to_1.005x": m,
+                    "time_ratio_vs_mbk": tt / mbk_tt if np.isfinite(mbk_tt) else None,
+                }
+            )
     for r in rows:
         r.update({"n": n, "d": d, "K": K})
     return rows
@@ -111,11 +151,29 @@ def main(argv=None) -> None:
     for n, d, K, km_starts in cases:
         print(f"case N={n} d={d} K={K} ...", flush=True)
         rows += run_case(n, d, K, args.seed, args.max_passes, km_starts)
-    cols = ["n", "d", "K", "method", "seconds", "objective", "ratio_to_kmeans", "time_to_1.005x",
-            "passes_to_1.005x", "time_ratio_vs_mbk"]
+    cols = [
+        "n",
+        "d",
+        "K",
+        "method",
+        "seconds",
+        "objective",
+        "ratio_to_kmeans",
+        "time_to_1.005x",
+        "passes_to_1.005x",
+        "time_ratio_vs_mbk",
+    ]
     table = print_table(rows, cols)
-    write_results("sq_vs_kmeans", {"benchmark": "sq_vs_kmeans", "machine": machine(), "rank": 2.0,
-                                   "rows": rows, "table_markdown": table})
+    write_results(
+        "sq_vs_kmeans",
+        {
+            "benchmark": "sq_vs_kmeans",
+            "machine": machine(),
+            "rank": 2.0,
+            "rows": rows,
+            "table_markdown": table,
+        },
+    )
 
 
 if __name__ == "__main__":

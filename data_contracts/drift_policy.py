@@ -71,51 +71,67 @@ class DriftPolicy(BaseModel):
     statistics: list[StatisticName] = Field(
         default_factory=lambda: list(ALL_STATISTICS),
         description="Statistics to compute (each usable alone). 'distortion' and 'occupancy' "
-                    "need cluster centers (given, or fitted on the reference).",
+        "need cluster centers (given, or fitted on the reference).",
     )
     min_agreeing: int = Field(
-        1, ge=1,
+        1,
+        ge=1,
         description="Drift when at least this many computed statistics flag it.",
     )
     required: list[StatisticName] = Field(
         default_factory=list,
         description="Statistics that must flag drift for a 'drift' decision (in addition to "
-                    "min_agreeing).",
+        "min_agreeing).",
     )
     alpha: float = Field(
-        0.01, gt=0, lt=1,
+        0.01,
+        gt=0,
+        lt=1,
         description="Significance level of every test (KS after its multiple-test correction).",
     )
     min_batch_rows: int = Field(200, ge=10, description="Fewer batch rows: insufficient data.")
     min_reference_rows: int = Field(
-        500, ge=10, description="Fewer reference rows: insufficient data.")
+        500, ge=10, description="Fewer reference rows: insufficient data."
+    )
     max_reference_rows: int = Field(
-        20000, ge=100,
-        description="Reference rows read (uniform subsample without replacement, streamed).")
+        20000,
+        ge=100,
+        description="Reference rows read (uniform subsample without replacement, streamed).",
+    )
     max_batch_rows: int = Field(
-        20000, ge=100,
-        description="Batch rows read (uniform subsample without replacement, streamed).")
+        20000,
+        ge=100,
+        description="Batch rows read (uniform subsample without replacement, streamed).",
+    )
     mmd_max_rows: int = Field(
-        2000, ge=50, le=5000,
+        2000,
+        ge=50,
+        le=5000,
         description="Rows of reference and of batch (each) in the MMD test: the kernel matrix "
-                    "is (2 x mmd_max_rows)^2 floats.")
+        "is (2 x mmd_max_rows)^2 floats.",
+    )
     mmd_permutations: int = Field(200, ge=19, description="Permutations of the MMD test.")
     ks_correction: Literal["holm", "bonferroni"] = Field(
-        "holm", description="Multiple-test correction over the embedding dimensions.")
+        "holm", description="Multiple-test correction over the embedding dimensions."
+    )
     distortion_min_ratio: float = Field(
-        1.1, gt=0,
-        description="Smallest batch/reference distortion ratio that counts as drift.")
+        1.1, gt=0, description="Smallest batch/reference distortion ratio that counts as drift."
+    )
     distortion_permutations: int = Field(
-        500, ge=19, description="Permutations of the distortion test.")
+        500, ge=19, description="Permutations of the distortion test."
+    )
     occupancy_min_psi: float = Field(
-        0.1, ge=0,
+        0.1,
+        ge=0,
         description="Smallest population stability index that counts as drift (0.1: the usual "
-                    "'moderate shift' mark; 0.25 'major').")
+        "'moderate shift' mark; 0.25 'major').",
+    )
     psi_epsilon: float = Field(
-        1e-4, gt=0, le=0.01,
-        description="Share given to empty clusters in the PSI (avoids log 0).")
+        1e-4, gt=0, le=0.01, description="Share given to empty clusters in the PSI (avoids log 0)."
+    )
     n_clusters: int = Field(
-        10, ge=2, description="Centers fitted on the reference when none are given.")
+        10, ge=2, description="Centers fitted on the reference when none are given."
+    )
     seed: int = Field(0, ge=0, description="Seed of subsampling and permutations.")
 
     @model_validator(mode="after")
@@ -127,23 +143,32 @@ class DriftPolicy(BaseModel):
         if self.min_agreeing > len(self.statistics):
             raise ValueError(
                 f"min_agreeing={self.min_agreeing} exceeds the {len(self.statistics)} "
-                f"statistics computed ({self.statistics}); valid: 1..{len(self.statistics)}")
+                f"statistics computed ({self.statistics}); valid: 1..{len(self.statistics)}"
+            )
         missing = [s for s in self.required if s not in self.statistics]
         if missing:
-            raise ValueError(f"required={self.required} names {missing}, which are not in "
-                             f"statistics={self.statistics}")
-        for name, p in (("mmd_permutations", self.mmd_permutations),
-                        ("distortion_permutations", self.distortion_permutations)):
+            raise ValueError(
+                f"required={self.required} names {missing}, which are not in "
+                f"statistics={self.statistics}"
+            )
+        for name, p in (
+            ("mmd_permutations", self.mmd_permutations),
+            ("distortion_permutations", self.distortion_permutations),
+        ):
             if 1.0 / (p + 1) > self.alpha:
                 raise ValueError(
                     f"{name}={p} cannot give a p-value <= alpha={self.alpha} (smallest p is "
-                    f"1/({p}+1)); use at least {int(1 / self.alpha)} permutations")
+                    f"1/({p}+1)); use at least {int(1 / self.alpha)} permutations"
+                )
         if self.min_batch_rows > self.max_batch_rows:
-            raise ValueError(f"min_batch_rows={self.min_batch_rows} > max_batch_rows="
-                             f"{self.max_batch_rows}")
+            raise ValueError(
+                f"min_batch_rows={self.min_batch_rows} > max_batch_rows={self.max_batch_rows}"
+            )
         if self.min_reference_rows > self.max_reference_rows:
-            raise ValueError(f"min_reference_rows={self.min_reference_rows} > "
-                             f"max_reference_rows={self.max_reference_rows}")
+            raise ValueError(
+                f"min_reference_rows={self.min_reference_rows} > "
+                f"max_reference_rows={self.max_reference_rows}"
+            )
         return self
 
 
@@ -167,20 +192,31 @@ def export_schemas(check: bool = False) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Export the drift policy JSON Schema.")
-    parser.add_argument("--check", action="store_true", help="fail if the committed schema is stale")
+    parser.add_argument(
+        "--check", action="store_true", help="fail if the committed schema is stale"
+    )
     args = parser.parse_args(argv)
     paths = export_schemas(check=args.check)
     if args.check and paths:
-        print("stale JSON Schema, run `python -m data_contracts.drift_policy`: "
-              + ", ".join(str(p) for p in paths), file=sys.stderr)
+        print(
+            "stale JSON Schema, run `python -m data_contracts.drift_policy`: "
+            + ", ".join(str(p) for p in paths),
+            file=sys.stderr,
+        )
         return 1
     for p in paths:
         print(f"wrote {p}")
     return 0
 
 
-__all__ = ["ALL_STATISTICS", "DRIFT_POLICY_SCHEMA_PATH", "DRIFT_REPORT_COLUMNS", "DriftPolicy", "StatisticName",
-           "export_schemas"]
+__all__ = [
+    "ALL_STATISTICS",
+    "DRIFT_POLICY_SCHEMA_PATH",
+    "DRIFT_REPORT_COLUMNS",
+    "DriftPolicy",
+    "StatisticName",
+    "export_schemas",
+]
 
 if __name__ == "__main__":
     raise SystemExit(main())

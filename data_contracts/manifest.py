@@ -85,7 +85,9 @@ class SourceSpec(BaseModel):
         if self.kind != "mnist" and not self.path:
             raise ValueError(f"source kind={self.kind!r} needs a path (file or folder)")
         if self.kind == "mnist" and self.split not in ("train", "test", "all"):
-            raise ValueError(f"split={self.split!r} for the built-in MNIST; valid: train, test, all")
+            raise ValueError(
+                f"split={self.split!r} for the built-in MNIST; valid: train, test, all"
+            )
         return self
 
     @property
@@ -104,8 +106,11 @@ class SampleSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     mode: SampleMode = Field(default="all", description="all, uniform, stratified, incremental")
-    n: int | None = Field(default=None, gt=0, description="Items to draw (uniform/stratified; "
-                          "optional cap for incremental).")
+    n: int | None = Field(
+        default=None,
+        gt=0,
+        description="Items to draw (uniform/stratified; optional cap for incremental).",
+    )
     seed: int = Field(default=0, description="Seed of the draw.")
 
     @model_validator(mode="after")
@@ -157,7 +162,7 @@ def check_frame(df: Any, columns: dict[str, str], what: str) -> None:
         )
     for col, want in columns.items():
         got = str(df[col].dtype)
-        ok = (want == "str" and (got in ("str", "string", "object") or got.startswith("string")))
+        ok = want == "str" and (got in ("str", "string", "object") or got.startswith("string"))
         ok = ok or got == want
         if not ok:
             raise ManifestContractError(f"{what}: column {col!r} has dtype {got}; expected {want}")

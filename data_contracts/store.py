@@ -153,8 +153,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     paths = export_schemas(check=args.check)
     if args.check and paths:
-        print("stale JSON Schema(s), run `python -m data_contracts.store`: "
-              + ", ".join(str(p) for p in paths), file=sys.stderr)
+        print(
+            "stale JSON Schema(s), run `python -m data_contracts.store`: "
+            + ", ".join(str(p) for p in paths),
+            file=sys.stderr,
+        )
         return 1
     for p in paths:
         print(f"wrote {p}")

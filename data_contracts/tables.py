@@ -46,26 +46,57 @@ SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
 
 #: Logical column types. Each maps to one pandas dtype, one Arrow type and one SQL type per
 #: database (see ``_TYPES``).
-ColumnType = Literal["str", "int32", "int64", "float32", "float64", "bool", "timestamp",
-                     "json", "list_float64"]
+ColumnType = Literal[
+    "str", "int32", "int64", "float32", "float64", "bool", "timestamp", "json", "list_float64"
+]
 
 # logical type -> (pandas dtype when non-nullable, pandas dtype when nullable, Arrow type,
 #                  DuckDB type, PostgreSQL type, JSON Schema fragment)
 _TYPES: dict[str, tuple[str, str, pyarrow.DataType, str, str, dict[str, Any]]] = {
     "str": ("str", "str", pyarrow.string(), "VARCHAR", "TEXT", {"type": "string"}),
-    "int32": ("int32", "Int32", pyarrow.int32(), "INTEGER", "INTEGER",
-              {"type": "integer", "minimum": -(2**31), "maximum": 2**31 - 1}),
+    "int32": (
+        "int32",
+        "Int32",
+        pyarrow.int32(),
+        "INTEGER",
+        "INTEGER",
+        {"type": "integer", "minimum": -(2**31), "maximum": 2**31 - 1},
+    ),
     "int64": ("int64", "Int64", pyarrow.int64(), "BIGINT", "BIGINT", {"type": "integer"}),
     "float32": ("float32", "float32", pyarrow.float32(), "FLOAT", "REAL", {"type": "number"}),
-    "float64": ("float64", "float64", pyarrow.float64(), "DOUBLE", "DOUBLE PRECISION",
-                {"type": "number"}),
+    "float64": (
+        "float64",
+        "float64",
+        pyarrow.float64(),
+        "DOUBLE",
+        "DOUBLE PRECISION",
+        {"type": "number"},
+    ),
     "bool": ("bool", "boolean", pyarrow.bool_(), "BOOLEAN", "BOOLEAN", {"type": "boolean"}),
-    "timestamp": ("datetime64[us, UTC]", "datetime64[us, UTC]", pyarrow.timestamp("us", tz="UTC"),
-                  "TIMESTAMPTZ", "TIMESTAMPTZ", {"type": "string", "format": "date-time"}),
-    "json": ("str", "str", pyarrow.string(), "JSON", "JSONB",
-             {"type": "string", "contentMediaType": "application/json"}),
-    "list_float64": ("object", "object", pyarrow.list_(pyarrow.float64()), "DOUBLE[]",
-                     "DOUBLE PRECISION[]", {"type": "array", "items": {"type": "number"}}),
+    "timestamp": (
+        "datetime64[us, UTC]",
+        "datetime64[us, UTC]",
+        pyarrow.timestamp("us", tz="UTC"),
+        "TIMESTAMPTZ",
+        "TIMESTAMPTZ",
+        {"type": "string", "format": "date-time"},
+    ),
+    "json": (
+        "str",
+        "str",
+        pyarrow.string(),
+        "JSON",
+        "JSONB",
+        {"type": "string", "contentMediaType": "application/json"},
+    ),
+    "list_float64": (
+        "object",
+        "object",
+        pyarrow.list_(pyarrow.float64()),
+        "DOUBLE[]",
+        "DOUBLE PRECISION[]",
+        {"type": "array", "items": {"type": "number"}},
+    ),
 }
 
 
@@ -125,29 +156,48 @@ class TableContract:
     # ------------------------------------------------------------------ derived schemas
     def pandera_schema(self) -> pa.DataFrameSchema:
         cols = {
-            c.name: pa.Column(c.pandas_dtype, nullable=c.nullable, checks=list(c.checks),
-                              description=c.description)
+            c.name: pa.Column(
+                c.pandas_dtype,
+                nullable=c.nullable,
+                checks=list(c.checks),
+                description=c.description,
+            )
             for c in self.columns
         }
         return pa.DataFrameSchema(
-            cols, name=self.name, strict=True, ordered=False,
-            unique=list(self.key) if self.key else None, report_duplicates="all",
+            cols,
+            name=self.name,
+            strict=True,
+            ordered=False,
+            unique=list(self.key) if self.key else None,
+            report_duplicates="all",
             metadata={"contract_version": self.version},
         )
 
     def metadata(self) -> dict[str, Any]:
         """What is recorded next to the data (Parquet key-value metadata, sqflow_contracts)."""
-        return {"table": self.name, "contract_version": self.version,
-                "columns": {c.name: {"type": c.type, "nullable": c.nullable}
-                            for c in self.columns}}
+        return {
+            "table": self.name,
+            "contract_version": self.version,
+            "columns": {c.name: {"type": c.type, "nullable": c.nullable} for c in self.columns},
+        }
 
     def arrow_schema(self) -> pyarrow.Schema:
-        fields = [pyarrow.field(c.name, c.arrow_type, nullable=c.nullable,
-                                metadata={"description": c.description,
-                                          **({"sqflow.type": "json"} if c.type == "json" else {})})
-                  for c in self.columns]
-        return pyarrow.schema(fields, metadata={
-            "sqflow.contract": json.dumps(self.metadata(), sort_keys=True)})
+        fields = [
+            pyarrow.field(
+                c.name,
+                c.arrow_type,
+                nullable=c.nullable,
+                metadata={
+                    "description": c.description,
+                    **({"sqflow.type": "json"} if c.type == "json" else {}),
+                },
+            )
+            for c in self.columns
+        ]
+        return pyarrow.schema(
+            fields, metadata={"sqflow.contract": json.dumps(self.metadata(), sort_keys=True)}
+        )
 
     def sql_columns(self, dialect: Literal["duckdb", "postgresql"]) -> list[tuple[str, str, bool]]:
         """(name, SQL type, nullable) for each column."""
@@ -157,8 +207,12 @@ class TableContract:
     def json_schema(self) -> dict[str, Any]:
         props: dict[str, Any] = {}
         for c in self.columns:
-            p = {**_TYPES[c.type][5], **c.json_extra, "description": c.description,
-                 "x-sqflow-type": c.type}
+            p = {
+                **_TYPES[c.type][5],
+                **c.json_extra,
+                "description": c.description,
+                "x-sqflow-type": c.type,
+            }
             if c.nullable:
                 p["type"] = [p["type"], "null"]
             props[c.name] = p
@@ -184,8 +238,10 @@ def _one_center_dim(df: pd.DataFrame) -> list[dict[str, Any]]:
         lens = g["center"].map(len)
         if lens.nunique() > 1:
             dim = int(lens.mode().iloc[0])
-            out += [{"column": "center", "index": i, "failure_case": f"length {n} != {dim}"}
-                    for i, n in lens[lens != dim].items()]
+            out += [
+                {"column": "center", "index": i, "failure_case": f"length {n} != {dim}"}
+                for i, n in lens[lens != dim].items()
+            ]
     return out
 
 
@@ -212,16 +268,25 @@ def _finite_list(s: pd.Series) -> pd.Series:
         if not isinstance(v, (list, tuple, np.ndarray)) or len(v) == 0:
             return False
         try:
-            return all(isinstance(x, (int, float, np.integer, np.floating))
-                       and not isinstance(x, bool) and math.isfinite(float(x)) for x in v)
+            return all(
+                isinstance(x, (int, float, np.integer, np.floating))
+                and not isinstance(x, bool)
+                and math.isfinite(float(x))
+                for x in v
+            )
         except TypeError:
             return False
 
     return s.map(ok)
 
 
-_RUN_ID = Col("run_id", "str", "Id of the nightly run (YYYYMMDDTHHMMSSZ-xxxxxxxx); in every row.",
-              checks=(_non_empty(),), json_extra={"minLength": 1})
+_RUN_ID = Col(
+    "run_id",
+    "str",
+    "Id of the nightly run (YYYYMMDDTHHMMSSZ-xxxxxxxx); in every row.",
+    checks=(_non_empty(),),
+    json_extra={"minLength": 1},
+)
 _GE0 = pa.Check.ge(0)
 _FINITE = pa.Check(lambda s: np.isfinite(s.astype("float64")), element_wise=False, name="finite")
 
@@ -232,33 +297,88 @@ RUNS = TableContract(
     key=("run_id",),
     columns=(
         _RUN_ID,
-        Col("flow_run_id", "str", "Prefect flow run id (null when run without Prefect).",
-            nullable=True),
-        Col("started_at", "timestamp", "When the run started (UTC). Its date is the Parquet "
-            "partition run_date."),
-        Col("finished_at", "timestamp", "When the run finished (UTC); null while running.",
-            nullable=True),
-        Col("status", "str", "completed, failed or running.",
+        Col(
+            "flow_run_id",
+            "str",
+            "Prefect flow run id (null when run without Prefect).",
+            nullable=True,
+        ),
+        Col(
+            "started_at",
+            "timestamp",
+            "When the run started (UTC). Its date is the Parquet partition run_date.",
+        ),
+        Col(
+            "finished_at",
+            "timestamp",
+            "When the run finished (UTC); null while running.",
+            nullable=True,
+        ),
+        Col(
+            "status",
+            "str",
+            "completed, failed or running.",
             checks=(pa.Check.isin(["completed", "failed", "running"]),),
-            json_extra={"enum": ["completed", "failed", "running"]}),
-        Col("dataset", "str", "Dataset name, e.g. mnist-all.", checks=(_non_empty(),),
-            json_extra={"minLength": 1}),
-        Col("encoder_version", "str", "Registered encoder version used to embed, e.g. "
-            "triplet-v0001 (null if the run failed before embedding).", nullable=True),
-        Col("n_samples", "int64", "Items in the run (manifest rows).", checks=(_GE0,),
-            json_extra={"minimum": 0}),
-        Col("n_quarantined", "int64", "Items refused by the sample checks.", checks=(_GE0,),
-            json_extra={"minimum": 0}),
-        Col("n_clusters", "int32", "Number of clusters k.", checks=(pa.Check.ge(1),),
-            json_extra={"minimum": 1}),
-        Col("objective", "float64", "SQ objective: mean over items of min_k ||z - y_k||^r "
-            "(null if the run failed before clustering).", nullable=True,
-            checks=(pa.Check.ge(0),), json_extra={"minimum": 0}),
+            json_extra={"enum": ["completed", "failed", "running"]},
+        ),
+        Col(
+            "dataset",
+            "str",
+            "Dataset name, e.g. mnist-all.",
+            checks=(_non_empty(),),
+            json_extra={"minLength": 1},
+        ),
+        Col(
+            "encoder_version",
+            "str",
+            "Registered encoder version used to embed, e.g. "
+            "triplet-v0001 (null if the run failed before embedding).",
+            nullable=True,
+        ),
+        Col(
+            "n_samples",
+            "int64",
+            "Items in the run (manifest rows).",
+            checks=(_GE0,),
+            json_extra={"minimum": 0},
+        ),
+        Col(
+            "n_quarantined",
+            "int64",
+            "Items refused by the sample checks.",
+            checks=(_GE0,),
+            json_extra={"minimum": 0},
+        ),
+        Col(
+            "n_clusters",
+            "int32",
+            "Number of clusters k.",
+            checks=(pa.Check.ge(1),),
+            json_extra={"minimum": 1},
+        ),
+        Col(
+            "objective",
+            "float64",
+            "SQ objective: mean over items of min_k ||z - y_k||^r "
+            "(null if the run failed before clustering).",
+            nullable=True,
+            checks=(pa.Check.ge(0),),
+            json_extra={"minimum": 0},
+        ),
         Col("monitor_ran", "bool", "Whether the drift monitor ran in this run."),
-        Col("drift_detected", "bool", "Drift decision of the monitor; null when the monitor "
-            "did not run (never a stand-in value).", nullable=True),
-        Col("config", "json", "The run's configuration as a JSON object (no secrets).",
-            checks=(pa.Check(_valid_json, element_wise=False, name="valid_json"),)),
+        Col(
+            "drift_detected",
+            "bool",
+            "Drift decision of the monitor; null when the monitor "
+            "did not run (never a stand-in value).",
+            nullable=True,
+        ),
+        Col(
+            "config",
+            "json",
+            "The run's configuration as a JSON object (no secrets).",
+            checks=(pa.Check(_valid_json, element_wise=False, name="valid_json"),),
+        ),
     ),
 )
 
@@ -270,21 +390,51 @@ CLUSTER_CENTERS = TableContract(
     frame_checks=(_one_center_dim,),
     columns=(
         _RUN_ID,
-        Col("cluster_id", "int32", "Cluster index 0..k-1.", checks=(_GE0,),
-            json_extra={"minimum": 0}),
-        Col("center", "list_float64", "Center coordinates (one float per embedding dimension).",
+        Col(
+            "cluster_id",
+            "int32",
+            "Cluster index 0..k-1.",
+            checks=(_GE0,),
+            json_extra={"minimum": 0},
+        ),
+        Col(
+            "center",
+            "list_float64",
+            "Center coordinates (one float per embedding dimension).",
             checks=(pa.Check(_finite_list, element_wise=False, name="finite_non_empty_list"),),
-            json_extra={"minItems": 1}),
-        Col("size", "int64", "Items assigned to the cluster.", checks=(_GE0,),
-            json_extra={"minimum": 0}),
-        Col("mean_distance", "float64", "Mean Euclidean distance of its items to the center; "
-            "null for an empty cluster.", nullable=True, checks=(_GE0,),
-            json_extra={"minimum": 0}),
-        Col("majority_label", "int64", "Most frequent known label among its items; null when "
-            "none of them is labeled.", nullable=True, checks=(_GE0,), json_extra={"minimum": 0}),
-        Col("label_purity", "float64", "Share of its labeled items that carry the majority "
-            "label; null when none is labeled.", nullable=True,
-            checks=(pa.Check.in_range(0.0, 1.0),), json_extra={"minimum": 0, "maximum": 1}),
+            json_extra={"minItems": 1},
+        ),
+        Col(
+            "size",
+            "int64",
+            "Items assigned to the cluster.",
+            checks=(_GE0,),
+            json_extra={"minimum": 0},
+        ),
+        Col(
+            "mean_distance",
+            "float64",
+            "Mean Euclidean distance of its items to the center; null for an empty cluster.",
+            nullable=True,
+            checks=(_GE0,),
+            json_extra={"minimum": 0},
+        ),
+        Col(
+            "majority_label",
+            "int64",
+            "Most frequent known label among its items; null when none of them is labeled.",
+            nullable=True,
+            checks=(_GE0,),
+            json_extra={"minimum": 0},
+        ),
+        Col(
+            "label_purity",
+            "float64",
+            "Share of its labeled items that carry the majority label; null when none is labeled.",
+            nullable=True,
+            checks=(pa.Check.in_range(0.0, 1.0),),
+            json_extra={"minimum": 0, "maximum": 1},
+        ),
     ),
 )
 
@@ -295,16 +445,42 @@ ASSIGNMENTS = TableContract(
     key=("run_id", "sample_id"),
     columns=(
         _RUN_ID,
-        Col("sample_id", "str", "Id of the item (unique within a run).", checks=(_non_empty(),),
-            json_extra={"minLength": 1}),
-        Col("cluster_id", "int32", "Assigned cluster (nearest center).", checks=(_GE0,),
-            json_extra={"minimum": 0}),
-        Col("distance", "float64", "Euclidean distance to the assigned center.",
-            checks=(_GE0, _FINITE), json_extra={"minimum": 0}),
-        Col("label", "int64", "Known label; null for unlabeled items.", nullable=True,
-            checks=(_GE0,), json_extra={"minimum": 0}),
-        Col("encoder_version", "str", "Embedding (encoder) version the item was embedded with.",
-            checks=(_non_empty(),), json_extra={"minLength": 1}),
+        Col(
+            "sample_id",
+            "str",
+            "Id of the item (unique within a run).",
+            checks=(_non_empty(),),
+            json_extra={"minLength": 1},
+        ),
+        Col(
+            "cluster_id",
+            "int32",
+            "Assigned cluster (nearest center).",
+            checks=(_GE0,),
+            json_extra={"minimum": 0},
+        ),
+        Col(
+            "distance",
+            "float64",
+            "Euclidean distance to the assigned center.",
+            checks=(_GE0, _FINITE),
+            json_extra={"minimum": 0},
+        ),
+        Col(
+            "label",
+            "int64",
+            "Known label; null for unlabeled items.",
+            nullable=True,
+            checks=(_GE0,),
+            json_extra={"minimum": 0},
+        ),
+        Col(
+            "encoder_version",
+            "str",
+            "Embedding (encoder) version the item was embedded with.",
+            checks=(_non_empty(),),
+            json_extra={"minLength": 1},
+        ),
     ),
 )
 
@@ -312,27 +488,63 @@ DRIFT_REPORTS = TableContract(
     name="drift_reports",
     version="1",
     description="One row per drift statistic of a run (new embeddings vs the reference set), "
-                "plus one 'decision' row (value = statistics flagging drift, threshold = how "
-                "many must agree).",
+    "plus one 'decision' row (value = statistics flagging drift, threshold = how "
+    "many must agree).",
     key=("run_id", "statistic"),
     columns=(
         _RUN_ID,
-        Col("reference_version", "str", "Encoder version whose reference set was compared to.",
-            checks=(_non_empty(),), json_extra={"minLength": 1}),
-        Col("statistic", "str", "mmd, ks, distortion, occupancy, or decision.",
-            checks=(_non_empty(),), json_extra={"minLength": 1}),
+        Col(
+            "reference_version",
+            "str",
+            "Encoder version whose reference set was compared to.",
+            checks=(_non_empty(),),
+            json_extra={"minLength": 1},
+        ),
+        Col(
+            "statistic",
+            "str",
+            "mmd, ks, distortion, occupancy, or decision.",
+            checks=(_non_empty(),),
+            json_extra={"minLength": 1},
+        ),
         Col("value", "float64", "Value of the statistic (not NaN; may be infinite)."),
         Col("threshold", "float64", "Bound the statistic is compared with (alpha for tests)."),
-        Col("p_value", "float64", "p-value when the test has one, else null.", nullable=True,
-            checks=(pa.Check.in_range(0.0, 1.0),), json_extra={"minimum": 0, "maximum": 1}),
-        Col("drifted", "bool", "Whether this statistic (or the decision) signals drift; null "
-            "when the data were insufficient for a decision.", nullable=True),
-        Col("status", "str", "Outcome of the check, e.g. ok or insufficient_data.",
-            checks=(_non_empty(),), json_extra={"minLength": 1}),
-        Col("batch_rows", "int64", "Rows of the run's embeddings that were checked.",
-            checks=(_GE0,), json_extra={"minimum": 0}),
-        Col("reference_rows", "int64", "Rows of the reference set used.", checks=(_GE0,),
-            json_extra={"minimum": 0}),
+        Col(
+            "p_value",
+            "float64",
+            "p-value when the test has one, else null.",
+            nullable=True,
+            checks=(pa.Check.in_range(0.0, 1.0),),
+            json_extra={"minimum": 0, "maximum": 1},
+        ),
+        Col(
+            "drifted",
+            "bool",
+            "Whether this statistic (or the decision) signals drift; null "
+            "when the data were insufficient for a decision.",
+            nullable=True,
+        ),
+        Col(
+            "status",
+            "str",
+            "Outcome of the check, e.g. ok or insufficient_data.",
+            checks=(_non_empty(),),
+            json_extra={"minLength": 1},
+        ),
+        Col(
+            "batch_rows",
+            "int64",
+            "Rows of the run's embeddings that were checked.",
+            checks=(_GE0,),
+            json_extra={"minimum": 0},
+        ),
+        Col(
+            "reference_rows",
+            "int64",
+            "Rows of the reference set used.",
+            checks=(_GE0,),
+            json_extra={"minimum": 0},
+        ),
         Col("created_at", "timestamp", "When the report was computed (UTC)."),
     ),
 )
@@ -344,13 +556,24 @@ QUARANTINE = TableContract(
     key=(),
     columns=(
         _RUN_ID,
-        Col("sample_ref", "str", "Where the item lives in the source.", checks=(_non_empty(),),
-            json_extra={"minLength": 1}),
-        Col("reason", "str", "Why it was refused (human readable).", checks=(_non_empty(),),
-            json_extra={"minLength": 1}),
+        Col(
+            "sample_ref",
+            "str",
+            "Where the item lives in the source.",
+            checks=(_non_empty(),),
+            json_extra={"minLength": 1},
+        ),
+        Col(
+            "reason",
+            "str",
+            "Why it was refused (human readable).",
+            checks=(_non_empty(),),
+            json_extra={"minLength": 1},
+        ),
         Col("detected_at", "timestamp", "When it was refused (UTC)."),
     ),
 )
+
 
 def _json_array(s: pd.Series) -> pd.Series:
     def ok(v: Any) -> bool:
@@ -366,45 +589,85 @@ _SHARE = pa.Check.in_range(0.0, 1.0)
 
 
 def _share(name: str, text: str) -> Col:
-    return Col(name, "float64", text, nullable=True, checks=(_SHARE,),
-               json_extra={"minimum": 0, "maximum": 1})
+    return Col(
+        name,
+        "float64",
+        text,
+        nullable=True,
+        checks=(_SHARE,),
+        json_extra={"minimum": 0, "maximum": 1},
+    )
 
 
 CLUSTER_REPORT = TableContract(
     name="cluster_report",
     version="1",
     description="One row per cluster of a run: the figures of the cluster report (size, label "
-                "purity, spread) and the run's embedding quality on the labeled hold-out.",
+    "purity, spread) and the run's embedding quality on the labeled hold-out.",
     key=("run_id", "cluster_id"),
     columns=(
         _RUN_ID,
-        Col("cluster_id", "int32", "Cluster index 0..k-1.", checks=(_GE0,),
-            json_extra={"minimum": 0}),
-        Col("size", "int64", "Items assigned to the cluster.", checks=(_GE0,),
-            json_extra={"minimum": 0}),
-        Col("majority_label", "int64", "Most frequent known label of its items; null when none "
-            "is labeled.", nullable=True, checks=(_GE0,), json_extra={"minimum": 0}),
+        Col(
+            "cluster_id",
+            "int32",
+            "Cluster index 0..k-1.",
+            checks=(_GE0,),
+            json_extra={"minimum": 0},
+        ),
+        Col(
+            "size",
+            "int64",
+            "Items assigned to the cluster.",
+            checks=(_GE0,),
+            json_extra={"minimum": 0},
+        ),
+        Col(
+            "majority_label",
+            "int64",
+            "Most frequent known label of its items; null when none is labeled.",
+            nullable=True,
+            checks=(_GE0,),
+            json_extra={"minimum": 0},
+        ),
         _share("purity", "Share of its labeled items carrying the majority label."),
-        Col("mean_distance", "float64", "Mean Euclidean distance of its items to the center; "
-            "null for an empty cluster.", nullable=True, checks=(_GE0,),
-            json_extra={"minimum": 0}),
-        _share("knn_accuracy", "Run-level: leave-one-out kNN accuracy of the labeled hold-out "
-               "in the embedding (same on every row of the run)."),
-        _share("majority_agreement", "Run-level: share of held-out labeled items whose "
-               "cluster's majority label is their own."),
-        _share("trustworthiness", "Run-level: scikit-learn trustworthiness of the embedding of "
-               "the hold-out (input neighbours kept)."),
-        Col("representative_sample_ids", "json", "JSON array of the sample ids nearest to the "
+        Col(
+            "mean_distance",
+            "float64",
+            "Mean Euclidean distance of its items to the center; null for an empty cluster.",
+            nullable=True,
+            checks=(_GE0,),
+            json_extra={"minimum": 0},
+        ),
+        _share(
+            "knn_accuracy",
+            "Run-level: leave-one-out kNN accuracy of the labeled hold-out "
+            "in the embedding (same on every row of the run).",
+        ),
+        _share(
+            "majority_agreement",
+            "Run-level: share of held-out labeled items whose "
+            "cluster's majority label is their own.",
+        ),
+        _share(
+            "trustworthiness",
+            "Run-level: scikit-learn trustworthiness of the embedding of "
+            "the hold-out (input neighbours kept).",
+        ),
+        Col(
+            "representative_sample_ids",
+            "json",
+            "JSON array of the sample ids nearest to the "
             "center (the cluster's typical members), nearest first.",
-            checks=(pa.Check(_json_array, element_wise=False, name="json_array"),)),
+            checks=(pa.Check(_json_array, element_wise=False, name="json_array"),),
+        ),
     ),
 )
 
 #: Every published table by name. A new table is added here with its own contract; sinks,
 #: JSON Schema export and tests pick it up from this registry.
 TABLES: dict[str, TableContract] = {
-    t.name: t for t in (RUNS, CLUSTER_CENTERS, ASSIGNMENTS, DRIFT_REPORTS, QUARANTINE,
-                        CLUSTER_REPORT)
+    t.name: t
+    for t in (RUNS, CLUSTER_CENTERS, ASSIGNMENTS, DRIFT_REPORTS, QUARANTINE, CLUSTER_REPORT)
 }
 
 #: Version of each table's contract, e.g. ``CONTRACT_VERSION["runs"] == "1"``.
@@ -434,9 +697,11 @@ def _conform_column(table: str, col: Col, s: pd.Series) -> pd.Series:
         rows = _bad_rows(mask) if mask is not None else []
         extra = f" in rows {rows}" if rows else ""
         return ContractViolation(
-            table, f"column {col.name!r} ({col.type}{', nullable' if col.nullable else ''}): "
+            table,
+            f"column {col.name!r} ({col.type}{', nullable' if col.nullable else ''}): "
             f"{what}{extra}",
-            [{"column": col.name, "index": i, "failure_case": s.loc[i]} for i in rows])
+            [{"column": col.name, "index": i, "failure_case": s.loc[i]} for i in rows],
+        )
 
     na = s.isna() if col.type != "list_float64" else s.map(lambda v: v is None or v is pd.NA)
     if not col.nullable and na.any():  # before any cast could turn a null into a value
@@ -445,17 +710,26 @@ def _conform_column(table: str, col: Col, s: pd.Series) -> pd.Series:
     if t in ("str", "json"):
         vals = s
         if t == "json":
-            vals = s.map(lambda v: v if (v is None or v is pd.NA or isinstance(v, str)
-                                          or (isinstance(v, float) and math.isnan(v)))
-                         else json.dumps(v, sort_keys=True, default=str))
+            vals = s.map(
+                lambda v: (
+                    v
+                    if (
+                        v is None
+                        or v is pd.NA
+                        or isinstance(v, str)
+                        or (isinstance(v, float) and math.isnan(v))
+                    )
+                    else json.dumps(v, sort_keys=True, default=str)
+                )
+            )
         bad = ~na & ~vals.map(lambda v: isinstance(v, str))
         if bad.any():
             raise fail(f"values must be text, got {s[bad].map(type).iloc[0].__name__}", bad)
         return vals.astype("str")
     if t in ("int32", "int64"):
-        if pd.api.types.is_bool_dtype(s) or not (pd.api.types.is_integer_dtype(s)
-                                                 or pd.api.types.is_float_dtype(s)
-                                                 or s.dtype == object):
+        if pd.api.types.is_bool_dtype(s) or not (
+            pd.api.types.is_integer_dtype(s) or pd.api.types.is_float_dtype(s) or s.dtype == object
+        ):
             raise fail(f"dtype {s.dtype} is not an integer type")
         num = pd.to_numeric(s, errors="coerce")
         bad = ~na & (num.isna() | (num != np.floor(num.astype("float64"))))
@@ -467,8 +741,9 @@ def _conform_column(table: str, col: Col, s: pd.Series) -> pd.Series:
             raise fail(f"values outside the {t} range", bad)
         return num.astype(want)
     if t in ("float32", "float64"):
-        if pd.api.types.is_bool_dtype(s) or not (pd.api.types.is_numeric_dtype(s)
-                                                 or s.dtype == object):
+        if pd.api.types.is_bool_dtype(s) or not (
+            pd.api.types.is_numeric_dtype(s) or s.dtype == object
+        ):
             raise fail(f"dtype {s.dtype} is not numeric")
         num = pd.to_numeric(s, errors="coerce")
         bad = ~na & num.isna()
@@ -476,26 +751,46 @@ def _conform_column(table: str, col: Col, s: pd.Series) -> pd.Series:
             raise fail("values are not numbers", bad)
         return num.astype("Float64").astype(want)  # pd.NA and NaN both become NaN (null)
     if t == "bool":
-        ok = s.map(lambda v: v is None or v is pd.NA or isinstance(v, (bool, np.bool_))
-                   or (isinstance(v, float) and math.isnan(v)))
+        ok = s.map(
+            lambda v: (
+                v is None
+                or v is pd.NA
+                or isinstance(v, (bool, np.bool_))
+                or (isinstance(v, float) and math.isnan(v))
+            )
+        )
         if not ok.all():
             raise fail("values must be true/false", ~ok)
         return s.astype(want)
     if t == "timestamp":
         if not isinstance(s.dtype, pd.DatetimeTZDtype):
             if pd.api.types.is_datetime64_dtype(s):
-                raise fail(f"dtype {s.dtype} has no time zone; give UTC timestamps "
-                           "(e.g. Series.dt.tz_localize('UTC'))")
+                raise fail(
+                    f"dtype {s.dtype} has no time zone; give UTC timestamps "
+                    "(e.g. Series.dt.tz_localize('UTC'))"
+                )
             try:
                 s = pd.to_datetime(s, utc=True, format="ISO8601")
             except (ValueError, TypeError) as exc:
                 raise fail(f"values are not ISO 8601 timestamps ({exc})") from None
         return s.dt.tz_convert("UTC").astype(want)
     if t == "list_float64":
-        return s.map(lambda v: v if (v is None or v is pd.NA) else
-                     (list(map(float, v)) if isinstance(v, (list, tuple, np.ndarray))
-                      and all(isinstance(x, (int, float, np.integer, np.floating))
-                              and not isinstance(x, bool) for x in v) else v)).astype(object)
+        return s.map(
+            lambda v: (
+                v
+                if (v is None or v is pd.NA)
+                else (
+                    list(map(float, v))
+                    if isinstance(v, (list, tuple, np.ndarray))
+                    and all(
+                        isinstance(x, (int, float, np.integer, np.floating))
+                        and not isinstance(x, bool)
+                        for x in v
+                    )
+                    else v
+                )
+            )
+        ).astype(object)
     raise AssertionError(t)
 
 
@@ -512,12 +807,15 @@ def validate_frame(table: str, df: pd.DataFrame) -> pd.DataFrame:
     extra = [c for c in df.columns if c not in contract.column_names]
     if missing or extra:
         raise ContractViolation(
-            table, f"columns missing {missing}, unexpected {extra}; "
-            f"valid: {contract.column_names}")
+            table, f"columns missing {missing}, unexpected {extra}; valid: {contract.column_names}"
+        )
     if df.columns.duplicated().any():
-        raise ContractViolation(table, f"duplicate column names {list(df.columns[df.columns.duplicated()])}")
-    out = pd.DataFrame({c.name: _conform_column(table, c, df[c.name]) for c in contract.columns},
-                       index=df.index)
+        raise ContractViolation(
+            table, f"duplicate column names {list(df.columns[df.columns.duplicated()])}"
+        )
+    out = pd.DataFrame(
+        {c.name: _conform_column(table, c, df[c.name]) for c in contract.columns}, index=df.index
+    )
     try:
         contract.pandera_schema().validate(out, lazy=True)
     except pa.errors.SchemaErrors as exc:
@@ -539,8 +837,10 @@ def _describe(failures: list[dict[str, Any]]) -> str:
         shown = rows[:10]
         more = f" (+{len(rows) - len(shown)} more)" if len(rows) > len(shown) else ""
         vals = [f.get("failure_case") for f in fs[:3]]
-        parts.append(f"column {col!r} fails {', '.join(checks) or 'its check'} in rows "
-                     f"{shown}{more}, e.g. values {vals}")
+        parts.append(
+            f"column {col!r} fails {', '.join(checks) or 'its check'} in rows "
+            f"{shown}{more}, e.g. values {vals}"
+        )
     return "; ".join(parts)
 
 
@@ -554,8 +854,14 @@ def _violation_from_pandera(table: str, exc: pa.errors.SchemaErrors) -> Contract
         idx = rec.get("index")
         if isinstance(idx, float) and math.isnan(idx):
             idx = None
-        failures.append({"column": col, "check": rec.get("check"), "index": idx,
-                         "failure_case": rec.get("failure_case")})
+        failures.append(
+            {
+                "column": col,
+                "check": rec.get("check"),
+                "index": idx,
+                "failure_case": rec.get("failure_case"),
+            }
+        )
     return ContractViolation(table, _describe(failures), failures)
 
 
@@ -587,8 +893,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     paths = export_schemas(check=args.check)
     if args.check and paths:
-        print("stale (run python -m data_contracts.tables): " + ", ".join(map(str, paths)),
-              file=sys.stderr)
+        print(
+            "stale (run python -m data_contracts.tables): " + ", ".join(map(str, paths)),
+            file=sys.stderr,
+        )
         return 1
     for p in paths:
         print(f"wrote {p}")

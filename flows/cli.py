@@ -18,8 +18,12 @@ def _cluster(argv: list[str]) -> int:
     from sqflow.optimizers import OPTIMIZER_CODES
 
     ap = argparse.ArgumentParser(prog="sqflow cluster", description=_cluster.__doc__)
-    ap.add_argument("--data", choices=["mnist", "blobs"], default="mnist",
-                    help="built-in MNIST training pixels (60,000 x 784) or 100,000 3-D blobs")
+    ap.add_argument(
+        "--data",
+        choices=["mnist", "blobs"],
+        default="mnist",
+        help="built-in MNIST training pixels (60,000 x 784) or 100,000 3-D blobs",
+    )
     ap.add_argument("--n-clusters", type=int, default=10)
     ap.add_argument("--optimizer", choices=sorted(OPTIMIZER_CODES), default="sgd")
     ap.add_argument("--rank", type=float, default=3.0, help="exponent r of the distance (>= 1)")
@@ -36,17 +40,26 @@ def _cluster(argv: list[str]) -> int:
     else:
         from sklearn.datasets import make_blobs
 
-        X, labels = make_blobs(100_000, n_features=3, centers=args.n_clusters, random_state=args.seed)
+        X, labels = make_blobs(
+            100_000, n_features=3, centers=args.n_clusters, random_state=args.seed
+        )
     print(f"data: {args.data}, {X.shape[0]} rows x {X.shape[1]} features")
     est = StochasticQuantization(
-        args.n_clusters, optimizer=args.optimizer, rank=args.rank, batch_size=args.batch_size,
-        max_iter=args.max_iter, random_state=args.seed, verbose=1,
+        args.n_clusters,
+        optimizer=args.optimizer,
+        rank=args.rank,
+        batch_size=args.batch_size,
+        max_iter=args.max_iter,
+        random_state=args.seed,
+        verbose=1,
     )
     t = time.perf_counter()
     est.fit(X)
     elapsed = time.perf_counter() - t
-    print(f"SQ-{args.optimizer} r={args.rank:g}: objective {est.objective_:.6g} "
-          f"(mean of min_k ||x - y_k||^r) after {est.n_iter_} passes, {est.n_steps_} steps, {elapsed:.2f} s")
+    print(
+        f"SQ-{args.optimizer} r={args.rank:g}: objective {est.objective_:.6g} "
+        f"(mean of min_k ||x - y_k||^r) after {est.n_iter_} passes, {est.n_steps_} steps, {elapsed:.2f} s"
+    )
     sizes = np.bincount(est.labels_, minlength=args.n_clusters)
     print("cluster sizes:")
     for k, size in enumerate(sizes):
@@ -74,12 +87,18 @@ def _prefect_env() -> None:
 def _print_run(rec: dict, wall: float) -> None:
     s, c = rec["sample"], rec["cluster"]
     print()
-    print(f"sqflow nightly run {rec['run_id']}: {rec['status']} in {wall:.1f} s "
-          f"(flow {rec['timings']['total']:.1f} s)")
-    print(f"  items: {s['n_scanned']} found, {s['n_quarantined']} quarantined, "
-          f"{s['n_selected']} in this run ({s['n_labeled']} labeled)")
-    print(f"  encoder: {rec['encoder_version']}" + (" (trained in this run)" if rec.get("train")
-                                                   else ""))
+    print(
+        f"sqflow nightly run {rec['run_id']}: {rec['status']} in {wall:.1f} s "
+        f"(flow {rec['timings']['total']:.1f} s)"
+    )
+    print(
+        f"  items: {s['n_scanned']} found, {s['n_quarantined']} quarantined, "
+        f"{s['n_selected']} in this run ({s['n_labeled']} labeled)"
+    )
+    print(
+        f"  encoder: {rec['encoder_version']}"
+        + (" (trained in this run)" if rec.get("train") else "")
+    )
     mon = rec.get("monitor") or {}
     if mon.get("error"):
         line = f"FAILED ({mon['error']}), no drift decision"
@@ -88,12 +107,17 @@ def _print_run(rec: dict, wall: float) -> None:
         if mon["retrain"]["status"] not in ("not needed", "no decision"):
             line += f"; {mon['retrain']['message']}"
     print("  monitor: " + line)
-    print(f"  SQ objective {c['objective']:.6g} after {c['n_iter']} passes; "
-          f"warm start: {c['warm_start_from'] or 'no (k-means++)'}")
+    print(
+        f"  SQ objective {c['objective']:.6g} after {c['n_iter']} passes; "
+        f"warm start: {c['warm_start_from'] or 'no (k-means++)'}"
+    )
     print("  cluster  size   majority label (purity)")
     for row in c["clusters"]:
-        maj = "-" if row["majority_label"] is None else \
-            f"{row['majority_label']} ({row['label_purity']:.0%})"
+        maj = (
+            "-"
+            if row["majority_label"] is None
+            else f"{row['majority_label']} ({row['label_purity']:.0%})"
+        )
         print(f"  {row['cluster_id']:>7} {row['size']:>6}   {maj}")
     print("  stage timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in rec["timings"].items()))
     print("outputs:")
@@ -122,30 +146,50 @@ def _demo(argv: list[str]) -> int:
     """Run the whole nightly flow on the built-in MNIST (trains the encoder first if needed)."""
     ap = argparse.ArgumentParser(prog="sqflow demo", description=_demo.__doc__)
     _common_flags(ap)
-    ap.add_argument("--sample-n", type=int, default=10000,
-                    help="images drawn from the 70,000 (default 10000; 0 = all)")
+    ap.add_argument(
+        "--sample-n",
+        type=int,
+        default=10000,
+        help="images drawn from the 70,000 (default 10000; 0 = all)",
+    )
     ap.add_argument("--epochs", type=int, default=3, help="encoder epochs if one is trained")
-    ap.add_argument("--train-rows", type=int, default=6000,
-                    help="labeled training images for the encoder if one is trained")
+    ap.add_argument(
+        "--train-rows",
+        type=int,
+        default=6000,
+        help="labeled training images for the encoder if one is trained",
+    )
     ap.add_argument("--n-clusters", type=int, default=10)
     args = ap.parse_args(argv)
     _apply_config(args)
     _prefect_env()
     from flows.nightly import nightly
 
-    sample = {"mode": "all"} if args.sample_n <= 0 else \
-        {"mode": "uniform", "n": args.sample_n, "seed": 0}
-    config = {"output_dir": args.output or "sqflow-output",
-              "source": {"kind": "mnist", "split": "all"}, "sample": sample,
-              "encoder_epochs": args.epochs, "encoder_train_rows": args.train_rows,
-              "n_clusters": args.n_clusters, "train_if_missing": True}
-    print("sqflow demo: nightly flow on the built-in MNIST with ephemeral Prefect and a Dask "
-          "LocalCluster")
+    sample = (
+        {"mode": "all"}
+        if args.sample_n <= 0
+        else {"mode": "uniform", "n": args.sample_n, "seed": 0}
+    )
+    config = {
+        "output_dir": args.output or "sqflow-output",
+        "source": {"kind": "mnist", "split": "all"},
+        "sample": sample,
+        "encoder_epochs": args.epochs,
+        "encoder_train_rows": args.train_rows,
+        "n_clusters": args.n_clusters,
+        "train_if_missing": True,
+    }
+    print(
+        "sqflow demo: nightly flow on the built-in MNIST with ephemeral Prefect and a Dask "
+        "LocalCluster"
+    )
     t = time.perf_counter()
     rec = nightly(config=config)
     _print_run(rec, time.perf_counter() - t)
-    print("\nSee the run in the Prefect UI: run `sqflow ui` (or `prefect server start`) and open "
-          f"http://127.0.0.1:4200/runs/flow-run/{rec['flow_run_id']}")
+    print(
+        "\nSee the run in the Prefect UI: run `sqflow ui` (or `prefect server start`) and open "
+        f"http://127.0.0.1:4200/runs/flow-run/{rec['flow_run_id']}"
+    )
     return 0
 
 
@@ -174,8 +218,10 @@ def _train(argv: list[str]) -> int:
     from flows.nightly import train_encoder_flow
 
     out = train_encoder_flow(config={"output_dir": args.output} if args.output else None)
-    print(f"registered {out['version']} (sha256 {out['encoder_hash'][:12]}); reference set at "
-          f"{out['reference_store']}")
+    print(
+        f"registered {out['version']} (sha256 {out['encoder_hash'][:12]}); reference set at "
+        f"{out['reference_store']}"
+    )
     return 0
 
 
@@ -210,8 +256,15 @@ def _ui(argv: list[str]) -> int:
     env = dict(os.environ)
     env["PREFECT_UI_API_URL"] = f"http://{args.host}:{args.port}/api"
     exe = Path(sys.executable).with_name("prefect")
-    cmd = [str(exe) if exe.exists() else (shutil.which("prefect") or "prefect"),
-           "server", "start", "--host", args.host, "--port", str(args.port)]
+    cmd = [
+        str(exe) if exe.exists() else (shutil.which("prefect") or "prefect"),
+        "server",
+        "start",
+        "--host",
+        args.host,
+        "--port",
+        str(args.port),
+    ]
     print(f"Prefect UI: http://{args.host}:{args.port}  (Ctrl-C stops it)")
     os.execvpe(cmd[0], cmd, env)
     return 0  # pragma: no cover - exec does not return

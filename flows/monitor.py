@@ -40,8 +40,13 @@ from .settings import load_settings
 DRIFT_EVENT = "sqflow.drift.detected"
 DEFAULT_RETRAIN_DEPLOYMENT = "retrain/sqflow-retrain"
 
-__all__ = ["DRIFT_EVENT", "DEFAULT_RETRAIN_DEPLOYMENT", "monitor_flow", "retrain_flow",
-           "run_monitor"]
+__all__ = [
+    "DRIFT_EVENT",
+    "DEFAULT_RETRAIN_DEPLOYMENT",
+    "monitor_flow",
+    "retrain_flow",
+    "run_monitor",
+]
 
 
 def _config(config: dict[str, Any] | None) -> dict[str, Any]:
@@ -62,8 +67,12 @@ def _key(run_id: str, what: str) -> str:
 
 
 @flow(name="retrain", log_prints=True)
-def retrain_flow(run_id: str, reason: str, config: dict[str, Any] | None = None,
-                 policy: dict[str, Any] | None = None) -> dict[str, Any]:
+def retrain_flow(
+    run_id: str,
+    reason: str,
+    config: dict[str, Any] | None = None,
+    policy: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """New encoder version after drift (see :func:`tasks.monitor.retrain_stage`); fails (old
     version kept current) when any step fails."""
     return retrain_task(_config(config), run_id, reason, policy)
@@ -89,18 +98,31 @@ def _emit(run_id: str, mon: dict[str, Any]) -> str | None:
 
     ev = emit_event(
         event=DRIFT_EVENT,
-        resource={"prefect.resource.id": f"sqflow.run.{run_id}",
-                  "prefect.resource.name": f"sqflow run {run_id}",
-                  "sqflow.encoder-version": mon["reference_version"]},
-        payload={"run_id": run_id, "reference_version": mon["reference_version"],
-                 "status": mon["status"], "flagged": mon["flagged"],
-                 "statistics": mon["statistics"], "reasons": mon["reasons"]},
+        resource={
+            "prefect.resource.id": f"sqflow.run.{run_id}",
+            "prefect.resource.name": f"sqflow run {run_id}",
+            "sqflow.encoder-version": mon["reference_version"],
+        },
+        payload={
+            "run_id": run_id,
+            "reference_version": mon["reference_version"],
+            "status": mon["status"],
+            "flagged": mon["flagged"],
+            "statistics": mon["statistics"],
+            "reasons": mon["reasons"],
+        },
     )
     return str(ev.id) if ev is not None else None
 
 
-def _retrain(cfg: dict[str, Any], run_id: str, reason: str, policy: dict[str, Any] | None,
-             deployment: str | None, timeout_s: float) -> dict[str, Any]:
+def _retrain(
+    cfg: dict[str, Any],
+    run_id: str,
+    reason: str,
+    policy: dict[str, Any] | None,
+    deployment: str | None,
+    timeout_s: float,
+) -> dict[str, Any]:
     log = _log()
     lay = OutputLayout.at(cfg["output_dir"], cfg.get("models_dir"))
     old = current_version(lay.models_dir)
@@ -117,23 +139,38 @@ def _retrain(cfg: dict[str, Any], run_id: str, reason: str, policy: dict[str, An
         mode = "subflow"
     now = current_version(lay.models_dir)
     ok = state is not None and state.is_completed()
-    out = {"mode": mode, "old_version": old, "current_version": now,
-           "state": state.name if state is not None else "unknown"}
+    out = {
+        "mode": mode,
+        "old_version": old,
+        "current_version": now,
+        "state": state.name if state is not None else "unknown",
+    }
     if ok:
-        out.update(status="completed", new_version=now,
-                   message=f"retrained: encoder {old} -> {now} ({reason})")
+        out.update(
+            status="completed",
+            new_version=now,
+            message=f"retrained: encoder {old} -> {now} ({reason})",
+        )
     else:
         msg = (state.message if state is not None else None) or "no final state"
-        out.update(status="failed", new_version=None,
-                   message=f"retrain FAILED ({msg}); encoder {now} stays current")
+        out.update(
+            status="failed",
+            new_version=None,
+            message=f"retrain FAILED ({msg}); encoder {now} stays current",
+        )
         log.error(out["message"])
     return out
 
 
-def run_monitor(cfg: dict[str, Any], run_id: str, *, policy: dict[str, Any] | None = None,
-                retrain: bool = True,
-                retrain_deployment: str | None = DEFAULT_RETRAIN_DEPLOYMENT,
-                retrain_timeout_s: float = 3600.0) -> dict[str, Any]:
+def run_monitor(
+    cfg: dict[str, Any],
+    run_id: str,
+    *,
+    policy: dict[str, Any] | None = None,
+    retrain: bool = True,
+    retrain_deployment: str | None = DEFAULT_RETRAIN_DEPLOYMENT,
+    retrain_timeout_s: float = 3600.0,
+) -> dict[str, Any]:
     """The monitor stage inside a running flow (``cfg``: resolved flow parameters, as the
     nightly flow holds them). Returns the monitor task's dict plus ``event_id`` (None unless
     drift), ``retrain`` (``status`` one of completed / failed / not needed / disabled / no
@@ -145,9 +182,11 @@ def run_monitor(cfg: dict[str, Any], run_id: str, *, policy: dict[str, Any] | No
     mon["event_id"] = _emit(run_id, mon) if mon["drifted"] else None
     if mon["drifted"] and retrain:
         reason = f"drift in run {run_id}: " + "; ".join(
-            r for r in mon["reasons"][1:] if "flags drift" in r)
-        mon["retrain"] = _retrain(cfg, run_id, reason, policy, retrain_deployment,
-                                  retrain_timeout_s)
+            r for r in mon["reasons"][1:] if "flags drift" in r
+        )
+        mon["retrain"] = _retrain(
+            cfg, run_id, reason, policy, retrain_deployment, retrain_timeout_s
+        )
     elif mon["drifted"]:
         mon["retrain"] = {"status": "disabled", "message": "drift detected; retrain=False"}
     elif mon["drifted"] is None:
@@ -161,13 +200,21 @@ def run_monitor(cfg: dict[str, Any], run_id: str, *, policy: dict[str, Any] | No
         md += f"\nEvent `{DRIFT_EVENT}` emitted (id `{mon['event_id']}`).\n"
     mon["markdown"] = md
     mon["artifacts"] = {
-        "report": str(create_markdown_artifact(md, key=_key(run_id, "drift"),
-                                               description=f"drift report of run {run_id}")),
-        "table": str(create_table_artifact(
-            [{"run_id": run_id, "reference_version": mon["reference_version"], **r}
-             for r in mon["statistics"]],
-            key=_key(run_id, "drift-statistics"),
-            description=f"drift statistics of run {run_id}")),
+        "report": str(
+            create_markdown_artifact(
+                md, key=_key(run_id, "drift"), description=f"drift report of run {run_id}"
+            )
+        ),
+        "table": str(
+            create_table_artifact(
+                [
+                    {"run_id": run_id, "reference_version": mon["reference_version"], **r}
+                    for r in mon["statistics"]
+                ],
+                key=_key(run_id, "drift-statistics"),
+                description=f"drift statistics of run {run_id}",
+            )
+        ),
     }
     log.info("monitor: %s; %s", mon["status"], mon["retrain"]["message"])
     mon["seconds"] = time.perf_counter() - t0
@@ -175,12 +222,21 @@ def run_monitor(cfg: dict[str, Any], run_id: str, *, policy: dict[str, Any] | No
 
 
 @flow(name="monitor", log_prints=True)
-def monitor_flow(run_id: str, config: dict[str, Any] | None = None,
-                 policy: dict[str, Any] | None = None, retrain: bool = True,
-                 retrain_deployment: str | None = DEFAULT_RETRAIN_DEPLOYMENT,
-                 retrain_timeout_s: float = 3600.0) -> dict[str, Any]:
+def monitor_flow(
+    run_id: str,
+    config: dict[str, Any] | None = None,
+    policy: dict[str, Any] | None = None,
+    retrain: bool = True,
+    retrain_deployment: str | None = DEFAULT_RETRAIN_DEPLOYMENT,
+    retrain_timeout_s: float = 3600.0,
+) -> dict[str, Any]:
     """Drift check of an embedded run against the current encoder's reference; retrain on
     drift (see the module docstring). ``policy``: fields of ``DriftPolicy`` (None: defaults)."""
-    return run_monitor(_config(config), run_id, policy=policy, retrain=retrain,
-                       retrain_deployment=retrain_deployment,
-                       retrain_timeout_s=retrain_timeout_s)
+    return run_monitor(
+        _config(config),
+        run_id,
+        policy=policy,
+        retrain=retrain,
+        retrain_deployment=retrain_deployment,
+        retrain_timeout_s=retrain_timeout_s,
+    )

@@ -93,9 +93,17 @@ def _summary_md(rec: dict[str, Any]) -> str:
         "",
     ]
     if s.get("top_quarantine_reasons"):
-        lines += ["Top quarantine reasons: " + "; ".join(
-            f"{k} ({v})" for k, v in s["top_quarantine_reasons"].items()), ""]
-    lines += ["## Monitor (drift)", "", *_monitor_md(rec.get("monitor")), "", "## Clustering",
+        lines += [
+            "Top quarantine reasons: "
+            + "; ".join(f"{k} ({v})" for k, v in s["top_quarantine_reasons"].items()),
+            "",
+        ]
+    lines += [
+        "## Monitor (drift)",
+        "",
+        *_monitor_md(rec.get("monitor")),
+        "",
+        "## Clustering",
         "",
         f"Objective (mean min_k ||z - y_k||^r): **{c.get('objective', float('nan')):.6g}** after "
         f"{c.get('n_iter')} passes; warm start: {c.get('warm_start_from') or 'no (k-means++)'}.",
@@ -111,9 +119,11 @@ def _summary_md(rec: dict[str, Any]) -> str:
     for name, path in rec["outputs"].items():
         lines.append(f"- {name}: `{path}`")
     if rec.get("plots"):
-        lines += ["", "Plots (PNG files on the run's machine): "
-                  + ", ".join(f"[{k}](file://{v})" for k, v in rec["plots"].items()
-                              if k != "seconds")]
+        lines += [
+            "",
+            "Plots (PNG files on the run's machine): "
+            + ", ".join(f"[{k}](file://{v})" for k, v in rec["plots"].items() if k != "seconds"),
+        ]
     lines += ["", f"Embedding: {e.get('n_rows')} rows x {e.get('dim')} on {e.get('device')}."]
     return "\n".join(lines) + "\n"
 
@@ -122,10 +132,15 @@ def _monitor_md(mon: dict[str, Any] | None) -> list[str]:
     if not mon:
         return ["Not reached: the run stopped before the monitor stage."]
     if mon.get("error"):
-        return [f"**The monitor stage FAILED** ({mon['error']}): no drift decision for this run; "
-                "the run went on with the current encoder."]
-    lines = [f"**Decision: {mon['status']}** against the reference of encoder "
-             f"`{mon['reference_version']}`.", ""]
+        return [
+            f"**The monitor stage FAILED** ({mon['error']}): no drift decision for this run; "
+            "the run went on with the current encoder."
+        ]
+    lines = [
+        f"**Decision: {mon['status']}** against the reference of encoder "
+        f"`{mon['reference_version']}`.",
+        "",
+    ]
     lines += [f"- {r}" for r in mon.get("reasons", [])]
     lines += ["", f"**Retraining:** {mon['retrain']['message']}"]
     if mon.get("report_path"):
@@ -167,11 +182,17 @@ def nightly(config: dict[str, Any] | None = None) -> dict[str, Any]:
     run_id = new_run_id(_flow_run_id(), started)
     with output_lock(lay, run_id, timeout_s=float(cfg["lock_timeout_s"])):
         t_all = time.perf_counter()
-        rec: dict[str, Any] = {"run_id": run_id, "flow_run_id": _flow_run_id(),
-                               "started_at": started.isoformat(), "status": "running",
-                               "dataset": None, "timings": {},
-                               "outputs": {}, "n_clusters": int(cfg["n_clusters"]),
-                               "waited_for_lock_s": (datetime.now(UTC) - started).total_seconds()}
+        rec: dict[str, Any] = {
+            "run_id": run_id,
+            "flow_run_id": _flow_run_id(),
+            "started_at": started.isoformat(),
+            "status": "running",
+            "dataset": None,
+            "timings": {},
+            "outputs": {},
+            "n_clusters": int(cfg["n_clusters"]),
+            "waited_for_lock_s": (datetime.now(UTC) - started).total_seconds(),
+        }
         rd = lay.run_dir(run_id)
         log.info("nightly run %s -> %s", run_id, rd)
         try:
@@ -182,7 +203,8 @@ def nightly(config: dict[str, Any] | None = None) -> dict[str, Any]:
                 if not cfg["train_if_missing"]:
                     raise FileNotFoundError(
                         f"no encoder registered in {str(lay.models_dir)!r} and "
-                        "train_if_missing is false: run the train-encoder flow first")
+                        "train_if_missing is false: run the train-encoder flow first"
+                    )
                 log.info("no encoder registered yet: training one first")
                 rec["train"] = train_encoder_task(cfg)
                 rec["timings"]["train-encoder"] = rec["train"]["seconds"]
@@ -191,18 +213,18 @@ def nightly(config: dict[str, Any] | None = None) -> dict[str, Any]:
             rec["timings"]["embed"] = rec["embed"]["seconds"]
             # the full drift report stays in drift_report.json; the record keeps the decision
             rec["monitor"] = _recorded_stage(
-                "monitor", lambda: monitor_flow(run_id=run_id, config=cfg),
-                drop=("report", "markdown"))
+                "monitor",
+                lambda: monitor_flow(run_id=run_id, config=cfg),
+                drop=("report", "markdown"),
+            )
             rec["timings"]["monitor"] = rec["monitor"]["seconds"]
             # a successful retrain made a new version current and re-embedded the batch
-            rec["encoder_version"] = rec["monitor"].get("encoder_version") or \
-                rec["encoder_version"]
+            rec["encoder_version"] = rec["monitor"].get("encoder_version") or rec["encoder_version"]
             rec["cluster"] = cluster_task(cfg, run_id)
             rec["timings"]["cluster"] = rec["cluster"]["seconds"]
             rec["plots"] = plots_task(cfg, run_id, rec["cluster"]["loss_curve"])
             rec["timings"]["plots"] = rec["plots"]["seconds"]
-            rec["report"] = _recorded_stage("report", report_task, cfg, run_id, rec,
-                                            drop=("rows",))
+            rec["report"] = _recorded_stage("report", report_task, cfg, run_id, rec, drop=("rows",))
             rec["timings"]["report"] = rec["report"]["seconds"]
             rec["publish"] = publish_task(cfg, run_id, rec)
             rec["timings"]["publish"] = rec["publish"]["seconds"]
@@ -225,11 +247,19 @@ def nightly(config: dict[str, Any] | None = None) -> dict[str, Any]:
             if (rec.get("report") or {}).get("html"):
                 rec["outputs"]["cluster report"] = rec["report"]["html"]
             # a failed run leaves its record too (status, error)
-            atomic_write_text(rd / "run.json", json.dumps(
-                {k: v for k, v in rec.items() if k != "cluster"} |
-                {"cluster": {k: v for k, v in (rec.get("cluster") or {}).items()
-                             if k != "loss_curve"}},
-                indent=2, default=str))
+            atomic_write_text(
+                rd / "run.json",
+                json.dumps(
+                    {k: v for k, v in rec.items() if k != "cluster"}
+                    | {
+                        "cluster": {
+                            k: v for k, v in (rec.get("cluster") or {}).items() if k != "loss_curve"
+                        }
+                    },
+                    indent=2,
+                    default=str,
+                ),
+            )
         md = _summary_md(rec)
         atomic_write_text(rd / "summary.md", md)
     rec["artifacts"] = _artifacts(rec, md)
@@ -238,23 +268,47 @@ def nightly(config: dict[str, Any] | None = None) -> dict[str, Any]:
 
 def _artifacts(rec: dict[str, Any], md: str) -> dict[str, str]:
     run_id = rec["run_id"]
-    ids = {"summary": str(create_markdown_artifact(
-        md, key=_key(run_id, "summary"), description=f"sqflow nightly run {run_id}"))}
-    table = [{"cluster_id": int(c["cluster_id"]), "size": int(c["size"]),
-              "mean_distance": None if c["mean_distance"] is None else round(c["mean_distance"], 5),
-              "majority_label": c["majority_label"],
-              "label_purity": None if c["label_purity"] is None else round(c["label_purity"], 4),
-              "center": ", ".join(f"{v:.4f}" for v in c["center"])}
-             for c in rec["cluster"]["clusters"]]
-    ids["clusters"] = str(create_table_artifact(
-        table, key=_key(run_id, "clusters"), description=f"cluster sizes and centers, run {run_id}"))
+    ids = {
+        "summary": str(
+            create_markdown_artifact(
+                md, key=_key(run_id, "summary"), description=f"sqflow nightly run {run_id}"
+            )
+        )
+    }
+    table = [
+        {
+            "cluster_id": int(c["cluster_id"]),
+            "size": int(c["size"]),
+            "mean_distance": None if c["mean_distance"] is None else round(c["mean_distance"], 5),
+            "majority_label": c["majority_label"],
+            "label_purity": None if c["label_purity"] is None else round(c["label_purity"], 4),
+            "center": ", ".join(f"{v:.4f}" for v in c["center"]),
+        }
+        for c in rec["cluster"]["clusters"]
+    ]
+    ids["clusters"] = str(
+        create_table_artifact(
+            table,
+            key=_key(run_id, "clusters"),
+            description=f"cluster sizes and centers, run {run_id}",
+        )
+    )
     for name in ("latent", "convergence"):
-        ids[name] = str(create_link_artifact(
-            f"file://{rec['plots'][name]}", link_text=f"{name} plot (PNG)",
-            key=_key(run_id, name), description=f"{name} plot of run {run_id}"))
-    ids["plots"] = str(create_markdown_artifact(
-        _plots_md(rec), key=_key(run_id, "plots"),
-        description=f"latent space and convergence plots of run {run_id} (embedded PNG)"))
+        ids[name] = str(
+            create_link_artifact(
+                f"file://{rec['plots'][name]}",
+                link_text=f"{name} plot (PNG)",
+                key=_key(run_id, name),
+                description=f"{name} plot of run {run_id}",
+            )
+        )
+    ids["plots"] = str(
+        create_markdown_artifact(
+            _plots_md(rec),
+            key=_key(run_id, "plots"),
+            description=f"latent space and convergence plots of run {run_id} (embedded PNG)",
+        )
+    )
     return ids
 
 
@@ -267,13 +321,21 @@ def _plots_md(rec: dict[str, Any], max_side: int = 520) -> str:
     from PIL import Image
 
     parts = [f"# Plots of run `{rec['run_id']}`", ""]
-    for name, title in (("latent", "Latent space with the SQ centers"),
-                        ("convergence", "SQ convergence (objective estimate per block)")):
+    for name, title in (
+        ("latent", "Latent space with the SQ centers"),
+        ("convergence", "SQ convergence (objective estimate per block)"),
+    ):
         with Image.open(rec["plots"][name]) as im:
             im.thumbnail((max_side, max_side))
             buf = io.BytesIO()
             im.save(buf, format="PNG", optimize=True)
         b64 = base64.b64encode(buf.getvalue()).decode()
-        parts += [f"## {title}", "", f"![{name}](data:image/png;base64,{b64})", "",
-                  f"Full size: `{rec['plots'][name]}`", ""]
+        parts += [
+            f"## {title}",
+            "",
+            f"![{name}](data:image/png;base64,{b64})",
+            "",
+            f"Full size: `{rec['plots'][name]}`",
+            "",
+        ]
     return "\n".join(parts)

@@ -41,8 +41,9 @@ def _config_file() -> Path:
 class SqflowSettings(BaseSettings):
     """Everything a run needs that is not data; nothing hard-coded to one machine."""
 
-    model_config = SettingsConfigDict(env_prefix="SQFLOW_", env_nested_delimiter="__",
-                                      extra="forbid")
+    model_config = SettingsConfigDict(
+        env_prefix="SQFLOW_", env_nested_delimiter="__", extra="forbid"
+    )
 
     # where things live
     output_dir: Path = Field(Path("sqflow-output"), description="Root of all outputs.")
@@ -57,8 +58,10 @@ class SqflowSettings(BaseSettings):
     encoder_train_rows: int = Field(6000, ge=100, description="Labeled rows used to train.")
     encoder_batch_size: int = Field(500, ge=2)
     encoder_augment: bool = Field(
-        False, description="Images: random rotation (+-10 deg) and shift (+-8 %) of training "
-        "batches; reached >= 99 % F1 from 25 % labels on MNIST (README). Ignored for vectors.")
+        False,
+        description="Images: random rotation (+-10 deg) and shift (+-8 %) of training "
+        "batches; reached >= 99 % F1 from 25 % labels on MNIST (README). Ignored for vectors.",
+    )
     reference_rows: int = Field(10000, ge=10, description="Rows of the reference embedding set.")
     device: str | None = Field(None, description="torch device; None = CUDA when present.")
     embed_batch_size: int = Field(4096, ge=1)

@@ -62,7 +62,9 @@ def _dist_pow(dist, dist2, r):
 
 
 @njit(cache=True, nogil=True, error_model="numpy", fastmath=_FASTMATH, inline="always")
-def _apply_update(k, g, rho, centers, m, v, count, lo, hi, opt, gamma, beta1, beta2, decay, eps, project):
+def _apply_update(
+    k, g, rho, centers, m, v, count, lo, hi, opt, gamma, beta1, beta2, decay, eps, project
+):
     """One optimizer step of center k with generalized gradient g (length n_features)."""
     d = centers.shape[1]
     count[k] += 1
@@ -180,7 +182,24 @@ def sq_steps(
             else:
                 for j in range(d):
                     g[j] = coef * (centers[best, j] - z[j])
-                _apply_update(best, g, rho, centers, m, v, count, lo, hi, opt, gamma, beta1, beta2, decay, eps, project)
+                _apply_update(
+                    best,
+                    g,
+                    rho,
+                    centers,
+                    m,
+                    v,
+                    count,
+                    lo,
+                    hi,
+                    opt,
+                    gamma,
+                    beta1,
+                    beta2,
+                    decay,
+                    eps,
+                    project,
+                )
                 for j in range(d):
                     cT[j, best] = centers[best, j]
         return t_start + n, loss_sum, n
@@ -209,7 +228,24 @@ def sq_steps(
                     g[j] = gsum[k, j] * inv
                     gsum[k, j] = 0.0
                 gcnt[k] = 0
-                _apply_update(k, g, rho, centers, m, v, count, lo, hi, opt, gamma, beta1, beta2, decay, eps, project)
+                _apply_update(
+                    k,
+                    g,
+                    rho,
+                    centers,
+                    m,
+                    v,
+                    count,
+                    lo,
+                    hi,
+                    opt,
+                    gamma,
+                    beta1,
+                    beta2,
+                    decay,
+                    eps,
+                    project,
+                )
                 for j in range(d):
                     cT[j, k] = centers[k, j]
         t += stop - i

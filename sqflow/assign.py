@@ -61,12 +61,24 @@ def assign_store(
     Returns the (committed) :class:`~sqflow.store.AssignmentStore`.
     """
     check_is_fitted(est)
-    emb = store if isinstance(store, EmbeddingStore) else open_store(store, storage_options=storage_options)
+    emb = (
+        store
+        if isinstance(store, EmbeddingStore)
+        else open_store(store, storage_options=storage_options)
+    )
     if est.n_features_in_ != emb.dim:
-        raise ValueError(f"model has {est.n_features_in_} features but the store's dim is {emb.dim}")
+        raise ValueError(
+            f"model has {est.n_features_in_} features but the store's dim is {emb.dim}"
+        )
     centers = np.ascontiguousarray(est.cluster_centers_, dtype=np.float64)
-    writer = open_assignment_writer(emb, name=name, target=target, n_clusters=int(est.n_clusters),
-                                    model_hash=model_hash(est), if_exists=if_exists)
+    writer = open_assignment_writer(
+        emb,
+        name=name,
+        target=target,
+        n_clusters=int(est.n_clusters),
+        model_hash=model_hash(est),
+        if_exists=if_exists,
+    )
     pending = writer.pending_chunks()
     bar = None
     if progress:

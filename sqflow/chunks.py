@@ -32,8 +32,9 @@ def row_block(X, start: int, stop: int) -> np.ndarray:
     return as_float_rows(X[start:stop])
 
 
-def check_block_finite(block: np.ndarray, start: int, name: str = "X",
-                       rows: np.ndarray | None = None) -> None:
+def check_block_finite(
+    block: np.ndarray, start: int, name: str = "X", rows: np.ndarray | None = None
+) -> None:
     """Raise ValueError naming the first bad row when a block holds NaN or infinity.
 
     Row i of ``block`` is row ``start + i`` of ``name``, or ``rows[i]`` when given (a gathered

@@ -40,7 +40,9 @@ def _read_bytes(path: str | os.PathLike[str]) -> bytes:
         try:
             raw = gzip.decompress(raw)
         except (OSError, EOFError) as exc:  # truncated or corrupt gzip stream
-            raise ValueError(f"IDX file {str(p)!r}: corrupt or truncated gzip data ({exc})") from exc
+            raise ValueError(
+                f"IDX file {str(p)!r}: corrupt or truncated gzip data ({exc})"
+            ) from exc
     return raw
 
 
@@ -83,7 +85,9 @@ def _parse_idx(path: str | os.PathLike[str], expected_ndim: int) -> np.ndarray:
             f"shape {shape}"
         )
     # copy() so the array owns writable memory instead of viewing the immutable bytes object
-    return np.frombuffer(raw, dtype=np.uint8, count=n_items, offset=header_len).reshape(shape).copy()
+    return (
+        np.frombuffer(raw, dtype=np.uint8, count=n_items, offset=header_len).reshape(shape).copy()
+    )
 
 
 def load_idx(

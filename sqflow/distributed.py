@@ -71,8 +71,15 @@ class KernelArgs:
     project: bool
 
 
-def run_block(block: np.ndarray, state: OptimizerState, args: KernelArgs, t_start: int,
-              seed: int | None, start_row: int, check: bool = True) -> tuple[OptimizerState, float, int]:
+def run_block(
+    block: np.ndarray,
+    state: OptimizerState,
+    args: KernelArgs,
+    t_start: int,
+    seed: int | None,
+    start_row: int,
+    check: bool = True,
+) -> tuple[OptimizerState, float, int]:
     """Worker task: SQ steps over one block from a copy of ``state``.
 
     ``seed`` (None = keep row order) permutes the rows inside the block; it is chosen by the
@@ -89,9 +96,28 @@ def run_block(block: np.ndarray, state: OptimizerState, args: KernelArgs, t_star
     s = state.copy()
     s.t = int(t_start)
     t, loss, steps = _kernels.sq_steps(
-        block, s.centers, s.m, s.v, s.count, s.lo, s.hi, s.t, args.opt, args.lr, args.sched,
-        args.t0, args.power, args.rank, args.momentum, args.beta1, args.beta2, args.decay,
-        args.eps, args.inv_scale, args.batch_size, args.project,
+        block,
+        s.centers,
+        s.m,
+        s.v,
+        s.count,
+        s.lo,
+        s.hi,
+        s.t,
+        args.opt,
+        args.lr,
+        args.sched,
+        args.t0,
+        args.power,
+        args.rank,
+        args.momentum,
+        args.beta1,
+        args.beta2,
+        args.decay,
+        args.eps,
+        args.inv_scale,
+        args.batch_size,
+        args.project,
     )
     s.t = int(t)
     return s, float(loss), int(steps)
@@ -147,11 +173,17 @@ class DaskPasses:
             n_parallel = sum(client.nthreads().values()) or 1
         self.n_parallel = int(n_parallel)
 
-    def run_pass(self, state: OptimizerState, args: KernelArgs, order: np.ndarray,
-                 seeds: np.ndarray | None, on_block=None) -> tuple[OptimizerState, float, int]:
+    def run_pass(
+        self,
+        state: OptimizerState,
+        args: KernelArgs,
+        order: np.ndarray,
+        seeds: np.ndarray | None,
+        on_block=None,
+    ) -> tuple[OptimizerState, float, int]:
         """One pass in ``order``; returns (state, loss sum in working units, steps)."""
         client, W = self.client, self.n_parallel
-        rounds = [order[i:i + W] for i in range(0, len(order), W)]
+        rounds = [order[i : i + W] for i in range(0, len(order), W)]
         # blocks of the next round are read while the current round computes
         pending = client.compute([self.blocks[b] for b in rounds[0]]) if rounds else []
         loss_total, steps_total = 0.0, 0
@@ -164,7 +196,9 @@ class DaskPasses:
             for b, fut in zip(members, data):
                 start, stop = self.bounds[b]
                 seed = None if seeds is None else int(seeds[b])
-                futures.append(client.submit(run_block, fut, state, args, t, seed, start, pure=False))
+                futures.append(
+                    client.submit(run_block, fut, state, args, t, seed, start, pure=False)
+                )
                 t += stop - start
             results = client.gather(futures)  # in block order, whatever finished first
             rows = sum(self.bounds[b][1] - self.bounds[b][0] for b in members)

@@ -90,8 +90,9 @@ class DriftReport:
         for s in self.statistics:
             if s.name == name:
                 return s
-        raise KeyError(f"statistic {name!r} was not computed; computed: "
-                       f"{[s.name for s in self.statistics]}")
+        raise KeyError(
+            f"statistic {name!r} was not computed; computed: {[s.name for s in self.statistics]}"
+        )
 
     @property
     def flagged(self) -> list[str]:
@@ -104,23 +105,38 @@ class DriftReport:
 
     def rows(self) -> list[dict[str, Any]]:
         """One dict per statistic: statistic, value, threshold, p_value, drifted."""
-        return [{"statistic": s.name, "value": float(s.value), "threshold": float(s.threshold),
-                 "p_value": None if s.p_value is None else float(s.p_value),
-                 "drifted": bool(s.drifted)} for s in self.statistics]
+        return [
+            {
+                "statistic": s.name,
+                "value": float(s.value),
+                "threshold": float(s.threshold),
+                "p_value": None if s.p_value is None else float(s.p_value),
+                "drifted": bool(s.drifted),
+            }
+            for s in self.statistics
+        ]
 
     def to_markdown(self) -> str:
         """A short Markdown report: decision, reasons, the statistics table, sizes."""
-        head = {"drift": "DRIFT", "no_drift": "no drift",
-                "insufficient_data": "insufficient data (no decision)"}[self.status]
+        head = {
+            "drift": "DRIFT",
+            "no_drift": "no drift",
+            "insufficient_data": "insufficient data (no decision)",
+        }[self.status]
         lines = [f"**Decision: {head}**", ""]
         lines += [f"- {r}" for r in self.reasons]
         if self.statistics:
-            lines += ["", "| statistic | value | threshold | p-value | drifted |",
-                      "|---|---:|---:|---:|:---:|"]
+            lines += [
+                "",
+                "| statistic | value | threshold | p-value | drifted |",
+                "|---|---:|---:|---:|:---:|",
+            ]
             for s in self.statistics:
                 p = "-" if s.p_value is None else f"{s.p_value:.4g}"
-                lines.append(f"| {s.name} | {s.value:.4g} | {s.threshold:.4g} | {p} | "
-                             f"{'yes' if s.drifted else 'no'} |")
+                lines.append(
+                    f"| {s.name} | {s.value:.4g} | {s.threshold:.4g} | {p} | "
+                    f"{'yes' if s.drifted else 'no'} |"
+                )
         lines += ["", "Sizes: " + ", ".join(f"{k}={v}" for k, v in self.sizes.items())]
         if self.centers_source:
             lines.append(f"Centers: {self.centers_source}.")
@@ -150,12 +166,15 @@ def _as_array_like(x: Any, name: str) -> Any:
     if not hasattr(x, "shape") or not hasattr(x, "__getitem__"):
         x = np.asarray(x)
     if len(x.shape) != 2:
-        raise ValueError(f"{name} must be a 2-D float array (n_rows, dim); got shape "
-                         f"{tuple(x.shape)}")
+        raise ValueError(
+            f"{name} must be a 2-D float array (n_rows, dim); got shape {tuple(x.shape)}"
+        )
     kind = getattr(getattr(x, "dtype", None), "kind", None)
     if kind not in ("f", "i", "u"):
-        raise ValueError(f"{name} must hold real numbers (float or int); got dtype "
-                         f"{getattr(x, 'dtype', type(x))}")
+        raise ValueError(
+            f"{name} must hold real numbers (float or int); got dtype "
+            f"{getattr(x, 'dtype', type(x))}"
+        )
     return x
 
 
@@ -184,8 +203,9 @@ def _read_block(x: Any, lo: int, hi: int) -> np.ndarray:
     return np.asarray(b, dtype=np.float64)
 
 
-def _stream_sample(x: Any, max_rows: int, rng: np.random.Generator, name: str
-                   ) -> tuple[np.ndarray, int]:
+def _stream_sample(
+    x: Any, max_rows: int, rng: np.random.Generator, name: str
+) -> tuple[np.ndarray, int]:
     """Read ``x`` block by block, check every value is finite, keep a uniform subsample of at
     most ``max_rows`` rows (without replacement, in row order). Returns (sample, n_rows)."""
     n = int(x.shape[0])
@@ -198,7 +218,8 @@ def _stream_sample(x: Any, max_rows: int, rng: np.random.Generator, name: str
             r, c = np.argwhere(bad)[0]
             raise ValueError(
                 f"{name} holds {int(bad.sum())} NaN/inf value(s) (first at row {lo + int(r)}, "
-                f"column {int(c)}); embeddings must be finite floats: drop or re-embed those rows")
+                f"column {int(c)}); embeddings must be finite floats: drop or re-embed those rows"
+            )
         sel = keep[(keep >= lo) & (keep < hi)] - lo
         if sel.size:
             parts.append(block[sel])
@@ -212,9 +233,14 @@ def _sq_dists(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.maximum(d2, 0.0)
 
 
-def mmd_test(x: np.ndarray, y: np.ndarray, *, permutations: int = 200,
-             rng: np.random.Generator | int = 0, bandwidth: float | None = None
-             ) -> tuple[float, float, float]:
+def mmd_test(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    permutations: int = 200,
+    rng: np.random.Generator | int = 0,
+    bandwidth: float | None = None,
+) -> tuple[float, float, float]:
     """RBF-kernel MMD^2 (biased V-statistic) between ``x`` (n, d) and ``y`` (m, d) and its
     permutation p-value ``(1 + #{perm >= observed}) / (1 + permutations)``.
 
@@ -242,8 +268,9 @@ def mmd_test(x: np.ndarray, y: np.ndarray, *, permutations: int = 200,
     return max(observed, 0.0), p, bandwidth
 
 
-def ks_test(x: np.ndarray, y: np.ndarray, *, correction: str = "holm"
-            ) -> tuple[float, float, list[float], list[float]]:
+def ks_test(
+    x: np.ndarray, y: np.ndarray, *, correction: str = "holm"
+) -> tuple[float, float, list[float], list[float]]:
     """Two-sample KS per column; returns (max D, smallest corrected p, D per column, corrected
     p per column). ``correction``: "holm" or "bonferroni" over the d columns."""
     d = x.shape[1]
@@ -268,20 +295,25 @@ def _nearest(z: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray
     k = np.empty(len(z), dtype=np.int64)
     dist = np.empty(len(z))
     for lo in range(0, len(z), 32768):
-        d2 = _sq_dists(z[lo:lo + 32768], centers)
-        k[lo:lo + 32768] = d2.argmin(1)
-        dist[lo:lo + 32768] = np.sqrt(d2[np.arange(len(d2)), k[lo:lo + 32768]])
+        d2 = _sq_dists(z[lo : lo + 32768], centers)
+        k[lo : lo + 32768] = d2.argmin(1)
+        dist[lo : lo + 32768] = np.sqrt(d2[np.arange(len(d2)), k[lo : lo + 32768]])
     return k, dist
 
 
-def distortion_test(dist_ref: np.ndarray, dist_batch: np.ndarray, *, rank: float = 3.0,
-                    permutations: int = 500, rng: np.random.Generator | int = 0
-                    ) -> tuple[float, float, float, float]:
+def distortion_test(
+    dist_ref: np.ndarray,
+    dist_batch: np.ndarray,
+    *,
+    rank: float = 3.0,
+    permutations: int = 500,
+    rng: np.random.Generator | int = 0,
+) -> tuple[float, float, float, float]:
     """Distortion ratio ``mean(dist_batch^r) / mean(dist_ref^r)`` from the distances to the
     nearest center, with a one-sided permutation p-value (batch distortion larger).
     Returns (ratio, p_value, reference objective, batch objective)."""
     rng = np.random.default_rng(rng)
-    vr, vb = dist_ref ** rank, dist_batch ** rank
+    vr, vb = dist_ref**rank, dist_batch**rank
     obj_r, obj_b = float(vr.mean()), float(vb.mean())
     ratio = obj_b / obj_r if obj_r > 0 else (math.inf if obj_b > 0 else 1.0)
     pooled = np.concatenate([vr, vb])
@@ -297,8 +329,9 @@ def distortion_test(dist_ref: np.ndarray, dist_batch: np.ndarray, *, rank: float
     return ratio, (1.0 + count) / (1.0 + permutations), obj_r, obj_b
 
 
-def occupancy_test(k_ref: np.ndarray, k_batch: np.ndarray, n_clusters: int, *,
-                   epsilon: float = 1e-4) -> tuple[float, float, list[float], list[float]]:
+def occupancy_test(
+    k_ref: np.ndarray, k_batch: np.ndarray, n_clusters: int, *, epsilon: float = 1e-4
+) -> tuple[float, float, list[float], list[float]]:
     """Population stability index of the batch's cluster shares against the reference's, and
     the chi-square p-value of the 2 x K table of counts (clusters empty on both sides dropped).
     Returns (psi, p_value, reference shares, batch shares)."""
@@ -323,8 +356,9 @@ def _policy(policy: DriftPolicy | dict[str, Any] | None) -> DriftPolicy:
         return policy
     if isinstance(policy, dict):
         return DriftPolicy.model_validate(policy)
-    raise TypeError(f"policy must be a DriftPolicy, a dict of its fields or None; got "
-                    f"{type(policy).__name__}")
+    raise TypeError(
+        f"policy must be a DriftPolicy, a dict of its fields or None; got {type(policy).__name__}"
+    )
 
 
 def _fit_centers(ref: np.ndarray, k: int, rank: float, seed: int) -> np.ndarray:
@@ -383,7 +417,8 @@ def detect_drift(
     if int(bat_a.shape[1]) != d:
         raise ValueError(
             f"batch has {int(bat_a.shape[1])} columns but reference has {d}: both must be "
-            "embeddings of the same encoder version (same dimension)")
+            "embeddings of the same encoder version (same dimension)"
+        )
     c = None
     if centers is not None:
         c = np.asarray(centers, dtype=np.float64)
@@ -395,16 +430,24 @@ def detect_drift(
     rng = np.random.default_rng([seed, 1])
     ref, n_ref = _stream_sample(ref_a, pol.max_reference_rows, rng, "reference")
     bat, n_bat = _stream_sample(bat_a, pol.max_batch_rows, rng, "batch")
-    sizes = {"reference_rows": n_ref, "batch_rows": n_bat, "reference_used": len(ref),
-             "batch_used": len(bat)}
+    sizes = {
+        "reference_rows": n_ref,
+        "batch_rows": n_bat,
+        "reference_used": len(ref),
+        "batch_used": len(bat),
+    }
     pdict = pol.model_dump(mode="json")
     short = []
     if n_bat < pol.min_batch_rows:
-        short.append(f"batch has {n_bat} rows; the policy needs at least {pol.min_batch_rows} "
-                     "for a decision (min_batch_rows)")
+        short.append(
+            f"batch has {n_bat} rows; the policy needs at least {pol.min_batch_rows} "
+            "for a decision (min_batch_rows)"
+        )
     if n_ref < pol.min_reference_rows:
-        short.append(f"reference has {n_ref} rows; the policy needs at least "
-                     f"{pol.min_reference_rows} (min_reference_rows)")
+        short.append(
+            f"reference has {n_ref} rows; the policy needs at least "
+            f"{pol.min_reference_rows} (min_reference_rows)"
+        )
     if short:
         return DriftReport(None, "insufficient_data", [], short, sizes, pdict, seed)
 
@@ -412,66 +455,129 @@ def detect_drift(
     centers_source = None
     if "mmd" in pol.statistics:
         r = np.random.default_rng([seed, 2])
-        xs = ref if len(ref) <= pol.mmd_max_rows else ref[np.sort(r.choice(len(ref), pol.mmd_max_rows, replace=False))]
-        ys = bat if len(bat) <= pol.mmd_max_rows else bat[np.sort(r.choice(len(bat), pol.mmd_max_rows, replace=False))]
+        xs = (
+            ref
+            if len(ref) <= pol.mmd_max_rows
+            else ref[np.sort(r.choice(len(ref), pol.mmd_max_rows, replace=False))]
+        )
+        ys = (
+            bat
+            if len(bat) <= pol.mmd_max_rows
+            else bat[np.sort(r.choice(len(bat), pol.mmd_max_rows, replace=False))]
+        )
         mmd2, p, bw = mmd_test(xs, ys, permutations=pol.mmd_permutations, rng=r)
         sizes["mmd_rows_each"] = min(len(xs), len(ys))
-        results.append(StatisticResult("mmd", mmd2, pol.alpha, p, p <= pol.alpha,
-                                       {"bandwidth": bw, "n_reference": len(xs),
-                                        "n_batch": len(ys), "permutations": pol.mmd_permutations}))
+        results.append(
+            StatisticResult(
+                "mmd",
+                mmd2,
+                pol.alpha,
+                p,
+                p <= pol.alpha,
+                {
+                    "bandwidth": bw,
+                    "n_reference": len(xs),
+                    "n_batch": len(ys),
+                    "permutations": pol.mmd_permutations,
+                },
+            )
+        )
     if "ks" in pol.statistics:
         D, p, Ds, ps = ks_test(ref, bat, correction=pol.ks_correction)
-        results.append(StatisticResult("ks", D, pol.alpha, p, p <= pol.alpha,
-                                       {"D": Ds, "p_adjusted": ps,
-                                        "correction": pol.ks_correction}))
+        results.append(
+            StatisticResult(
+                "ks",
+                D,
+                pol.alpha,
+                p,
+                p <= pol.alpha,
+                {"D": Ds, "p_adjusted": ps, "correction": pol.ks_correction},
+            )
+        )
     if "distortion" in pol.statistics or "occupancy" in pol.statistics:
         if c is None:
             c = _fit_centers(ref, pol.n_clusters, float(rank), seed)
-            centers_source = (f"fitted on the reference subsample (SQ, K={pol.n_clusters}, "
-                              f"r={rank:g}, seed {seed})")
+            centers_source = (
+                f"fitted on the reference subsample (SQ, K={pol.n_clusters}, "
+                f"r={rank:g}, seed {seed})"
+            )
         else:
             centers_source = f"given ({len(c)} centers)"
         k_ref, d_ref = _nearest(ref, c)
         k_bat, d_bat = _nearest(bat, c)
         if "distortion" in pol.statistics:
             ratio, p, obj_r, obj_b = distortion_test(
-                d_ref, d_bat, rank=float(rank), permutations=pol.distortion_permutations,
-                rng=np.random.default_rng([seed, 3]))
-            results.append(StatisticResult(
-                "distortion", ratio, pol.distortion_min_ratio, p,
-                ratio >= pol.distortion_min_ratio and p <= pol.alpha,
-                {"objective_reference": obj_r, "objective_batch": obj_b, "rank": float(rank)}))
+                d_ref,
+                d_bat,
+                rank=float(rank),
+                permutations=pol.distortion_permutations,
+                rng=np.random.default_rng([seed, 3]),
+            )
+            results.append(
+                StatisticResult(
+                    "distortion",
+                    ratio,
+                    pol.distortion_min_ratio,
+                    p,
+                    ratio >= pol.distortion_min_ratio and p <= pol.alpha,
+                    {"objective_reference": obj_r, "objective_batch": obj_b, "rank": float(rank)},
+                )
+            )
         if "occupancy" in pol.statistics:
             psi, p, sr, sb = occupancy_test(k_ref, k_bat, len(c), epsilon=pol.psi_epsilon)
-            results.append(StatisticResult(
-                "occupancy", psi, pol.occupancy_min_psi, p,
-                psi >= pol.occupancy_min_psi and p <= pol.alpha,
-                {"reference_shares": sr, "batch_shares": sb}))
+            results.append(
+                StatisticResult(
+                    "occupancy",
+                    psi,
+                    pol.occupancy_min_psi,
+                    p,
+                    psi >= pol.occupancy_min_psi and p <= pol.alpha,
+                    {"reference_shares": sr, "batch_shares": sb},
+                )
+            )
 
     flagged = [s for s in results if s.drifted]
     missing_required = [n for n in pol.required if n not in {s.name for s in flagged}]
     drifted = len(flagged) >= pol.min_agreeing and not missing_required
     reasons = [_reason(s) for s in results]
-    rule = (f"{len(flagged)} of {len(results)} statistics flag drift; the policy needs "
-            f"{pol.min_agreeing}" + (f" including {pol.required}" if pol.required else ""))
+    rule = (
+        f"{len(flagged)} of {len(results)} statistics flag drift; the policy needs "
+        f"{pol.min_agreeing}" + (f" including {pol.required}" if pol.required else "")
+    )
     if missing_required:
         rule += f" (required but not flagged: {missing_required})"
     reasons.insert(0, ("drift: " if drifted else "no drift: ") + rule)
-    return DriftReport(bool(drifted), "drift" if drifted else "no_drift", results, reasons,
-                       sizes, pdict, seed, centers_source)
+    return DriftReport(
+        bool(drifted),
+        "drift" if drifted else "no_drift",
+        results,
+        reasons,
+        sizes,
+        pdict,
+        seed,
+        centers_source,
+    )
 
 
 def _reason(s: StatisticResult) -> str:
     verdict = "flags drift" if s.drifted else "no drift"
     if s.name == "mmd":
-        return (f"mmd: MMD^2 = {s.value:.4g}, permutation p = {s.p_value:.4g} "
-                f"(alpha {s.threshold:g}): {verdict}")
+        return (
+            f"mmd: MMD^2 = {s.value:.4g}, permutation p = {s.p_value:.4g} "
+            f"(alpha {s.threshold:g}): {verdict}"
+        )
     if s.name == "ks":
         worst = int(np.argmin(s.detail["p_adjusted"]))
-        return (f"ks: largest D = {s.value:.4g}; smallest {s.detail['correction']}-corrected "
-                f"p = {s.p_value:.4g} (dimension {worst}, alpha {s.threshold:g}): {verdict}")
+        return (
+            f"ks: largest D = {s.value:.4g}; smallest {s.detail['correction']}-corrected "
+            f"p = {s.p_value:.4g} (dimension {worst}, alpha {s.threshold:g}): {verdict}"
+        )
     if s.name == "distortion":
-        return (f"distortion: batch/reference objective ratio = {s.value:.4g} (needs >= "
-                f"{s.threshold:g} with p <= alpha), p = {s.p_value:.4g}: {verdict}")
-    return (f"occupancy: PSI of cluster shares = {s.value:.4g} (needs >= {s.threshold:g} with "
-            f"p <= alpha), chi-square p = {s.p_value:.4g}: {verdict}")
+        return (
+            f"distortion: batch/reference objective ratio = {s.value:.4g} (needs >= "
+            f"{s.threshold:g} with p <= alpha), p = {s.p_value:.4g}: {verdict}"
+        )
+    return (
+        f"occupancy: PSI of cluster shares = {s.value:.4g} (needs >= {s.threshold:g} with "
+        f"p <= alpha), chi-square p = {s.p_value:.4g}: {verdict}"
+    )

@@ -280,8 +280,11 @@ default="k-means++"
         need(is_real(self.rank) and self.rank >= 1, "rank", "a float >= 1")
         need(is_int(self.batch_size) and self.batch_size >= 1, "batch_size", "an int >= 1")
         need(is_int(self.n_init) and self.n_init >= 1, "n_init", "an int >= 1")
-        need(is_int(self.init_candidates) and self.init_candidates >= 1, "init_candidates",
-             "an int >= 1")
+        need(
+            is_int(self.init_candidates) and self.init_candidates >= 1,
+            "init_candidates",
+            "an int >= 1",
+        )
         need(is_int(self.max_iter) and self.max_iter >= 1, "max_iter", "an int >= 1")
         need(is_real(self.tol) and self.tol >= 0, "tol", "a float >= 0")
         need(self.schedule in SCHEDULE_CODES, "schedule", f"one of {sorted(SCHEDULE_CODES)}")
@@ -314,13 +317,23 @@ default="k-means++"
         )
         need(is_int(self.chunk_size) and self.chunk_size >= 1, "chunk_size", "an int >= 1")
         need(isinstance(self.verbose, numbers.Integral), "verbose", "an int")
-        need(self.dask_address is None or isinstance(self.dask_address, str), "dask_address",
-             "None or a scheduler address string such as 'tcp://127.0.0.1:8786'")
-        need(self.n_parallel is None or (is_int(self.n_parallel) and self.n_parallel >= 1),
-             "n_parallel", "None or an int >= 1")
+        need(
+            self.dask_address is None or isinstance(self.dask_address, str),
+            "dask_address",
+            "None or a scheduler address string such as 'tcp://127.0.0.1:8786'",
+        )
+        need(
+            self.n_parallel is None or (is_int(self.n_parallel) and self.n_parallel >= 1),
+            "n_parallel",
+            "None or an int >= 1",
+        )
 
         if isinstance(self.init, str):
-            need(self.init in _INITS, "init", f"one of {list(_INITS)} or an array (n_clusters, n_features)")
+            need(
+                self.init in _INITS,
+                "init",
+                f"one of {list(_INITS)} or an array (n_clusters, n_features)",
+            )
             init_array = None
         else:
             init_array = np.asarray(self.init, dtype=np.float64)
@@ -332,7 +345,11 @@ default="k-means++"
             if not np.isfinite(init_array).all():
                 raise ValueError(f"{type(self).__name__}: init array contains NaN or infinity")
 
-        lr = DEFAULT_LEARNING_RATES[self.optimizer] if self.learning_rate is None else float(self.learning_rate)
+        lr = (
+            DEFAULT_LEARNING_RATES[self.optimizer]
+            if self.learning_rate is None
+            else float(self.learning_rate)
+        )
         t0 = 1000.0 * self.n_clusters if self.step_offset is None else float(self.step_offset)
         rows = max(self.batch_size, self.chunk_size - self.chunk_size % self.batch_size)
         return {
@@ -368,7 +385,11 @@ default="k-means++"
                 )
             return X
         return validate_data(
-            self, X, dtype=[np.float64, np.float32], order="C", reset=reset,
+            self,
+            X,
+            dtype=[np.float64, np.float32],
+            order="C",
+            reset=reset,
             accept_sparse=False,
         )
 
@@ -442,9 +463,17 @@ default="k-means++"
             if dask_passes is not None:
                 objective, assigned = dask_passes.objective(centers, float(self.rank)), None
             else:
-                objective, assigned = self._objective(X, centers, chunked, bounds, keep_labels=not chunked)
+                objective, assigned = self._objective(
+                    X, centers, chunked, bounds, keep_labels=not chunked
+                )
             if self.verbose:
-                logger.info("SQ start %d/%d: objective %.6g after %d passes", run + 1, self.n_init, objective, n_passes)
+                logger.info(
+                    "SQ start %d/%d: objective %.6g after %d passes",
+                    run + 1,
+                    self.n_init,
+                    objective,
+                    n_passes,
+                )
             if best is None or objective < best[0]:
                 best = (objective, centers, assigned, state, curve, n_passes, n_steps, scale)
 
@@ -525,7 +554,9 @@ default="k-means++"
     def _rng(self) -> np.random.RandomState:
         """The run's generator; a passed RandomState is copied so that refits repeat."""
         rs = self.random_state
-        return check_random_state(copy.deepcopy(rs) if isinstance(rs, np.random.RandomState) else rs)
+        return check_random_state(
+            copy.deepcopy(rs) if isinstance(rs, np.random.RandomState) else rs
+        )
 
     def _init_data(self, X, y, p, bounds, rng, where: str, client=None):
         """Bounded initialisation sample and, for ``init="labels"``, per-class sums/counts.
@@ -539,7 +570,9 @@ default="k-means++"
                 "least one sample per center"
             )
         chunked = is_chunked(X)
-        labels = self._check_y(y, n) if (isinstance(self.init, str) and self.init == "labels") else None
+        labels = (
+            self._check_y(y, n) if (isinstance(self.init, str) and self.init == "labels") else None
+        )
         size = min(n, p["init_size"])
         if client is not None:
             picks = sample_picks(n, size, rng)
@@ -553,7 +586,7 @@ default="k-means++"
         return sample, class_sums
 
     def _resolve_scale(self, sample: np.ndarray, centers0: np.ndarray) -> float:
-        """"auto": RMS distance of the init sample to its nearest initial center.
+        """ "auto": RMS distance of the init sample to its nearest initial center.
 
         In those units a typical sample sits about 1 from its center, so the paper's learning
         rates mean the same thing on any data: a step moves a center by about ``rank *
@@ -608,13 +641,25 @@ default="k-means++"
 
     def _kernel_args(self, p: dict, scale: float) -> KernelArgs:
         return KernelArgs(
-            opt=p["opt"], lr=p["lr"], sched=p["sched"], t0=p["t0"], power=float(self.step_power),
-            rank=float(self.rank), momentum=float(self.momentum), beta1=float(self.beta1),
-            beta2=float(self.beta2), decay=float(self.rmsprop_decay), eps=float(self.epsilon),
-            inv_scale=1.0 / scale, batch_size=int(self.batch_size), project=p["project"],
+            opt=p["opt"],
+            lr=p["lr"],
+            sched=p["sched"],
+            t0=p["t0"],
+            power=float(self.step_power),
+            rank=float(self.rank),
+            momentum=float(self.momentum),
+            beta1=float(self.beta1),
+            beta2=float(self.beta2),
+            decay=float(self.rmsprop_decay),
+            eps=float(self.epsilon),
+            inv_scale=1.0 / scale,
+            batch_size=int(self.batch_size),
+            project=p["project"],
         )
 
-    def _passes(self, X, chunked, bounds, state, p, scale, rng, run, callback=None, dask_passes=None):
+    def _passes(
+        self, X, chunked, bounds, state, p, scale, rng, run, callback=None, dask_passes=None
+    ):
         """Up to ``max_iter`` passes; returns (state, loss curve, passes run, steps)."""
         args = self._kernel_args(p, scale)
         unit = scale ** float(self.rank)  # working units -> data units of the loss
@@ -626,7 +671,9 @@ default="k-means++"
         if self.verbose:
             from tqdm.auto import tqdm
 
-            progress = tqdm(total=self.max_iter * len(bounds), desc=f"SQ start {run + 1}", unit="block")
+            progress = tqdm(
+                total=self.max_iter * len(bounds), desc=f"SQ start {run + 1}", unit="block"
+            )
 
         def on_block(b, loss, rows):
             curve.append(loss * unit / rows)
@@ -642,9 +689,12 @@ default="k-means++"
                     # reads sequential (measured: ~2x faster than indexing rows in the loop)
                     perm = rng.permutation(n) if self.shuffle else None
                     for b, (start, stop) in enumerate(bounds):
-                        block = X[start:stop] if perm is None else np.take(X, perm[start:stop], axis=0)
-                        state, loss, steps = run_block(block, state, args, state.t, None, start,
-                                                       check=False)  # validated by _check_X
+                        block = (
+                            X[start:stop] if perm is None else np.take(X, perm[start:stop], axis=0)
+                        )
+                        state, loss, steps = run_block(
+                            block, state, args, state.t, None, start, check=False
+                        )  # validated by _check_X
                         total += loss
                         n_steps += steps
                         on_block(b, loss, stop - start)
@@ -652,17 +702,24 @@ default="k-means++"
                     # random block order, and a seeded permutation inside each block: the same
                     # sample order whether the blocks run here or on a Dask cluster
                     order = rng.permutation(len(bounds)) if self.shuffle else np.arange(len(bounds))
-                    seeds = rng.randint(np.iinfo(np.int32).max, size=len(bounds)) if self.shuffle else None
+                    seeds = (
+                        rng.randint(np.iinfo(np.int32).max, size=len(bounds))
+                        if self.shuffle
+                        else None
+                    )
                     if dask_passes is not None:
-                        state, loss, steps = dask_passes.run_pass(state, args, order, seeds, on_block)
+                        state, loss, steps = dask_passes.run_pass(
+                            state, args, order, seeds, on_block
+                        )
                         total += loss
                         n_steps += steps
                     else:
                         for b in order:
                             start, stop = bounds[b]
                             seed = None if seeds is None else int(seeds[b])
-                            state, loss, steps = run_block(row_block(X, start, stop), state, args,
-                                                           state.t, seed, start)
+                            state, loss, steps = run_block(
+                                row_block(X, start, stop), state, args, state.t, seed, start
+                            )
                             total += loss
                             n_steps += steps
                             on_block(b, loss, stop - start)
@@ -670,8 +727,15 @@ default="k-means++"
                 if self.verbose:
                     logger.info("SQ pass %d: objective estimate %.6g", it, estimate)
                 if callback is not None:
-                    callback({"start": run, "pass": it, "centers": state.centers * scale,
-                              "objective_estimate": estimate, "n_steps": n_steps})
+                    callback(
+                        {
+                            "start": run,
+                            "pass": it,
+                            "centers": state.centers * scale,
+                            "objective_estimate": estimate,
+                            "n_steps": n_steps,
+                        }
+                    )
                 if prev is not None and (prev - estimate) < self.tol * abs(prev):
                     break
                 prev = estimate

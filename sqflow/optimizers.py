@@ -37,7 +37,9 @@ DEFAULT_LEARNING_RATES: dict[str, float] = {
 SCHEDULE_CODES: dict[str, int] = {"robbins-monro": 0, "constant": 1}
 
 
-def step_size(t: float, learning_rate: float, schedule: str, step_offset: float, step_power: float) -> float:
+def step_size(
+    t: float, learning_rate: float, schedule: str, step_offset: float, step_power: float
+) -> float:
     """Step size rho_t used for a step taken after ``t`` samples (Python mirror of the kernel).
 
     ``robbins-monro``: ``rho_t = learning_rate / (1 + t / step_offset) ** step_power`` with

@@ -72,8 +72,9 @@ def plot_latent(
         cmap = plt.get_cmap("tab10")
         for k in np.unique(lab[~unl]):
             m = lab == k
-            ax.scatter(*[a[m] for a in coords], s=2, color=cmap(int(k) % 10), alpha=0.6,
-                       label=str(k))
+            ax.scatter(
+                *[a[m] for a in coords], s=2, color=cmap(int(k) % 10), alpha=0.6, label=str(k)
+            )
         ax.legend(markerscale=5, fontsize=7, loc="best", ncol=2)
     if c is not None:
         cc = (c[:, 0], c[:, 1], c[:, 2]) if three else (c[:, 0], c[:, 1])
@@ -150,8 +151,15 @@ def plot_confusion(
     thresh = cm.max() / 2 if cm.size else 0
     for i in range(cm.shape[0]):
         for j in range(cm.shape[1]):
-            ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
-                    color="white" if cm[i, j] > thresh else "black")
+            ax.text(
+                j,
+                i,
+                str(cm[i, j]),
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if cm[i, j] > thresh else "black",
+            )
     ax.set_title(title)
     fig.tight_layout()
     out = Path(path)

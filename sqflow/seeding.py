@@ -125,5 +125,5 @@ def class_means(
     seeded = kmeans_plusplus(sample, n_clusters, rng, existing=means)
     centers = np.empty_like(seeded)
     centers[present] = seeded[: present.sum()]
-    centers[missing] = seeded[present.sum():]
+    centers[missing] = seeded[present.sum() :]
     return centers

@@ -70,8 +70,9 @@ class OutputLayout:
     models_dir: Path
 
     @classmethod
-    def at(cls, root: str | os.PathLike[str], models_dir: str | os.PathLike[str] | None = None
-           ) -> OutputLayout:
+    def at(
+        cls, root: str | os.PathLike[str], models_dir: str | os.PathLike[str] | None = None
+    ) -> OutputLayout:
         r = Path(root).expanduser().resolve()
         m = Path(models_dir).expanduser().resolve() if models_dir else r / "models"
         return cls(r, m)
@@ -153,8 +154,12 @@ def register_encoder(encoder: Any, models_dir: Path, record: dict[str, Any]) -> 
             shutil.rmtree(tmp)
         encoder.save(tmp / "encoder.pt")
         side = json.loads((tmp / "encoder.pt.json").read_text())
-        rec = {**record, "version": version, "encoder_hash": side["file_sha256"],
-               "registered_at": datetime.now(UTC).isoformat()}
+        rec = {
+            **record,
+            "version": version,
+            "encoder_hash": side["file_sha256"],
+            "registered_at": datetime.now(UTC).isoformat(),
+        }
         (tmp / "model.json").write_text(json.dumps(rec, indent=2, sort_keys=True, default=str))
         try:
             os.rename(tmp, models_dir / version)
@@ -178,8 +183,9 @@ class RunLockedError(RuntimeError):
 
 
 @contextmanager
-def output_lock(layout: OutputLayout, run_id: str, timeout_s: float = 0.0,
-                poll_s: float = 0.5) -> Iterator[None]:
+def output_lock(
+    layout: OutputLayout, run_id: str, timeout_s: float = 0.0, poll_s: float = 0.5
+) -> Iterator[None]:
     """Hold an exclusive ``flock`` on ``<output>/.nightly.lock`` for the ``with`` block.
 
     Waits up to ``timeout_s`` seconds (0: fail at once) and then raises
@@ -207,9 +213,18 @@ def output_lock(layout: OutputLayout, run_id: str, timeout_s: float = 0.0,
                     ) from None
                 time.sleep(poll_s)
         os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps({"run_id": run_id, "pid": os.getpid(),
-                                  "host": socket.gethostname(),
-                                  "since": datetime.now(UTC).isoformat()}).encode(), 0)
+        os.pwrite(
+            fd,
+            json.dumps(
+                {
+                    "run_id": run_id,
+                    "pid": os.getpid(),
+                    "host": socket.gethostname(),
+                    "since": datetime.now(UTC).isoformat(),
+                }
+            ).encode(),
+            0,
+        )
         yield
     finally:
         os.close(fd)  # closing releases the flock

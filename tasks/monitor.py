@@ -84,12 +84,14 @@ def reference_centers(cfg: dict[str, Any], version: str) -> tuple[np.ndarray, st
         if c.shape == (k, store.dim):
             return c, str(path)
     ref = store.read_embeddings()
-    est = StochasticQuantization(k, rank=float(cfg.get("rank") or 3.0),
-                                 random_state=int(cfg.get("seed") or 0))
+    est = StochasticQuantization(
+        k, rank=float(cfg.get("rank") or 3.0), random_state=int(cfg.get("seed") or 0)
+    )
     c = np.asarray(est.fit(ref).cluster_centers_, dtype=np.float64)
     atomic_save_npy(path, c)
-    _log().info("fitted %d reference centers of %s (objective %.4g) -> %s", k, version,
-                est.objective_, path)
+    _log().info(
+        "fitted %d reference centers of %s (objective %.4g) -> %s", k, version, est.objective_, path
+    )
     return c, str(path)
 
 
@@ -98,31 +100,43 @@ def drift_report_frame(report: Any, run_id: str, reference_version: str) -> pd.D
     """The ``drift_reports`` table rows of one report: one row per statistic plus a
     ``decision`` row (value = statistics flagging drift, threshold = min_agreeing)."""
     now = pd.Timestamp.now(tz="UTC").as_unit("us")
-    rows = report.rows() + [{
-        "statistic": "decision", "value": float(len(report.flagged)),
-        "threshold": float(report.policy["min_agreeing"]), "p_value": None,
-        "drifted": report.drifted}]
-    df = pd.DataFrame({
-        "run_id": pd.Series([run_id] * len(rows), dtype="str"),
-        "reference_version": pd.Series([reference_version] * len(rows), dtype="str"),
-        "statistic": pd.Series([r["statistic"] for r in rows], dtype="str"),
-        "value": pd.Series([r["value"] for r in rows], dtype="float64"),
-        "threshold": pd.Series([r["threshold"] for r in rows], dtype="float64"),
-        "p_value": pd.Series([r["p_value"] for r in rows], dtype="Float64"),
-        "drifted": pd.Series([r["drifted"] for r in rows], dtype="boolean"),
-        "status": pd.Series([report.status] * len(rows), dtype="str"),
-        "batch_rows": pd.Series([report.sizes["batch_rows"]] * len(rows), dtype="int64"),
-        "reference_rows": pd.Series([report.sizes["reference_rows"]] * len(rows), dtype="int64"),
-        "created_at": pd.Series([now] * len(rows), dtype="datetime64[us, UTC]"),
-    })
+    rows = report.rows() + [
+        {
+            "statistic": "decision",
+            "value": float(len(report.flagged)),
+            "threshold": float(report.policy["min_agreeing"]),
+            "p_value": None,
+            "drifted": report.drifted,
+        }
+    ]
+    df = pd.DataFrame(
+        {
+            "run_id": pd.Series([run_id] * len(rows), dtype="str"),
+            "reference_version": pd.Series([reference_version] * len(rows), dtype="str"),
+            "statistic": pd.Series([r["statistic"] for r in rows], dtype="str"),
+            "value": pd.Series([r["value"] for r in rows], dtype="float64"),
+            "threshold": pd.Series([r["threshold"] for r in rows], dtype="float64"),
+            "p_value": pd.Series([r["p_value"] for r in rows], dtype="Float64"),
+            "drifted": pd.Series([r["drifted"] for r in rows], dtype="boolean"),
+            "status": pd.Series([report.status] * len(rows), dtype="str"),
+            "batch_rows": pd.Series([report.sizes["batch_rows"]] * len(rows), dtype="int64"),
+            "reference_rows": pd.Series(
+                [report.sizes["reference_rows"]] * len(rows), dtype="int64"
+            ),
+            "created_at": pd.Series([now] * len(rows), dtype="datetime64[us, UTC]"),
+        }
+    )
     if list(df.columns) != list(DRIFT_REPORT_COLUMNS):
-        raise RuntimeError(f"drift_reports columns {list(df.columns)} differ from the contract "
-                           f"{list(DRIFT_REPORT_COLUMNS)}")
+        raise RuntimeError(
+            f"drift_reports columns {list(df.columns)} differ from the contract "
+            f"{list(DRIFT_REPORT_COLUMNS)}"
+        )
     return validate_frame("drift_reports", df)  # the BI contract of the published table
 
 
-def monitor_stage(cfg: dict[str, Any], run_id: str,
-                  policy: DriftPolicy | dict[str, Any] | None = None) -> dict[str, Any]:
+def monitor_stage(
+    cfg: dict[str, Any], run_id: str, policy: DriftPolicy | dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Compare ``runs/<run_id>/embeddings.zarr`` with the reference of the current encoder.
 
     Inputs: ``cfg`` (the pipeline's flow parameters: ``output_dir``, ``models_dir``,
@@ -141,46 +155,70 @@ def monitor_stage(cfg: dict[str, Any], run_id: str,
     pol = _policy(policy, cfg)
     version = current_version(lay.models_dir)
     if version is None:
-        raise FileNotFoundError(f"no encoder registered in {str(lay.models_dir)!r}: the monitor "
-                                "compares with the current encoder's reference; train one first")
+        raise FileNotFoundError(
+            f"no encoder registered in {str(lay.models_dir)!r}: the monitor "
+            "compares with the current encoder's reference; train one first"
+        )
     rd = lay.run_dir(run_id)
     batch = open_store(rd / "embeddings.zarr")
     if not batch.is_complete:
-        raise RuntimeError(f"embedding store {batch.location} is incomplete "
-                           f"({batch.rows_committed}/{batch.n_rows} rows): re-run embed")
+        raise RuntimeError(
+            f"embedding store {batch.location} is incomplete "
+            f"({batch.rows_committed}/{batch.n_rows} rows): re-run embed"
+        )
     if batch.encoder_version != version:
         raise RuntimeError(
             f"run {run_id} was embedded with encoder {batch.encoder_version!r} but the current "
-            f"encoder is {version!r}: re-run embed so batch and reference share one encoder")
+            f"encoder is {version!r}: re-run embed so batch and reference share one encoder"
+        )
     ref_path = lay.reference_store(version)
     if not ref_path.exists():
         raise FileNotFoundError(
             f"no reference set for encoder {version!r} at {str(ref_path)!r}: the train-encoder "
-            "stage records it; re-run train-encoder")
+            "stage records it; re-run train-encoder"
+        )
     reference = open_store(ref_path)
     centers, centers_path = reference_centers(cfg, version)
-    report = detect_drift(reference, batch, centers=centers, rank=float(cfg.get("rank") or 3.0),
-                          policy=pol)
+    report = detect_drift(
+        reference, batch, centers=centers, rank=float(cfg.get("rank") or 3.0), policy=pol
+    )
     log.info("drift check of run %s against %s: %s", run_id, version, report.reasons[0])
     for r in report.reasons[1:]:
         log.info("  %s", r)
-    md = (f"# Drift report, run `{run_id}`\n\nReference: encoder `{version}` reference set "
-          f"({report.sizes['reference_rows']} rows); batch: {report.sizes['batch_rows']} rows.\n\n"
-          + report.to_markdown())
+    md = (
+        f"# Drift report, run `{run_id}`\n\nReference: encoder `{version}` reference set "
+        f"({report.sizes['reference_rows']} rows); batch: {report.sizes['batch_rows']} rows.\n\n"
+        + report.to_markdown()
+    )
     frame = drift_report_frame(report, run_id, version)
     run_date = datetime.now(UTC).strftime("%Y-%m-%d")
     table = atomic_write_parquet(
-        frame, lay.published / "drift_reports" / f"run_date={run_date}" / f"{run_id}.parquet")
-    full = {"run_id": run_id, "reference_version": version, "centers": centers_path,
-            **report.to_dict()}
+        frame, lay.published / "drift_reports" / f"run_date={run_date}" / f"{run_id}.parquet"
+    )
+    full = {
+        "run_id": run_id,
+        "reference_version": version,
+        "centers": centers_path,
+        **report.to_dict(),
+    }
     atomic_write_text(rd / "drift_report.json", json.dumps(full, indent=2))
     atomic_write_text(rd / "drift_report.md", md)
-    return {"run_id": run_id, "status": report.status, "drifted": report.drifted,
-            "reasons": report.reasons, "statistics": report.rows(),
-            "flagged": report.flagged, "reference_version": version,
-            "batch_store": batch.location, "reference_store": str(ref_path),
-            "report": full, "markdown": md, "report_path": str(rd / "drift_report.json"),
-            "drift_reports_table": str(table), "seconds": time.perf_counter() - t0}
+    return {
+        "run_id": run_id,
+        "status": report.status,
+        "drifted": report.drifted,
+        "reasons": report.reasons,
+        "statistics": report.rows(),
+        "flagged": report.flagged,
+        "reference_version": version,
+        "batch_store": batch.location,
+        "reference_store": str(ref_path),
+        "report": full,
+        "markdown": md,
+        "report_path": str(rd / "drift_report.json"),
+        "drift_reports_table": str(table),
+        "seconds": time.perf_counter() - t0,
+    }
 
 
 monitor_task = task(monitor_stage, name="monitor")
@@ -196,12 +234,15 @@ def _append_lineage(lay: OutputLayout, rec: dict[str, Any]) -> None:
     with open(lay.models_dir / "lineage.jsonl", "a") as fh:
         fh.write(json.dumps(rec, sort_keys=True, default=str) + "\n")
     if rec.get("to_version") and (lay.models_dir / rec["to_version"]).is_dir():
-        atomic_write_text(lay.models_dir / rec["to_version"] / "lineage.json",
-                          json.dumps(rec, indent=2, sort_keys=True, default=str))
+        atomic_write_text(
+            lay.models_dir / rec["to_version"] / "lineage.json",
+            json.dumps(rec, indent=2, sort_keys=True, default=str),
+        )
 
 
-def _reembed_run(cfg: dict[str, Any], lay: OutputLayout, run_id: str, version: str,
-                 old_version: str | None) -> dict[str, Any]:
+def _reembed_run(
+    cfg: dict[str, Any], lay: OutputLayout, run_id: str, version: str, old_version: str | None
+) -> dict[str, Any]:
     """Embed the run's manifest with ``version`` into a staging store, then swap it in as
     ``runs/<id>/embeddings.zarr`` (the old store is kept as ``embeddings-<old>.zarr``)."""
     from sqflow.embedding import TripletEncoder
@@ -216,18 +257,27 @@ def _reembed_run(cfg: dict[str, Any], lay: OutputLayout, run_id: str, version: s
     rec = model_record(lay.models_dir, version)
     source = open_source(meta.source)
     stage = rd / f".embeddings-{version}.zarr"
-    store = create_store(stage, n_rows=len(manifest), dim=enc.latent_dim, dataset=meta.dataset,
-                         encoder_version=version, encoder_hash=rec["encoder_hash"],
-                         source_manifest_hash=meta.manifest_hash,
-                         chunk_rows=int(cfg.get("store_chunk_rows") or 8192),
-                         if_exists="overwrite")
+    store = create_store(
+        stage,
+        n_rows=len(manifest),
+        dim=enc.latent_dim,
+        dataset=meta.dataset,
+        encoder_version=version,
+        encoder_hash=rec["encoder_hash"],
+        source_manifest_hash=meta.manifest_hash,
+        chunk_rows=int(cfg.get("store_chunk_rows") or 8192),
+        if_exists="overwrite",
+    )
     ids, refs = manifest["sample_id"].tolist(), manifest["source_ref"].tolist()
     labs = manifest["label"].to_numpy()
 
     def produce(lo: int, hi: int):
         x = source.load(refs[lo:hi])
-        return enc.embed(x, batch_size=int(cfg.get("embed_batch_size") or 4096)), ids[lo:hi], \
-            labs[lo:hi]
+        return (
+            enc.embed(x, batch_size=int(cfg.get("embed_batch_size") or 4096)),
+            ids[lo:hi],
+            labs[lo:hi],
+        )
 
     write_embeddings(store, produce, progress=True)
     live = rd / "embeddings.zarr"
@@ -242,12 +292,19 @@ def _reembed_run(cfg: dict[str, Any], lay: OutputLayout, run_id: str, version: s
         if kept.exists() and not live.exists():
             kept.rename(live)
         raise
-    return {"store": str(live), "previous_store": str(kept) if kept.exists() else None,
-            "n_rows": len(manifest)}
+    return {
+        "store": str(live),
+        "previous_store": str(kept) if kept.exists() else None,
+        "n_rows": len(manifest),
+    }
 
 
-def retrain_stage(cfg: dict[str, Any], run_id: str, reason: str,
-                  policy: DriftPolicy | dict[str, Any] | None = None) -> dict[str, Any]:
+def retrain_stage(
+    cfg: dict[str, Any],
+    run_id: str,
+    reason: str,
+    policy: DriftPolicy | dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Retrain after drift: a new encoder version on the labeled items of the configured source
     (the pipeline's ``train_encoder_stage``: registers the version and embeds its reference
     set), SQ centers on the new reference, the run's batch re-embedded with the new version, and
@@ -269,12 +326,18 @@ def retrain_stage(cfg: dict[str, Any], run_id: str, reason: str,
     lay = _layout(cfg)
     old = current_version(lay.models_dir)
     new: str | None = None
-    rec: dict[str, Any] = {"run_id": run_id, "from_version": old, "reason": reason,
-                           "started_at": datetime.now(UTC).isoformat()}
+    rec: dict[str, Any] = {
+        "run_id": run_id,
+        "from_version": old,
+        "reason": reason,
+        "started_at": datetime.now(UTC).isoformat(),
+    }
     try:
         train = train_encoder_stage(cfg)
         new = train["version"]
-        rec.update(to_version=new, n_train=train["n_train"], reference_store=train["reference_store"])
+        rec.update(
+            to_version=new, n_train=train["n_train"], reference_store=train["reference_store"]
+        )
         centers, centers_path = reference_centers(cfg, new)
         batch = _reembed_run(cfg, lay, run_id, new, old)
     except BaseException as exc:
@@ -288,34 +351,77 @@ def retrain_stage(cfg: dict[str, Any], run_id: str, reason: str,
             now_current = current_version(lay.models_dir)
         finally:
             if new is not None and (lay.models_dir / new).is_dir():
-                atomic_write_text(lay.models_dir / new / "FAILED.json", json.dumps(
-                    {"version": new, "error": msg, "run_id": run_id,
-                     "at": datetime.now(UTC).isoformat()}, indent=2))
-            _append_lineage(lay, {**rec, "status": "failed", "error": msg,
-                                  "current_after": now_current,
-                                  "finished_at": datetime.now(UTC).isoformat()})
-        log.error("retrain after drift in run %s FAILED (%s); encoder %s stays current", run_id,
-                  msg, now_current)
-        raise RetrainFailed(f"retrain failed ({msg}); encoder {now_current!r} stays current"
-                            + (f"; version {new!r} marked FAILED" if new else "")) from exc
+                atomic_write_text(
+                    lay.models_dir / new / "FAILED.json",
+                    json.dumps(
+                        {
+                            "version": new,
+                            "error": msg,
+                            "run_id": run_id,
+                            "at": datetime.now(UTC).isoformat(),
+                        },
+                        indent=2,
+                    ),
+                )
+            _append_lineage(
+                lay,
+                {
+                    **rec,
+                    "status": "failed",
+                    "error": msg,
+                    "current_after": now_current,
+                    "finished_at": datetime.now(UTC).isoformat(),
+                },
+            )
+        log.error(
+            "retrain after drift in run %s FAILED (%s); encoder %s stays current",
+            run_id,
+            msg,
+            now_current,
+        )
+        raise RetrainFailed(
+            f"retrain failed ({msg}); encoder {now_current!r} stays current"
+            + (f"; version {new!r} marked FAILED" if new else "")
+        ) from exc
     after: dict[str, Any]
     try:  # informational: how the re-embedded batch looks against the new reference
-        rep = detect_drift(open_store(lay.reference_store(new)), open_store(batch["store"]),
-                           centers=centers, rank=float(cfg.get("rank") or 3.0),
-                           policy=_policy(policy, cfg))
+        rep = detect_drift(
+            open_store(lay.reference_store(new)),
+            open_store(batch["store"]),
+            centers=centers,
+            rank=float(cfg.get("rank") or 3.0),
+            policy=_policy(policy, cfg),
+        )
         after = {"status": rep.status, "flagged": rep.flagged, "reasons": rep.reasons}
     except Exception as exc:  # noqa: BLE001 - never undoes a finished retrain
         after = {"status": "not computed", "error": f"{type(exc).__name__}: {exc}"}
-    rec.update(status="completed", centers=centers_path, batch_store=batch["store"],
-               previous_batch_store=batch["previous_store"], after=after,
-               finished_at=datetime.now(UTC).isoformat())
+    rec.update(
+        status="completed",
+        centers=centers_path,
+        batch_store=batch["store"],
+        previous_batch_store=batch["previous_store"],
+        after=after,
+        finished_at=datetime.now(UTC).isoformat(),
+    )
     _append_lineage(lay, rec)
-    log.info("retrained: encoder %s -> %s (%s); batch re-embedded; against the new reference: "
-             "%s", old, new, reason, after.get("status"))
-    return {"old_version": old, "new_version": new, "reason": reason,
-            "reference_store": train["reference_store"], "centers": centers_path,
-            "batch_store": batch["store"], "previous_batch_store": batch["previous_store"],
-            "after": after, "seconds": time.perf_counter() - t0}
+    log.info(
+        "retrained: encoder %s -> %s (%s); batch re-embedded; against the new reference: %s",
+        old,
+        new,
+        reason,
+        after.get("status"),
+    )
+    return {
+        "old_version": old,
+        "new_version": new,
+        "reason": reason,
+        "reference_store": train["reference_store"],
+        "centers": centers_path,
+        "batch_store": batch["store"],
+        "previous_batch_store": batch["previous_store"],
+        "after": after,
+        "seconds": time.perf_counter() - t0,
+    }
 
 
 retrain_task = task(retrain_stage, name="retrain")

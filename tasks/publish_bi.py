@@ -42,9 +42,11 @@ def _log() -> logging.Logger | logging.LoggerAdapter:
         return logging.getLogger("sqflow.tasks.publish_bi")
 
 
-def resolve_postgres_url(postgres_url: Any = None,
-                         postgres_secret_block: str | None = None,
-                         cfg: Mapping[str, Any] | None = None) -> str | None:
+def resolve_postgres_url(
+    postgres_url: Any = None,
+    postgres_secret_block: str | None = None,
+    cfg: Mapping[str, Any] | None = None,
+) -> str | None:
     """The PostgreSQL URL from the argument, ``SQFLOW_POSTGRES_URL`` or a Secret block (see the
     module docstring); None when none is configured."""
     if hasattr(postgres_url, "get_secret_value"):  # pydantic SecretStr
@@ -53,8 +55,11 @@ def resolve_postgres_url(postgres_url: Any = None,
         return str(postgres_url)
     if os.environ.get(ENV_URL):
         return os.environ[ENV_URL]
-    block = (postgres_secret_block or (cfg or {}).get("postgres_secret_block")
-             or os.environ.get(ENV_SECRET_BLOCK))
+    block = (
+        postgres_secret_block
+        or (cfg or {}).get("postgres_secret_block")
+        or os.environ.get(ENV_SECRET_BLOCK)
+    )
     if not block:
         return None
     from prefect.blocks.system import Secret
@@ -62,8 +67,10 @@ def resolve_postgres_url(postgres_url: Any = None,
     try:
         secret = Secret.load(block)
     except ValueError as exc:
-        raise SinkError(f"Prefect Secret block {block!r} (PostgreSQL URL) cannot be loaded: "
-                        f"{exc}. Create it with Secret(value=URL).save({block!r})") from None
+        raise SinkError(
+            f"Prefect Secret block {block!r} (PostgreSQL URL) cannot be loaded: "
+            f"{exc}. Create it with Secret(value=URL).save({block!r})"
+        ) from None
     value = secret.get()
     return str(value) if value else None
 
@@ -89,28 +96,39 @@ def transient_publish_error(task: Any, task_run: Any, state: Any) -> bool:
     return False
 
 
-def publish_bi_stage(tables: Mapping[str, pd.DataFrame], *,
-                     parquet_dir: str | os.PathLike[str],
-                     duckdb_path: str | os.PathLike[str] | None,
-                     postgres_url: Any = None,
-                     postgres_secret_block: str | None = None,
-                     cfg: Mapping[str, Any] | None = None,
-                     artifact: bool = True) -> dict[str, Any]:
+def publish_bi_stage(
+    tables: Mapping[str, pd.DataFrame],
+    *,
+    parquet_dir: str | os.PathLike[str],
+    duckdb_path: str | os.PathLike[str] | None,
+    postgres_url: Any = None,
+    postgres_secret_block: str | None = None,
+    cfg: Mapping[str, Any] | None = None,
+    artifact: bool = True,
+) -> dict[str, Any]:
     """Validate and publish one run's BI tables (Parquet, DuckDB, optional PostgreSQL); when
     called inside a Prefect run, leave a Markdown artifact listing what was written (tables,
     contract versions, rows, files, the masked database URL). Returns
     :meth:`sqflow.bi.PublishResult.to_dict`."""
     log = _log()
     url = resolve_postgres_url(postgres_url, postgres_secret_block, cfg)
-    log.info("publishing BI tables: Parquet %s, DuckDB %s, PostgreSQL %s", parquet_dir,
-             duckdb_path or "-", mask_url(url) if url else "not configured")
-    res = publish_run(tables, parquet_dir=Path(parquet_dir), duckdb_path=duckdb_path,
-                      postgres_url=url)
+    log.info(
+        "publishing BI tables: Parquet %s, DuckDB %s, PostgreSQL %s",
+        parquet_dir,
+        duckdb_path or "-",
+        mask_url(url) if url else "not configured",
+    )
+    res = publish_run(
+        tables, parquet_dir=Path(parquet_dir), duckdb_path=duckdb_path, postgres_url=url
+    )
     out = res.to_dict()
     if artifact:
         out["artifact"] = _artifact(res)
-    log.info("BI tables of run %s published: %s", res.run_id,
-             ", ".join(f"{k} {v}" for k, v in res.rows.items()))
+    log.info(
+        "BI tables of run %s published: %s",
+        res.run_id,
+        ", ".join(f"{k} {v}" for k, v in res.rows.items()),
+    )
     return out
 
 
@@ -122,19 +140,28 @@ def _artifact(res: Any) -> str | None:
     from prefect.artifacts import create_markdown_artifact
 
     key = "sqflow-bi-" + "".join(c if c.isalnum() else "-" for c in res.run_id.lower())
-    return str(create_markdown_artifact(res.to_markdown(), key=key,
-                                        description=f"BI tables of run {res.run_id}"))
+    return str(
+        create_markdown_artifact(
+            res.to_markdown(), key=key, description=f"BI tables of run {res.run_id}"
+        )
+    )
 
 
 #: The Prefect task: retried with exponential backoff on I/O and connection errors only; no
 #: result cache (the inputs are DataFrames and publishing is idempotent per run_id anyway).
-publish_bi_task = task(publish_bi_stage, name="publish-bi", retries=3,
-                       retry_delay_seconds=exponential_backoff(backoff_factor=2),
-                       retry_condition_fn=transient_publish_error, cache_policy=NO_CACHE)
+publish_bi_task = task(
+    publish_bi_stage,
+    name="publish-bi",
+    retries=3,
+    retry_delay_seconds=exponential_backoff(backoff_factor=2),
+    retry_condition_fn=transient_publish_error,
+    cache_policy=NO_CACHE,
+)
 
 
-def attach_cluster_report(frames: dict[str, pd.DataFrame], published_dir: str | os.PathLike[str],
-                          run_id: str) -> dict[str, pd.DataFrame]:
+def attach_cluster_report(
+    frames: dict[str, pd.DataFrame], published_dir: str | os.PathLike[str], run_id: str
+) -> dict[str, pd.DataFrame]:
     """Add the run's ``cluster_report`` rows written by the report stage
     (``<published>/cluster_report/run_date=*/<run_id>.parquet``, contract-typed) to ``frames``,
     so DuckDB and PostgreSQL get them with the run's other tables. Unchanged when the report
@@ -151,8 +178,9 @@ def _stage_file(published_dir: str | os.PathLike[str], table: str, run_id: str) 
     return found[-1] if found else None
 
 
-def attach_drift_reports(frames: dict[str, pd.DataFrame], published_dir: str | os.PathLike[str],
-                         run_id: str) -> dict[str, pd.DataFrame]:
+def attach_drift_reports(
+    frames: dict[str, pd.DataFrame], published_dir: str | os.PathLike[str], run_id: str
+) -> dict[str, pd.DataFrame]:
     """Add the run's ``drift_reports`` rows written by the monitor stage
     (``<published>/drift_reports/run_date=*/<run_id>.parquet``) to ``frames`` and set the
     ``runs`` row's ``monitor_ran``/``drift_detected`` from its ``decision`` row. Without such a
@@ -168,6 +196,7 @@ def attach_drift_reports(frames: dict[str, pd.DataFrame], published_dir: str | o
         decision = drift.loc[drift["statistic"] == "decision", "drifted"]
         runs["monitor_ran"] = True
         runs["drift_detected"] = pd.array(
-            [decision.iloc[0] if len(decision) else pd.NA] * len(runs), dtype="boolean")
+            [decision.iloc[0] if len(decision) else pd.NA] * len(runs), dtype="boolean"
+        )
         out["runs"] = runs
     return out

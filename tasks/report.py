@@ -40,8 +40,16 @@ from data_contracts.tables import CLUSTER_REPORT, ContractViolation, validate_fr
 
 from .layout import OutputLayout
 
-__all__ = ["build_report_for_run", "report_stage", "report_task", "report_command",
-           "CLUSTER_REPORT", "ContractViolation", "validate_cluster_report", "report_dir"]
+__all__ = [
+    "build_report_for_run",
+    "report_stage",
+    "report_task",
+    "report_command",
+    "CLUSTER_REPORT",
+    "ContractViolation",
+    "validate_cluster_report",
+    "report_dir",
+]
 
 #: runs kept in the size trend (this run included)
 TREND_RUNS = 7
@@ -67,8 +75,9 @@ def report_dir(layout: OutputLayout, run_id: str) -> Path:
     return layout.run_dir(run_id) / "report"
 
 
-def _previous_runs(lay: OutputLayout, run_id: str, started_at: str | None,
-                   encoder_version: str | None, k: int) -> list[Any]:
+def _previous_runs(
+    lay: OutputLayout, run_id: str, started_at: str | None, encoder_version: str | None, k: int
+) -> list[Any]:
     """Earlier completed runs (oldest first, at most TREND_RUNS - 1): their report table when
     they have one, else the cluster sizes of their run.json. Cluster sizes of a run with
     another encoder version or number of clusters are left out (its cluster numbers mean
@@ -83,8 +92,10 @@ def _previous_runs(lay: OutputLayout, run_id: str, started_at: str | None,
         if started_at and rec.get("started_at", "") >= started_at:
             continue
         clusters = (rec.get("cluster") or {}).get("clusters") or []
-        same = (rec.get("encoder_version") == encoder_version
-                and int(rec.get("n_clusters") or len(clusters)) == k)
+        same = (
+            rec.get("encoder_version") == encoder_version
+            and int(rec.get("n_clusters") or len(clusters)) == k
+        )
         prev = None
         tp = report_dir(lay, rid) / REPORT_TABLE
         if tp.exists():
@@ -98,37 +109,60 @@ def _previous_runs(lay: OutputLayout, run_id: str, started_at: str | None,
             if not same:
                 prev.sizes = {}
             out.append(prev)
-    return out[-(TREND_RUNS - 1):]
+    return out[-(TREND_RUNS - 1) :]
 
 
 def _drift(rd: Path, rec: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
     p = rd / "drift_report.json"
     if p.exists():
         d = json.loads(p.read_text())
-        stats = [{"statistic": s.get("statistic") or s.get("name"), "value": s.get("value"),
-                  "threshold": s.get("threshold"), "p_value": s.get("p_value"),
-                  "drifted": s.get("drifted")} for s in d.get("statistics", [])]
-        return {"drifted": d.get("drifted"), "status": d.get("status"),
-                "reasons": d.get("reasons", []), "statistics": stats}, None
+        stats = [
+            {
+                "statistic": s.get("statistic") or s.get("name"),
+                "value": s.get("value"),
+                "threshold": s.get("threshold"),
+                "p_value": s.get("p_value"),
+                "drifted": s.get("drifted"),
+            }
+            for s in d.get("statistics", [])
+        ]
+        return {
+            "drifted": d.get("drifted"),
+            "status": d.get("status"),
+            "reasons": d.get("reasons", []),
+            "statistics": stats,
+        }, None
     mon = rec.get("monitor")
     if isinstance(mon, dict) and mon.get("error"):
-        return None, (f"The drift monitor failed for this run ({mon['error']}), so no drift "
-                      "decision was made.")
+        return None, (
+            f"The drift monitor failed for this run ({mon['error']}), so no drift "
+            "decision was made."
+        )
     if isinstance(mon, dict) and "drifted" in mon:
-        return {"drifted": mon.get("drifted"), "status": mon.get("status"),
-                "reasons": mon.get("reasons", []), "statistics": mon.get("statistics", [])}, None
+        return {
+            "drifted": mon.get("drifted"),
+            "status": mon.get("status"),
+            "reasons": mon.get("reasons", []),
+            "statistics": mon.get("statistics", []),
+        }, None
     note = mon.strip() if isinstance(mon, str) else ""
     for prefix in ("not run:", "not run"):
         if note.lower().startswith(prefix):
-            note = note[len(prefix):].strip()
-    return None, ("The drift monitor did not run for this run"
-                  + (f": {note.rstrip('.')}." if note else ", so no drift decision was made."))
+            note = note[len(prefix) :].strip()
+    return None, (
+        "The drift monitor did not run for this run"
+        + (f": {note.rstrip('.')}." if note else ", so no drift decision was made.")
+    )
 
 
-def build_report_for_run(output_dir: str | os.PathLike[str], run_id: str, *,
-                         models_dir: str | os.PathLike[str] | None = None,
-                         record: dict[str, Any] | None = None,
-                         max_heldout: int = 2000) -> Path:
+def build_report_for_run(
+    output_dir: str | os.PathLike[str],
+    run_id: str,
+    *,
+    models_dir: str | os.PathLike[str] | None = None,
+    record: dict[str, Any] | None = None,
+    max_heldout: int = 2000,
+) -> Path:
     """Build the cluster report of run ``run_id`` in the output folder ``output_dir`` and
     return the path of its HTML page (``runs/<run_id>/report/report.html``).
 
@@ -137,12 +171,19 @@ def build_report_for_run(output_dir: str | os.PathLike[str], run_id: str, *,
     (whose convergence curve is the objective estimate after each pass). Raises FileNotFoundError naming what is missing when
     the run folder is incomplete (the run failed or has not clustered yet).
     """
-    return _build(output_dir, run_id, models_dir=models_dir, record=record,
-                  max_heldout=max_heldout).html_path
+    return _build(
+        output_dir, run_id, models_dir=models_dir, record=record, max_heldout=max_heldout
+    ).html_path
 
 
-def _build(output_dir: str | os.PathLike[str], run_id: str, *, models_dir: Any = None,
-           record: dict[str, Any] | None = None, max_heldout: int = 2000) -> Any:
+def _build(
+    output_dir: str | os.PathLike[str],
+    run_id: str,
+    *,
+    models_dir: Any = None,
+    record: dict[str, Any] | None = None,
+    max_heldout: int = 2000,
+) -> Any:
     from data_contracts.manifest import ManifestMeta
     from sqflow.report import HeldOut, RunHealth, build_report
     from sqflow.store import open_assignments, open_store
@@ -153,15 +194,22 @@ def _build(output_dir: str | os.PathLike[str], run_id: str, *, models_dir: Any =
     rd = lay.run_dir(run_id)
     if not rd.is_dir():
         runs = sorted(p.name for p in (lay.root / "runs").glob("*") if p.is_dir())
-        raise FileNotFoundError(f"no run {run_id!r} in {str(lay.root / 'runs')!r}; runs there: "
-                                f"{runs[-5:] if runs else 'none'}")
+        raise FileNotFoundError(
+            f"no run {run_id!r} in {str(lay.root / 'runs')!r}; runs there: "
+            f"{runs[-5:] if runs else 'none'}"
+        )
     need = ([] if record is not None else [rd / "run.json"]) + [
-        rd / "manifest.parquet", rd / "manifest.json", rd / "embeddings.zarr",
-        rd / "centers.npy"]
+        rd / "manifest.parquet",
+        rd / "manifest.json",
+        rd / "embeddings.zarr",
+        rd / "centers.npy",
+    ]
     missing = [str(p) for p in need if not p.exists()]
     if missing:
-        raise FileNotFoundError(f"run {run_id!r} has no {', '.join(missing)}: the report needs "
-                                "a run that got through clustering")
+        raise FileNotFoundError(
+            f"run {run_id!r} has no {', '.join(missing)}: the report needs "
+            "a run that got through clustering"
+        )
     # nightly passes its in-memory record (run.json is written when the run ends)
     rec = record if record is not None else json.loads((rd / "run.json").read_text())
     meta = ManifestMeta.model_validate_json((rd / "manifest.json").read_text())
@@ -173,8 +221,10 @@ def _build(output_dir: str | os.PathLike[str], run_id: str, *, models_dir: Any =
     labels = store.read_labels().astype(np.int64)
     ids = np.array([str(v) for v in store.read_sample_ids().tolist()], dtype=object)
     if manifest["sample_id"].astype(str).tolist() != ids.tolist():
-        raise RuntimeError(f"run {run_id!r}: the embedding store's sample ids differ from the "
-                           "manifest's; re-run embed")
+        raise RuntimeError(
+            f"run {run_id!r}: the embedding store's sample ids differ from the "
+            "manifest's; re-run embed"
+        )
     centers = np.load(rd / "centers.npy")
     source = open_source(meta.source)
     refs = manifest["source_ref"].to_numpy(object)
@@ -191,16 +241,22 @@ def _build(output_dir: str | os.PathLike[str], run_id: str, *, models_dir: Any =
     caveat = None
     if len(held) == 0 and len(lab_rows):
         held = lab_rows
-        caveat = ("this run has no labeled items outside the encoder's training split, so the "
-                  "quality was measured on its labeled items, which may include items the "
-                  "encoder was trained on (figures may look better than they are)")
+        caveat = (
+            "this run has no labeled items outside the encoder's training split, so the "
+            "quality was measured on its labeled items, which may include items the "
+            "encoder was trained on (figures may look better than they are)"
+        )
     heldout = None
     if len(held) >= 2:
         if len(held) > max_heldout:
             held = np.sort(np.random.default_rng(0).choice(held, max_heldout, replace=False))
-        heldout = HeldOut(embeddings=store.embedding.oindex[held], labels=labels[held],
-                          inputs=source.load(list(refs[held])), cluster_ids=cid[held],
-                          note=caveat)
+        heldout = HeldOut(
+            embeddings=store.embedding.oindex[held],
+            labels=labels[held],
+            inputs=source.load(list(refs[held])),
+            cluster_ids=cid[held],
+            note=caveat,
+        )
     cl = rec.get("cluster") or {}
     curve = cl.get("loss_curve")
     curve_label = "block of samples"
@@ -211,27 +267,45 @@ def _build(output_dir: str | os.PathLike[str], run_id: str, *, models_dir: Any =
     drift, note = _drift(rd, rec)
     timings = {k: float(v) for k, v in (rec.get("timings") or {}).items()}
     health = RunHealth(
-        drift=drift, monitor_note=note, n_items=len(ids),
+        drift=drift,
+        monitor_note=note,
+        n_items=len(ids),
         n_quarantined=int(samp.get("n_quarantined") or 0),
         quarantine_reasons=samp.get("top_quarantine_reasons") or {},
-        objective=cl.get("objective"), loss_curve=curve, loss_curve_label=curve_label,
-        n_passes=cl.get("n_iter"), timings=timings, dataset=rec.get("dataset"),
+        objective=cl.get("objective"),
+        loss_curve=curve,
+        loss_curve_label=curve_label,
+        n_passes=cl.get("n_iter"),
+        timings=timings,
+        dataset=rec.get("dataset"),
         encoder_version=rec.get("encoder_version") or store.encoder_version,
-        started_at=rec.get("started_at"), warm_start_from=cl.get("warm_start_from"))
+        started_at=rec.get("started_at"),
+        warm_start_from=cl.get("warm_start_from"),
+    )
     result = build_report(
-        run_id, report_dir(lay, run_id), embeddings=store.embedding, cluster_ids=cid,
-        distances=dist, centers=centers, sample_ids=ids,
+        run_id,
+        report_dir(lay, run_id),
+        embeddings=store.embedding,
+        cluster_ids=cid,
+        distances=dist,
+        centers=centers,
+        sample_ids=ids,
         labels=labels if (labels >= 0).any() else None,
-        thumbnails=thumbnails if images else None, heldout=heldout,
-        previous=_previous_runs(lay, run_id, rec.get("started_at"), health.encoder_version,
-                                len(centers)), health=health,
-        max_heldout=max_heldout)
+        thumbnails=thumbnails if images else None,
+        heldout=heldout,
+        previous=_previous_runs(
+            lay, run_id, rec.get("started_at"), health.encoder_version, len(centers)
+        ),
+        health=health,
+        max_heldout=max_heldout,
+    )
     return result
 
 
 # ------------------------------------------------------------------------------ Prefect
-def report_stage(cfg: dict[str, Any], run_id: str,
-                 record: dict[str, Any] | None = None) -> dict[str, Any]:
+def report_stage(
+    cfg: dict[str, Any], run_id: str, record: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Build the report of ``run_id`` (see :func:`build_report_for_run`), write the
     ``cluster_report`` BI Parquet file (contract-checked) and return a small JSON-able dict:
     ``html``, ``table``, ``bi_parquet``, ``rows`` (the per-cluster records), ``quality``,
@@ -240,25 +314,39 @@ def report_stage(cfg: dict[str, Any], run_id: str,
     lay = OutputLayout.at(cfg["output_dir"], cfg.get("models_dir"))
     res = _build(lay.root, run_id, models_dir=lay.models_dir, record=record)
     table = validate_cluster_report(res.table)
-    started = (record if record is not None else json.loads(
-        (lay.run_dir(run_id) / "run.json").read_text())).get("started_at") or ""
+    started = (
+        record if record is not None else json.loads((lay.run_dir(run_id) / "run.json").read_text())
+    ).get("started_at") or ""
     run_date = str(started)[:10] or time.strftime("%Y-%m-%d", time.gmtime())
     from sqflow.bi.parquet import write_table_file
 
     schema = CLUSTER_REPORT.arrow_schema()
     arrow = pa.Table.from_pandas(table, schema=schema, preserve_index=False)
-    bi_path = write_table_file(lay.published, "cluster_report", run_date, run_id,
-                               arrow.replace_schema_metadata(schema.metadata))
+    bi_path = write_table_file(
+        lay.published,
+        "cluster_report",
+        run_date,
+        run_id,
+        arrow.replace_schema_metadata(schema.metadata),
+    )
     q = res.data.quality
     _log().info("cluster report of run %s: %s", run_id, res.html_path)
-    return {"html": str(res.html_path), "table": str(res.table_path),
-            "bi_parquet": str(bi_path), "rows": _plain_records(table),
-            "quality": {"knn_accuracy": q.knn_accuracy,
-                        "majority_agreement": q.majority_agreement,
-                        "trustworthiness": q.trustworthiness, "n_heldout": q.n_heldout,
-                        "previous": q.previous, "previous_run_id": q.previous_run_id},
-            "confused_pairs": [[p.a, p.b] for p in res.data.pairs],
-            "seconds": time.perf_counter() - t0}
+    return {
+        "html": str(res.html_path),
+        "table": str(res.table_path),
+        "bi_parquet": str(bi_path),
+        "rows": _plain_records(table),
+        "quality": {
+            "knn_accuracy": q.knn_accuracy,
+            "majority_agreement": q.majority_agreement,
+            "trustworthiness": q.trustworthiness,
+            "n_heldout": q.n_heldout,
+            "previous": q.previous,
+            "previous_run_id": q.previous_run_id,
+        },
+        "confused_pairs": [[p.a, p.b] for p in res.data.pairs],
+        "seconds": time.perf_counter() - t0,
+    }
 
 
 def _plain_records(df: pd.DataFrame) -> list[dict[str, Any]]:
@@ -288,37 +376,55 @@ def report_markdown(run_id: str, info: dict[str, Any]) -> str:
     def num(v: float | None) -> str:
         return "n/a" if v is None else f"{v:.3f}"
 
-    lines = [f"# Cluster report, run `{run_id}`", "",
-             f"[Open the report page (self-contained HTML)](file://{info['html']})  ",
-             f"`{info['html']}`", "",
-             "| embedding quality (labeled hold-out) | this run | previous run |",
-             "|---|---:|---:|",
-             f"| neighbour check (kNN accuracy) | {pct(q['knn_accuracy'])} | "
-             f"{pct(q['previous'].get('knn_accuracy'))} |",
-             f"| cluster check (majority label is own) | {pct(q['majority_agreement'])} | "
-             f"{pct(q['previous'].get('majority_agreement'))} |",
-             f"| trustworthiness | {num(q['trustworthiness'])} | "
-             f"{num(q['previous'].get('trustworthiness'))} |",
-             "", f"Held-out labeled items: {q['n_heldout']}."]
+    lines = [
+        f"# Cluster report, run `{run_id}`",
+        "",
+        f"[Open the report page (self-contained HTML)](file://{info['html']})  ",
+        f"`{info['html']}`",
+        "",
+        "| embedding quality (labeled hold-out) | this run | previous run |",
+        "|---|---:|---:|",
+        f"| neighbour check (kNN accuracy) | {pct(q['knn_accuracy'])} | "
+        f"{pct(q['previous'].get('knn_accuracy'))} |",
+        f"| cluster check (majority label is own) | {pct(q['majority_agreement'])} | "
+        f"{pct(q['previous'].get('majority_agreement'))} |",
+        f"| trustworthiness | {num(q['trustworthiness'])} | "
+        f"{num(q['previous'].get('trustworthiness'))} |",
+        "",
+        f"Held-out labeled items: {q['n_heldout']}.",
+    ]
     if info["confused_pairs"]:
-        lines += ["", "Easily confused cluster pairs: " + ", ".join(
-            f"{a} & {b}" for a, b in info["confused_pairs"]) + "."]
+        lines += [
+            "",
+            "Easily confused cluster pairs: "
+            + ", ".join(f"{a} & {b}" for a, b in info["confused_pairs"])
+            + ".",
+        ]
     return "\n".join(lines) + "\n"
 
 
-def _report_with_artifacts(cfg: dict[str, Any], run_id: str,
-                           record: dict[str, Any] | None = None) -> dict[str, Any]:
+def _report_with_artifacts(
+    cfg: dict[str, Any], run_id: str, record: dict[str, Any] | None = None
+) -> dict[str, Any]:
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
     info = report_stage(cfg, run_id, record)
     key = "sqflow-report-" + "".join(c if c.isalnum() else "-" for c in run_id.lower())
     info["artifacts"] = {
-        "report": str(create_markdown_artifact(
-            report_markdown(run_id, info), key=key,
-            description=f"cluster report of run {run_id}")),
-        "clusters": str(create_table_artifact(
-            info["rows"], key=key + "-clusters",
-            description=f"cluster_report table of run {run_id}")),
+        "report": str(
+            create_markdown_artifact(
+                report_markdown(run_id, info),
+                key=key,
+                description=f"cluster report of run {run_id}",
+            )
+        ),
+        "clusters": str(
+            create_table_artifact(
+                info["rows"],
+                key=key + "-clusters",
+                description=f"cluster_report table of run {run_id}",
+            )
+        ),
     }
     return info
 
@@ -343,13 +449,21 @@ def report_command(argv: list[str] | None = None) -> int:
     import sys
 
     ap = argparse.ArgumentParser(prog="sqflow report", description=report_command.__doc__)
-    ap.add_argument("run_id", help="the run id (runs/<RUN_ID> in the output folder) or "
-                    "'latest' for the latest completed run")
-    ap.add_argument("--output", default=os.environ.get("SQFLOW_OUTPUT_DIR", "sqflow-output"),
-                    help="the pipeline's output folder (default: $SQFLOW_OUTPUT_DIR or "
-                    "./sqflow-output)")
-    ap.add_argument("--models-dir", default=os.environ.get("SQFLOW_MODELS_DIR"),
-                    help="model registry (default <output>/models)")
+    ap.add_argument(
+        "run_id",
+        help="the run id (runs/<RUN_ID> in the output folder) or "
+        "'latest' for the latest completed run",
+    )
+    ap.add_argument(
+        "--output",
+        default=os.environ.get("SQFLOW_OUTPUT_DIR", "sqflow-output"),
+        help="the pipeline's output folder (default: $SQFLOW_OUTPUT_DIR or ./sqflow-output)",
+    )
+    ap.add_argument(
+        "--models-dir",
+        default=os.environ.get("SQFLOW_MODELS_DIR"),
+        help="model registry (default <output>/models)",
+    )
     args = ap.parse_args(argv)
     lay = OutputLayout.at(args.output, args.models_dir)
     run_id = args.run_id
@@ -364,8 +478,10 @@ def report_command(argv: list[str] | None = None) -> int:
     except FileNotFoundError as exc:
         print(f"sqflow report: {exc}", file=sys.stderr)
         return 2
-    print(f"cluster report of run {run_id}:\n  {path}\n  open it in a browser "
-          f"(file://{path}); it is self-contained and works offline")
+    print(
+        f"cluster report of run {run_id}:\n  {path}\n  open it in a browser "
+        f"(file://{path}); it is self-contained and works offline"
+    )
     return 0
 
 

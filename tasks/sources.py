@@ -49,13 +49,16 @@ class ScanResult:
 
 def _frame(ids: Iterable[str], refs: Iterable[str], labels: Iterable[int], split) -> pd.DataFrame:
     ids = list(ids)
-    df = pd.DataFrame({
-        "sample_id": pd.Series(ids, dtype="str"),
-        "source_ref": pd.Series(list(refs), dtype="str"),
-        "label": pd.Series(np.asarray(list(labels), dtype=np.int64), dtype="int64"),
-        "split": pd.Series([split] * len(ids) if isinstance(split, str) else list(split),
-                           dtype="str"),
-    })
+    df = pd.DataFrame(
+        {
+            "sample_id": pd.Series(ids, dtype="str"),
+            "source_ref": pd.Series(list(refs), dtype="str"),
+            "label": pd.Series(np.asarray(list(labels), dtype=np.int64), dtype="int64"),
+            "split": pd.Series(
+                [split] * len(ids) if isinstance(split, str) else list(split), dtype="str"
+            ),
+        }
+    )
     return df[list(MANIFEST_COLUMNS)]
 
 
@@ -65,7 +68,8 @@ def _fail_if_empty(spec: SourceSpec, result: ScanResult) -> ScanResult:
         raise SourceError(
             f"source {spec.kind} {spec.path or spec.split!r} has no readable item "
             f"({result.n_scanned} found, {len(result.rejected)} quarantined"
-            + (f"; top reasons: {reasons}" if reasons else "") + ")"
+            + (f"; top reasons: {reasons}" if reasons else "")
+            + ")"
         )
     return result
 
@@ -134,7 +138,7 @@ class _ArraySource(Source):
         rng = self._default_range(x)
         step = 65536
         for lo in range(0, n, step):
-            block = np.asarray(flat[lo:lo + step])
+            block = np.asarray(flat[lo : lo + step])
             if block.dtype.kind == "f":
                 finite = np.isfinite(block).all(axis=1)
                 for i in np.flatnonzero(~finite):
@@ -147,8 +151,10 @@ class _ArraySource(Source):
                     if ok[lo + i]:
                         ok[lo + i] = False
                         reasons[lo + i] = f"value out of range [{rng[0]:g}, {rng[1]:g}]"
-        ids = self._ids if self._ids is not None else np.array(
-            [f"{self.prefix}{i:06d}" for i in range(n)], dtype=object
+        ids = (
+            self._ids
+            if self._ids is not None
+            else np.array([f"{self.prefix}{i:06d}" for i in range(n)], dtype=object)
         )
         seen: set[str] = set()
         for i, sid in enumerate(ids):
@@ -176,12 +182,16 @@ class _ArraySource(Source):
 
     def load(self, refs: Sequence[str]) -> np.ndarray:
         x, _ = self._arrays()
-        rows = np.fromiter((int(r.rsplit("#", 1)[1]) for r in refs), dtype=np.int64,
-                           count=len(refs))
+        rows = np.fromiter(
+            (int(r.rsplit("#", 1)[1]) for r in refs), dtype=np.int64, count=len(refs)
+        )
         if len(rows) > 1 and np.all(np.diff(rows) == 1):
-            return np.asarray(x[rows[0]:rows[-1] + 1])
-        return np.asarray(x[np.sort(rows)][np.argsort(np.argsort(rows))]) if len(rows) else \
-            np.empty((0, *x.shape[1:]), dtype=x.dtype)
+            return np.asarray(x[rows[0] : rows[-1] + 1])
+        return (
+            np.asarray(x[np.sort(rows)][np.argsort(np.argsort(rows))])
+            if len(rows)
+            else np.empty((0, *x.shape[1:]), dtype=x.dtype)
+        )
 
 
 class MnistSource(_ArraySource):
@@ -215,8 +225,9 @@ class IdxSource(_ArraySource):
         from sqflow.datasets import load_idx
 
         path = _need_path(self.spec.path, "IDX image file")
-        labels = _need_path(self.spec.labels_path, "IDX label file") if self.spec.labels_path \
-            else None
+        labels = (
+            _need_path(self.spec.labels_path, "IDX label file") if self.spec.labels_path else None
+        )
         try:
             self._x, self._y = load_idx(path, labels)
         except ValueError as exc:
@@ -234,8 +245,10 @@ class NpySource(_ArraySource):
         except (ValueError, OSError) as exc:
             raise SourceError(f"NPY file {str(path)!r} is unreadable: {exc}") from exc
         if self._x.ndim < 2:
-            raise SourceError(f"NPY file {str(path)!r} has shape {self._x.shape}; expected (N, ...)"
-                              " with one item per row")
+            raise SourceError(
+                f"NPY file {str(path)!r} has shape {self._x.shape}; expected (N, ...)"
+                " with one item per row"
+            )
         if self.spec.labels_path:
             lp = _need_path(self.spec.labels_path, "NPY label file")
             self._y = _check_labels(np.load(lp, allow_pickle=False), len(self._x), lp)
@@ -253,20 +266,25 @@ class NpzSource(_ArraySource):
             raise SourceError(f"NPZ file {str(path)!r} is unreadable: {exc}") from exc
         xk = next((k for k in _NPZ_X if k in z.files), None)
         if xk is None:
-            raise SourceError(f"NPZ file {str(path)!r} has arrays {z.files}; expected one named "
-                              f"{' or '.join(_NPZ_X)}")
+            raise SourceError(
+                f"NPZ file {str(path)!r} has arrays {z.files}; expected one named "
+                f"{' or '.join(_NPZ_X)}"
+            )
         self._x = z[xk]
         if self._x.ndim < 2:
-            raise SourceError(f"NPZ array {xk!r} in {str(path)!r} has shape {self._x.shape}; "
-                              "expected (N, ...)")
+            raise SourceError(
+                f"NPZ array {xk!r} in {str(path)!r} has shape {self._x.shape}; expected (N, ...)"
+            )
         yk = next((k for k in _NPZ_Y if k in z.files), None)
         if yk is not None:
             self._y = _check_labels(z[yk], len(self._x), path)
         if "ids" in z.files:
             ids = z["ids"]
             if ids.shape != (len(self._x),):
-                raise SourceError(f"NPZ array 'ids' in {str(path)!r} has shape {ids.shape}; "
-                                  f"expected ({len(self._x)},)")
+                raise SourceError(
+                    f"NPZ array 'ids' in {str(path)!r} has shape {ids.shape}; "
+                    f"expected ({len(self._x)},)"
+                )
             self._ids = np.asarray([str(i) for i in ids], dtype=object)
         self.prefix = f"{path.stem}-"
 
@@ -284,15 +302,22 @@ class ParquetSource(_ArraySource):
         if self.spec.feature_columns:
             missing = [c for c in self.spec.feature_columns if c not in df.columns]
             if missing:
-                raise SourceError(f"Parquet source {str(path)!r} lacks feature columns {missing}; "
-                                  f"it has {list(df.columns)}")
+                raise SourceError(
+                    f"Parquet source {str(path)!r} lacks feature columns {missing}; "
+                    f"it has {list(df.columns)}"
+                )
             cols = list(self.spec.feature_columns)
         else:
-            cols = [c for c in df.columns if c not in (lab, idc)
-                    and pd.api.types.is_numeric_dtype(df[c])]
+            cols = [
+                c
+                for c in df.columns
+                if c not in (lab, idc) and pd.api.types.is_numeric_dtype(df[c])
+            ]
         if not cols:
-            raise SourceError(f"Parquet source {str(path)!r} has no numeric feature column "
-                              f"(columns: {list(df.columns)})")
+            raise SourceError(
+                f"Parquet source {str(path)!r} has no numeric feature column "
+                f"(columns: {list(df.columns)})"
+            )
         self._x = df[cols].to_numpy(dtype=np.float32, na_value=np.nan)
         self._bad_label: dict[int, str] = {}
         if lab and lab in df.columns:
@@ -310,8 +335,9 @@ class ParquetSource(_ArraySource):
                     self._bad_label[i] = f"label {v!r} is not an integer >= -1"
             self._y = y
         if idc and idc in df.columns:
-            self._ids = np.asarray(["" if v is None else str(v) for v in df[idc].tolist()],
-                                   dtype=object)
+            self._ids = np.asarray(
+                ["" if v is None else str(v) for v in df[idc].tolist()], dtype=object
+            )
         self.prefix = f"{path.stem}-"
 
     def scan(self) -> ScanResult:
@@ -319,8 +345,9 @@ class ParquetSource(_ArraySource):
         if getattr(self, "_bad_label", None):
             bad = {f"{self.ref_base}#{i}": r for i, r in self._bad_label.items()}
             keep = ~res.items["source_ref"].isin(list(bad))
-            res.rejected.extend((ref, r) for ref, r in bad.items()
-                                if ref in set(res.items["source_ref"]))
+            res.rejected.extend(
+                (ref, r) for ref, r in bad.items() if ref in set(res.items["source_ref"])
+            )
             res.items = res.items[keep].reset_index(drop=True)
             res = _fail_if_empty(self.spec, res)
         return res
@@ -328,8 +355,10 @@ class ParquetSource(_ArraySource):
 
 def _check_labels(y: np.ndarray, n: int, path: Path) -> np.ndarray:
     if y.shape != (n,) or not np.issubdtype(y.dtype, np.integer):
-        raise SourceError(f"labels in {str(path)!r} have shape {y.shape} dtype {y.dtype}; "
-                          f"expected ({n},) integers (-1 = unlabeled)")
+        raise SourceError(
+            f"labels in {str(path)!r} have shape {y.shape} dtype {y.dtype}; "
+            f"expected ({n},) integers (-1 = unlabeled)"
+        )
     return y.astype(np.int64)
 
 
@@ -352,8 +381,10 @@ class ImageFolderSource(Source):
             reader = csv.DictReader(fh)
             cols = reader.fieldnames or []
             if "sample_id" not in cols or "label" not in cols:
-                raise SourceError(f"labels CSV {str(path)!r} has columns {cols}; expected at least "
-                                  "'sample_id' and 'label' (optional 'split')")
+                raise SourceError(
+                    f"labels CSV {str(path)!r} has columns {cols}; expected at least "
+                    "'sample_id' and 'label' (optional 'split')"
+                )
             return {row["sample_id"]: (row["label"], row.get("split") or "all") for row in reader}
 
     @staticmethod
@@ -371,8 +402,9 @@ class ImageFolderSource(Source):
             return np.asarray(im, dtype=np.uint8)
 
     def scan(self) -> ScanResult:
-        files = sorted(p for p in self.root.rglob("*")
-                       if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(
+            p for p in self.root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+        )
         labels = self._labels()
         decoded: list[tuple[str, str, np.ndarray]] = []
         rejected: list[tuple[str, str]] = []
@@ -381,8 +413,13 @@ class ImageFolderSource(Source):
             ref = p.relative_to(self.root).as_posix()
             sid = str(Path(ref).with_suffix(""))
             if sid in seen:
-                rejected.append((ref, f"duplicate sample id {sid!r} (another file has the same "
-                                      "name with a different extension)"))
+                rejected.append(
+                    (
+                        ref,
+                        f"duplicate sample id {sid!r} (another file has the same "
+                        "name with a different extension)",
+                    )
+                )
                 continue
             seen.add(sid)
             try:
@@ -392,8 +429,9 @@ class ImageFolderSource(Source):
                 continue
             decoded.append((sid, ref, arr))
         if not decoded:
-            return _fail_if_empty(self.spec, ScanResult(_frame([], [], [], "all"), rejected,
-                                                         (), len(files)))
+            return _fail_if_empty(
+                self.spec, ScanResult(_frame([], [], [], "all"), rejected, (), len(files))
+            )
         shapes = Counter(a.shape for _, _, a in decoded)
         if self.spec.image_size is not None:
             hw = tuple(self.spec.image_size)
@@ -405,8 +443,9 @@ class ImageFolderSource(Source):
         for sid, ref, arr in decoded:
             if arr.shape != want:
                 what = "channels" if arr.shape[:2] == want[:2] else "size"
-                rejected.append((ref, f"unexpected {what}: shape {arr.shape}; expected {want} "
-                                      "(H, W[, C])"))
+                rejected.append(
+                    (ref, f"unexpected {what}: shape {arr.shape}; expected {want} (H, W[, C])")
+                )
                 continue
             raw, split = labels.get(sid, ("", "all"))
             lab = -1
@@ -416,15 +455,17 @@ class ImageFolderSource(Source):
                     if lab < -1:
                         raise ValueError
                 except ValueError:
-                    rejected.append((ref, f"label {raw!r} in the labels CSV is not an integer "
-                                          ">= -1"))
+                    rejected.append(
+                        (ref, f"label {raw!r} in the labels CSV is not an integer >= -1")
+                    )
                     continue
             ids.append(sid)
             refs.append(ref)
             labs.append(lab)
             splits.append(split)
-        res = ScanResult(_frame(ids, refs, labs, splits), rejected, tuple(int(s) for s in want),
-                         len(files))
+        res = ScanResult(
+            _frame(ids, refs, labs, splits), rejected, tuple(int(s) for s in want), len(files)
+        )
         return _fail_if_empty(self.spec, res)
 
     def load(self, refs: Sequence[str]) -> np.ndarray:
@@ -475,8 +516,11 @@ def select(items: pd.DataFrame, spec: SampleSpec, seen_ids: set[str] | None = No
         rest = k - quota.sum()
         order = np.argsort(-(counts / n_all * k - quota))
         quota[order[:rest]] += 1
-        picks = [rng.choice(np.flatnonzero(labels == c), size=q, replace=False)
-                 for c, q in zip(classes, quota) if q > 0]
+        picks = [
+            rng.choice(np.flatnonzero(labels == c), size=q, replace=False)
+            for c, q in zip(classes, quota)
+            if q > 0
+        ]
         out = items.iloc[np.sort(np.concatenate(picks))] if picks else items.iloc[:0]
     elif spec.mode == "incremental":
         seen_ids = seen_ids or set()

@@ -22,8 +22,10 @@ import pytest
 
 
 def pg_bindir() -> str | None:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
-                   key=lambda p: int(p.split("/")[4]) if p.split("/")[4].isdigit() else 0)
+    found = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/initdb"),
+        key=lambda p: int(p.split("/")[4]) if p.split("/")[4].isdigit() else 0,
+    )
     return os.path.dirname(found[-1]) if found else None
 
 
@@ -51,17 +53,34 @@ class PgServer:
         return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
 
     def start(self) -> None:
-        r = self._run(f"{self.bindir}/initdb", "-D", self.data, "-A", "trust", "-U", "sqflow",
-                      "--no-sync")
+        r = self._run(
+            f"{self.bindir}/initdb", "-D", self.data, "-A", "trust", "-U", "sqflow", "--no-sync"
+        )
         if r.returncode:
             raise RuntimeError(f"initdb failed: {r.stdout}\n{r.stderr}")
-        opts = (f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 "
-                "-c fsync=off -c full_page_writes=off")
-        r = self._run(f"{self.bindir}/pg_ctl", "-D", self.data, "-o", opts, "-l",
-                      os.path.join(self.dir, "log"), "-w", "-t", "60", "start")
+        opts = (
+            f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 "
+            "-c fsync=off -c full_page_writes=off"
+        )
+        r = self._run(
+            f"{self.bindir}/pg_ctl",
+            "-D",
+            self.data,
+            "-o",
+            opts,
+            "-l",
+            os.path.join(self.dir, "log"),
+            "-w",
+            "-t",
+            "60",
+            "start",
+        )
         if r.returncode:
-            log = open(os.path.join(self.dir, "log")).read() if os.path.exists(
-                os.path.join(self.dir, "log")) else ""
+            log = (
+                open(os.path.join(self.dir, "log")).read()
+                if os.path.exists(os.path.join(self.dir, "log"))
+                else ""
+            )
             raise RuntimeError(f"pg_ctl start failed: {r.stdout}\n{r.stderr}\n{log}")
 
     def stop(self) -> None:
@@ -85,8 +104,10 @@ class PgServer:
 def postgres_server() -> Iterator[PgServer]:
     bindir = pg_bindir()
     if bindir is None:
-        pytest.skip("PostgreSQL server binaries absent (/usr/lib/postgresql/*/bin/initdb); "
-                    "install Debian's 'postgresql' package (.ci/run does)")
+        pytest.skip(
+            "PostgreSQL server binaries absent (/usr/lib/postgresql/*/bin/initdb); "
+            "install Debian's 'postgresql' package (.ci/run does)"
+        )
     srv = PgServer(bindir)
     t0 = time.perf_counter()
     srv.start()

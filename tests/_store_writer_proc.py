@@ -66,7 +66,9 @@ def main() -> None:
         store._commit_chunk = slow_commit  # type: ignore[method-assign]
     print("READY", flush=True)
     written = write_embeddings(
-        store, lambda lo, hi: expected_rows(lo, hi, a.dim), worker=a.worker,
+        store,
+        lambda lo, hi: expected_rows(lo, hi, a.dim),
+        worker=a.worker,
         n_workers=a.n_workers,
     )
     print(f"WROTE {written}", flush=True)

@@ -35,9 +35,23 @@ def nearest(x, centers):
 class ReferenceSQ:
     """Algorithm 1 (batch_size=1) and its mini-batch form, with every optimizer of PAPER.md."""
 
-    def __init__(self, centers, optimizer, lr, *, r=3.0, schedule="robbins-monro", t0=1000.0,
-                 power=1.0, gamma=0.9, beta1=0.9, beta2=0.999, decay=0.9, eps=1e-8,
-                 project=False):
+    def __init__(
+        self,
+        centers,
+        optimizer,
+        lr,
+        *,
+        r=3.0,
+        schedule="robbins-monro",
+        t0=1000.0,
+        power=1.0,
+        gamma=0.9,
+        beta1=0.9,
+        beta2=0.999,
+        decay=0.9,
+        eps=1e-8,
+        project=False,
+    ):
         self.y = [list(map(float, c)) for c in centers]
         K, d = len(self.y), len(self.y[0])
         self.opt, self.lr, self.r = optimizer, lr, r
@@ -45,8 +59,8 @@ class ReferenceSQ:
         self.gamma, self.beta1, self.beta2, self.decay, self.eps = gamma, beta1, beta2, decay, eps
         self.project = project
         # per-center state
-        self.prev = {k: list(self.y[k]) for k in range(K)}        # y_k^{t-1} (momentum)
-        self.look_prev = {k: list(self.y[k]) for k in range(K)}   # y~_k^{t-1} (NAG)
+        self.prev = {k: list(self.y[k]) for k in range(K)}  # y_k^{t-1} (momentum)
+        self.look_prev = {k: list(self.y[k]) for k in range(K)}  # y~_k^{t-1} (NAG)
         self.G = {k: [0.0] * d for k in range(K)}
         self.m = {k: [0.0] * d for k in range(K)}
         self.v = {k: [0.0] * d for k in range(K)}
@@ -71,7 +85,9 @@ class ReferenceSQ:
             new = [yj - step * gj for yj, gj in zip(y, g)]
         elif self.opt == "momentum":
             # y^{t+1} = y^t + gamma (y^t - y^{t-1}) - rho g
-            new = [yj + self.gamma * (yj - pj) - step * gj for yj, pj, gj in zip(y, self.prev[k], g)]
+            new = [
+                yj + self.gamma * (yj - pj) - step * gj for yj, pj, gj in zip(y, self.prev[k], g)
+            ]
             self.prev[k] = list(y)
         elif self.opt == "nag":
             # y~^t = y^t - rho g ; y^{t+1} = y~^t + gamma (y~^t - y~^{t-1})
@@ -82,14 +98,18 @@ class ReferenceSQ:
             self.G[k] = [Gj + gj * gj for Gj, gj in zip(self.G[k], g)]
             new = [yj - step / math.sqrt(Gj + self.eps) * gj for yj, Gj, gj in zip(y, self.G[k], g)]
         elif self.opt == "rmsprop":
-            self.G[k] = [self.decay * Gj + (1 - self.decay) * gj * gj for Gj, gj in zip(self.G[k], g)]
+            self.G[k] = [
+                self.decay * Gj + (1 - self.decay) * gj * gj for Gj, gj in zip(self.G[k], g)
+            ]
             new = [yj - step / math.sqrt(Gj + self.eps) * gj for yj, Gj, gj in zip(y, self.G[k], g)]
         elif self.opt == "adam":
             t = self.tk[k]
             self.m[k] = [self.beta1 * mj + (1 - self.beta1) * gj for mj, gj in zip(self.m[k], g)]
-            self.v[k] = [self.beta2 * vj + (1 - self.beta2) * gj * gj for vj, gj in zip(self.v[k], g)]
-            mhat = [mj / (1 - self.beta1 ** t) for mj in self.m[k]]
-            vhat = [vj / (1 - self.beta2 ** t) for vj in self.v[k]]
+            self.v[k] = [
+                self.beta2 * vj + (1 - self.beta2) * gj * gj for vj, gj in zip(self.v[k], g)
+            ]
+            mhat = [mj / (1 - self.beta1**t) for mj in self.m[k]]
+            vhat = [vj / (1 - self.beta2**t) for vj in self.v[k]]
             new = [yj - step * mh / (math.sqrt(vh) + self.eps) for yj, mh, vh in zip(y, mhat, vhat)]
         else:
             raise ValueError(self.opt)

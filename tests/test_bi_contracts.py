@@ -27,16 +27,25 @@ from tests._bi_frames import run_frames
 
 def test_json_schemas_are_committed_and_fresh():
     stale = export_schemas(check=True)
-    assert stale == [], (f"stale JSON Schemas {stale}: run `python -m data_contracts.tables` "
-                         "and commit data_contracts/schemas/")
-    r = subprocess.run([sys.executable, "-m", "data_contracts.tables", "--check"],
-                       capture_output=True, text=True)
+    assert stale == [], (
+        f"stale JSON Schemas {stale}: run `python -m data_contracts.tables` "
+        "and commit data_contracts/schemas/"
+    )
+    r = subprocess.run(
+        [sys.executable, "-m", "data_contracts.tables", "--check"], capture_output=True, text=True
+    )
     assert r.returncode == 0, r.stderr
 
 
 def test_every_table_has_a_version_recorded_in_its_schemas():
-    assert set(TABLES) == {"runs", "cluster_centers", "assignments", "drift_reports",
-                           "quarantine", "cluster_report"}
+    assert set(TABLES) == {
+        "runs",
+        "cluster_centers",
+        "assignments",
+        "drift_reports",
+        "quarantine",
+        "cluster_report",
+    }
     for name, c in TABLES.items():
         js = json.loads(schema_path(name).read_text())
         assert js["x-sqflow-contract-version"] == CONTRACT_VERSION[name] == c.version
@@ -53,8 +62,7 @@ def test_valid_frames_pass_and_their_rows_satisfy_the_json_schema():
         assert list(out.columns) == TABLES[name].column_names
         assert len(out) == len(df)
         schema = json.loads(schema_path(name).read_text())
-        table = pa.Table.from_pandas(out, schema=TABLES[name].arrow_schema(),
-                                     preserve_index=False)
+        table = pa.Table.from_pandas(out, schema=TABLES[name].arrow_schema(), preserve_index=False)
         for row in table.to_pylist():
             row = {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()}
             jsonschema.validate(row, schema)
@@ -150,8 +158,7 @@ def test_a_run_is_checked_across_tables():
     with pytest.raises(ContractViolation, match=r"table 'assignments'.*'run_id'.*\[9\]"):
         prepare_run(frames)
     frames = run_frames()
-    frames["runs"] = pd.concat([frames["runs"]] * 2, ignore_index=True).assign(
-        run_id=["a", "b"])
+    frames["runs"] = pd.concat([frames["runs"]] * 2, ignore_index=True).assign(run_id=["a", "b"])
     with pytest.raises(ContractViolation, match="exactly one row"):
         prepare_run(frames)
     with pytest.raises(ContractViolation, match="needs its 'runs' row"):
@@ -183,9 +190,11 @@ def test_types_are_stable_whatever_pandas_inferred():
 
 
 def test_data_contracts_imports_nothing_of_ours():
-    code = ("import sys, data_contracts.tables; "
-            "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
-            "('sqflow', 'tasks', 'flows')); print(bad); sys.exit(1 if bad else 0)")
+    code = (
+        "import sys, data_contracts.tables; "
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('sqflow', 'tasks', 'flows')); print(bad); sys.exit(1 if bad else 0)"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
 
@@ -199,9 +208,9 @@ def test_the_monitors_drift_rows_satisfy_the_contract(shift, n_batch):
     rng = np.random.default_rng(0)
     ref = rng.normal(size=(600, 3))
     batch = rng.normal(size=(n_batch, 3)) + shift
-    report = drift.detect_drift(ref, batch, policy={"statistics": ["mmd", "ks"],
-                                                    "min_agreeing": 1,
-                                                    "mmd_permutations": 100})
+    report = drift.detect_drift(
+        ref, batch, policy={"statistics": ["mmd", "ks"], "min_agreeing": 1, "mmd_permutations": 100}
+    )
     df = monitor.drift_report_frame(report, "20261126T020000Z-00000001", "triplet-v0001")
     out = validate_frame("drift_reports", df)
     assert out["statistic"].iloc[-1] == "decision"

@@ -37,10 +37,18 @@ def _expected(recs):
         for c in rec["cluster"]["clusters"]:
             if c["size"]:
                 sizes.add((rid, int(c["cluster_id"]), int(c["size"])))
-            purity.append((rid, int(c["cluster_id"]), int(c["size"]), c["majority_label"],
-                           c["label_purity"]))
-        runs.append((rid, int(rec["sample"]["n_selected"]), int(rec["sample"]["n_quarantined"]),
-                     int(rec["n_clusters"]), float(rec["cluster"]["objective"])))
+            purity.append(
+                (rid, int(c["cluster_id"]), int(c["size"]), c["majority_label"], c["label_purity"])
+            )
+        runs.append(
+            (
+                rid,
+                int(rec["sample"]["n_selected"]),
+                int(rec["sample"]["n_quarantined"]),
+                int(rec["n_clusters"]),
+                float(rec["cluster"]["objective"]),
+            )
+        )
     return sizes, runs, purity
 
 
@@ -78,8 +86,9 @@ def _check(conn_rows, recs):
         assert all(r[5] is None for r in got_runs)  # no monitor: no drift decision
 
 
-def test_nightly_publishes_bi_tables_that_match_the_run(harness, postgres_server, tmp_path,
-                                                       monkeypatch):
+def test_nightly_publishes_bi_tables_that_match_the_run(
+    harness, postgres_server, tmp_path, monkeypatch
+):
     import duckdb
     import psycopg
     from prefect.artifacts import Artifact
@@ -89,39 +98,57 @@ def test_nightly_publishes_bi_tables_that_match_the_run(harness, postgres_server
 
     url = postgres_server.create_database()
     Secret(value=url.replace("sqflow@", "sqflow:pw-never-logged@")).save(
-        "sqflow-bi-test-pg", overwrite=True)
+        "sqflow-bi-test-pg", overwrite=True
+    )
     monkeypatch.delenv("SQFLOW_POSTGRES_URL", raising=False)
     monkeypatch.setenv("SQFLOW_POSTGRES_SECRET_BLOCK", "sqflow-bi-test-pg")
     out = tmp_path / "out"
-    cfg = {"output_dir": str(out), "encoder_train_rows": 1000, "encoder_epochs": 1,
-           "reference_rows": 500, "n_clusters": 6, "max_iter": 3, "store_chunk_rows": 512,
-           "dask_workers": 2}
-    recs = [nightly(config={**cfg, "sample": {"mode": "uniform", "n": 700, "seed": 1}}),
-            nightly(config={**cfg, "sample": {"mode": "incremental", "n": 400}})]
+    cfg = {
+        "output_dir": str(out),
+        "encoder_train_rows": 1000,
+        "encoder_epochs": 1,
+        "reference_rows": 500,
+        "n_clusters": 6,
+        "max_iter": 3,
+        "store_chunk_rows": 512,
+        "dask_workers": 2,
+    }
+    recs = [
+        nightly(config={**cfg, "sample": {"mode": "uniform", "n": 700, "seed": 1}}),
+        nightly(config={**cfg, "sample": {"mode": "incremental", "n": 400}}),
+    ]
     assert [r["status"] for r in recs] == ["completed", "completed"]
 
     con = duckdb.connect(str(out / "sqflow.duckdb"), read_only=True)
     try:
-        rows = {"sizes": con.execute(SIZES_SQL).fetchall(), "runs": con.execute(RUNS_SQL
-                                                                                ).fetchall(),
-                "drift": con.execute(DRIFT_SQL).fetchall(),
-                "purity": con.execute(PURITY_SQL).fetchall()}
+        rows = {
+            "sizes": con.execute(SIZES_SQL).fetchall(),
+            "runs": con.execute(RUNS_SQL).fetchall(),
+            "drift": con.execute(DRIFT_SQL).fetchall(),
+            "purity": con.execute(PURITY_SQL).fetchall(),
+        }
     finally:
         con.close()
     _check(rows, recs)
 
     with psycopg.connect(url) as c:
-        rows = {"sizes": c.execute(SIZES_SQL).fetchall(), "runs": c.execute(RUNS_SQL).fetchall(),
-                "drift": c.execute(DRIFT_SQL).fetchall(),
-                "purity": c.execute(PURITY_SQL).fetchall()}
+        rows = {
+            "sizes": c.execute(SIZES_SQL).fetchall(),
+            "runs": c.execute(RUNS_SQL).fetchall(),
+            "drift": c.execute(DRIFT_SQL).fetchall(),
+            "purity": c.execute(PURITY_SQL).fetchall(),
+        }
         assert c.execute("SELECT count(*) FROM assignments").fetchone()[0] == 1100
     _check(rows, recs)
 
     # the Parquet datasets hold the same rows, one file per run and table
-    asg = pd.concat(pd.read_parquet(p) for p in (out / "published" / "assignments").rglob(
-        "*.parquet"))
-    assert asg.groupby("run_id").size().to_dict() == {recs[0]["run_id"]: 700,
-                                                       recs[1]["run_id"]: 400}
+    asg = pd.concat(
+        pd.read_parquet(p) for p in (out / "published" / "assignments").rglob("*.parquet")
+    )
+    assert asg.groupby("run_id").size().to_dict() == {
+        recs[0]["run_id"]: 700,
+        recs[1]["run_id"]: 400,
+    }
     # the publish step left a readable artifact without the password
     for rec in recs:
         key = "sqflow-bi-" + "".join(c if c.isalnum() else "-" for c in rec["run_id"].lower())

@@ -47,8 +47,9 @@ def _frames(run, **kw):
 
 
 def _files(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file()}
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
 
 
 # ------------------------------------------------------------------------------- Parquet
@@ -57,8 +58,9 @@ def test_parquet_partitioned_typed_and_idempotent(tmp_path):
     fa, fb = _frames(RUN_A, seed=1), _frames(RUN_B, seed=2)
     write_parquet(fa, root)
     paths = write_parquet(fb, root)
-    assert paths["assignments"] == (root / "assignments" / "run_date=2026-11-25" /
-                                    f"{RUN_B[0]}.parquet")
+    assert paths["assignments"] == (
+        root / "assignments" / "run_date=2026-11-25" / f"{RUN_B[0]}.parquet"
+    )
     for name, c in TABLES.items():
         f = pq.ParquetFile(paths[name])
         kv = json.loads(f.schema_arrow.metadata[b"sqflow.contract"])
@@ -73,8 +75,9 @@ def test_parquet_partitioned_typed_and_idempotent(tmp_path):
     assert got.groupby("run_id").size().to_dict() == {RUN_A[0]: 150, RUN_B[0]: 200}
     a = got[got.run_id == RUN_A[0]].sort_values("sample_id").reset_index(drop=True)
     np.testing.assert_allclose(a["distance"], fa2["assignments"]["distance"].astype("float64"))
-    assert sorted(p.name for p in root.rglob("*") if p.is_file() and "assignments" in str(p)) \
-        == sorted([f"{RUN_A[0]}.parquet", f"{RUN_B[0]}.parquet"])
+    assert sorted(
+        p.name for p in root.rglob("*") if p.is_file() and "assignments" in str(p)
+    ) == sorted([f"{RUN_A[0]}.parquet", f"{RUN_B[0]}.parquet"])
     assert not list(root.rglob("*.tmp"))
 
 
@@ -137,8 +140,12 @@ def test_parquet_write_killed_midway_leaves_a_whole_file(tmp_path):
         expected[s] = float(d["distance"].astype("float64").sum())
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     for delay in (0.2, 1.1):
-        p = subprocess.Popen([sys.executable, "-c", _WRITER, str(root), str(n)],
-                             stdout=subprocess.PIPE, text=True, env=env)
+        p = subprocess.Popen(
+            [sys.executable, "-c", _WRITER, str(root), str(n)],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
         try:
             assert p.stdout.readline().strip() == "ready"
             time.sleep(delay)
@@ -161,8 +168,11 @@ def test_parquet_write_killed_midway_leaves_a_whole_file(tmp_path):
 
 # ------------------------------------------------------------------------------- DuckDB
 def _three_runs():
-    return [_frames(RUN_A, seed=1, drift=0.1), _frames(RUN_B, seed=2, drift=0.4, n=120),
-            _frames(RUN_C, seed=3, drift=0.9, n=90, k=3)]
+    return [
+        _frames(RUN_A, seed=1, drift=0.1),
+        _frames(RUN_B, seed=2, drift=0.4, n=120),
+        _frames(RUN_C, seed=3, drift=0.9, n=90, k=3),
+    ]
 
 
 def _expected_sizes(runs):
@@ -174,9 +184,11 @@ def _expected_sizes(runs):
 
 
 def _expected_drift(runs):
-    return [(f["runs"]["started_at"].iloc[0].to_pydatetime(), s, float(v))
-            for f in runs for s, v in zip(f["drift_reports"]["statistic"],
-                                          f["drift_reports"]["value"])]
+    return [
+        (f["runs"]["started_at"].iloc[0].to_pydatetime(), s, float(v))
+        for f in runs
+        for s, v in zip(f["drift_reports"]["statistic"], f["drift_reports"]["value"])
+    ]
 
 
 SIZES_SQL = """SELECT a.run_id, a.cluster_id, count(*) AS n FROM assignments a
@@ -203,17 +215,27 @@ def test_duckdb_answers_bi_queries_like_the_input(tmp_path):
         drift = con.execute(DRIFT_SQL).fetchall()
         exp = sorted(_expected_drift(runs), key=lambda t: (t[0], t[1]))
         assert [(t.astimezone(exp[0][0].tzinfo), s, v) for t, s, v in drift] == exp
-        types = dict(con.execute("SELECT column_name, data_type FROM information_schema.columns "
-                                 "WHERE table_name = 'runs'").fetchall())
+        types = dict(
+            con.execute(
+                "SELECT column_name, data_type FROM information_schema.columns "
+                "WHERE table_name = 'runs'"
+            ).fetchall()
+        )
         assert types["started_at"] == "TIMESTAMP WITH TIME ZONE" and types["config"] == "JSON"
         assert types["drift_detected"] == "BOOLEAN" and types["n_clusters"] == "INTEGER"
-        assert con.execute("SELECT config->>'n_clusters' FROM runs WHERE run_id = ?",
-                           [RUN_C[0]]).fetchone()[0] == "3"
-        vers = dict(con.execute("SELECT table_name, contract_version FROM sqflow_contracts"
-                                ).fetchall())
+        assert (
+            con.execute(
+                "SELECT config->>'n_clusters' FROM runs WHERE run_id = ?", [RUN_C[0]]
+            ).fetchone()[0]
+            == "3"
+        )
+        vers = dict(
+            con.execute("SELECT table_name, contract_version FROM sqflow_contracts").fetchall()
+        )
         assert vers == {n: TABLES[n].version for n in TABLES}
-        comment = con.execute("SELECT comment FROM duckdb_tables() WHERE table_name = 'runs'"
-                              ).fetchone()[0]
+        comment = con.execute(
+            "SELECT comment FROM duckdb_tables() WHERE table_name = 'runs'"
+        ).fetchone()[0]
         assert "contract runs v1" in comment
         nulls = con.execute("SELECT count(*) FROM assignments WHERE label IS NULL").fetchone()[0]
         assert nulls == sum(int(f["assignments"]["label"].isna().sum()) for f in runs)
@@ -230,9 +252,11 @@ def test_duckdb_failure_mid_run_keeps_previous_state(tmp_path):
     before = {t: con.execute(f"SELECT * FROM {t} ORDER BY ALL").fetchall() for t in TABLES}
     # a constraint the contract does not know about (as a DBA might add one)
     con.execute("ALTER TABLE quarantine RENAME TO quarantine_old")
-    con.execute("CREATE TABLE quarantine (run_id VARCHAR NOT NULL, sample_ref VARCHAR NOT NULL, "
-                "reason VARCHAR NOT NULL CHECK (reason <> 'boom'), "
-                "detected_at TIMESTAMPTZ NOT NULL)")
+    con.execute(
+        "CREATE TABLE quarantine (run_id VARCHAR NOT NULL, sample_ref VARCHAR NOT NULL, "
+        "reason VARCHAR NOT NULL CHECK (reason <> 'boom'), "
+        "detected_at TIMESTAMPTZ NOT NULL)"
+    )
     con.execute("INSERT INTO quarantine SELECT * FROM quarantine_old")
     con.execute("DROP TABLE quarantine_old")
     con.close()
@@ -255,10 +279,15 @@ def test_duckdb_refuses_another_contract_version_and_replaces_legacy_views(tmp_p
     con.close()
     write_duckdb(_frames(RUN_A), db)
     con = duckdb.connect(str(db))
-    assert con.execute("SELECT table_type FROM information_schema.tables WHERE table_name = "
-                       "'runs'").fetchone()[0] == "BASE TABLE"
-    con.execute("UPDATE sqflow_contracts SET contract_version = '0' WHERE table_name = "
-                "'assignments'")
+    assert (
+        con.execute(
+            "SELECT table_type FROM information_schema.tables WHERE table_name = 'runs'"
+        ).fetchone()[0]
+        == "BASE TABLE"
+    )
+    con.execute(
+        "UPDATE sqflow_contracts SET contract_version = '0' WHERE table_name = 'assignments'"
+    )
     con.close()
     with pytest.raises(ContractVersionMismatch, match="'assignments' holds contract v0"):
         write_duckdb(_frames(RUN_B), db)
@@ -305,28 +334,59 @@ def _pg_state(url):
 
 def test_postgres_created_if_missing_typed_and_commented(pg_url):
     write_postgres(_frames(RUN_A), pg_url)
-    tables = {r[0] for r in _pg(pg_url, "SELECT table_name FROM information_schema.tables "
-                                        "WHERE table_schema = 'public'")}
+    tables = {
+        r[0]
+        for r in _pg(
+            pg_url, "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
+        )
+    }
     assert tables == set(TABLES) | {"sqflow_contracts"}
-    types = dict(_pg(pg_url, "SELECT column_name, data_type FROM information_schema.columns "
-                             "WHERE table_name = 'cluster_centers'"))
+    types = dict(
+        _pg(
+            pg_url,
+            "SELECT column_name, data_type FROM information_schema.columns "
+            "WHERE table_name = 'cluster_centers'",
+        )
+    )
     assert types["center"] == "ARRAY" and types["cluster_id"] == "integer"
     assert types["label_purity"] == "double precision"
-    types = dict(_pg(pg_url, "SELECT column_name, data_type FROM information_schema.columns "
-                             "WHERE table_name = 'runs'"))
+    types = dict(
+        _pg(
+            pg_url,
+            "SELECT column_name, data_type FROM information_schema.columns "
+            "WHERE table_name = 'runs'",
+        )
+    )
     assert types["config"] == "jsonb" and types["started_at"] == "timestamp with time zone"
-    nullable = dict(_pg(pg_url, "SELECT column_name, is_nullable FROM information_schema.columns"
-                                " WHERE table_name = 'assignments'"))
-    assert nullable == {"run_id": "NO", "sample_id": "NO", "cluster_id": "NO", "distance": "NO",
-                        "label": "YES", "encoder_version": "NO"}
-    pk = _pg(pg_url, "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = "
-                     "i.indrelid AND a.attnum = ANY(i.indkey) WHERE i.indrelid = "
-                     "'assignments'::regclass AND i.indisprimary")
+    nullable = dict(
+        _pg(
+            pg_url,
+            "SELECT column_name, is_nullable FROM information_schema.columns"
+            " WHERE table_name = 'assignments'",
+        )
+    )
+    assert nullable == {
+        "run_id": "NO",
+        "sample_id": "NO",
+        "cluster_id": "NO",
+        "distance": "NO",
+        "label": "YES",
+        "encoder_version": "NO",
+    }
+    pk = _pg(
+        pg_url,
+        "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = "
+        "i.indrelid AND a.attnum = ANY(i.indkey) WHERE i.indrelid = "
+        "'assignments'::regclass AND i.indisprimary",
+    )
     assert {r[0] for r in pk} == {"run_id", "sample_id"}
-    assert "contract assignments v1" in _pg(
-        pg_url, "SELECT obj_description('assignments'::regclass)")[0][0]
-    assert dict(_pg(pg_url, "SELECT table_name, contract_version FROM sqflow_contracts")) == \
-        {n: TABLES[n].version for n in TABLES}
+    assert (
+        "contract assignments v1"
+        in _pg(pg_url, "SELECT obj_description('assignments'::regclass)")[0][0]
+    )
+    assert dict(_pg(pg_url, "SELECT table_name, contract_version FROM sqflow_contracts")) == {
+        n: TABLES[n].version for n in TABLES
+    }
     assert _pg(pg_url, "SELECT config->>'n_clusters' FROM runs")[0][0] == "4"
 
 
@@ -340,14 +400,18 @@ def test_postgres_upsert_per_run_and_bi_queries(pg_url):
     runs[1] = changed
     got = {(r, int(c), int(n)) for r, c, n in _pg(pg_url, SIZES_SQL)}
     assert got == _expected_sizes(runs)
-    assert _pg(pg_url, "SELECT run_id, count(*) FROM runs GROUP BY 1 ORDER BY 1") == \
-        [(RUN_A[0], 1), (RUN_B[0], 1), (RUN_C[0], 1)]
+    assert _pg(pg_url, "SELECT run_id, count(*) FROM runs GROUP BY 1 ORDER BY 1") == [
+        (RUN_A[0], 1),
+        (RUN_B[0], 1),
+        (RUN_C[0], 1),
+    ]
     drift = _pg(pg_url, DRIFT_SQL)
     exp = sorted(_expected_drift(runs), key=lambda t: (t[0], t[1]))
     assert [(t, s, v) for t, s, v in drift] == exp
     assert _pg(pg_url, "SELECT count(*) FROM drift_reports WHERE p_value IS NULL")[0][0] == 3
-    center = _pg(pg_url, "SELECT center FROM cluster_centers WHERE run_id = %s AND "
-                         "cluster_id = 0", RUN_C[0])[0][0]
+    center = _pg(
+        pg_url, "SELECT center FROM cluster_centers WHERE run_id = %s AND cluster_id = 0", RUN_C[0]
+    )[0][0]
     assert center == runs[2]["cluster_centers"]["center"].iloc[0]
 
 
@@ -369,8 +433,10 @@ def test_postgres_failure_mid_run_keeps_previous_state(pg_url):
     # and the fixed run then goes in, replacing run A only
     new["quarantine"].loc[1, "reason"] = "fine"
     write_postgres(new, pg_url)
-    assert _pg(pg_url, "SELECT run_id, count(*) FROM assignments GROUP BY 1 ORDER BY 1") == \
-        [(RUN_A[0], 77), (RUN_B[0], 200)]
+    assert _pg(pg_url, "SELECT run_id, count(*) FROM assignments GROUP BY 1 ORDER BY 1") == [
+        (RUN_A[0], 77),
+        (RUN_B[0], 200),
+    ]
 
 
 def _pg_exec(url, sql):
@@ -402,8 +468,11 @@ def test_postgres_connection_killed_mid_run_keeps_previous_state(pg_url):
     try:
         pid = None
         for _ in range(300):
-            rows = _pg(pg_url, "SELECT pid, query FROM pg_stat_activity WHERE wait_event_type = "
-                               "'Lock' AND query LIKE 'DELETE FROM \"quarantine\"%%'")
+            rows = _pg(
+                pg_url,
+                "SELECT pid, query FROM pg_stat_activity WHERE wait_event_type = "
+                "'Lock' AND query LIKE 'DELETE FROM \"quarantine\"%%'",
+            )
             if rows:
                 pid = rows[0][0]
                 break
@@ -424,8 +493,7 @@ def test_postgres_connection_killed_mid_run_keeps_previous_state(pg_url):
 
 def test_postgres_contract_version_recorded_and_enforced(pg_url):
     write_postgres(_frames(RUN_A), pg_url)
-    _pg_exec(pg_url, "UPDATE sqflow_contracts SET contract_version = '0' WHERE table_name = "
-                     "'runs'")
+    _pg_exec(pg_url, "UPDATE sqflow_contracts SET contract_version = '0' WHERE table_name = 'runs'")
     with pytest.raises(ContractVersionMismatch, match="'runs' holds contract v0"):
         write_postgres(_frames(RUN_B), pg_url)
     assert _pg(pg_url, "SELECT count(*) FROM runs")[0][0] == 1
@@ -435,8 +503,9 @@ def test_postgres_password_never_shown(postgres_server, caplog, tmp_path):
     secret = "hunter2-not-for-logs"
     good = postgres_server.create_database().replace("sqflow@", f"sqflow:{secret}@")
     caplog.set_level(logging.DEBUG)
-    res = publish_run(_frames(RUN_A), parquet_dir=tmp_path / "p", duckdb_path=None,
-                      postgres_url=good)  # trust auth: the password is accepted and ignored
+    res = publish_run(
+        _frames(RUN_A), parquet_dir=tmp_path / "p", duckdb_path=None, postgres_url=good
+    )  # trust auth: the password is accepted and ignored
     assert res.postgres and secret not in res.postgres and "***" in res.postgres
     assert secret not in res.to_markdown() and secret not in json.dumps(res.to_dict())
     # a server that does not answer: the error names the (masked) target
@@ -479,8 +548,12 @@ def test_duckdb_publish_is_not_blocked_by_a_bi_reader(tmp_path):
     connection sees the new run. Writing in place (swap=False) is what a reader would block."""
     db = tmp_path / "sqflow.duckdb"
     write_duckdb(_frames(RUN_A), db)
-    p = subprocess.Popen([sys.executable, "-c", _READER, str(db)], stdin=subprocess.PIPE,
-                         stdout=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [sys.executable, "-c", _READER, str(db)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert p.stdout.readline().strip() == "200"
         with pytest.raises(duckdb.IOException, match="lock"):
@@ -493,8 +566,9 @@ def test_duckdb_publish_is_not_blocked_by_a_bi_reader(tmp_path):
         p.kill()
         p.wait()
     con = duckdb.connect(str(db), read_only=True)
-    assert con.execute("SELECT run_id, count(*) FROM assignments GROUP BY 1 ORDER BY 1"
-                       ).fetchall() == [(RUN_A[0], 200), (RUN_B[0], 50)]
+    assert con.execute(
+        "SELECT run_id, count(*) FROM assignments GROUP BY 1 ORDER BY 1"
+    ).fetchall() == [(RUN_A[0], 200), (RUN_B[0], 50)]
     con.close()
     assert sorted(p.name for p in tmp_path.iterdir()) == [".sqflow.duckdb.lock", "sqflow.duckdb"]
 
@@ -508,8 +582,9 @@ def test_the_monitors_drift_file_joins_the_published_run(tmp_path):
     root = tmp_path / "published"
     frames = _frames(RUN_A)
     drift = frames.pop("drift_reports")
-    drift = pd.concat([drift, drift.iloc[[0]].assign(statistic="decision", drifted=True)],
-                      ignore_index=True)
+    drift = pd.concat(
+        [drift, drift.iloc[[0]].assign(statistic="decision", drifted=True)], ignore_index=True
+    )
     frames["runs"]["monitor_ran"] = False
     frames["runs"]["drift_detected"] = pd.array([pd.NA], dtype="boolean")
     assert attach_drift_reports(frames, root, RUN_A[0]) is frames  # monitor did not run

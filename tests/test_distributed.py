@@ -30,9 +30,16 @@ def data():
 def zarr_store(tmp_path_factory, data):
     X, y = data
     path = tmp_path_factory.mktemp("emb") / "store.zarr"
-    store = create_store(path, n_rows=len(X), dim=X.shape[1], dataset="blobs",
-                         encoder_version="test-v1", encoder_hash="0" * 64,
-                         source_manifest_hash="1" * 64, chunk_rows=4096)
+    store = create_store(
+        path,
+        n_rows=len(X),
+        dim=X.shape[1],
+        dataset="blobs",
+        encoder_version="test-v1",
+        encoder_hash="0" * 64,
+        source_manifest_hash="1" * 64,
+        chunk_rows=4096,
+    )
     for k in range(store.n_chunks):
         a, b = store.chunk_bounds(k)
         store.write_chunk(k, X[a:b], [f"s{i}" for i in range(a, b)], y[a:b])
@@ -40,8 +47,13 @@ def zarr_store(tmp_path_factory, data):
 
 
 def _cluster(n_workers):
-    return LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                        dashboard_address=":0", host="127.0.0.1")
+    return LocalCluster(
+        n_workers=n_workers,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=":0",
+        host="127.0.0.1",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +65,9 @@ def two_workers():
 def test_one_worker_equals_serial_in_memory_fit_exactly(data):
     X, _ = data
     D = da.from_array(X, chunks=(5000, 8))
-    kw = dict(n_clusters=12, init=X[:12].astype(float), shuffle=False, max_iter=2, tol=0.0, scale=1.0)
+    kw = dict(
+        n_clusters=12, init=X[:12].astype(float), shuffle=False, max_iter=2, tol=0.0, scale=1.0
+    )
     serial = StochasticQuantization(**kw).fit(X)
     with _cluster(1) as cluster, Client(cluster):
         dist = StochasticQuantization(**kw).fit(D)

@@ -26,12 +26,18 @@ def mnist_embeddings():
     x, y = load_mnist("train")
     idx = np.random.default_rng(0).permutation(len(x))
     tr, ref, pool, rot = idx[:2000], idx[2000:6000], idx[6000:10000], idx[10000:11000]
-    enc = train_encoder(x[tr], y[tr], epochs=2, batch_size=250, seed=0, progress=False,
-                        val_fraction=0.0)
-    rotated = ndimage.rotate(x[rot].astype(np.float32) / 255.0, 90, axes=(1, 2), reshape=False,
-                             order=1)
-    return {"ref": enc.embed(x[ref]), "test": enc.embed(x[pool]), "test_labels": y[pool],
-            "rot90": enc.embed(np.clip(rotated, 0, 1).astype(np.float32))}
+    enc = train_encoder(
+        x[tr], y[tr], epochs=2, batch_size=250, seed=0, progress=False, val_fraction=0.0
+    )
+    rotated = ndimage.rotate(
+        x[rot].astype(np.float32) / 255.0, 90, axes=(1, 2), reshape=False, order=1
+    )
+    return {
+        "ref": enc.embed(x[ref]),
+        "test": enc.embed(x[pool]),
+        "test_labels": y[pool],
+        "rot90": enc.embed(np.clip(rotated, 0, 1).astype(np.float32)),
+    }
 
 
 def _centers(ref: np.ndarray) -> np.ndarray:
@@ -67,8 +73,7 @@ def test_strongly_rotated_batch_is_flagged_by_every_statistic(mnist_embeddings):
     assert any("flags drift" in r for r in rep.reasons)
     # each statistic usable alone
     for name in ("mmd", "ks", "distortion", "occupancy"):
-        alone = detect_drift(e["ref"], batch, centers=c,
-                             policy=DriftPolicy(statistics=[name]))
+        alone = detect_drift(e["ref"], batch, centers=c, policy=DriftPolicy(statistics=[name]))
         assert alone.drifted is True and [s.name for s in alone.statistics] == [name]
 
 
@@ -100,7 +105,9 @@ def test_mismatched_dims_and_bad_values_fail_clearly(mnist_embeddings):
         detect_drift(e["ref"], e["test"][:500], centers=np.zeros((10, 2)))
     bad = e["test"][:500].copy()
     bad[7, 1] = np.nan
-    with pytest.raises(ValueError, match=r"batch holds 1 NaN/inf value\(s\) \(first at row 7, column 1\)"):
+    with pytest.raises(
+        ValueError, match=r"batch holds 1 NaN/inf value\(s\) \(first at row 7, column 1\)"
+    ):
         detect_drift(e["ref"], bad)
     ref = e["ref"].copy()
     ref[3, 0] = np.inf
@@ -122,8 +129,9 @@ def test_deterministic_and_same_result_for_dask_and_zarr_inputs(mnist_embeddings
     batch = e["test"][:1500]
     a = detect_drift(e["ref"], batch, centers=c, policy=pol, seed=5).to_dict()
     assert detect_drift(e["ref"], batch, centers=c, policy=pol, seed=5).to_dict() == a
-    zr = zarr.create_array(str(tmp_path / "ref.zarr"), shape=e["ref"].shape, chunks=(700, 3),
-                           dtype="float32")
+    zr = zarr.create_array(
+        str(tmp_path / "ref.zarr"), shape=e["ref"].shape, chunks=(700, 3), dtype="float32"
+    )
     zr[:] = e["ref"]
     b = detect_drift(zr, da.from_array(batch, chunks=(400, 3)), centers=c, policy=pol, seed=5)
     assert b.to_dict() == a
@@ -132,11 +140,14 @@ def test_deterministic_and_same_result_for_dask_and_zarr_inputs(mnist_embeddings
 
 def test_statistics_are_calibrated_on_synthetic_null_and_sensitive_to_a_shift():
     rng = np.random.default_rng(0)
-    pvals = [mmd_test(rng.normal(size=(150, 2)), rng.normal(size=(150, 2)), permutations=99,
-                      rng=i)[1] for i in range(40)]
+    pvals = [
+        mmd_test(rng.normal(size=(150, 2)), rng.normal(size=(150, 2)), permutations=99, rng=i)[1]
+        for i in range(40)
+    ]
     assert 0.02 <= np.mean(np.array(pvals) <= 0.1) <= 0.25  # ~10 % under the null
-    _, p, _ = mmd_test(rng.normal(size=(150, 2)), rng.normal(0.5, 1, size=(150, 2)),
-                       permutations=99, rng=0)
+    _, p, _ = mmd_test(
+        rng.normal(size=(150, 2)), rng.normal(0.5, 1, size=(150, 2)), permutations=99, rng=0
+    )
     assert p == pytest.approx(0.01)
     D, p, Ds, ps = ks_test(rng.normal(size=(500, 3)), rng.normal(size=(500, 3)) + [0, 0, 0.5])
     assert int(np.argmax(Ds)) == 2 and p < 1e-6 and ps[0] > 0.01
@@ -144,7 +155,8 @@ def test_statistics_are_calibrated_on_synthetic_null_and_sensitive_to_a_shift():
 
 def test_policy_contract_validates_and_schema_is_current():
     assert contract.export_schemas(check=True) == [], (
-        "run `python -m data_contracts.drift_policy` and commit the schema")
+        "run `python -m data_contracts.drift_policy` and commit the schema"
+    )
     p = DriftPolicy()
     assert p.alpha == 0.01 and p.min_agreeing == 1 and len(p.statistics) == 4
     with pytest.raises(ValidationError, match="min_agreeing=3 exceeds"):

@@ -36,8 +36,10 @@ def _wait(pred, timeout: float, what: str, proc: subprocess.Popen | None = None,
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{what}: process exited with {proc.returncode}\n"
-                               + (Path(log).read_text()[-3000:] if log else ""))
+            raise RuntimeError(
+                f"{what}: process exited with {proc.returncode}\n"
+                + (Path(log).read_text()[-3000:] if log else "")
+            )
         try:
             got = pred()
             if got:
@@ -45,8 +47,9 @@ def _wait(pred, timeout: float, what: str, proc: subprocess.Popen | None = None,
         except httpx.HTTPError:
             pass
         time.sleep(1)
-    raise TimeoutError(f"{what}: not ready after {timeout} s\n"
-                       + (Path(log).read_text()[-3000:] if log else ""))
+    raise TimeoutError(
+        f"{what}: not ready after {timeout} s\n" + (Path(log).read_text()[-3000:] if log else "")
+    )
 
 
 @pytest.fixture(scope="module")
@@ -55,17 +58,32 @@ def server(tmp_path_factory):
     port = _free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "SQFLOW_"))}
-    env.update(PREFECT_HOME=str(tmp / "home"), PREFECT_API_URL=api, PREFECT_UI_API_URL=api,
-               PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1",
-               PREFECT_WORKER_QUERY_SECONDS="2", SQFLOW_PROJECT_DIR=str(REPO),
-               DASK_TEMPORARY_DIRECTORY=str(tmp / "dask"))
+    env.update(
+        PREFECT_HOME=str(tmp / "home"),
+        PREFECT_API_URL=api,
+        PREFECT_UI_API_URL=api,
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        DO_NOT_TRACK="1",
+        PREFECT_WORKER_QUERY_SECONDS="2",
+        SQFLOW_PROJECT_DIR=str(REPO),
+        DASK_TEMPORARY_DIRECTORY=str(tmp / "dask"),
+    )
     log = tmp / "server.log"
-    proc = subprocess.Popen([PREFECT, "server", "start", "--host", "127.0.0.1", "--port",
-                             str(port)], env=env, stdout=open(log, "w"),
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=open(log, "w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
-        _wait(lambda: httpx.get(f"{api}/health", timeout=5).status_code == 200, 180,
-              "prefect server", proc, log)
+        _wait(
+            lambda: httpx.get(f"{api}/health", timeout=5).status_code == 200,
+            180,
+            "prefect server",
+            proc,
+            log,
+        )
         yield {"api": api, "ui": f"http://127.0.0.1:{port}", "env": env, "tmp": tmp}
     finally:
         proc.terminate()
@@ -82,15 +100,27 @@ def _run(cmd, env, timeout=180):
 
 
 def _chromium(url: str, tmp: Path, screenshot: Path | None = None) -> str:
-    args = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-            "--no-first-run", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", f"--user-data-dir={tmp / 'chrome-profile'}",
-            "--virtual-time-budget=20000", "--window-size=1400,1100"]
+    args = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp / 'chrome-profile'}",
+        "--virtual-time-budget=20000",
+        "--window-size=1400,1100",
+    ]
     if screenshot is not None:
-        subprocess.run([*args, f"--screenshot={screenshot}", url], capture_output=True,
-                       timeout=120, check=True)
-    res = subprocess.run([*args, "--dump-dom", url], capture_output=True, text=True, timeout=120,
-                         check=True)
+        subprocess.run(
+            [*args, f"--screenshot={screenshot}", url], capture_output=True, timeout=120, check=True
+        )
+    res = subprocess.run(
+        [*args, "--dump-dom", url], capture_output=True, text=True, timeout=120, check=True
+    )
     return res.stdout
 
 
@@ -108,22 +138,38 @@ def test_deploy_schedule_worker_run_and_ui(server, tmp_path):
 
     # a real worker executes a small nightly run (training its own tiny encoder first)
     out = tmp_path / "out"
-    config = {"output_dir": str(out), "source": {"kind": "mnist", "split": "test"},
-              "sample": {"mode": "uniform", "n": 1000}, "encoder_train_rows": 600,
-              "encoder_epochs": 1, "reference_rows": 300, "n_clusters": 10, "max_iter": 5,
-              "store_chunk_rows": 512}
+    config = {
+        "output_dir": str(out),
+        "source": {"kind": "mnist", "split": "test"},
+        "sample": {"mode": "uniform", "n": 1000},
+        "encoder_train_rows": 600,
+        "encoder_epochs": 1,
+        "reference_rows": 300,
+        "n_clusters": 10,
+        "max_iter": 5,
+        "store_chunk_rows": 512,
+    }
     wlog = server["tmp"] / "worker.log"
-    worker = subprocess.Popen([PREFECT, "worker", "start", "--pool", "sqflow-process", "--type",
-                               "process"], env=env, cwd=REPO, stdout=open(wlog, "w"),
-                              stderr=subprocess.STDOUT, start_new_session=True)
+    worker = subprocess.Popen(
+        [PREFECT, "worker", "start", "--pool", "sqflow-process", "--type", "process"],
+        env=env,
+        cwd=REPO,
+        stdout=open(wlog, "w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
-        fr = httpx.post(f"{api}/deployments/{dep['id']}/create_flow_run",
-                        json={"parameters": {"config": config}}, timeout=30).json()
+        fr = httpx.post(
+            f"{api}/deployments/{dep['id']}/create_flow_run",
+            json={"parameters": {"config": config}},
+            timeout=30,
+        ).json()
 
         def finished():
             r = httpx.get(f"{api}/flow_runs/{fr['id']}", timeout=30).json()
-            return r if r["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") \
-                else None
+            return (
+                r if r["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") else None
+            )
 
         run = _wait(finished, 420, "nightly flow run on the worker", worker, wlog)
     finally:
@@ -135,8 +181,11 @@ def test_deploy_schedule_worker_run_and_ui(server, tmp_path):
     assert run["state"]["type"] == "COMPLETED", wlog.read_text()[-4000:]
 
     # artifacts of that run, through the API
-    arts = httpx.post(f"{api}/artifacts/filter", json={
-        "artifacts": {"flow_run_id": {"any_": [fr["id"]]}}}, timeout=30).json()
+    arts = httpx.post(
+        f"{api}/artifacts/filter",
+        json={"artifacts": {"flow_run_id": {"any_": [fr["id"]]}}},
+        timeout=30,
+    ).json()
     by_key = {a["key"]: a for a in arts if a.get("key")}
     (summary,) = [a for k, a in by_key.items() if k.startswith("sqflow-summary-")]
     run_id = summary["key"].removeprefix("sqflow-summary-")
@@ -161,23 +210,42 @@ def test_deploy_schedule_worker_run_and_ui(server, tmp_path):
     assert run["name"] in dom and "nightly" in dom and "Completed" in dom
     assert "Can't connect to Server API" not in dom
     assert shot.stat().st_size > 20_000
-    dom = _chromium(f"{server['ui']}/artifacts/artifact/{summary['id']}", tmp_path,
-                    ARTIFACTS / "e2e_summary_artifact.png")
+    dom = _chromium(
+        f"{server['ui']}/artifacts/artifact/{summary['id']}",
+        tmp_path,
+        ARTIFACTS / "e2e_summary_artifact.png",
+    )
     assert "Monitor (drift)" in dom and "Decision:" in dom and "Clustering" in dom
     # the plots artifact embeds both PNGs, and the browser renders them as images
     plots = by_key[f"sqflow-plots-{run_id}"]
-    dom = _chromium(f"{server['ui']}/artifacts/artifact/{plots['id']}", tmp_path,
-                    ARTIFACTS / "e2e_plots_artifact.png")
+    dom = _chromium(
+        f"{server['ui']}/artifacts/artifact/{plots['id']}",
+        tmp_path,
+        ARTIFACTS / "e2e_plots_artifact.png",
+    )
     assert dom.count('<img src="data:image/png;base64,') == 2
 
     # `sqflow serve` registers the same flows from one process, with the schedule from flags
     slog = server["tmp"] / "serve.log"
-    serve = subprocess.Popen([str(Path(sys.executable).with_name("sqflow")), "serve", "--cron",
-                              "30 3 * * *", "--timezone", "Europe/Kyiv", "--output",
-                              str(tmp_path / "served")], env=env, cwd=tmp_path,
-                             stdout=open(slog, "w"), stderr=subprocess.STDOUT,
-                             start_new_session=True)
+    serve = subprocess.Popen(
+        [
+            str(Path(sys.executable).with_name("sqflow")),
+            "serve",
+            "--cron",
+            "30 3 * * *",
+            "--timezone",
+            "Europe/Kyiv",
+            "--output",
+            str(tmp_path / "served"),
+        ],
+        env=env,
+        cwd=tmp_path,
+        stdout=open(slog, "w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
+
         def served():
             d = httpx.get(f"{api}/deployments/name/nightly/nightly", timeout=30).json()
             s = d["schedules"][0]["schedule"] if d.get("schedules") else {}
@@ -186,8 +254,9 @@ def test_deploy_schedule_worker_run_and_ui(server, tmp_path):
         d = _wait(served, 120, "sqflow serve", serve, slog)
         assert d["schedules"][0]["schedule"]["timezone"] == "Europe/Kyiv"
         assert d["parameters"]["config"]["output_dir"] == str(tmp_path / "served")
-        names = {x["name"] for x in httpx.post(f"{api}/deployments/filter", json={},
-                                               timeout=30).json()}
+        names = {
+            x["name"] for x in httpx.post(f"{api}/deployments/filter", json={}, timeout=30).json()
+        }
         assert {"nightly", "train-encoder", "sample", "embed", "cluster"} <= names
     finally:
         serve.send_signal(2)

@@ -61,7 +61,8 @@ def test_mining_returns_only_valid_semi_hard_or_fallback_triplets(labels, data) 
         (i, j)
         for i in range(b)
         for j in range(b)
-        if i != j and labels[i] == labels[j] >= 0
+        if i != j
+        and labels[i] == labels[j] >= 0
         and any(labels[k] >= 0 and labels[k] != labels[i] for k in range(b))
     }
     got = list(zip(a.tolist(), p.tolist(), strict=True))
@@ -136,7 +137,9 @@ def test_embed_chunks_concatenate_to_embed(mnist_small, mnist_encoder) -> None:
     np.testing.assert_allclose(np.concatenate(chunks), mnist_encoder.embed(xt), atol=1e-5)
     # (N, 1, H, W) and float [0, 1] inputs are the same images
     np.testing.assert_allclose(
-        mnist_encoder.embed(xt[:, None]), mnist_encoder.embed(xt.astype(np.float32) / 255), atol=1e-5
+        mnist_encoder.embed(xt[:, None]),
+        mnist_encoder.embed(xt.astype(np.float32) / 255),
+        atol=1e-5,
     )
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         mnist_encoder.embed(xt.astype(np.float32))
@@ -183,8 +186,12 @@ def test_mlp_encoder_on_feature_vectors() -> None:
 
 @pytest.mark.parametrize(
     "kwargs,match",
-    [({"epochs": 0}, "epochs"), ({"val_fraction": 1.0}, "val_fraction"),
-     ({"device": "tpu9"}, "device"), ({"margin": -1}, "margin")],
+    [
+        ({"epochs": 0}, "epochs"),
+        ({"val_fraction": 1.0}, "val_fraction"),
+        ({"device": "tpu9"}, "device"),
+        ({"margin": -1}, "margin"),
+    ],
 )
 def test_bad_arguments_are_named(kwargs, match) -> None:
     x = np.zeros((10, 28, 28), np.uint8)
@@ -248,8 +255,17 @@ def test_missing_sidecar_is_refused(tmp_path: Path, mnist_encoder) -> None:
 def test_lr_plateau_decay_and_early_stopping(mnist_small) -> None:
     x, y, _, _ = mnist_small
     # min_delta=10 makes every epoch after the first a "no improvement" epoch
-    enc = train_encoder(x[:300], y[:300], epochs=10, batch_size=100, lr=1e-3, patience=3,
-                        min_delta=10.0, lr_plateau_factor=0.5, progress=False)
+    enc = train_encoder(
+        x[:300],
+        y[:300],
+        epochs=10,
+        batch_size=100,
+        lr=1e-3,
+        patience=3,
+        min_delta=10.0,
+        lr_plateau_factor=0.5,
+        progress=False,
+    )
     met = enc.metadata["metrics"]
     assert met["stop_reason"] == "early_stopping" and met["epochs_run"] == 4
     assert met["lr"] == pytest.approx([1e-3, 1e-3, 1e-3, 5e-4])
@@ -286,11 +302,14 @@ def test_augmented_training_is_seeded_and_recorded(mnist_small) -> None:
     assert plain.metadata["params"]["augment"] is None
 
 
-@pytest.mark.parametrize("augment,match", [
-    ({"rotation": 10, "zoom": 0.1}, "unknown keys.*zoom"),
-    ({"shift": 0.7}, "shift in"),
-    ("yes", "augment='yes'"),
-])
+@pytest.mark.parametrize(
+    "augment,match",
+    [
+        ({"rotation": 10, "zoom": 0.1}, "unknown keys.*zoom"),
+        ({"shift": 0.7}, "shift in"),
+        ("yes", "augment='yes'"),
+    ],
+)
 def test_bad_augment_is_named(augment, match) -> None:
     x = np.zeros((10, 28, 28), np.uint8)
     with pytest.raises(ValueError, match=match):

@@ -29,8 +29,15 @@ def blobs():
 
 def exact_sq(X, init, **kw):
     """Estimator set up to run Algorithm 1 in the given order, once, in data units."""
-    params = dict(n_clusters=len(init), init=init, max_iter=1, tol=0.0, shuffle=False,
-                  scale=None, projection=None)
+    params = dict(
+        n_clusters=len(init),
+        init=init,
+        max_iter=1,
+        tol=0.0,
+        shuffle=False,
+        scale=None,
+        projection=None,
+    )
     params.update(kw)
     return StochasticQuantization(**params)
 
@@ -47,8 +54,16 @@ def test_each_rule_matches_float64_reference_step_by_step(optimizer, schedule, r
     for n_seen, x in enumerate(X, start=1):
         ref.step(x)
         if n_seen in (4, 5, 6, 50, 400):
-            est = exact_sq(X[:n_seen], init, optimizer=optimizer, learning_rate=lr, rank=rank,
-                           schedule=schedule, step_offset=150.0, step_power=0.75).fit(X[:n_seen])
+            est = exact_sq(
+                X[:n_seen],
+                init,
+                optimizer=optimizer,
+                learning_rate=lr,
+                rank=rank,
+                schedule=schedule,
+                step_offset=150.0,
+                step_power=0.75,
+            ).fit(X[:n_seen])
             np.testing.assert_allclose(est.cluster_centers_, ref.centers, rtol=1e-9, atol=1e-11)
     assert not np.allclose(ref.centers, init)  # the comparison is not vacuous
 
@@ -60,9 +75,16 @@ def test_mini_batch_is_mean_generalized_gradient_per_center(optimizer, blobs):
     lr = DEFAULT_LEARNING_RATES[optimizer] * 20
     ref = ReferenceSQ(init, optimizer, lr, r=3.0, t0=100.0, power=1.0)
     for a in range(0, 256, 16):
-        ref.batch_step(X[a:a + 16])
-    est = exact_sq(X, init, optimizer=optimizer, learning_rate=lr, batch_size=16,
-                   step_offset=100.0, step_power=1.0).fit(X)
+        ref.batch_step(X[a : a + 16])
+    est = exact_sq(
+        X,
+        init,
+        optimizer=optimizer,
+        learning_rate=lr,
+        batch_size=16,
+        step_offset=100.0,
+        step_power=1.0,
+    ).fit(X)
     np.testing.assert_allclose(est.cluster_centers_, ref.centers, rtol=1e-9, atol=1e-11)
     assert est.n_steps_ == 16
 
@@ -77,7 +99,9 @@ def test_state_is_per_center_not_shared(blobs):
     ref = ReferenceSQ(init, "adam", 0.05, r=2.0, schedule="constant")
     for x in X:
         ref.step(x)
-    est = exact_sq(X, init, optimizer="adam", learning_rate=0.05, rank=2.0, schedule="constant").fit(X)
+    est = exact_sq(
+        X, init, optimizer="adam", learning_rate=0.05, rank=2.0, schedule="constant"
+    ).fit(X)
     np.testing.assert_allclose(est.cluster_centers_, ref.centers, rtol=1e-9, atol=1e-11)
     np.testing.assert_array_equal(est._sq_state.count, [200, 200])
 
@@ -97,8 +121,15 @@ def test_robbins_monro_schedule_formula_and_conditions():
 
 def test_decaying_steps_beat_constant_noise_floor(blobs):
     X = blobs[0]
-    common = dict(n_clusters=4, optimizer="sgd", learning_rate=0.05, rank=2.0, max_iter=15,
-                  tol=0.0, random_state=0)
+    common = dict(
+        n_clusters=4,
+        optimizer="sgd",
+        learning_rate=0.05,
+        rank=2.0,
+        max_iter=15,
+        tol=0.0,
+        random_state=0,
+    )
     rm = StochasticQuantization(schedule="robbins-monro", step_offset=2000, **common).fit(X)
     const = StochasticQuantization(schedule="constant", **common).fit(X)
     assert rm.objective_ < const.objective_
@@ -112,7 +143,9 @@ def test_bbox_projection_keeps_centers_inside_seen_data(blobs):
     free = exact_sq(X, init, **wild).fit(X)
     boxed = exact_sq(X, init, projection="bbox", **wild).fit(X)
     lo, hi = X.min(axis=0), X.max(axis=0)
-    assert np.all(boxed.cluster_centers_ >= lo - 1e-12) and np.all(boxed.cluster_centers_ <= hi + 1e-12)
+    assert np.all(boxed.cluster_centers_ >= lo - 1e-12) and np.all(
+        boxed.cluster_centers_ <= hi + 1e-12
+    )
     assert not (np.all(free.cluster_centers_ >= lo) and np.all(free.cluster_centers_ <= hi))
 
 
@@ -177,8 +210,10 @@ def test_labels_init_missing_class_warns_and_seeds(blobs):
 
 def test_n_init_keeps_best_objective(blobs):
     X = blobs[0]
-    single = [StochasticQuantization(4, init="random", random_state=s, max_iter=2).fit(X).objective_
-              for s in range(4)]
+    single = [
+        StochasticQuantization(4, init="random", random_state=s, max_iter=2).fit(X).objective_
+        for s in range(4)
+    ]
     multi = StochasticQuantization(4, init="random", n_init=8, random_state=0, max_iter=2).fit(X)
     assert multi.objective_ <= np.median(single) + 1e-12
 
@@ -189,12 +224,12 @@ def test_init_candidates_start_from_the_seeding_with_lowest_sample_objective(ini
 
     X = blobs[0][:2000]  # <= init_size: the init sample is X itself, no draw
     # replicate the run's generator: one start seed, then the candidate seedings
-    run_rng = np.random.RandomState(np.random.RandomState(3).randint(np.iinfo(np.int32).max,
-                                                                      size=1)[0])
+    run_rng = np.random.RandomState(
+        np.random.RandomState(3).randint(np.iinfo(np.int32).max, size=1)[0]
+    )
     draw = random_rows if init == "random" else kmeans_plusplus
     cands = [draw(X, 4, run_rng) for _ in range(5)]
-    objs = [np.mean(np.min(((X[:, None, :] - c[None]) ** 2).sum(-1), axis=1) ** 1.5)
-            for c in cands]
+    objs = [np.mean(np.min(((X[:, None, :] - c[None]) ** 2).sum(-1), axis=1) ** 1.5) for c in cands]
     assert len(set(np.round(objs, 9))) > 1  # the candidates differ, so the choice matters
     best = cands[int(np.argmin(objs))]
     kw = dict(rank=3.0, shuffle=False, max_iter=2, tol=0.0, random_state=3)
@@ -210,10 +245,16 @@ def test_init_candidates_escape_a_merged_blob_optimum():
 
     X, _ = make_blobs(60_000, n_features=16, centers=64, cluster_std=1.0, random_state=0)
     X = X.astype(np.float32)
+
     def objectives(candidates):
-        return np.array([StochasticQuantization(64, rank=2.0, init_candidates=candidates,
-                                                random_state=s).fit(X).objective_
-                         for s in range(10)])
+        return np.array(
+            [
+                StochasticQuantization(64, rank=2.0, init_candidates=candidates, random_state=s)
+                .fit(X)
+                .objective_
+                for s in range(10)
+            ]
+        )
 
     one, three = objectives(1), objectives(3)
     opt = min(one.min(), three.min())
@@ -227,8 +268,16 @@ def test_init_candidates_escape_a_merged_blob_optimum():
 def test_partial_fit_in_chunks_equals_one_fit_pass(optimizer, blobs):
     X = blobs[0].astype(np.float32)
     init = X[:4].astype(np.float64) + 0.1
-    common = dict(n_clusters=4, optimizer=optimizer, init=init, scale=1.0, shuffle=False,
-                  max_iter=1, tol=0.0, chunk_size=700)
+    common = dict(
+        n_clusters=4,
+        optimizer=optimizer,
+        init=init,
+        scale=1.0,
+        shuffle=False,
+        max_iter=1,
+        tol=0.0,
+        chunk_size=700,
+    )
     full = StochasticQuantization(**common).fit(X)
     stream = StochasticQuantization(**common)
     for a, b in [(0, 1000), (1000, 1001), (1001, 2500), (2500, 3000)]:
@@ -240,12 +289,21 @@ def test_partial_fit_in_chunks_equals_one_fit_pass(optimizer, blobs):
 def test_partial_fit_batches_equal_fit_when_chunks_are_batch_multiples(blobs):
     X = blobs[0]
     init = X[:4] + 0.1
-    common = dict(n_clusters=4, optimizer="adam", init=init, scale=1.0, shuffle=False,
-                  max_iter=1, tol=0.0, batch_size=32, chunk_size=640)
+    common = dict(
+        n_clusters=4,
+        optimizer="adam",
+        init=init,
+        scale=1.0,
+        shuffle=False,
+        max_iter=1,
+        tol=0.0,
+        batch_size=32,
+        chunk_size=640,
+    )
     full = StochasticQuantization(**common).fit(X)
     stream = StochasticQuantization(**common)
     for a in range(0, 3000, 320):
-        stream.partial_fit(X[a:a + 320])
+        stream.partial_fit(X[a : a + 320])
     np.testing.assert_array_equal(stream.cluster_centers_, full.cluster_centers_)
 
 
@@ -256,7 +314,9 @@ def test_same_random_state_gives_bit_identical_centers(blobs):
         b = StochasticQuantization(4, optimizer=opt, random_state=7).fit(X).cluster_centers_
         np.testing.assert_array_equal(a, b)
     c = StochasticQuantization(4, random_state=8, init="random").fit(X).cluster_centers_
-    assert not np.array_equal(c, StochasticQuantization(4, random_state=7, init="random").fit(X).cluster_centers_)
+    assert not np.array_equal(
+        c, StochasticQuantization(4, random_state=7, init="random").fit(X).cluster_centers_
+    )
 
 
 def test_passed_random_state_is_not_consumed_across_refits(blobs):
@@ -324,7 +384,9 @@ def test_chunked_input_streams_one_chunk_at_a_time(blobs):
 def test_zarr_input_matches_numpy_in_order(blobs):
     zarr = pytest.importorskip("zarr")
     X = blobs[0].astype(np.float32)
-    z = zarr.create_array(store=zarr.storage.MemoryStore(), shape=X.shape, chunks=(256, 3), dtype="float32")
+    z = zarr.create_array(
+        store=zarr.storage.MemoryStore(), shape=X.shape, chunks=(256, 3), dtype="float32"
+    )
     z[:] = X
     init = X[:4].astype(np.float64)
     kw = dict(n_clusters=4, init=init, scale=1.0, shuffle=False, max_iter=2, tol=0.0)
@@ -410,13 +472,16 @@ def test_bad_parameters_raise_naming_the_parameter(case, blobs):
     _assert_same_state(before, after)
 
 
-@pytest.mark.parametrize("labels, message", [
-    (lambda y: np.where(y == 3, 4, y), r"outside \[-1, n_clusters\)"),
-    (lambda y: np.where(y == 3, -2, y), r"outside \[-1, n_clusters\)"),
-    (lambda y: np.full_like(y, -1), "at least one labeled"),
-    (lambda y: y[:-1], "entries but X has"),
-    (lambda y: None, "y=None"),
-])
+@pytest.mark.parametrize(
+    "labels, message",
+    [
+        (lambda y: np.where(y == 3, 4, y), r"outside \[-1, n_clusters\)"),
+        (lambda y: np.where(y == 3, -2, y), r"outside \[-1, n_clusters\)"),
+        (lambda y: np.full_like(y, -1), "at least one labeled"),
+        (lambda y: y[:-1], "entries but X has"),
+        (lambda y: None, "y=None"),
+    ],
+)
 def test_bad_labels_raise(labels, message, blobs):
     X, y = blobs
     est = _fitted(blobs)
@@ -455,18 +520,26 @@ def test_clone_pipeline_gridsearch_and_pickle(blobs):
     X = blobs[0]
     est = StochasticQuantization(4, optimizer="adam", random_state=0)
     assert clone(est).get_params() == est.get_params()
-    pipe = make_pipeline(StandardScaler(), StochasticQuantization(4, rank=2.0, random_state=0)).fit(X)
+    pipe = make_pipeline(StandardScaler(), StochasticQuantization(4, rank=2.0, random_state=0)).fit(
+        X
+    )
     assert pipe.predict(X).shape == (len(X),)
-    grid = GridSearchCV(StochasticQuantization(rank=2.0, random_state=0), {"n_clusters": [2, 4]}, cv=2).fit(X)
+    grid = GridSearchCV(
+        StochasticQuantization(rank=2.0, random_state=0), {"n_clusters": [2, 4]}, cv=2
+    ).fit(X)
     assert grid.best_params_["n_clusters"] == 4  # score = -objective favours more centers
     restored = pickle.loads(pickle.dumps(est.fit(X)))
     np.testing.assert_array_equal(restored.predict(X), est.predict(X))
-    assert restored.get_feature_names_out().tolist() == [f"stochasticquantization{i}" for i in range(4)]
+    assert restored.get_feature_names_out().tolist() == [
+        f"stochasticquantization{i}" for i in range(4)
+    ]
 
 
 def test_callback_sees_every_pass_for_checkpoints(blobs):
     seen = []
-    est = StochasticQuantization(4, max_iter=4, tol=0.0, random_state=0).fit(blobs[0], callback=seen.append)
+    est = StochasticQuantization(4, max_iter=4, tol=0.0, random_state=0).fit(
+        blobs[0], callback=seen.append
+    )
     assert [s["pass"] for s in seen] == [1, 2, 3, 4]
     np.testing.assert_array_equal(seen[-1]["centers"], est.cluster_centers_)
     assert seen[0]["objective_estimate"] >= seen[-1]["objective_estimate"]

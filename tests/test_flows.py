@@ -48,20 +48,35 @@ def registry(tmp_path_factory):
 def _cfg(out, **kw):
     from flows.settings import load_settings
 
-    base = {"output_dir": str(out), "encoder_train_rows": 1000, "encoder_epochs": 1,
-            "reference_rows": 500, "n_clusters": 10, "max_iter": 5, "store_chunk_rows": 512,
-            "dask_workers": 2}
+    base = {
+        "output_dir": str(out),
+        "encoder_train_rows": 1000,
+        "encoder_epochs": 1,
+        "reference_rows": 500,
+        "n_clusters": 10,
+        "max_iter": 5,
+        "store_chunk_rows": 512,
+        "dask_workers": 2,
+    }
     return load_settings(**{**base, **kw}).flow_parameters()
 
 
 def _config(out, models, **kw):
-    return {"output_dir": str(out), "models_dir": str(models), "n_clusters": 10, "max_iter": 5,
-            "store_chunk_rows": 512, "train_if_missing": False, **kw}
+    return {
+        "output_dir": str(out),
+        "models_dir": str(models),
+        "n_clusters": 10,
+        "max_iter": 5,
+        "store_chunk_rows": 512,
+        "train_if_missing": False,
+        **kw,
+    }
 
 
 def _published(out, table):
-    return pd.concat([pd.read_parquet(p) for p in
-                      sorted((Path(out) / "published" / table).glob("*/*.parquet"))])
+    return pd.concat(
+        [pd.read_parquet(p) for p in sorted((Path(out) / "published" / table).glob("*/*.parquet"))]
+    )
 
 
 def test_nightly_two_runs_mnist(harness, registry, tmp_path):
@@ -127,8 +142,10 @@ def test_nightly_two_runs_mnist(harness, registry, tmp_path):
     assert len(m2) == 800 and not set(m2["sample_id"]) & set(manifest["sample_id"])
     # every row of both runs in DuckDB, and the report's cluster sizes add up to them
     con = duckdb.connect(str(out / "sqflow.duckdb"), read_only=True)
-    for sql in ("SELECT run_id, count(*) FROM assignments GROUP BY run_id ORDER BY run_id",
-                "SELECT run_id, sum(size) FROM cluster_report GROUP BY run_id ORDER BY run_id"):
+    for sql in (
+        "SELECT run_id, count(*) FROM assignments GROUP BY run_id ORDER BY run_id",
+        "SELECT run_id, sum(size) FROM cluster_report GROUP BY run_id ORDER BY run_id",
+    ):
         assert con.execute(sql).fetchall() == [(run_id, 1500), (rec2["run_id"], 800)], sql
     con.close()
 
@@ -153,7 +170,9 @@ def test_io_tasks_retry_only_transient_errors():
     for t in (sample_task, embed_task, cluster_task, publish_task):
         assert t.retries == 2 and callable(t.retry_condition_fn)
         assert t is publish_task or t.retry_condition_fn is _transient_io
-        assert len(t.retry_delay_seconds) == 2 and t.retry_delay_seconds[1] > t.retry_delay_seconds[0]
+        assert (
+            len(t.retry_delay_seconds) == 2 and t.retry_delay_seconds[1] > t.retry_delay_seconds[0]
+        )
     assert _transient_io(None, None, Failed(data=OSError(5, "Input/output error")))
     assert not _transient_io(None, None, Failed(data=FileNotFoundError("gone")))
     assert not _transient_io(None, None, Failed(data=SourceError("no readable item")))
@@ -227,8 +246,9 @@ def test_missing_source_fails_the_run_clearly(harness, registry, tmp_path):
     out = tmp_path / "out"
     missing = tmp_path / "no-such-dir"
     with pytest.raises(SourceError, match="image folder .*no-such-dir.* does not exist"):
-        nightly(config=_config(out, registry, source={"kind": "image_folder",
-                                                      "path": str(missing)}))
+        nightly(
+            config=_config(out, registry, source={"kind": "image_folder", "path": str(missing)})
+        )
     (run,) = OutputLayout.at(out).run_records()
     assert run["status"] == "failed" and str(missing) in run["error"]
     assert not (out / "published").exists()
@@ -266,13 +286,19 @@ def test_settings_from_toml_and_environment(tmp_path, monkeypatch):
     from flows.settings import load_settings
 
     toml = tmp_path / "sqflow.toml"
-    toml.write_text('output_dir = "/data/x"\nn_clusters = 7\ntimezone = "Europe/Kyiv"\n'
-                    '[source]\nkind = "npy"\npath = "/data/v.npy"\n[sample]\nmode = "incremental"\n')
+    toml.write_text(
+        'output_dir = "/data/x"\nn_clusters = 7\ntimezone = "Europe/Kyiv"\n'
+        '[source]\nkind = "npy"\npath = "/data/v.npy"\n[sample]\nmode = "incremental"\n'
+    )
     monkeypatch.setenv("SQFLOW_CONFIG", str(toml))
     monkeypatch.setenv("SQFLOW_N_CLUSTERS", "12")
     s = load_settings(max_iter=3)
-    assert (s.n_clusters, s.max_iter, s.timezone, str(s.output_dir)) == (12, 3, "Europe/Kyiv",
-                                                                        "/data/x")
+    assert (s.n_clusters, s.max_iter, s.timezone, str(s.output_dir)) == (
+        12,
+        3,
+        "Europe/Kyiv",
+        "/data/x",
+    )
     assert s.source.kind == "npy" and s.sample.mode == "incremental"
     monkeypatch.setenv("SQFLOW_SAMPLE__MODE", "uniform")
     with pytest.raises(ValueError, match="needs n"):
@@ -293,8 +319,15 @@ def test_infra_files_are_consistent():
     repo = Path(__file__).resolve().parents[1]
     spec = yaml.safe_load((repo / "prefect.yaml").read_text())
     names = {d["name"]: d for d in spec["deployments"]}
-    assert set(names) == {"nightly", "train-encoder", "sample", "embed", "cluster", "monitor",
-                          "sqflow-retrain"}
+    assert set(names) == {
+        "nightly",
+        "train-encoder",
+        "sample",
+        "embed",
+        "cluster",
+        "monitor",
+        "sqflow-retrain",
+    }
     # the monitor finds the retrain deployment by "<flow name>/<deployment name>"
     from flows.monitor import DEFAULT_RETRAIN_DEPLOYMENT, retrain_flow
 
@@ -306,8 +339,9 @@ def test_infra_files_are_consistent():
     assert names["nightly"]["schedules"][0]["cron"] == "0 2 * * *"
     assert names["nightly"]["concurrency_limit"] == 1
     compose = yaml.safe_load((repo / "infra" / "docker-compose.yml").read_text())
-    assert {"postgres", "prefect-server", "dask-scheduler", "dask-worker",
-            "prefect-worker"} <= set(compose["services"])
+    assert {"postgres", "prefect-server", "dask-scheduler", "dask-worker", "prefect-worker"} <= set(
+        compose["services"]
+    )
     env = compose["services"]["prefect-worker"]["environment"]
     assert env["SQFLOW_DASK_ADDRESS"] == "tcp://dask-scheduler:8786"
 
@@ -323,22 +357,37 @@ def test_two_processes_on_one_output_take_turns(registry, tmp_path, png_folder):
 
     out = tmp_path / "out"
     cfg = _config(out, registry, source=png_folder, n_clusters=3, lock_timeout_s=300)
-    code = ("import json, sys; from flows.nightly import nightly; "
-            "nightly(config=json.loads(sys.argv[1]))")
+    code = (
+        "import json, sys; from flows.nightly import nightly; "
+        "nightly(config=json.loads(sys.argv[1]))"
+    )
     procs = []
     for i in range(2):
-        env = {**os.environ, "PREFECT_HOME": str(tmp_path / f"prefect-{i}"),
-               "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"}
-        procs.append(subprocess.Popen([sys.executable, "-c", code, json.dumps(cfg)], env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                      text=True))
+        env = {
+            **os.environ,
+            "PREFECT_HOME": str(tmp_path / f"prefect-{i}"),
+            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+        }
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", code, json.dumps(cfg)],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
     logs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], "\n".join(x[-3000:] for x in logs)
     runs = OutputLayout.at(out).run_records()
     assert [r["status"] for r in runs] == ["completed", "completed"]
-    spans = sorted((datetime.fromisoformat(r["started_at"])
-                    + timedelta(seconds=r["waited_for_lock_s"]),
-                    datetime.fromisoformat(r["finished_at"])) for r in runs)
+    spans = sorted(
+        (
+            datetime.fromisoformat(r["started_at"]) + timedelta(seconds=r["waited_for_lock_s"]),
+            datetime.fromisoformat(r["finished_at"]),
+        )
+        for r in runs
+    )
     assert spans[0][1] <= spans[1][0], f"locked intervals overlap: {spans}"
     asg = _published(out, "assignments")
     assert asg.groupby("run_id").size().tolist() == [40, 40]

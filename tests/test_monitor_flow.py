@@ -47,14 +47,30 @@ def base(tmp_path_factory):
     rot = ndimage.rotate(xt[1000:2000], 90, axes=(1, 2), reshape=False, order=1)
     np.save(root / "rot.npy", rot.astype(np.uint8))
     np.save(root / "rot_y.npy", yt[1000:2000].astype(np.int64))
-    common = {"output_dir": str(root / "out"), "encoder_epochs": 2, "encoder_train_rows": 2000,
-              "reference_rows": 1500, "n_clusters": 10, "seed": 0, "device": "cpu",
-              "store_chunk_rows": 512, "encoder_batch_size": 250}
+    common = {
+        "output_dir": str(root / "out"),
+        "encoder_epochs": 2,
+        "encoder_train_rows": 2000,
+        "reference_rows": 1500,
+        "n_clusters": 10,
+        "seed": 0,
+        "device": "cpu",
+        "store_chunk_rows": 512,
+        "encoder_batch_size": 250,
+    }
     cfg = _config({**common, "source": {"kind": "mnist", "split": "train"}})
     assert train_encoder_stage(cfg)["version"] == "triplet-v0001"
     for run_id, name in (("run-clean", "clean"), ("run-rot", "rot")):
-        c = _config({**common, "source": {"kind": "npy", "path": str(root / f"{name}.npy"),
-                                          "labels_path": str(root / f"{name}_y.npy")}})
+        c = _config(
+            {
+                **common,
+                "source": {
+                    "kind": "npy",
+                    "path": str(root / f"{name}.npy"),
+                    "labels_path": str(root / f"{name}_y.npy"),
+                },
+            }
+        )
         sample_stage(c, run_id)
         embed_stage(c, run_id)
     return root, common
@@ -64,9 +80,15 @@ def _copy(base, tmp_path, source: str) -> dict:
     root, common = base
     out = tmp_path / "out"
     shutil.copytree(root / "out", out)
-    return {**common, "output_dir": str(out),
-            "source": {"kind": "npy", "path": str(root / f"{source}.npy"),
-                       "labels_path": str(root / f"{source}_y.npy")}}
+    return {
+        **common,
+        "output_dir": str(out),
+        "source": {
+            "kind": "npy",
+            "path": str(root / f"{source}.npy"),
+            "labels_path": str(root / f"{source}_y.npy"),
+        },
+    }
 
 
 def test_clean_batch_no_drift_no_retrain(prefect_harness, base, tmp_path):
@@ -82,8 +104,12 @@ def test_clean_batch_no_drift_no_retrain(prefect_harness, base, tmp_path):
     assert list(df["statistic"]) == ["mmd", "ks", "distortion", "occupancy", "decision"]
     assert set(df["run_id"]) == {"run-clean"} and set(df["reference_version"]) == {"triplet-v0001"}
     assert not df["drifted"].any()
-    assert json.loads((tmp_path / "out" / "runs" / "run-clean" / "drift_report.json")
-                      .read_text())["status"] == "no_drift"
+    assert (
+        json.loads((tmp_path / "out" / "runs" / "run-clean" / "drift_report.json").read_text())[
+            "status"
+        ]
+        == "no_drift"
+    )
 
 
 def test_drift_triggers_retrain_with_new_version_and_reference(prefect_harness, base, tmp_path):
@@ -105,10 +131,13 @@ def test_drift_triggers_retrain_with_new_version_and_reference(prefect_harness, 
     ref = open_store(out / "models" / "reference" / "triplet-v0002" / "embeddings.zarr")
     assert ref.encoder_version == "triplet-v0002" and ref.is_complete
     assert np.load(out / "models" / "reference" / "triplet-v0002" / "centers.npy").shape == (10, 3)
-    assert open_store(out / "runs" / "run-rot" / "embeddings.zarr").encoder_version == \
-        "triplet-v0002"
-    assert open_store(out / "runs" / "run-rot" / "embeddings-triplet-v0001.zarr") \
-        .encoder_version == "triplet-v0001"
+    assert (
+        open_store(out / "runs" / "run-rot" / "embeddings.zarr").encoder_version == "triplet-v0002"
+    )
+    assert (
+        open_store(out / "runs" / "run-rot" / "embeddings-triplet-v0001.zarr").encoder_version
+        == "triplet-v0001"
+    )
     lines = [json.loads(s) for s in (out / "models" / "lineage.jsonl").read_text().splitlines()]
     assert lines[-1]["from_version"] == "triplet-v0001"
     assert lines[-1]["to_version"] == "triplet-v0002"
@@ -119,8 +148,7 @@ def test_drift_triggers_retrain_with_new_version_and_reference(prefect_harness, 
     assert "retrained: encoder triplet-v0001 -> triplet-v0002" in mon["markdown"]
 
 
-def test_failed_retrain_keeps_the_old_version_current(prefect_harness, base, tmp_path,
-                                                      monkeypatch):
+def test_failed_retrain_keeps_the_old_version_current(prefect_harness, base, tmp_path, monkeypatch):
     import tasks.monitor as tm
     from flows.monitor import monitor_flow
     from sqflow.store import open_store
@@ -143,13 +171,15 @@ def test_failed_retrain_keeps_the_old_version_current(prefect_harness, base, tmp
     assert "no space left on device" in failed["error"]
     last = json.loads((out / "models" / "lineage.jsonl").read_text().splitlines()[-1])
     assert last["status"] == "failed" and last["current_after"] == "triplet-v0001"
-    assert open_store(out / "runs" / "run-rot" / "embeddings.zarr").encoder_version == \
-        "triplet-v0001"
+    assert (
+        open_store(out / "runs" / "run-rot" / "embeddings.zarr").encoder_version == "triplet-v0001"
+    )
     assert "FAILED" in mon["markdown"]
 
 
 def test_drift_retrains_through_the_retrain_deployment_when_one_is_served(
-        prefect_harness, base, tmp_path):
+    prefect_harness, base, tmp_path
+):
     """With a registered ``retrain`` deployment (served here by a real Prefect Runner that runs
     the flow run in a subprocess), the monitor goes through ``run_deployment``."""
     import asyncio
@@ -172,9 +202,12 @@ def test_drift_retrains_through_the_retrain_deployment_when_one_is_served(
     th.start()
     try:
         cfg = _copy(base, tmp_path, "rot")
-        mon = monitor_flow(run_id="run-rot", config=cfg,
-                           retrain_deployment="retrain/sqflow-retrain-test",
-                           retrain_timeout_s=900)
+        mon = monitor_flow(
+            run_id="run-rot",
+            config=cfg,
+            retrain_deployment="retrain/sqflow-retrain-test",
+            retrain_timeout_s=900,
+        )
     finally:
         stop.set()
         th.join(timeout=60)

@@ -58,10 +58,14 @@ def test_plots_write_pngs(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     y = rng.integers(-1, 3, 300)
     for d in (2, 3, 5):
-        p = plot_latent(rng.normal(size=(300, d)), y, tmp_path / f"l{d}.png",
-                        centers=rng.normal(size=(3, d)))
+        p = plot_latent(
+            rng.normal(size=(300, d)), y, tmp_path / f"l{d}.png", centers=rng.normal(size=(3, d))
+        )
         assert p.read_bytes()[:8] == PNG
-    assert plot_convergence({"sgd": [3, 2, 1], "adam": [2, 1.5]}, tmp_path / "c.png").read_bytes()[:8] == PNG
+    assert (
+        plot_convergence({"sgd": [3, 2, 1], "adam": [2, 1.5]}, tmp_path / "c.png").read_bytes()[:8]
+        == PNG
+    )
     assert plot_confusion(y[y >= 0], y[y >= 0][::-1], tmp_path / "m.png").read_bytes()[:8] == PNG
     with pytest.raises(ValueError, match="shape"):
         plot_latent(np.zeros((5, 1)), None, tmp_path / "bad.png")
@@ -72,17 +76,44 @@ def test_tiny_end_to_end_run(tmp_path: Path) -> None:
 
     torch.set_num_threads(1)
     out = tmp_path / "t.json"
-    argv = ["--train-limit", "1000", "--test-limit", "1000", "--fractions", "0.5", "--optimizers", "sgd", "adam",
-            "--epochs", "2", "--batch-size", "100", "--lr", "3e-3", "--threads", "1",
-            "--cache-dir", str(tmp_path / "cache"), "--out", str(out), "--quiet"]
+    argv = [
+        "--train-limit",
+        "1000",
+        "--test-limit",
+        "1000",
+        "--fractions",
+        "0.5",
+        "--optimizers",
+        "sgd",
+        "adam",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "100",
+        "--lr",
+        "3e-3",
+        "--threads",
+        "1",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     assert main(argv) == 0
     rep = json.loads(out.read_text())
     assert rep["complete"] and rep["config"]["n_train"] == 1000
     rows = {r["optimizer"]: r for r in rep["results"]}
     assert set(rows) == {"sgd", "adam"}
     for r in rows.values():
-        assert set(r) >= {"fraction", "optimizer", "f1_weighted", "accuracy", "objective",
-                          "train_seconds"}
+        assert set(r) >= {
+            "fraction",
+            "optimizer",
+            "f1_weighted",
+            "accuracy",
+            "objective",
+            "train_seconds",
+        }
         # 500 labeled images, 2 epochs: ~0.6-0.7 measured; a wrong center->class mapping
         # would give about chance (0.1)
         assert r["f1_weighted"] >= 0.4
@@ -93,7 +124,8 @@ def test_tiny_end_to_end_run(tmp_path: Path) -> None:
     assert [c["optimizer"] for c in cmp] == ["sgd", "adam"]
     for c in cmp:
         assert c["gap_r2"] == pytest.approx(
-            (c["sq_objective_r2"] - c["kmeans_objective_r2"]) / c["kmeans_objective_r2"])
+            (c["sq_objective_r2"] - c["kmeans_objective_r2"]) / c["kmeans_objective_r2"]
+        )
         assert c["kmeans_objective_r2"] == pytest.approx(km["objective_r2"])
     assert rep["encoders"][0]["n_labeled"] == pytest.approx(500, abs=5)  # per-class rounding
     assert rep["config"]["n_test"] == 1000

@@ -57,16 +57,40 @@ def _run(mnist, pca, seed: int, run_id: str, out: Path, previous=()):
     hflat = xt[:N_HELD].reshape(N_HELD, -1).astype(np.float64) / 255
     held = HeldOut(pca.transform(hflat), yt[:N_HELD], inputs=hflat)
     health = RunHealth(
-        objective=float(np.mean(dist ** 3)), loss_curve=list(est.loss_curve_),
-        n_passes=int(est.n_iter_), timings={"sample": 0.5, "cluster": 1.5}, n_quarantined=2,
-        quarantine_reasons={"value out of range [0, 1]": 2}, dataset="mnist-train (test)",
-        encoder_version="pca-3")
-    res = build_report(run_id, out, embeddings=z, cluster_ids=cid, distances=dist,
-                       centers=centers, sample_ids=ids, labels=labels,
-                       thumbnails=lambda q: [x[rows[pos[s]]] for s in q], heldout=held,
-                       previous=previous, health=health)
-    return {"res": res, "z": z, "cid": cid, "dist": dist, "labels": labels, "ids": ids,
-            "held": held, "centers": centers, "rows": rows}
+        objective=float(np.mean(dist**3)),
+        loss_curve=list(est.loss_curve_),
+        n_passes=int(est.n_iter_),
+        timings={"sample": 0.5, "cluster": 1.5},
+        n_quarantined=2,
+        quarantine_reasons={"value out of range [0, 1]": 2},
+        dataset="mnist-train (test)",
+        encoder_version="pca-3",
+    )
+    res = build_report(
+        run_id,
+        out,
+        embeddings=z,
+        cluster_ids=cid,
+        distances=dist,
+        centers=centers,
+        sample_ids=ids,
+        labels=labels,
+        thumbnails=lambda q: [x[rows[pos[s]]] for s in q],
+        heldout=held,
+        previous=previous,
+        health=health,
+    )
+    return {
+        "res": res,
+        "z": z,
+        "cid": cid,
+        "dist": dist,
+        "labels": labels,
+        "ids": ids,
+        "held": held,
+        "centers": centers,
+        "rows": rows,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -137,10 +161,10 @@ def check_page_figures(dom: _Dom, table: pd.DataFrame, previous: pd.DataFrame | 
         if pd.isna(r.purity):
             assert dom.fields[("purity", c)] == "n/a"
         else:
-            assert _pct(dom.fields[("purity", c)]) == pytest.approx(r.purity, abs=TOL), \
+            assert _pct(dom.fields[("purity", c)]) == pytest.approx(r.purity, abs=TOL), (
                 f"purity of cluster {c}"
-        assert float(dom.fields[("mean_distance", c)]) == pytest.approx(r.mean_distance,
-                                                                        abs=TOL)
+            )
+        assert float(dom.fields[("mean_distance", c)]) == pytest.approx(r.mean_distance, abs=TOL)
         lab = dom.fields[("majority_label", c)]
         assert (lab == "-") if pd.isna(r.majority_label) else int(lab) == r.majority_label
         if previous is not None:
@@ -149,21 +173,25 @@ def check_page_figures(dom: _Dom, table: pd.DataFrame, previous: pd.DataFrame | 
     row = table.iloc[0]
     assert _pct(dom.fields[("knn_accuracy", None)]) == pytest.approx(row.knn_accuracy, abs=TOL)
     assert _pct(dom.fields[("majority_agreement", None)]) == pytest.approx(
-        row.majority_agreement, abs=TOL)
-    assert float(dom.fields[("trustworthiness", None)]) == pytest.approx(row.trustworthiness,
-                                                                         abs=TOL)
+        row.majority_agreement, abs=TOL
+    )
+    assert float(dom.fields[("trustworthiness", None)]) == pytest.approx(
+        row.trustworthiness, abs=TOL
+    )
     if previous is not None:
         p = previous.iloc[0]
         assert _pct(dom.fields[("previous_knn_accuracy", None)]) == pytest.approx(
-            p.knn_accuracy, abs=TOL)
+            p.knn_accuracy, abs=TOL
+        )
         assert float(dom.fields[("previous_trustworthiness", None)]) == pytest.approx(
-            p.trustworthiness, abs=TOL)
+            p.trustworthiness, abs=TOL
+        )
 
 
 def _png_ok(src: str) -> Image.Image:
     head = "data:image/png;base64,"
     assert src.startswith(head), f"image is not an embedded PNG: {src[:60]!r}"
-    raw = base64.b64decode(src[len(head):], validate=True)
+    raw = base64.b64decode(src[len(head) :], validate=True)
     im = Image.open(io.BytesIO(raw))
     im.verify()
     assert im.format == "PNG"
@@ -171,10 +199,20 @@ def _png_ok(src: str) -> Image.Image:
 
 
 def _chromium(args: list[str], tmp: Path) -> subprocess.CompletedProcess:
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-           "--no-first-run", "--disable-background-networking", "--disable-component-update",
-           "--disable-sync", f"--user-data-dir={tmp / 'chrome-profile'}",
-           "--virtual-time-budget=20000", *args]
+    cmd = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp / 'chrome-profile'}",
+        "--virtual-time-budget=20000",
+        *args,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True)
 
 
@@ -198,11 +236,15 @@ def test_figures_equal_independent_computation(runs):
         df = pd.DataFrame({"c": run["cid"], "y": run["labels"], "d": run["dist"]})
         np.testing.assert_allclose(t["mean_distance"], df.groupby("c")["d"].mean(), rtol=1e-12)
         lab = df[df.y >= 0]
-        maj = lab.groupby("c")["y"].agg(lambda s: s.value_counts().sort_index()
-                                        .sort_values(ascending=False, kind="stable").index[0])
+        maj = lab.groupby("c")["y"].agg(
+            lambda s: (
+                s.value_counts().sort_index().sort_values(ascending=False, kind="stable").index[0]
+            )
+        )
         pur = lab.groupby("c")["y"].agg(lambda s: s.value_counts().iloc[0] / len(s))
-        np.testing.assert_array_equal(t.set_index("cluster_id").loc[maj.index, "majority_label"],
-                                      maj.to_numpy())
+        np.testing.assert_array_equal(
+            t.set_index("cluster_id").loc[maj.index, "majority_label"], maj.to_numpy()
+        )
         np.testing.assert_allclose(t.set_index("cluster_id").loc[pur.index, "purity"], pur)
         # representative ids: the members nearest to their center, nearest first
         for r in t.itertuples():
@@ -211,14 +253,14 @@ def test_figures_equal_independent_computation(runs):
             assert json.loads(r.representative_sample_ids) == want
         h = run["held"]
         zc = run["centers"]
-        assert t["knn_accuracy"].iloc[0] == pytest.approx(_knn_reference(h.embeddings,
-                                                                         h.labels, 5))
+        assert t["knn_accuracy"].iloc[0] == pytest.approx(_knn_reference(h.embeddings, h.labels, 5))
         near = ((h.embeddings[:, None] - zc[None]) ** 2).sum(-1).argmin(1)
         majmap = t.set_index("cluster_id")["majority_label"]
         agree = np.mean([majmap[c] == yy for c, yy in zip(near, h.labels, strict=True)])
         assert t["majority_agreement"].iloc[0] == pytest.approx(agree)
         assert t["trustworthiness"].iloc[0] == pytest.approx(
-            trustworthiness(h.inputs, h.embeddings, n_neighbors=5))
+            trustworthiness(h.inputs, h.embeddings, n_neighbors=5)
+        )
         # sanity: real MNIST in 3-D PCA keeps some label structure, far above chance (10%)
         assert t["knn_accuracy"].iloc[0] > 0.3
         assert 0.5 < t["trustworthiness"].iloc[0] <= 1.0
@@ -257,8 +299,11 @@ def test_page_check_fails_when_a_figure_disagrees(runs):
         check_page_figures(dom, bad, a["res"].table)
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (`apt-get install -y "
-                    "chromium chromium-driver`; .ci/run installs it)")
+@pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="chromium is not installed (`apt-get install -y "
+    "chromium chromium-driver`; .ci/run installs it)",
+)
 def test_page_renders_in_headless_chromium(runs, tmp_path):
     a, b = runs
     url = b["res"].html_path.resolve().as_uri()
@@ -286,12 +331,24 @@ def test_vector_data_shows_tables_and_drift(tmp_path):
     z = np.concatenate([c + rng.normal(size=(60, 2)) for c in centers])
     cid = ((z[:, None] - centers[None]) ** 2).sum(-1).argmin(1)
     dist = np.linalg.norm(z - centers[cid], axis=1)
-    drift = {"drifted": True, "status": "ok", "reasons": ["MMD p = 0.001 <= 0.01"],
-             "statistics": [{"statistic": "mmd", "value": 0.2, "threshold": 0.01,
-                             "p_value": 0.001, "drifted": True}]}
-    res = build_report("vec", tmp_path, embeddings=z, cluster_ids=cid, distances=dist,
-                       centers=centers, sample_ids=[f"s{i}" for i in range(len(z))],
-                       health=RunHealth(drift=drift))
+    drift = {
+        "drifted": True,
+        "status": "ok",
+        "reasons": ["MMD p = 0.001 <= 0.01"],
+        "statistics": [
+            {"statistic": "mmd", "value": 0.2, "threshold": 0.01, "p_value": 0.001, "drifted": True}
+        ],
+    }
+    res = build_report(
+        "vec",
+        tmp_path,
+        embeddings=z,
+        cluster_ids=cid,
+        distances=dist,
+        centers=centers,
+        sample_ids=[f"s{i}" for i in range(len(z))],
+        health=RunHealth(drift=drift),
+    )
     text = res.html_path.read_text()
     dom = _parse(text)
     assert len(dom.imgs) == 2  # latent + sizes: no thumbnails, no trend, no curve
@@ -302,8 +359,13 @@ def test_vector_data_shows_tables_and_drift(tmp_path):
 
 def test_bad_inputs_name_the_parameter(tmp_path):
     z = np.zeros((4, 2))
-    ok = {"embeddings": z, "cluster_ids": [0, 0, 1, 1], "distances": [0.0] * 4,
-          "centers": np.zeros((2, 2)), "sample_ids": list("abcd")}
+    ok = {
+        "embeddings": z,
+        "cluster_ids": [0, 0, 1, 1],
+        "distances": [0.0] * 4,
+        "centers": np.zeros((2, 2)),
+        "sample_ids": list("abcd"),
+    }
     with pytest.raises(ValueError, match="cluster_ids must lie in 0..1"):
         build_report("r", tmp_path, **{**ok, "cluster_ids": [0, 0, 2, 1]})
     with pytest.raises(ValueError, match="distances has 3 values"):
@@ -349,8 +411,14 @@ def _pipeline_run(cfg, lay, monitor_note, write_json=True):
 
     started = datetime.now(UTC)
     run_id = new_run_id(None, started)
-    rec = {"run_id": run_id, "started_at": started.isoformat(), "status": "completed",
-           "monitor": monitor_note, "timings": {}, "n_clusters": int(cfg["n_clusters"])}
+    rec = {
+        "run_id": run_id,
+        "started_at": started.isoformat(),
+        "status": "completed",
+        "monitor": monitor_note,
+        "timings": {},
+        "n_clusters": int(cfg["n_clusters"]),
+    }
     rec["sample"] = sample_stage(cfg, run_id)
     rec["dataset"] = rec["sample"]["dataset"]
     rec["embed"] = embed_stage(cfg, run_id)
@@ -375,11 +443,18 @@ def test_report_of_pipeline_runs(tmp_path, capsys):
     from tasks.report import build_report_for_run, report_command, report_stage
     from tasks.stages import train_encoder_stage
 
-    cfg = load_settings(output_dir=str(tmp_path / "out"), encoder_train_rows=200,
-                        encoder_epochs=1, reference_rows=50, n_clusters=6, max_iter=3,
-                        store_chunk_rows=512, dask_workers=1,
-                        source={"kind": "mnist", "split": "all"},
-                        sample={"mode": "uniform", "n": 900, "seed": 0}).flow_parameters()
+    cfg = load_settings(
+        output_dir=str(tmp_path / "out"),
+        encoder_train_rows=200,
+        encoder_epochs=1,
+        reference_rows=50,
+        n_clusters=6,
+        max_iter=3,
+        store_chunk_rows=512,
+        dask_workers=1,
+        source={"kind": "mnist", "split": "all"},
+        sample={"mode": "uniform", "n": 900, "seed": 0},
+    ).flow_parameters()
     lay = OutputLayout.at(cfg["output_dir"])
     train_encoder_stage(cfg)
     note = "not run: drift monitoring is not implemented yet"
@@ -421,9 +496,11 @@ def test_report_of_pipeline_runs(tmp_path, capsys):
     prev = pd.read_parquet(info1["table"])
     assert info2["quality"]["previous_run_id"] == run1
     assert info2["quality"]["previous"]["knn_accuracy"] == pytest.approx(
-        prev["knn_accuracy"].iloc[0])
-    check_page_figures(_parse(Path(info2["html"]).read_text()), pd.read_parquet(info2["table"]),
-                       prev)
+        prev["knn_accuracy"].iloc[0]
+    )
+    check_page_figures(
+        _parse(Path(info2["html"]).read_text()), pd.read_parquet(info2["table"]), prev
+    )
     assert len(info2["rows"]) == 6 and all(type(r["size"]) is int for r in info2["rows"])
 
 
@@ -439,16 +516,26 @@ def test_streamed_embeddings_and_large_images(tmp_path):
     dist = np.linalg.norm(z - centers[cid], axis=1)
     ids = [f"s{i:04d}" for i in range(len(z))]
     big = rng.integers(0, 256, size=(400, 300), dtype=np.uint8)
-    common = {"cluster_ids": cid, "distances": dist, "centers": centers, "sample_ids": ids,
-              "max_plot_points": 500, "thumbnails": lambda q: [big] * len(q)}
+    common = {
+        "cluster_ids": cid,
+        "distances": dist,
+        "centers": centers,
+        "sample_ids": ids,
+        "max_plot_points": 500,
+        "thumbnails": lambda q: [big] * len(q),
+    }
     r_np = build_report("np", tmp_path / "np", embeddings=z, **common)
-    r_da = build_report("da", tmp_path / "da", embeddings=da.from_array(z, chunks=(256, 3)),
-                        **common)
+    r_da = build_report(
+        "da", tmp_path / "da", embeddings=da.from_array(z, chunks=(256, 3)), **common
+    )
     np.testing.assert_array_equal(r_np.data.plot_rows, r_da.data.plot_rows)
     np.testing.assert_allclose(r_np.data.plot_embeddings, r_da.data.plot_embeddings)
     assert len(r_da.data.plot_rows) == 500
-    thumbs = [_png_ok(s) for s in _parse(r_da.html_path.read_text()).imgs
-              if s and _png_ok(s).size[0] < 200]
+    thumbs = [
+        _png_ok(s)
+        for s in _parse(r_da.html_path.read_text()).imgs
+        if s and _png_ok(s).size[0] < 200
+    ]
     assert thumbs and all(max(im.size) <= 96 for im in thumbs)
 
 
@@ -456,11 +543,14 @@ def test_engine_does_not_import_prefect():
     import subprocess
     import sys
 
-    code = ("import sys, sqflow.report, sqflow.report.render; "
-            "sys.exit(1 if any(m == 'prefect' or m.startswith('prefect.') for m in sys.modules)"
-            " else 0)")
-    assert subprocess.run([sys.executable, "-c", code]).returncode == 0, \
+    code = (
+        "import sys, sqflow.report, sqflow.report.render; "
+        "sys.exit(1 if any(m == 'prefect' or m.startswith('prefect.') for m in sys.modules)"
+        " else 0)"
+    )
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0, (
         "sqflow.report imports prefect (layer rule: the engine never does)"
+    )
 
 
 def test_previous_runs_trend_only_with_the_same_encoder_and_k(tmp_path):
@@ -468,18 +558,28 @@ def test_previous_runs_trend_only_with_the_same_encoder_and_k(tmp_path):
     from tasks.report import _previous_runs
 
     lay = OutputLayout.at(tmp_path)
-    recs = [("20261120T020000Z-00000001", "triplet-v0001", 3, "completed"),
-            ("20261121T020000Z-00000002", "triplet-v0002", 3, "completed"),
-            ("20261122T020000Z-00000003", "triplet-v0002", 4, "completed"),
-            ("20261123T020000Z-00000004", "triplet-v0002", 3, "failed"),
-            ("20261125T020000Z-00000005", "triplet-v0002", 3, "completed")]  # later: excluded
+    recs = [
+        ("20261120T020000Z-00000001", "triplet-v0001", 3, "completed"),
+        ("20261121T020000Z-00000002", "triplet-v0002", 3, "completed"),
+        ("20261122T020000Z-00000003", "triplet-v0002", 4, "completed"),
+        ("20261123T020000Z-00000004", "triplet-v0002", 3, "failed"),
+        ("20261125T020000Z-00000005", "triplet-v0002", 3, "completed"),
+    ]  # later: excluded
     for rid, ver, k, status in recs:
         d = lay.run_dir(rid)
         d.mkdir(parents=True)
-        (d / "run.json").write_text(json.dumps({
-            "run_id": rid, "started_at": rid[:8], "status": status, "encoder_version": ver,
-            "n_clusters": k, "cluster": {"clusters": [{"cluster_id": j, "size": 10 + j}
-                                                      for j in range(k)]}}))
+        (d / "run.json").write_text(
+            json.dumps(
+                {
+                    "run_id": rid,
+                    "started_at": rid[:8],
+                    "status": status,
+                    "encoder_version": ver,
+                    "n_clusters": k,
+                    "cluster": {"clusters": [{"cluster_id": j, "size": 10 + j} for j in range(k)]},
+                }
+            )
+        )
     prev = _previous_runs(lay, "now", "20261124", "triplet-v0002", 3)
     assert [p.run_id for p in prev] == [r[0] for r in recs[:3]]
     assert prev[0].sizes == {} and prev[2].sizes == {}  # other encoder / other k
@@ -492,18 +592,39 @@ def test_drift_from_the_monitor_files_or_record(tmp_path):
     rd = tmp_path / "run"
     rd.mkdir()
     # the monitor's record shape (tasks.monitor): statistics rows named "statistic"
-    rec = {"monitor": {"drifted": None, "status": "insufficient_data",
-                       "reasons": ["batch has 12 rows; at least 50 are needed"],
-                       "statistics": []}}
+    rec = {
+        "monitor": {
+            "drifted": None,
+            "status": "insufficient_data",
+            "reasons": ["batch has 12 rows; at least 50 are needed"],
+            "statistics": [],
+        }
+    }
     d, note = _drift(rd, rec)
     assert note is None and d["drifted"] is None and d["status"] == "insufficient_data"
     # drift_report.json written by the monitor (DriftReport.to_dict: statistics named "name")
-    (rd / "drift_report.json").write_text(json.dumps({
-        "drifted": True, "status": "ok", "reasons": ["mmd flags drift"],
-        "statistics": [{"name": "mmd", "value": 0.3, "threshold": 0.01, "p_value": 0.002,
-                        "drifted": True, "detail": {}}]}))
+    (rd / "drift_report.json").write_text(
+        json.dumps(
+            {
+                "drifted": True,
+                "status": "ok",
+                "reasons": ["mmd flags drift"],
+                "statistics": [
+                    {
+                        "name": "mmd",
+                        "value": 0.3,
+                        "threshold": 0.01,
+                        "p_value": 0.002,
+                        "drifted": True,
+                        "detail": {},
+                    }
+                ],
+            }
+        )
+    )
     d, note = _drift(rd, {"monitor": "not run: whatever"})
     assert d["statistics"][0]["statistic"] == "mmd" and d["drifted"] is True
     d, note = _drift(tmp_path, {"monitor": "not run: drift monitoring is off"})
-    assert d is None and note == ("The drift monitor did not run for this run: drift "
-                                  "monitoring is off.")
+    assert d is None and note == (
+        "The drift monitor did not run for this run: drift monitoring is off."
+    )

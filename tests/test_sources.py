@@ -40,8 +40,13 @@ def test_image_folder_quarantines_each_bad_item_with_its_reason(image_folder):
     src = open_source(SourceSpec(kind="image_folder", path=str(root), labels_path=str(labels)))
     res = src.scan()
     reasons = dict(res.rejected)
-    assert set(reasons) == {"broken.png", "small.png", "colour.png", "line1/ok0.png",
-                            "badlabel.png"}
+    assert set(reasons) == {
+        "broken.png",
+        "small.png",
+        "colour.png",
+        "line1/ok0.png",
+        "badlabel.png",
+    }
     assert reasons["broken.png"].startswith("cannot decode image")
     assert "unexpected size" in reasons["small.png"] and "(20, 20)" in reasons["small.png"]
     assert "unexpected channels" in reasons["colour.png"]
@@ -79,11 +84,14 @@ def test_npy_npz_parquet_vectors(tmp_path):
     x[7, 0] = np.inf
     np.save(tmp_path / "v.npy", x)
     np.save(tmp_path / "y.npy", np.arange(50) % 3)
-    src = open_source(SourceSpec(kind="npy", path=str(tmp_path / "v.npy"),
-                                 labels_path=str(tmp_path / "y.npy")))
+    src = open_source(
+        SourceSpec(kind="npy", path=str(tmp_path / "v.npy"), labels_path=str(tmp_path / "y.npy"))
+    )
     res = src.scan()
-    assert dict(res.rejected) == {"v.npy#3": "value is NaN or infinite",
-                                  "v.npy#7": "value is NaN or infinite"}
+    assert dict(res.rejected) == {
+        "v.npy#3": "value is NaN or infinite",
+        "v.npy#7": "value is NaN or infinite",
+    }
     assert len(res.items) == 48 and res.items["label"].tolist()[:3] == [0, 1, 2]
     np.testing.assert_array_equal(src.load(["v.npy#10", "v.npy#4"]), x[[10, 4]])
 
@@ -100,8 +108,10 @@ def test_npy_npz_parquet_vectors(tmp_path):
     df["sample_id"] = [f"row{i}" for i in range(50)]
     df.to_parquet(tmp_path / "v.parquet")
     res = open_source(SourceSpec(kind="parquet", path=str(tmp_path / "v.parquet"))).scan()
-    assert dict(res.rejected) == {"v.parquet#5": "value is NaN or infinite",
-                                  "v.parquet#49": "label 2.5 is not an integer >= -1"}
+    assert dict(res.rejected) == {
+        "v.parquet#5": "value is NaN or infinite",
+        "v.parquet#49": "label 2.5 is not an integer >= -1",
+    }
     assert res.item_shape == (8,) and res.items["sample_id"].iloc[0] == "row0"
 
     np.save(tmp_path / "w.npy", np.arange(4.0))
@@ -123,8 +133,9 @@ def test_mnist_source_and_sample_modes():
     items = res.items
     u = select(items, SampleSpec(mode="uniform", n=500, seed=3))
     assert len(u) == 500 and u["sample_id"].is_unique
-    assert manifest_hash(u) == manifest_hash(select(items, SampleSpec(mode="uniform", n=500,
-                                                                      seed=3)))
+    assert manifest_hash(u) == manifest_hash(
+        select(items, SampleSpec(mode="uniform", n=500, seed=3))
+    )
     s = select(items, SampleSpec(mode="stratified", n=1000))
     share = s["label"].value_counts(normalize=True).sort_index()
     full = items["label"].value_counts(normalize=True).sort_index()
@@ -139,13 +150,23 @@ def test_idx_source_and_unreadable_idx(tmp_path):
     from sqflow.datasets import mnist_dir
 
     d = mnist_dir()
-    src = open_source(SourceSpec(kind="idx", path=str(d / "t10k-images-idx3-ubyte.gz"),
-                                 labels_path=str(d / "t10k-labels-idx1-ubyte.gz")))
+    src = open_source(
+        SourceSpec(
+            kind="idx",
+            path=str(d / "t10k-images-idx3-ubyte.gz"),
+            labels_path=str(d / "t10k-labels-idx1-ubyte.gz"),
+        )
+    )
     res = src.scan()
-    assert len(res.items) == 10000 and res.items["sample_id"].iloc[7] == "t10k-images-idx3-ubyte-000007"
+    assert (
+        len(res.items) == 10000
+        and res.items["sample_id"].iloc[7] == "t10k-images-idx3-ubyte-000007"
+    )
     assert res.items["label"].between(0, 9).all()
     bad = tmp_path / "cut.idx"
-    bad.write_bytes(b"\x00\x00\x08\x03\x00\x00\x00\x05\x00\x00\x00\x1c\x00\x00\x00\x1c" + b"\x00" * 100)
+    bad.write_bytes(
+        b"\x00\x00\x08\x03\x00\x00\x00\x05\x00\x00\x00\x1c\x00\x00\x00\x1c" + b"\x00" * 100
+    )
     with pytest.raises(SourceError, match="IDX source unreadable.*cut.idx"):
         open_source(SourceSpec(kind="idx", path=str(bad))).scan()
 

@@ -369,15 +369,30 @@ def test_data_contracts_import_nothing_of_ours():
 
 # --------------------------------------------------------------------------- real processes
 def spawn(path, *, n_rows, dim, chunk_rows, create=False, worker=0, n_workers=1, pause=0.0):
-    cmd = [sys.executable, str(WRITER), str(path), "--n-rows", str(n_rows), "--dim", str(dim),
-           "--chunk-rows", str(chunk_rows), "--worker", str(worker),
-           "--n-workers", str(n_workers), "--pause", str(pause)]
+    cmd = [
+        sys.executable,
+        str(WRITER),
+        str(path),
+        "--n-rows",
+        str(n_rows),
+        "--dim",
+        str(dim),
+        "--chunk-rows",
+        str(chunk_rows),
+        "--worker",
+        str(worker),
+        "--n-workers",
+        str(n_workers),
+        "--pause",
+        str(pause),
+    ]
     if create:
         cmd.append("--create")
     # stderr merged into stdout: one pipe read through one buffer, so nothing is lost between
     # readline() and the final read, and a chatty stderr cannot fill its pipe and block the writer
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            cwd=ROOT)
+    return subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT
+    )
 
 
 def wait_ready(proc):
@@ -393,7 +408,9 @@ def finish(proc) -> int:
     out = proc.stdout.read()
     proc.wait(timeout=60)
     assert proc.returncode == 0, out
-    lines = dict(line.split(" ", 1) for line in out.splitlines() if line.startswith(("WROTE ", "PREFECT ")))
+    lines = dict(
+        line.split(" ", 1) for line in out.splitlines() if line.startswith(("WROTE ", "PREFECT "))
+    )
     assert lines["PREFECT"] == "False", out  # the engine must not import prefect
     return int(lines["WROTE"])
 

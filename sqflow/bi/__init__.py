@@ -19,7 +19,18 @@ from .postgres import write_postgres
 from .publish import PublishResult, publish_run
 
 __all__ = [
-    "CONTRACT_VERSION", "TABLES", "ContractViolation", "ContractVersionMismatch", "PreparedRun",
-    "PublishResult", "SinkError", "mask_url", "parquet_path", "prepare_run", "publish_run",
-    "write_duckdb", "write_parquet", "write_postgres",
+    "CONTRACT_VERSION",
+    "TABLES",
+    "ContractViolation",
+    "ContractVersionMismatch",
+    "PreparedRun",
+    "PublishResult",
+    "SinkError",
+    "mask_url",
+    "parquet_path",
+    "prepare_run",
+    "publish_run",
+    "write_duckdb",
+    "write_parquet",
+    "write_postgres",
 ]

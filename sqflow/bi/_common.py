@@ -56,23 +56,29 @@ def prepare_run(tables: Mapping[str, pd.DataFrame]) -> PreparedRun:
     if unknown:
         raise ContractViolation(unknown[0], f"no such table; valid: {sorted(TABLES)}")
     if "runs" not in tables:
-        raise ContractViolation("runs", "a published run needs its 'runs' row; got tables "
-                                f"{sorted(tables)}")
+        raise ContractViolation(
+            "runs", f"a published run needs its 'runs' row; got tables {sorted(tables)}"
+        )
     frames = {name: validate_frame(name, df) for name, df in tables.items()}
     runs = frames["runs"]
     if len(runs) != 1:
-        raise ContractViolation("runs", f"expected exactly one row (the run being published), "
-                                f"got {len(runs)}")
+        raise ContractViolation(
+            "runs", f"expected exactly one row (the run being published), got {len(runs)}"
+        )
     run_id = str(runs["run_id"].iloc[0])
     for name, df in frames.items():
         bad = df.index[df["run_id"] != run_id]
         if len(bad):
             rows = [int(i) for i in bad[:10]]
             raise ContractViolation(
-                name, f"column 'run_id' must be {run_id!r} (the run in 'runs') in every row; "
+                name,
+                f"column 'run_id' must be {run_id!r} (the run in 'runs') in every row; "
                 f"rows {rows} have {sorted(set(df.loc[bad, 'run_id']))[:3]}",
-                [{"column": "run_id", "index": i, "failure_case": df.at[i, "run_id"]}
-                 for i in rows])
+                [
+                    {"column": "run_id", "index": i, "failure_case": df.at[i, "run_id"]}
+                    for i in rows
+                ],
+            )
     run_date = runs["started_at"].iloc[0].tz_convert("UTC").date()
     arrow = {name: to_arrow(name, df) for name, df in frames.items()}
     return PreparedRun(run_id, run_date, frames, arrow)

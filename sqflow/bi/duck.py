@@ -46,8 +46,10 @@ def _q(s: str) -> str:
 
 
 def table_ddl(table: str) -> str:
-    cols = ",\n    ".join(f'"{n}" {t}{"" if nullable else " NOT NULL"}'
-                          for n, t, nullable in get_contract(table).sql_columns("duckdb"))
+    cols = ",\n    ".join(
+        f'"{n}" {t}{"" if nullable else " NOT NULL"}'
+        for n, t, nullable in get_contract(table).sql_columns("duckdb")
+    )
     return f'CREATE TABLE "{table}" (\n    {cols}\n)'
 
 
@@ -55,7 +57,9 @@ def _ensure_table(con, table: str) -> None:
     c = get_contract(table)
     kinds = con.execute(
         "SELECT table_type FROM information_schema.tables WHERE table_name = ? "
-        "AND table_schema = current_schema()", [table]).fetchall()
+        "AND table_schema = current_schema()",
+        [table],
+    ).fetchall()
     if kinds and kinds[0][0] == "VIEW":  # the older layout kept views over Parquet here
         con.execute(f'DROP VIEW "{table}"')
         kinds = []
@@ -64,22 +68,32 @@ def _ensure_table(con, table: str) -> None:
         con.execute(f'COMMENT ON TABLE "{table}" IS {_q(comment_text(table))}')
         for col in c.columns:
             con.execute(f'COMMENT ON COLUMN "{table}"."{col.name}" IS {_q(col.description)}')
-    row = con.execute("SELECT contract_version FROM sqflow_contracts WHERE table_name = ?",
-                      [table]).fetchone()
+    row = con.execute(
+        "SELECT contract_version FROM sqflow_contracts WHERE table_name = ?", [table]
+    ).fetchone()
     if row is None:
-        con.execute("INSERT INTO sqflow_contracts VALUES (?, ?, ?, now())",
-                    [table, c.version, contract_record(table)])
+        con.execute(
+            "INSERT INTO sqflow_contracts VALUES (?, ?, ?, now())",
+            [table, c.version, contract_record(table)],
+        )
     elif row[0] != c.version:
         raise ContractVersionMismatch(
             f"DuckDB table {table!r} holds contract v{row[0]} but this sqflow writes "
-            f"v{c.version}: migrate the table (or publish into a new database file) first")
-    have = [r[0] for r in con.execute(
-        "SELECT column_name FROM information_schema.columns WHERE table_name = ? "
-        "AND table_schema = current_schema() ORDER BY ordinal_position", [table]).fetchall()]
+            f"v{c.version}: migrate the table (or publish into a new database file) first"
+        )
+    have = [
+        r[0]
+        for r in con.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = ? "
+            "AND table_schema = current_schema() ORDER BY ordinal_position",
+            [table],
+        ).fetchall()
+    ]
     if have != c.column_names:
         raise ContractVersionMismatch(
             f"DuckDB table {table!r} has columns {have}; contract v{c.version} wants "
-            f"{c.column_names}: migrate the table or publish into a new database file")
+            f"{c.column_names}: migrate the table or publish into a new database file"
+        )
 
 
 def _upsert(con, run: PreparedRun) -> None:
@@ -99,7 +113,8 @@ def _upsert(con, run: PreparedRun) -> None:
             con.execute(f'INSERT INTO "{name}" ({cols}) SELECT {cols} FROM {sources[name]}')
             con.execute(
                 "INSERT OR REPLACE INTO sqflow_contracts VALUES (?, ?, ?, now())",
-                [name, get_contract(name).version, contract_record(name)])
+                [name, get_contract(name).version, contract_record(name)],
+            )
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
@@ -129,8 +144,12 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def write_duckdb(tables: Mapping[str, pd.DataFrame] | PreparedRun,
-                 duckdb_path: str | os.PathLike[str], *, swap: bool = True) -> Path:
+def write_duckdb(
+    tables: Mapping[str, pd.DataFrame] | PreparedRun,
+    duckdb_path: str | os.PathLike[str],
+    *,
+    swap: bool = True,
+) -> Path:
     """Validate (unless already prepared) and upsert one run into the DuckDB file (created if
     missing). All tables and the contract records change in one transaction.
 

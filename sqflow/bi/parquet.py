@@ -23,8 +23,9 @@ import pyarrow.parquet as pq
 from ._common import PreparedRun, ensure_prepared
 
 
-def parquet_path(parquet_dir: str | os.PathLike[str], table: str, run_date: object,
-                 run_id: str) -> Path:
+def parquet_path(
+    parquet_dir: str | os.PathLike[str], table: str, run_date: object, run_id: str
+) -> Path:
     return Path(parquet_dir) / table / f"run_date={run_date}" / f"{run_id}.parquet"
 
 
@@ -41,17 +42,21 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_parquet(tables: Mapping[str, pd.DataFrame] | PreparedRun,
-                  parquet_dir: str | os.PathLike[str]) -> dict[str, Path]:
+def write_parquet(
+    tables: Mapping[str, pd.DataFrame] | PreparedRun, parquet_dir: str | os.PathLike[str]
+) -> dict[str, Path]:
     """Validate (unless already prepared) and write every table of one run; returns the file
     of each table. A contract violation raises before any file is touched."""
     run = ensure_prepared(tables)
-    return {name: write_table_file(parquet_dir, name, run.run_date, run.run_id, table)
-            for name, table in run.arrow.items()}
+    return {
+        name: write_table_file(parquet_dir, name, run.run_date, run.run_id, table)
+        for name, table in run.arrow.items()
+    }
 
 
-def write_table_file(parquet_dir: str | os.PathLike[str], table: str, run_date: object,
-                     run_id: str, arrow: pa.Table) -> Path:
+def write_table_file(
+    parquet_dir: str | os.PathLike[str], table: str, run_date: object, run_id: str, arrow: pa.Table
+) -> Path:
     """Write one run's already validated Arrow table of ``table`` atomically (temp file, fsync,
     rename) to ``<parquet_dir>/<table>/run_date=<date>/<run_id>.parquet``, replacing a copy of
     the same run under another date; returns the file."""

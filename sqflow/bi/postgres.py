@@ -47,8 +47,10 @@ def _q(s: str) -> str:
 
 def table_ddl(table: str) -> str:
     c = get_contract(table)
-    parts = [f'"{n}" {t}{"" if nullable else " NOT NULL"}'
-             for n, t, nullable in c.sql_columns("postgresql")]
+    parts = [
+        f'"{n}" {t}{"" if nullable else " NOT NULL"}'
+        for n, t, nullable in c.sql_columns("postgresql")
+    ]
     if c.key:
         parts.append("PRIMARY KEY (" + ", ".join(f'"{k}"' for k in c.key) + ")")
     body = ",\n    ".join(parts)
@@ -65,8 +67,10 @@ def engine_url(url: Any):
     if u.drivername in ("postgresql", "postgres"):
         u = u.set(drivername="postgresql+psycopg")
     if not u.drivername.startswith("postgresql"):
-        raise SinkError(f"PostgreSQL sink: {mask_url(u)} is not a PostgreSQL URL "
-                        "(valid: postgresql://user:password@host:port/database)")
+        raise SinkError(
+            f"PostgreSQL sink: {mask_url(u)} is not a PostgreSQL URL "
+            "(valid: postgresql://user:password@host:port/database)"
+        )
     return u
 
 
@@ -81,23 +85,30 @@ def _ensure_tables(cur, names: list[str]) -> None:
             cur.execute(f'COMMENT ON TABLE "{name}" IS {_q(comment_text(name))}')
             for col in c.columns:
                 cur.execute(f'COMMENT ON COLUMN "{name}"."{col.name}" IS {_q(col.description)}')
-        cur.execute("SELECT contract_version FROM sqflow_contracts WHERE table_name = %s",
-                    (name,))
+        cur.execute("SELECT contract_version FROM sqflow_contracts WHERE table_name = %s", (name,))
         row = cur.fetchone()
         if row is None:
-            cur.execute("INSERT INTO sqflow_contracts (table_name, contract_version, contract) "
-                        "VALUES (%s, %s, %s::jsonb)", (name, c.version, contract_record(name)))
+            cur.execute(
+                "INSERT INTO sqflow_contracts (table_name, contract_version, contract) "
+                "VALUES (%s, %s, %s::jsonb)",
+                (name, c.version, contract_record(name)),
+            )
         elif row[0] != c.version:
             raise ContractVersionMismatch(
                 f"PostgreSQL table {name!r} holds contract v{row[0]} but this sqflow writes "
-                f"v{c.version}: migrate the table first")
-        cur.execute("SELECT column_name FROM information_schema.columns WHERE table_name = %s "
-                    "AND table_schema = current_schema() ORDER BY ordinal_position", (name,))
+                f"v{c.version}: migrate the table first"
+            )
+        cur.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = %s "
+            "AND table_schema = current_schema() ORDER BY ordinal_position",
+            (name,),
+        )
         have = [r[0] for r in cur.fetchall()]
         if have != c.column_names:
             raise ContractVersionMismatch(
                 f"PostgreSQL table {name!r} has columns {have}; contract v{c.version} wants "
-                f"{c.column_names}: migrate the table first")
+                f"{c.column_names}: migrate the table first"
+            )
 
 
 def _rows(arrow) -> list[tuple]:
@@ -120,8 +131,10 @@ def write_postgres(tables: Mapping[str, pd.DataFrame] | PreparedRun, url: Any) -
         try:
             conn = eng.connect()
         except DBAPIError as exc:
-            raise SinkError(f"PostgreSQL sink: cannot connect to {masked}: "
-                            f"{type(exc.orig).__name__}: {str(exc.orig).strip()}") from None
+            raise SinkError(
+                f"PostgreSQL sink: cannot connect to {masked}: "
+                f"{type(exc.orig).__name__}: {str(exc.orig).strip()}"
+            ) from None
         try:
             with conn.begin():
                 pg = conn.connection.driver_connection
@@ -141,7 +154,8 @@ def write_postgres(tables: Mapping[str, pd.DataFrame] | PreparedRun, url: Any) -
                             "ON CONFLICT (table_name) DO UPDATE SET contract_version = "
                             "EXCLUDED.contract_version, contract = EXCLUDED.contract, "
                             "updated_at = now()",
-                            (name, get_contract(name).version, contract_record(name)))
+                            (name, get_contract(name).version, contract_record(name)),
+                        )
         finally:
             conn.close()
     finally:

@@ -34,31 +34,47 @@ class PublishResult:
     seconds: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"run_id": self.run_id, "run_date": self.run_date.isoformat(), "rows": self.rows,
-                "parquet_files": {k: str(v) for k, v in self.parquet_files.items()},
-                "duckdb_path": str(self.duckdb_path) if self.duckdb_path else None,
-                "postgres": self.postgres, "seconds": self.seconds}
+        return {
+            "run_id": self.run_id,
+            "run_date": self.run_date.isoformat(),
+            "rows": self.rows,
+            "parquet_files": {k: str(v) for k, v in self.parquet_files.items()},
+            "duckdb_path": str(self.duckdb_path) if self.duckdb_path else None,
+            "postgres": self.postgres,
+            "seconds": self.seconds,
+        }
 
     def to_markdown(self) -> str:
         from data_contracts.tables import CONTRACT_VERSION
 
-        lines = [f"# BI tables of run `{self.run_id}`", "",
-                 f"Run date (partition): {self.run_date.isoformat()}", "",
-                 "| table | contract | rows | Parquet file |", "|---|---|---:|---|"]
+        lines = [
+            f"# BI tables of run `{self.run_id}`",
+            "",
+            f"Run date (partition): {self.run_date.isoformat()}",
+            "",
+            "| table | contract | rows | Parquet file |",
+            "|---|---|---:|---|",
+        ]
         for name, n in self.rows.items():
             f = self.parquet_files.get(name)
-            lines.append(f"| {name} | v{CONTRACT_VERSION[name]} | {n} | "
-                         f"{f'`{f}`' if f else '-'} |")
-        lines += ["", f"- DuckDB: {f'`{self.duckdb_path}`' if self.duckdb_path else 'not written'}",
-                  f"- PostgreSQL: {f'`{self.postgres}`' if self.postgres else 'not configured'}",
-                  "- Seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in self.seconds.items()), ""]
+            lines.append(f"| {name} | v{CONTRACT_VERSION[name]} | {n} | {f'`{f}`' if f else '-'} |")
+        lines += [
+            "",
+            f"- DuckDB: {f'`{self.duckdb_path}`' if self.duckdb_path else 'not written'}",
+            f"- PostgreSQL: {f'`{self.postgres}`' if self.postgres else 'not configured'}",
+            "- Seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in self.seconds.items()),
+            "",
+        ]
         return "\n".join(lines)
 
 
-def publish_run(tables: Mapping[str, pd.DataFrame], *,
-                parquet_dir: str | os.PathLike[str] | None,
-                duckdb_path: str | os.PathLike[str] | None = None,
-                postgres_url: Any = None) -> PublishResult:
+def publish_run(
+    tables: Mapping[str, pd.DataFrame],
+    *,
+    parquet_dir: str | os.PathLike[str] | None,
+    duckdb_path: str | os.PathLike[str] | None = None,
+    postgres_url: Any = None,
+) -> PublishResult:
     """Publish one run's tables to every configured sink.
 
     ``tables``: table name -> frame (``runs`` with the run's one row is required; the others
@@ -72,8 +88,9 @@ def publish_run(tables: Mapping[str, pd.DataFrame], *,
     """
     t0 = time.perf_counter()
     run = prepare_run(tables)
-    res = PublishResult(run.run_id, run.run_date, run.rows,
-                        seconds={"validate": time.perf_counter() - t0})
+    res = PublishResult(
+        run.run_id, run.run_date, run.rows, seconds={"validate": time.perf_counter() - t0}
+    )
     if parquet_dir is not None:
         t = time.perf_counter()
         res.parquet_files = write_parquet(run, parquet_dir)

@@ -122,10 +122,19 @@ def preprocess(x: np.ndarray, spec: dict[str, Any]) -> torch.Tensor:
 def _default_arch(spec: dict[str, Any], latent_dim: int) -> dict[str, Any]:
     if spec["kind"] == "image":
         c, h, w = spec["input_shape"]
-        return {"name": "paper_cnn", "latent_dim": latent_dim, "image_size": [h, w],
-                "in_channels": c, "hidden": 64}
-    return {"name": "mlp", "latent_dim": latent_dim, "in_features": spec["input_shape"][0],
-            "hidden": [128, 64]}
+        return {
+            "name": "paper_cnn",
+            "latent_dim": latent_dim,
+            "image_size": [h, w],
+            "in_channels": c,
+            "hidden": 64,
+        }
+    return {
+        "name": "mlp",
+        "latent_dim": latent_dim,
+        "in_features": spec["input_shape"][0],
+        "hidden": [128, 64],
+    }
 
 
 # --------------------------------------------------------------------------- encoder
@@ -138,8 +147,12 @@ def _versions() -> dict[str, str]:
         sq = version("sqflow")
     except PackageNotFoundError:
         sq = "unknown"
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "numpy": np.__version__, "sqflow": sq}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "sqflow": sq,
+    }
 
 
 def _state_sha256(state: dict[str, torch.Tensor]) -> str:
@@ -203,7 +216,7 @@ class TripletEncoder:
         self.network.eval()
         with torch.inference_mode():
             for start in range(0, len(images), batch_size):
-                x = preprocess(np.asarray(images[start:start + batch_size]), self.preprocessing)
+                x = preprocess(np.asarray(images[start : start + batch_size]), self.preprocessing)
                 z = self.network(x.to(self.device, non_blocking=True))
                 yield z.float().cpu().numpy()
 
@@ -212,7 +225,7 @@ class TripletEncoder:
         out = np.empty((len(images), self.latent_dim), dtype=np.float32)
         pos = 0
         for chunk in self.embed_chunks(images, batch_size=batch_size):
-            out[pos:pos + len(chunk)] = chunk
+            out[pos : pos + len(chunk)] = chunk
             pos += len(chunk)
         return out
 
@@ -277,7 +290,9 @@ class TripletEncoder:
             desc = json.loads(obj["description"])
             state = obj["state_dict"]
         except Exception as exc:  # noqa: BLE001 - any parse failure means "not our checkpoint"
-            raise ValueError(f"{str(path)!r} is not a readable sqflow encoder checkpoint: {exc}") from exc
+            raise ValueError(
+                f"{str(path)!r} is not a readable sqflow encoder checkpoint: {exc}"
+            ) from exc
         if desc.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(
                 f"{str(path)!r} has format {desc.get('format')!r}; expected {CHECKPOINT_FORMAT!r}"
@@ -329,25 +344,31 @@ def _augment_ranges(augment: bool | dict[str, float], ndim: int) -> dict[str, fl
     if augment is False or augment is None:
         return None
     if ndim == 2:
-        raise ValueError("augment applies to images (N, H, W) / (N, C, H, W), not to feature "
-                         "vectors; pass augment=False")
+        raise ValueError(
+            "augment applies to images (N, H, W) / (N, C, H, W), not to feature "
+            "vectors; pass augment=False"
+        )
     ranges = {"rotation": 10.0, "shift": 0.08}
     if isinstance(augment, dict):
         unknown = set(augment) - set(ranges)
         if unknown:
-            raise ValueError(f"augment has unknown keys {sorted(unknown)}; valid: "
-                             "'rotation' (degrees), 'shift' (fraction of the size)")
+            raise ValueError(
+                f"augment has unknown keys {sorted(unknown)}; valid: "
+                "'rotation' (degrees), 'shift' (fraction of the size)"
+            )
         ranges.update({k: float(v) for k, v in augment.items()})
     elif augment is not True:
         raise ValueError(f"augment={augment!r}; use False, True or a dict of ranges")
     if not (0 <= ranges["rotation"] <= 180 and 0 <= ranges["shift"] < 0.5):
-        raise ValueError(f"augment ranges {ranges} out of range: rotation in [0, 180] degrees, "
-                         "shift in [0, 0.5)")
+        raise ValueError(
+            f"augment ranges {ranges} out of range: rotation in [0, 180] degrees, shift in [0, 0.5)"
+        )
     return ranges
 
 
-def _augment_batch(x: torch.Tensor, gen: torch.Generator, rotation: float,
-                   shift: float) -> torch.Tensor:
+def _augment_batch(
+    x: torch.Tensor, gen: torch.Generator, rotation: float, shift: float
+) -> torch.Tensor:
     """Random rotation and translation per image (bilinear, zero = background fill).
 
     The random parameters come from the CPU generator ``gen``, so a seed gives the same
@@ -357,11 +378,13 @@ def _augment_batch(x: torch.Tensor, gen: torch.Generator, rotation: float,
     # affine_grid works in [-1, 1] coordinates: a shift of f of the size is 2 f there
     off = (torch.rand(n, 2, generator=gen) * 2 - 1) * (2 * shift)
     cos, sin = torch.cos(ang), torch.sin(ang)
-    theta = torch.stack([torch.stack([cos, -sin, off[:, 0]], 1),
-                         torch.stack([sin, cos, off[:, 1]], 1)], 1).to(x.device, x.dtype)
+    theta = torch.stack(
+        [torch.stack([cos, -sin, off[:, 0]], 1), torch.stack([sin, cos, off[:, 1]], 1)], 1
+    ).to(x.device, x.dtype)
     grid = nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
-    return nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="zeros",
-                                     align_corners=False)
+    return nn.functional.grid_sample(
+        x, grid, mode="bilinear", padding_mode="zeros", align_corners=False
+    )
 
 
 def _stratified_split(
@@ -465,9 +488,7 @@ def train_encoder(
     images = np.asarray(images)
     labels = np.asarray(labels)
     if labels.ndim != 1 or len(labels) != len(images):
-        raise ValueError(
-            f"labels must have shape (N,) = ({len(images)},); got {labels.shape}"
-        )
+        raise ValueError(f"labels must have shape (N,) = ({len(images)},); got {labels.shape}")
     if not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"labels must be integers (-1 = unlabeled); got dtype {labels.dtype}")
     for name, value, ok in (
@@ -478,8 +499,11 @@ def train_encoder(
         ("weight_decay", weight_decay, weight_decay >= 0),
         ("val_fraction", val_fraction, 0 <= val_fraction < 1),
         ("patience", patience, patience >= 1),
-        ("lr_plateau_factor", lr_plateau_factor,
-         lr_plateau_factor is None or 0 < lr_plateau_factor < 1),
+        (
+            "lr_plateau_factor",
+            lr_plateau_factor,
+            lr_plateau_factor is None or 0 < lr_plateau_factor < 1,
+        ),
         ("latent_dim", latent_dim, latent_dim >= 1),
     ):
         if not ok:
@@ -521,11 +545,22 @@ def train_encoder(
     plateau = None
     if lr_plateau_factor is not None:
         plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            opt, mode="min", factor=lr_plateau_factor, patience=max(1, patience // 2),
-            threshold=min_delta, threshold_mode="abs")
+            opt,
+            mode="min",
+            factor=lr_plateau_factor,
+            patience=max(1, patience // 2),
+            threshold=min_delta,
+            threshold_mode="abs",
+        )
 
-    history: dict[str, list[float]] = {"train_loss": [], "val_loss": [], "val_knn1_accuracy": [],
-                                       "fraction_active": [], "epoch_seconds": [], "lr": []}
+    history: dict[str, list[float]] = {
+        "train_loss": [],
+        "val_loss": [],
+        "val_knn1_accuracy": [],
+        "fraction_active": [],
+        "epoch_seconds": [],
+        "lr": [],
+    }
     best = (math.inf, -1)
     best_state: dict[str, torch.Tensor] | None = None
     bad_epochs = 0
@@ -533,7 +568,7 @@ def train_encoder(
     stop_reason = "max_epochs"
 
     def _embed(x: torch.Tensor) -> torch.Tensor:
-        outs = [net(x[i:i + 4096].to(dev)) for i in range(0, len(x), 4096)]
+        outs = [net(x[i : i + 4096].to(dev)) for i in range(0, len(x), 4096)]
         return torch.cat(outs) if outs else torch.empty(0, arch["latent_dim"], device=dev)
 
     bar = tqdm(range(epochs), desc="triplet encoder", unit="epoch", disable=not progress)
@@ -544,7 +579,7 @@ def train_encoder(
             perm = torch.randperm(len(x_train), generator=gen)
             tot, n_seen, act = 0.0, 0, 0.0
             for start in range(0, len(perm), batch_size):
-                idx = perm[start:start + batch_size]
+                idx = perm[start : start + batch_size]
                 if len(idx) < 2:
                     continue
                 xb = x_train[idx].to(dev)
@@ -570,23 +605,32 @@ def train_encoder(
                     # validation loss is mined in batch-sized blocks, as in training
                     vl, vn = 0.0, 0
                     for s in range(0, len(zv), batch_size):
-                        lv, _ = semi_hard_triplet_loss(zv[s:s + batch_size],
-                                                       y_val[s:s + batch_size].to(dev), margin)
+                        lv, _ = semi_hard_triplet_loss(
+                            zv[s : s + batch_size], y_val[s : s + batch_size].to(dev), margin
+                        )
                         k = min(batch_size, len(zv) - s)
                         vl += float(lv) * k
                         vn += k
                     val_loss = vl / max(vn, 1)
                     zr = _embed(x_train[ref]).cpu().numpy()
-                    val_acc = _knn1_accuracy(zr, y_train[ref].numpy(), zv.cpu().numpy(),
-                                             y_val.numpy())
+                    val_acc = _knn1_accuracy(
+                        zr, y_train[ref].numpy(), zv.cpu().numpy(), y_val.numpy()
+                    )
             history["val_loss"].append(val_loss)
             history["val_knn1_accuracy"].append(val_acc)
             history["epoch_seconds"].append(time.perf_counter() - t0)
             history["lr"].append(float(opt.param_groups[0]["lr"]))
-            bar.set_postfix(loss=f"{train_loss:.4f}", val_loss=f"{val_loss:.4f}",
-                            val_acc=f"{val_acc:.4f}")
-            log.info("epoch %d: train_loss=%.4f val_loss=%.4f val_knn1=%.4f (%.1fs)", epoch + 1,
-                     train_loss, val_loss, val_acc, history["epoch_seconds"][-1])
+            bar.set_postfix(
+                loss=f"{train_loss:.4f}", val_loss=f"{val_loss:.4f}", val_acc=f"{val_acc:.4f}"
+            )
+            log.info(
+                "epoch %d: train_loss=%.4f val_loss=%.4f val_knn1=%.4f (%.1fs)",
+                epoch + 1,
+                train_loss,
+                val_loss,
+                val_acc,
+                history["epoch_seconds"][-1],
+            )
 
             monitored = val_loss if x_val is not None else train_loss
             if plateau is not None:
@@ -614,13 +658,28 @@ def train_encoder(
         "labeled_fraction": float(len(labeled_rows) / max(len(images), 1)),
         "n_train": int(len(train_rows)),
         "n_val": int(len(val_rows)),
-        "params": {"latent_dim": latent_dim, "epochs": epochs, "batch_size": batch_size,
-                   "margin": margin, "lr": lr, "weight_decay": weight_decay, "seed": seed,
-                   "val_fraction": val_fraction, "patience": patience, "device": str(dev),
-                   "lr_plateau_factor": lr_plateau_factor, "augment": aug},
-        "metrics": {**history, "best_epoch": best[1] + 1, "best_monitored": best[0],
-                    "epochs_run": len(history["train_loss"]), "stop_reason": stop_reason,
-                    "seconds": time.perf_counter() - t_start},
+        "params": {
+            "latent_dim": latent_dim,
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "margin": margin,
+            "lr": lr,
+            "weight_decay": weight_decay,
+            "seed": seed,
+            "val_fraction": val_fraction,
+            "patience": patience,
+            "device": str(dev),
+            "lr_plateau_factor": lr_plateau_factor,
+            "augment": aug,
+        },
+        "metrics": {
+            **history,
+            "best_epoch": best[1] + 1,
+            "best_monitored": best[0],
+            "epochs_run": len(history["train_loss"]),
+            "stop_reason": stop_reason,
+            "seconds": time.perf_counter() - t_start,
+        },
         "versions": _versions(),
     }
     return TripletEncoder(net, arch, spec, metadata, device=dev)

@@ -44,10 +44,24 @@ from .compute import (
 from .render import render_html
 
 __all__ = [
-    "build_report", "cluster_table", "compute_report", "render_html", "ReportResult",
-    "HeldOut", "RunHealth", "PreviousRun", "ReportData", "ClusterFigures", "ConfusedPair",
-    "Quality", "knn_accuracy", "summarise_previous", "CLUSTER_REPORT_COLUMNS",
-    "REPORT_HTML", "REPORT_TABLE", "REPORT_JSON",
+    "build_report",
+    "cluster_table",
+    "compute_report",
+    "render_html",
+    "ReportResult",
+    "HeldOut",
+    "RunHealth",
+    "PreviousRun",
+    "ReportData",
+    "ClusterFigures",
+    "ConfusedPair",
+    "Quality",
+    "knn_accuracy",
+    "summarise_previous",
+    "CLUSTER_REPORT_COLUMNS",
+    "REPORT_HTML",
+    "REPORT_TABLE",
+    "REPORT_JSON",
 ]
 
 #: File names written into the output folder by :func:`build_report`.
@@ -57,8 +71,16 @@ REPORT_JSON = "report.json"
 
 #: Columns of the per-cluster table (the ``cluster_report`` BI table).
 CLUSTER_REPORT_COLUMNS = (
-    "run_id", "cluster_id", "size", "majority_label", "purity", "mean_distance",
-    "knn_accuracy", "majority_agreement", "trustworthiness", "representative_sample_ids",
+    "run_id",
+    "cluster_id",
+    "size",
+    "majority_label",
+    "purity",
+    "mean_distance",
+    "knn_accuracy",
+    "majority_agreement",
+    "trustworthiness",
+    "representative_sample_ids",
 )
 
 
@@ -76,18 +98,36 @@ def cluster_table(data: ReportData) -> pd.DataFrame:
     figures repeated on every row so a BI tool can chart them without a join).
     ``representative_sample_ids`` is a JSON array of the ids nearest to the center."""
     q = data.quality
-    rows = [{
-        "run_id": data.run_id, "cluster_id": c.cluster_id, "size": c.size,
-        "majority_label": c.majority_label, "purity": c.purity,
-        "mean_distance": c.mean_distance, "knn_accuracy": q.knn_accuracy,
-        "majority_agreement": q.majority_agreement, "trustworthiness": q.trustworthiness,
-        "representative_sample_ids": json.dumps(c.nearest_ids),
-    } for c in data.clusters]
+    rows = [
+        {
+            "run_id": data.run_id,
+            "cluster_id": c.cluster_id,
+            "size": c.size,
+            "majority_label": c.majority_label,
+            "purity": c.purity,
+            "mean_distance": c.mean_distance,
+            "knn_accuracy": q.knn_accuracy,
+            "majority_agreement": q.majority_agreement,
+            "trustworthiness": q.trustworthiness,
+            "representative_sample_ids": json.dumps(c.nearest_ids),
+        }
+        for c in data.clusters
+    ]
     df = pd.DataFrame(rows, columns=list(CLUSTER_REPORT_COLUMNS))
-    return df.astype({"run_id": "str", "cluster_id": "int32", "size": "int64",
-                      "majority_label": "Int64", "purity": "float64", "mean_distance": "float64",
-                      "knn_accuracy": "float64", "majority_agreement": "float64",
-                      "trustworthiness": "float64", "representative_sample_ids": "str"})
+    return df.astype(
+        {
+            "run_id": "str",
+            "cluster_id": "int32",
+            "size": "int64",
+            "majority_label": "Int64",
+            "purity": "float64",
+            "mean_distance": "float64",
+            "knn_accuracy": "float64",
+            "majority_agreement": "float64",
+            "trustworthiness": "float64",
+            "representative_sample_ids": "str",
+        }
+    )
 
 
 def _atomic_bytes(path: Path, data: bytes) -> None:
@@ -123,12 +163,22 @@ def build_report(
     on to it) plus ``thumbnails(ids) -> images`` (None for vector data: members are shown as a
     table of their embedding coordinates). Files are written atomically.
     """
-    data = compute_report(run_id, embeddings=embeddings, cluster_ids=cluster_ids,
-                          distances=distances, centers=centers, sample_ids=sample_ids,
-                          labels=labels, heldout=heldout, previous=previous, health=health,
-                          **options)
-    page = render_html(data, thumbnails=thumbnails, embeddings=embeddings, labels=labels,
-                       title=title)
+    data = compute_report(
+        run_id,
+        embeddings=embeddings,
+        cluster_ids=cluster_ids,
+        distances=distances,
+        centers=centers,
+        sample_ids=sample_ids,
+        labels=labels,
+        heldout=heldout,
+        previous=previous,
+        health=health,
+        **options,
+    )
+    page = render_html(
+        data, thumbnails=thumbnails, embeddings=embeddings, labels=labels, title=title
+    )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     table = cluster_table(data)

@@ -15,8 +15,15 @@ from typing import Any
 import numpy as np
 
 __all__ = [
-    "HeldOut", "RunHealth", "PreviousRun", "ClusterFigures", "ConfusedPair", "Quality",
-    "ReportData", "compute_report", "take_rows",
+    "HeldOut",
+    "RunHealth",
+    "PreviousRun",
+    "ClusterFigures",
+    "ConfusedPair",
+    "Quality",
+    "ReportData",
+    "compute_report",
+    "take_rows",
 ]
 
 #: Quality figures shown with the previous run's value beside them (key -> plain title).
@@ -138,7 +145,10 @@ class ReportData:
     def to_dict(self) -> dict[str, Any]:
         """JSON-able figures (no arrays of embeddings)."""
         return {
-            "run_id": self.run_id, "n_items": self.n_items, "dim": self.dim, "k": self.k,
+            "run_id": self.run_id,
+            "n_items": self.n_items,
+            "dim": self.dim,
+            "k": self.k,
             "clusters": [asdict(c) for c in self.clusters],
             "pairs": [asdict(p) for p in self.pairs],
             "quality": asdict(self.quality),
@@ -170,11 +180,14 @@ def take_rows(array: Any, rows: np.ndarray) -> np.ndarray:
 def _check_1d(name: str, a: Any, n: int | None, dtype: Any = None) -> np.ndarray:
     a = np.asarray(a) if dtype is None else np.asarray(a, dtype=dtype)
     if a.ndim != 1:
-        raise ValueError(f"{name} must be one-dimensional (one value per item); got shape "
-                         f"{a.shape}")
+        raise ValueError(
+            f"{name} must be one-dimensional (one value per item); got shape {a.shape}"
+        )
     if n is not None and len(a) != n:
-        raise ValueError(f"{name} has {len(a)} values but there are {n} items; give one "
-                         "value per row of the embeddings")
+        raise ValueError(
+            f"{name} has {len(a)} values but there are {n} items; give one "
+            "value per row of the embeddings"
+        )
     return a
 
 
@@ -267,8 +280,10 @@ def compute_report(
     if n == 0:
         raise ValueError("the run has no items (cluster_ids is empty)")
     if cid.min() < 0 or cid.max() >= k:
-        raise ValueError(f"cluster_ids must lie in 0..{k - 1} (k = {len(centers)} centers); "
-                         f"got {cid.min()}..{cid.max()}")
+        raise ValueError(
+            f"cluster_ids must lie in 0..{k - 1} (k = {len(centers)} centers); "
+            f"got {cid.min()}..{cid.max()}"
+        )
     dist = _check_1d("distances", distances, n, np.float64)
     if not np.all(np.isfinite(dist)) or dist.min() < 0:
         raise ValueError("distances must be finite and >= 0")
@@ -276,8 +291,10 @@ def compute_report(
     _check_1d("sample_ids", ids, n)
     emb_shape = getattr(embeddings, "shape", None)
     if emb_shape is not None and (len(emb_shape) != 2 or emb_shape[0] != n or emb_shape[1] != dim):
-        raise ValueError(f"embeddings must have shape ({n}, {dim}) to match cluster_ids and "
-                         f"centers; got {tuple(emb_shape)}")
+        raise ValueError(
+            f"embeddings must have shape ({n}, {dim}) to match cluster_ids and "
+            f"centers; got {tuple(emb_shape)}"
+        )
     lab = None if labels is None else _check_1d("labels", labels, n).astype(np.int64)
     labeled = lab is not None and bool((lab >= 0).any())
     health = health or RunHealth()
@@ -289,7 +306,7 @@ def compute_report(
     clusters: list[ClusterFigures] = []
     label_mix: list[dict[int, int]] = []
     for j in range(k):
-        members = order[starts[j]:starts[j + 1]]
+        members = order[starts[j] : starts[j + 1]]
         near = members[:n_nearest]
         far = members[::-1][:n_farthest] if len(members) > n_nearest else members[:0]
         mix: dict[int, int] = {}
@@ -305,44 +322,74 @@ def compute_report(
                 maj = int(vals[np.argmax(cnt)])  # ties: the smallest label (np.unique order)
                 pur = float(cnt.max() / lj.size)
         label_mix.append(mix)
-        trend = [(p.run_id, (None if p.sizes.get(j) is None else int(p.sizes[j])))
-                 for p in previous] + [(run_id, int(sizes[j]))]
-        clusters.append(ClusterFigures(
-            cluster_id=j, size=int(sizes[j]), share=float(sizes[j] / n),
-            mean_distance=float(dist[members].mean()) if len(members) else None,
-            majority_label=maj, purity=pur, n_labeled=n_lab,
-            top_labels=sorted(mix.items(), key=lambda kv: (-kv[1], kv[0]))[:3],
-            nearest_rows=[int(r) for r in near], nearest_ids=[str(ids[r]) for r in near],
-            nearest_distances=[float(dist[r]) for r in near],
-            farthest_rows=[int(r) for r in far], farthest_ids=[str(ids[r]) for r in far],
-            farthest_distances=[float(dist[r]) for r in far],
-            trend=trend,
-        ))
+        trend = [
+            (p.run_id, (None if p.sizes.get(j) is None else int(p.sizes[j]))) for p in previous
+        ] + [(run_id, int(sizes[j]))]
+        clusters.append(
+            ClusterFigures(
+                cluster_id=j,
+                size=int(sizes[j]),
+                share=float(sizes[j] / n),
+                mean_distance=float(dist[members].mean()) if len(members) else None,
+                majority_label=maj,
+                purity=pur,
+                n_labeled=n_lab,
+                top_labels=sorted(mix.items(), key=lambda kv: (-kv[1], kv[0]))[:3],
+                nearest_rows=[int(r) for r in near],
+                nearest_ids=[str(ids[r]) for r in near],
+                nearest_distances=[float(dist[r]) for r in near],
+                farthest_rows=[int(r) for r in far],
+                farthest_ids=[str(ids[r]) for r in far],
+                farthest_distances=[float(dist[r]) for r in far],
+                trend=trend,
+            )
+        )
 
-    pairs = _confused_pairs(centers, clusters, label_mix, labeled, closeness_limit,
-                            overlap_limit, max_pairs)
-    quality = _quality(heldout, centers, clusters, previous, knn_k, trust_k, max_heldout,
-                       random_state)
+    pairs = _confused_pairs(
+        centers, clusters, label_mix, labeled, closeness_limit, overlap_limit, max_pairs
+    )
+    quality = _quality(
+        heldout, centers, clusters, previous, knn_k, trust_k, max_heldout, random_state
+    )
 
     rng = np.random.default_rng(random_state)
-    plot_rows = (np.arange(n) if n <= max_plot_points
-                 else np.sort(rng.choice(n, size=max_plot_points, replace=False)))
+    plot_rows = (
+        np.arange(n)
+        if n <= max_plot_points
+        else np.sort(rng.choice(n, size=max_plot_points, replace=False))
+    )
     plot_z = take_rows(embeddings, plot_rows)
     if plot_z.shape != (len(plot_rows), dim):
         raise ValueError(f"embeddings rows have shape {plot_z.shape[1:]}, expected ({dim},)")
     if health.n_items is None:
         health.n_items = n
     return ReportData(
-        run_id=run_id, n_items=n, dim=dim, k=k, clusters=clusters, pairs=pairs, quality=quality,
-        health=health, centers=centers, plot_rows=plot_rows, plot_embeddings=plot_z,
-        plot_labels=None if lab is None else lab[plot_rows], labeled=labeled,
+        run_id=run_id,
+        n_items=n,
+        dim=dim,
+        k=k,
+        clusters=clusters,
+        pairs=pairs,
+        quality=quality,
+        health=health,
+        centers=centers,
+        plot_rows=plot_rows,
+        plot_embeddings=plot_z,
+        plot_labels=None if lab is None else lab[plot_rows],
+        labeled=labeled,
         previous_run_ids=[p.run_id for p in previous],
     )
 
 
-def _confused_pairs(centers: np.ndarray, clusters: list[ClusterFigures],
-                    mixes: list[dict[int, int]], labeled: bool, closeness_limit: float,
-                    overlap_limit: float, max_pairs: int) -> list[ConfusedPair]:
+def _confused_pairs(
+    centers: np.ndarray,
+    clusters: list[ClusterFigures],
+    mixes: list[dict[int, int]],
+    labeled: bool,
+    closeness_limit: float,
+    overlap_limit: float,
+    max_pairs: int,
+) -> list[ConfusedPair]:
     k = len(centers)
     out: list[ConfusedPair] = []
     for a in range(k):
@@ -360,33 +407,46 @@ def _confused_pairs(centers: np.ndarray, clusters: list[ClusterFigures],
             if labeled and mixes[a] and mixes[b]:
                 na, nb = sum(mixes[a].values()), sum(mixes[b].values())
                 keys = set(mixes[a]) | set(mixes[b])
-                parts = {lbl: min(mixes[a].get(lbl, 0) / na, mixes[b].get(lbl, 0) / nb)
-                         for lbl in keys}
+                parts = {
+                    lbl: min(mixes[a].get(lbl, 0) / na, mixes[b].get(lbl, 0) / nb) for lbl in keys
+                }
                 overlap = float(sum(parts.values()))
                 if overlap < overlap_limit:
                     continue  # close, but their labels are clearly different
-                shared = [lbl for lbl, v in sorted(parts.items(), key=lambda kv: -kv[1])
-                          if v >= 0.05][:3]
+                shared = [
+                    lbl for lbl, v in sorted(parts.items(), key=lambda kv: -kv[1]) if v >= 0.05
+                ][:3]
             ratio_txt = f"{closeness:.2f}"
             if overlap is None:
-                note = (f"Clusters {a} and {b} lie close together: their centers are "
-                        f"{dcen:.3g} apart, only {ratio_txt} times their typical spread. "
-                        "No labels to check whether they hold the same kind of item; look at "
-                        "both together.")
+                note = (
+                    f"Clusters {a} and {b} lie close together: their centers are "
+                    f"{dcen:.3g} apart, only {ratio_txt} times their typical spread. "
+                    "No labels to check whether they hold the same kind of item; look at "
+                    "both together."
+                )
             else:
-                note = (f"Clusters {a} and {b} are easily confused: their centers are "
-                        f"{dcen:.3g} apart, only {ratio_txt} times their typical spread, and "
-                        f"{overlap:.0%} of their label mix is the same (mostly label"
-                        f"{'s' if len(shared) > 1 else ''} {_fmt_labels(shared)}). Items near "
-                        "the border of the two may land in either; review them together.")
+                note = (
+                    f"Clusters {a} and {b} are easily confused: their centers are "
+                    f"{dcen:.3g} apart, only {ratio_txt} times their typical spread, and "
+                    f"{overlap:.0%} of their label mix is the same (mostly label"
+                    f"{'s' if len(shared) > 1 else ''} {_fmt_labels(shared)}). Items near "
+                    "the border of the two may land in either; review them together."
+                )
             out.append(ConfusedPair(a, b, dcen, closeness, overlap, shared, note))
     out.sort(key=lambda p: p.closeness)
     return out[:max_pairs]
 
 
-def _quality(heldout: HeldOut | None, centers: np.ndarray, clusters: list[ClusterFigures],
-             previous: list[PreviousRun], knn_k: int, trust_k: int, max_heldout: int,
-             random_state: int) -> Quality:
+def _quality(
+    heldout: HeldOut | None,
+    centers: np.ndarray,
+    clusters: list[ClusterFigures],
+    previous: list[PreviousRun],
+    knn_k: int,
+    trust_k: int,
+    max_heldout: int,
+    random_state: int,
+) -> Quality:
     q = Quality(knn_k=knn_k, trust_k=trust_k)
     if previous:
         last = previous[-1]
@@ -399,21 +459,26 @@ def _quality(heldout: HeldOut | None, centers: np.ndarray, clusters: list[Cluste
     z = np.asarray(heldout.embeddings, dtype=np.float64)
     y = _check_1d("heldout.labels", heldout.labels, None).astype(np.int64)
     if z.ndim != 2 or len(z) != len(y) or z.shape[1] != centers.shape[1]:
-        raise ValueError(f"heldout.embeddings must have shape ({len(y)}, {centers.shape[1]}); "
-                         f"got {z.shape}")
+        raise ValueError(
+            f"heldout.embeddings must have shape ({len(y)}, {centers.shape[1]}); got {z.shape}"
+        )
     keep = np.flatnonzero(y >= 0)
     if len(keep) > max_heldout:
-        keep = np.sort(np.random.default_rng(random_state).choice(keep, max_heldout,
-                                                                  replace=False))
+        keep = np.sort(np.random.default_rng(random_state).choice(keep, max_heldout, replace=False))
     if len(keep) < 2:
-        q.note = (f"the labeled hold-out has {len(keep)} labeled item(s); at least 2 are needed "
-                  "to measure the embedding quality")
+        q.note = (
+            f"the labeled hold-out has {len(keep)} labeled item(s); at least 2 are needed "
+            "to measure the embedding quality"
+        )
         return q
     z, y = z[keep], y[keep]
     q.n_heldout = len(keep)
     q.knn_accuracy = knn_accuracy(z, y, knn_k)
-    cl = (_nearest_center(z, centers) if heldout.cluster_ids is None
-          else _check_1d("heldout.cluster_ids", heldout.cluster_ids, None).astype(np.int64)[keep])
+    cl = (
+        _nearest_center(z, centers)
+        if heldout.cluster_ids is None
+        else _check_1d("heldout.cluster_ids", heldout.cluster_ids, None).astype(np.int64)[keep]
+    )
     maj = np.array([-2 if c.majority_label is None else c.majority_label for c in clusters])
     q.majority_agreement = float(np.mean(maj[cl] == y))
     if heldout.inputs is not None:
@@ -421,16 +486,21 @@ def _quality(heldout: HeldOut | None, centers: np.ndarray, clusters: list[Cluste
 
         x = np.asarray(heldout.inputs)
         if len(x) != len(heldout.labels):
-            raise ValueError(f"heldout.inputs has {len(x)} rows but heldout.labels has "
-                             f"{len(heldout.labels)}")
+            raise ValueError(
+                f"heldout.inputs has {len(x)} rows but heldout.labels has {len(heldout.labels)}"
+            )
         x = x[keep].reshape(len(keep), -1).astype(np.float64)
         tk = min(trust_k, len(keep) // 2 - 1)
         if tk >= 1:
             q.trust_k = tk
             q.trustworthiness = float(trustworthiness(x, z, n_neighbors=tk))
     else:
-        q.note = "; ".join(filter(None, [q.note, "the original inputs of the hold-out were "
-                                         "not given: no trustworthiness"]))
+        q.note = "; ".join(
+            filter(
+                None,
+                [q.note, "the original inputs of the hold-out were not given: no trustworthiness"],
+            )
+        )
     return q
 
 
@@ -448,12 +518,13 @@ def summarise_previous(frame: Any, run_id: str) -> PreviousRun:
         v = first[col]
         return None if pd.isna(v) else float(v)
 
-    return PreviousRun(run_id=run_id,
-                       sizes={int(c): int(s) for c, s in zip(df["cluster_id"], df["size"],
-                                                             strict=True)},
-                       knn_accuracy=val("knn_accuracy"),
-                       majority_agreement=val("majority_agreement"),
-                       trustworthiness=val("trustworthiness"))
+    return PreviousRun(
+        run_id=run_id,
+        sizes={int(c): int(s) for c, s in zip(df["cluster_id"], df["size"], strict=True)},
+        knn_accuracy=val("knn_accuracy"),
+        majority_agreement=val("majority_agreement"),
+        trustworthiness=val("trustworthiness"),
+    )
 
 
 ThumbnailFn = Callable[[Sequence[str]], Sequence[np.ndarray]]

@@ -27,16 +27,19 @@ QUALITY_TEXT = {
     "knn_accuracy": (
         "Neighbour check (kNN accuracy)",
         "For each labeled item held out from training: do most of its {knn_k} nearest items in "
-        "the embedding carry the same label? Share of items where they do."),
+        "the embedding carry the same label? Share of items where they do.",
+    ),
     "majority_agreement": (
         "Cluster check",
         "Share of held-out labeled items that land in a cluster whose most common label is "
-        "their own label."),
+        "their own label.",
+    ),
     "trustworthiness": (
         "Neighbourhood kept (trustworthiness)",
         "How well items that are neighbours in the embedding were also neighbours in the "
         "original data ({trust_k} neighbours; 1.0 = perfectly kept, 0.5 = no better than "
-        "chance)."),
+        "chance).",
+    ),
 }
 
 
@@ -108,11 +111,19 @@ def chart_latent(data: ReportData, tmp: Path) -> bytes:
     from sqflow.plots import plot_latent
 
     n_plot = len(data.plot_rows)
-    title = (f"Latent space: {n_plot:,} of {data.n_items:,} items, centers numbered"
-             if n_plot < data.n_items else f"Latent space: all {data.n_items:,} items, "
-             "centers numbered")
-    p = plot_latent(data.plot_embeddings, data.plot_labels, tmp / "latent.png",
-                    centers=data.centers, title=title, max_points=n_plot)
+    title = (
+        f"Latent space: {n_plot:,} of {data.n_items:,} items, centers numbered"
+        if n_plot < data.n_items
+        else f"Latent space: all {data.n_items:,} items, centers numbered"
+    )
+    p = plot_latent(
+        data.plot_embeddings,
+        data.plot_labels,
+        tmp / "latent.png",
+        centers=data.centers,
+        title=title,
+        max_points=n_plot,
+    )
     return p.read_bytes()
 
 
@@ -122,9 +133,13 @@ def chart_convergence(data: ReportData, tmp: Path) -> bytes | None:
     curve = list(data.health.loss_curve or ())
     if not curve:
         return None
-    p = plot_convergence({"objective estimate": curve}, tmp / "convergence.png",
-                         title="Clustering convergence (lower is better; flat = settled)",
-                         xlabel=data.health.loss_curve_label, ylabel="objective")
+    p = plot_convergence(
+        {"objective estimate": curve},
+        tmp / "convergence.png",
+        title="Clustering convergence (lower is better; flat = settled)",
+        xlabel=data.health.loss_curve_label,
+        ylabel="objective",
+    )
     return p.read_bytes()
 
 
@@ -139,8 +154,16 @@ def chart_sizes(data: ReportData) -> bytes:
     prev = [c.trend[-2][1] if len(c.trend) >= 2 else None for c in data.clusters]
     if any(v is not None for v in prev):
         px = [i for i, v in enumerate(prev) if v is not None]
-        ax.scatter(px, [prev[i] for i in px], marker="_", s=400, color="black", linewidths=2,
-                   label="previous run", zorder=3)
+        ax.scatter(
+            px,
+            [prev[i] for i in px],
+            marker="_",
+            s=400,
+            color="black",
+            linewidths=2,
+            label="previous run",
+            zorder=3,
+        )
     ax.set_xticks(x, [str(i) for i in x])
     ax.set_xlabel("cluster")
     ax.set_ylabel("items")
@@ -161,8 +184,14 @@ def chart_trends(data: ReportData) -> bytes | None:
     n_runs = len(data.clusters[0].trend)
     for c in data.clusters:
         ys = [np.nan if v is None else v for _, v in c.trend]
-        ax.plot(np.arange(n_runs), ys, marker="o", lw=1.2, color=cmap(c.cluster_id % 20),
-                label=str(c.cluster_id))
+        ax.plot(
+            np.arange(n_runs),
+            ys,
+            marker="o",
+            lw=1.2,
+            color=cmap(c.cluster_id % 20),
+            label=str(c.cluster_id),
+        )
     labels = [rid[:15] for rid, _ in data.clusters[0].trend]
     ax.set_xticks(np.arange(n_runs), labels, rotation=20, fontsize=7, ha="right")
     ax.set_ylabel("items")
@@ -207,8 +236,7 @@ window.addEventListener('load', function () {
 """
 
 
-def _td(value: str, field: str | None = None, cluster: int | None = None,
-        cls: str = "num") -> str:
+def _td(value: str, field: str | None = None, cluster: int | None = None, cls: str = "num") -> str:
     attrs = f' class="{cls}"' if cls else ""
     if field:
         attrs += f' data-field="{field}"'
@@ -232,24 +260,40 @@ def _glance(data: ReportData, alert: float) -> str:
     h, q = data.health, data.quality
     items = []
     if h.drift is None:
-        items.append('<span class="warn">Drift: not checked.</span> '
-                     + _e(h.monitor_note or "The monitor did not run for this run, so nobody "
-                          "checked whether tonight's data look like the reference data."))
+        items.append(
+            '<span class="warn">Drift: not checked.</span> '
+            + _e(
+                h.monitor_note
+                or "The monitor did not run for this run, so nobody "
+                "checked whether tonight's data look like the reference data."
+            )
+        )
     else:
         drifted = h.drift.get("drifted")
         if drifted is True:
-            items.append('<span class="bad">Drift: tonight\'s data differ from the reference '
-                         'data.</span> Treat the clusters with care; see Run health.')
+            items.append(
+                '<span class="bad">Drift: tonight\'s data differ from the reference '
+                "data.</span> Treat the clusters with care; see Run health."
+            )
         elif drifted is False:
-            items.append('<span class="ok">Drift: none detected.</span> Tonight\'s data look '
-                         'like the reference data.')
+            items.append(
+                '<span class="ok">Drift: none detected.</span> Tonight\'s data look '
+                "like the reference data."
+            )
         else:
-            items.append(f'<span class="warn">Drift: no decision ({_e(h.drift.get("status"))}).'
-                         "</span>")
+            items.append(
+                f'<span class="warn">Drift: no decision ({_e(h.drift.get("status"))}).</span>'
+            )
     nq = int(h.n_quarantined or 0)
-    items.append(f"{fmt_int(data.n_items)} items grouped into {data.k} clusters; "
-                 + (f'<span class="warn">{fmt_int(nq)} item(s) set aside as unreadable or '
-                    "invalid</span> (see Run health)." if nq else "no item was set aside."))
+    items.append(
+        f"{fmt_int(data.n_items)} items grouped into {data.k} clusters; "
+        + (
+            f'<span class="warn">{fmt_int(nq)} item(s) set aside as unreadable or '
+            "invalid</span> (see Run health)."
+            if nq
+            else "no item was set aside."
+        )
+    )
     for key in ("knn_accuracy", "majority_agreement"):
         v = getattr(q, key)
         if v is None:
@@ -261,90 +305,120 @@ def _glance(data: ReportData, alert: float) -> str:
             txt += f" (previous run {fmt_pct(prev)}; {_change(v, prev, alert)})"
         items.append(txt if prev is not None else _e(txt))
     if data.pairs:
-        items.append(f'<span class="warn">{len(data.pairs)} pair(s) of clusters are easily '
-                     "confused</span> (see Clusters that are easily confused).")
-    return "<ul class=\"glance\">" + "".join(f"<li>{i}</li>" for i in items) + "</ul>"
+        items.append(
+            f'<span class="warn">{len(data.pairs)} pair(s) of clusters are easily '
+            "confused</span> (see Clusters that are easily confused)."
+        )
+    return '<ul class="glance">' + "".join(f"<li>{i}</li>" for i in items) + "</ul>"
 
 
 def _quality_table(data: ReportData, alert: float) -> str:
     q = data.quality
     if q.knn_accuracy is None and q.trustworthiness is None and q.majority_agreement is None:
-        return f"<p class=\"muted\">Not measured: {_e(q.note or 'no labeled hold-out')}.</p>"
+        return f'<p class="muted">Not measured: {_e(q.note or "no labeled hold-out")}.</p>'
     prev_name = f" ({_e(q.previous_run_id[:15])})" if q.previous_run_id else ""
     rows = []
     for key in ("knn_accuracy", "majority_agreement", "trustworthiness"):
         title, expl = QUALITY_TEXT[key]
         v, prev = getattr(q, key), q.previous.get(key)
         fmt = fmt_num if key == "trustworthiness" else fmt_pct
-        rows.append(f"<tr><td><b>{_e(title)}</b><br><span class=\"sub\">"
-                    f"{_e(expl.format(knn_k=q.knn_k, trust_k=q.trust_k))}</span></td>"
-                    + _td(fmt(v), key) + _td(fmt(prev), f"previous_{key}")
-                    + f"<td>{_change(v, prev, alert)}</td></tr>")
-    note = f"<p class=\"muted\">{_e(q.note)}.</p>" if q.note else ""
-    return (f"<p>Measured on <b data-field=\"n_heldout\">{fmt_int(q.n_heldout)}</b> labeled items "
-            "that the encoder never saw during training.</p>"
-            "<table><tr><th>figure</th><th class=\"num\">this run</th>"
-            f"<th class=\"num\">previous run{prev_name}</th><th>change</th></tr>"
-            + "".join(rows) + "</table>" + note)
+        rows.append(
+            f'<tr><td><b>{_e(title)}</b><br><span class="sub">'
+            f"{_e(expl.format(knn_k=q.knn_k, trust_k=q.trust_k))}</span></td>"
+            + _td(fmt(v), key)
+            + _td(fmt(prev), f"previous_{key}")
+            + f"<td>{_change(v, prev, alert)}</td></tr>"
+        )
+    note = f'<p class="muted">{_e(q.note)}.</p>' if q.note else ""
+    return (
+        f'<p>Measured on <b data-field="n_heldout">{fmt_int(q.n_heldout)}</b> labeled items '
+        "that the encoder never saw during training.</p>"
+        '<table><tr><th>figure</th><th class="num">this run</th>'
+        f'<th class="num">previous run{prev_name}</th><th>change</th></tr>'
+        + "".join(rows)
+        + "</table>"
+        + note
+    )
 
 
 def _health(data: ReportData, conv_png: bytes | None) -> str:
     h = data.health
     parts = ["<h3>Drift check</h3>"]
     if h.drift is None:
-        parts.append("<p class=\"warn\">The drift monitor did not run for this run.</p>"
-                     f"<p class=\"muted\">{_e(h.monitor_note or 'No drift decision was made.')}"
-                     "</p>")
+        parts.append(
+            '<p class="warn">The drift monitor did not run for this run.</p>'
+            f'<p class="muted">{_e(h.monitor_note or "No drift decision was made.")}'
+            "</p>"
+        )
     else:
         d = h.drift
         dec = {True: "drift detected", False: "no drift", None: "no decision"}.get(
-            d.get("drifted"), str(d.get("drifted")))
-        parts.append(f"<p>Decision: <b data-field=\"drift_decision\">{_e(dec)}</b> "
-                     f"<span class=\"muted\">({_e(d.get('status', ''))})</span></p>")
+            d.get("drifted"), str(d.get("drifted"))
+        )
+        parts.append(
+            f'<p>Decision: <b data-field="drift_decision">{_e(dec)}</b> '
+            f'<span class="muted">({_e(d.get("status", ""))})</span></p>'
+        )
         reasons = d.get("reasons") or []
         if reasons:
             parts.append("<ul>" + "".join(f"<li>{_e(r)}</li>" for r in reasons) + "</ul>")
         stats = d.get("statistics") or []
         if stats:
-            parts.append("<table><tr><th>statistic</th><th class=\"num\">value</th>"
-                         "<th class=\"num\">threshold</th><th class=\"num\">p-value</th>"
-                         "<th>signals drift</th></tr>")
+            parts.append(
+                '<table><tr><th>statistic</th><th class="num">value</th>'
+                '<th class="num">threshold</th><th class="num">p-value</th>'
+                "<th>signals drift</th></tr>"
+            )
             for s in stats:
                 pv = s.get("p_value")
                 parts.append(
                     f"<tr><td>{_e(s.get('statistic') or s.get('name'))}</td>"
-                    + _td(fmt_num(_f(s.get("value")), 4)) + _td(fmt_num(_f(s.get("threshold")), 4))
+                    + _td(fmt_num(_f(s.get("value")), 4))
+                    + _td(fmt_num(_f(s.get("threshold")), 4))
                     + _td(fmt_num(_f(pv), 4) if pv is not None else "-")
                     + f"<td>{_e({True: 'yes', False: 'no'}.get(s.get('drifted'), 'n/a'))}</td>"
-                    "</tr>")
+                    "</tr>"
+                )
             parts.append("</table>")
     parts.append("<h3>Items set aside (quarantine)</h3>")
     nq = int(h.n_quarantined or 0)
-    parts.append(f"<p><b data-field=\"n_quarantined\">{fmt_int(nq)}</b> item(s) could not be "
-                 "used (unreadable, wrong size, values out of range, duplicate id...).</p>")
+    parts.append(
+        f'<p><b data-field="n_quarantined">{fmt_int(nq)}</b> item(s) could not be '
+        "used (unreadable, wrong size, values out of range, duplicate id...).</p>"
+    )
     if h.quarantine_reasons:
-        parts.append("<table><tr><th>reason</th><th class=\"num\">items</th></tr>"
-                     + "".join(f"<tr><td>{_e(r)}</td>{_td(fmt_int(c))}</tr>"
-                               for r, c in list(h.quarantine_reasons.items())[:5])
-                     + "</table>")
+        parts.append(
+            '<table><tr><th>reason</th><th class="num">items</th></tr>'
+            + "".join(
+                f"<tr><td>{_e(r)}</td>{_td(fmt_int(c))}</tr>"
+                for r, c in list(h.quarantine_reasons.items())[:5]
+            )
+            + "</table>"
+        )
     parts.append("<h3>Clustering</h3>")
-    obj = ("n/a" if h.objective is None else f"{h.objective:.6g}")
+    obj = "n/a" if h.objective is None else f"{h.objective:.6g}"
     passes = "" if h.n_passes is None else f" after {h.n_passes} pass(es) over the data"
-    warm = (f" It started from the centers of {_e(h.warm_start_from)}." if h.warm_start_from
-            else "")
-    parts.append(f"<p>Objective (average spread of the items around their center; lower = "
-                 f"tighter clusters): <b data-field=\"objective\">{_e(obj)}</b>{passes}.{warm}"
-                 "</p>")
+    warm = f" It started from the centers of {_e(h.warm_start_from)}." if h.warm_start_from else ""
+    parts.append(
+        f"<p>Objective (average spread of the items around their center; lower = "
+        f'tighter clusters): <b data-field="objective">{_e(obj)}</b>{passes}.{warm}'
+        "</p>"
+    )
     if conv_png:
-        parts.append(f"<img class=\"chart\" alt=\"convergence curve\" "
-                     f"src=\"{png_data_uri(conv_png)}\">"
-                     f"<p class=\"muted\">Each point: the objective estimated after one "
-                     f"{_e(h.loss_curve_label)}; a curve that flattens out means the clustering "
-                     "has settled.</p>")
+        parts.append(
+            f'<img class="chart" alt="convergence curve" '
+            f'src="{png_data_uri(conv_png)}">'
+            f'<p class="muted">Each point: the objective estimated after one '
+            f"{_e(h.loss_curve_label)}; a curve that flattens out means the clustering "
+            "has settled.</p>"
+        )
     if h.timings:
-        parts.append("<h3>Timings</h3><table><tr><th>stage</th><th class=\"num\">seconds</th>"
-                     "</tr>" + "".join(f"<tr><td>{_e(s)}</td>{_td(f'{t:.1f}')}</tr>"
-                                       for s, t in h.timings.items()) + "</table>")
+        parts.append(
+            '<h3>Timings</h3><table><tr><th>stage</th><th class="num">seconds</th>'
+            "</tr>"
+            + "".join(f"<tr><td>{_e(s)}</td>{_td(f'{t:.1f}')}</tr>" for s, t in h.timings.items())
+            + "</table>"
+        )
     return "\n".join(parts)
 
 
@@ -360,48 +434,68 @@ def _cluster_table(data: ReportData) -> str:
     for c in data.clusters:
         prev = c.trend[-2][1] if len(c.trend) >= 2 else None
         rows.append(
-            f"<tr data-cluster=\"{c.cluster_id}\">" + _td(str(c.cluster_id), "cluster_id",
-                                                          c.cluster_id)
+            f'<tr data-cluster="{c.cluster_id}">'
+            + _td(str(c.cluster_id), "cluster_id", c.cluster_id)
             + _td(fmt_int(c.size), "size", c.cluster_id)
             + _td(fmt_int(prev), "previous_size", c.cluster_id)
             + _td(fmt_pct(c.share), "share", c.cluster_id)
-            + _td("-" if c.majority_label is None else str(c.majority_label), "majority_label",
-                  c.cluster_id)
+            + _td(
+                "-" if c.majority_label is None else str(c.majority_label),
+                "majority_label",
+                c.cluster_id,
+            )
             + _td(fmt_pct(c.purity), "purity", c.cluster_id)
-            + _td(fmt_num(c.mean_distance), "mean_distance", c.cluster_id) + "</tr>")
-    return ("<table id=\"cluster-table\"><tr><th class=\"num\">cluster</th>"
-            "<th class=\"num\">items</th><th class=\"num\">previous run</th>"
-            "<th class=\"num\">share</th><th class=\"num\">most common label</th>"
-            "<th class=\"num\">purity</th><th class=\"num\">mean distance</th></tr>"
-            + "".join(rows) + "</table>")
+            + _td(fmt_num(c.mean_distance), "mean_distance", c.cluster_id)
+            + "</tr>"
+        )
+    return (
+        '<table id="cluster-table"><tr><th class="num">cluster</th>'
+        '<th class="num">items</th><th class="num">previous run</th>'
+        '<th class="num">share</th><th class="num">most common label</th>'
+        '<th class="num">purity</th><th class="num">mean distance</th></tr>'
+        + "".join(rows)
+        + "</table>"
+    )
 
 
-def _member_strip(ids: Sequence[str], dists: Sequence[float], thumbs: dict[str, bytes] | None,
-                  vectors: dict[str, np.ndarray] | None, labels: dict[str, int]) -> str:
+def _member_strip(
+    ids: Sequence[str],
+    dists: Sequence[float],
+    thumbs: dict[str, bytes] | None,
+    vectors: dict[str, np.ndarray] | None,
+    labels: dict[str, int],
+) -> str:
     if not ids:
-        return "<p class=\"muted\">none</p>"
+        return '<p class="muted">none</p>'
     if thumbs is not None:
         figs = []
         for sid, d in zip(ids, dists, strict=True):
             lab = labels.get(sid)
             cap = f"{d:.2f}" + ("" if lab is None or lab < 0 else f" | {lab}")
-            figs.append(f"<figure><img alt=\"{_e(sid)}\" title=\"{_e(sid)} (distance {d:.3f}"
-                        f"{'' if lab is None or lab < 0 else f', label {lab}'})\" "
-                        f"src=\"{png_data_uri(thumbs[sid])}\"><figcaption>{_e(cap)}"
-                        "</figcaption></figure>")
-        return "<div class=\"thumbs\">" + "".join(figs) + "</div>"
+            figs.append(
+                f'<figure><img alt="{_e(sid)}" title="{_e(sid)} (distance {d:.3f}'
+                f'{"" if lab is None or lab < 0 else f", label {lab}"})" '
+                f'src="{png_data_uri(thumbs[sid])}"><figcaption>{_e(cap)}'
+                "</figcaption></figure>"
+            )
+        return '<div class="thumbs">' + "".join(figs) + "</div>"
     dim = len(next(iter(vectors.values()))) if vectors else 0
     shown = min(dim, 4)
-    head = "".join(f"<th class=\"num\">z{i}</th>" for i in range(shown))
+    head = "".join(f'<th class="num">z{i}</th>' for i in range(shown))
     rows = []
     for sid, d in zip(ids, dists, strict=True):
         lab = labels.get(sid)
         v = vectors[sid] if vectors else []
-        rows.append(f"<tr><td>{_e(sid)}</td>{_td(f'{d:.3f}')}"
-                    f"{_td('-' if lab is None or lab < 0 else str(lab))}"
-                    + "".join(_td(f"{v[i]:.3f}") for i in range(shown)) + "</tr>")
-    return ("<table><tr><th>item</th><th class=\"num\">distance</th><th class=\"num\">label"
-            f"</th>{head}</tr>" + "".join(rows) + "</table>")
+        rows.append(
+            f"<tr><td>{_e(sid)}</td>{_td(f'{d:.3f}')}"
+            f"{_td('-' if lab is None or lab < 0 else str(lab))}"
+            + "".join(_td(f"{v[i]:.3f}") for i in range(shown))
+            + "</tr>"
+        )
+    return (
+        '<table><tr><th>item</th><th class="num">distance</th><th class="num">label'
+        f"</th>{head}</tr>" + "".join(rows) + "</table>"
+    )
 
 
 def _trend_text(c: ClusterFigures) -> str:
@@ -409,36 +503,52 @@ def _trend_text(c: ClusterFigures) -> str:
     return " &rarr; ".join(_e(v) for v in vals)
 
 
-def _cluster_card(c: ClusterFigures, data: ReportData, thumbs: dict[str, bytes] | None,
-                  vectors: dict[str, np.ndarray] | None, labels: dict[str, int]) -> str:
+def _cluster_card(
+    c: ClusterFigures,
+    data: ReportData,
+    thumbs: dict[str, bytes] | None,
+    vectors: dict[str, np.ndarray] | None,
+    labels: dict[str, int],
+) -> str:
     lab_txt = ""
     if c.majority_label is not None:
         mix = ", ".join(f"label {lbl}: {cnt:,}" for lbl, cnt in c.top_labels)
-        lab_txt = (f"<p>Most common label <b>{c.majority_label}</b>: "
-                   f"<b>{fmt_pct(c.purity)}</b> of its {c.n_labeled:,} labeled items "
-                   f"({_e(mix)}).</p>")
+        lab_txt = (
+            f"<p>Most common label <b>{c.majority_label}</b>: "
+            f"<b>{fmt_pct(c.purity)}</b> of its {c.n_labeled:,} labeled items "
+            f"({_e(mix)}).</p>"
+        )
     elif data.labeled:
-        lab_txt = "<p class=\"muted\">None of its items is labeled.</p>"
+        lab_txt = '<p class="muted">None of its items is labeled.</p>'
     pairs = [p for p in data.pairs if c.cluster_id in (p.a, p.b)]
-    pair_txt = "".join(f"<p class=\"note\">{_e(p.note)}</p>" for p in pairs)
+    pair_txt = "".join(f'<p class="note">{_e(p.note)}</p>' for p in pairs)
     trend = ""
     if len(c.trend) > 1:
         trend = f"<p>Size over the last runs: {_trend_text(c)}</p>"
     far = ""
     if c.farthest_ids:
-        far = ("<p class=\"sub\">The " + str(len(c.farthest_ids)) + " members farthest from "
-               "the center (the least typical; check for mistakes or new kinds of item):</p>"
-               + _member_strip(c.farthest_ids, c.farthest_distances, thumbs, vectors, labels))
-    return (f"<div class=\"card\" id=\"cluster-{c.cluster_id}\"><div class=\"cl-head\">"
-            f"<h3>Cluster {c.cluster_id}</h3><span><b>{fmt_int(c.size)}</b> items "
-            f"({fmt_pct(c.share)}), mean distance {fmt_num(c.mean_distance)}</span></div>"
-            f"{trend}{lab_txt}{pair_txt}"
-            f"<p class=\"sub\">The {len(c.nearest_ids)} members nearest to the center (what this "
-            "cluster typically holds)"
-            + ("; caption: distance | label:" if thumbs is not None else
-               "; z0, z1, ... are their embedding coordinates:") + "</p>"
-            + _member_strip(c.nearest_ids, c.nearest_distances, thumbs, vectors, labels)
-            + far + "</div>")
+        far = (
+            '<p class="sub">The ' + str(len(c.farthest_ids)) + " members farthest from "
+            "the center (the least typical; check for mistakes or new kinds of item):</p>"
+            + _member_strip(c.farthest_ids, c.farthest_distances, thumbs, vectors, labels)
+        )
+    return (
+        f'<div class="card" id="cluster-{c.cluster_id}"><div class="cl-head">'
+        f"<h3>Cluster {c.cluster_id}</h3><span><b>{fmt_int(c.size)}</b> items "
+        f"({fmt_pct(c.share)}), mean distance {fmt_num(c.mean_distance)}</span></div>"
+        f"{trend}{lab_txt}{pair_txt}"
+        f'<p class="sub">The {len(c.nearest_ids)} members nearest to the center (what this '
+        "cluster typically holds)"
+        + (
+            "; caption: distance | label:"
+            if thumbs is not None
+            else "; z0, z1, ... are their embedding coordinates:"
+        )
+        + "</p>"
+        + _member_strip(c.nearest_ids, c.nearest_distances, thumbs, vectors, labels)
+        + far
+        + "</div>"
+    )
 
 
 def render_html(
@@ -463,8 +573,9 @@ def render_html(
     member_ids = [s for c in data.clusters for s in c.nearest_ids + c.farthest_ids]
     row_of = {}
     for c in data.clusters:
-        for r, s in zip(c.nearest_rows + c.farthest_rows, c.nearest_ids + c.farthest_ids,
-                        strict=True):
+        for r, s in zip(
+            c.nearest_rows + c.farthest_rows, c.nearest_ids + c.farthest_ids, strict=True
+        ):
             row_of[s] = r
     lab_map: dict[str, int] = {}
     if labels is not None:
@@ -498,15 +609,20 @@ def render_html(
     meta.append(f"report made {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
     cards = "".join(_cluster_card(c, data, thumbs, vectors, lab_map) for c in data.clusters)
     if data.pairs:
-        pair_html = "".join(f"<p class=\"note\" data-pair=\"{p.a}-{p.b}\">{_e(p.note)}</p>"
-                            for p in data.pairs)
+        pair_html = "".join(
+            f'<p class="note" data-pair="{p.a}-{p.b}">{_e(p.note)}</p>' for p in data.pairs
+        )
     else:
-        pair_html = ("<p class=\"ok\">No two clusters are close enough together (with mixed "
-                     "labels) to be easily confused.</p>")
-    trend_img = (f"<img class=\"chart\" alt=\"cluster size trends\" "
-                 f"src=\"{png_data_uri(trends)}\">" if trends else
-                 "<p class=\"muted\">No earlier run to compare with yet: trends appear from the "
-                 "second run on.</p>")
+        pair_html = (
+            '<p class="ok">No two clusters are close enough together (with mixed '
+            "labels) to be easily confused.</p>"
+        )
+    trend_img = (
+        f'<img class="chart" alt="cluster size trends" src="{png_data_uri(trends)}">'
+        if trends
+        else '<p class="muted">No earlier run to compare with yet: trends appear from the '
+        "second run on.</p>"
+    )
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">

@@ -71,9 +71,11 @@ def open_zarr_store(
         return LocalStore(text, read_only=read_only)
     scheme = urlsplit(text).scheme
     if scheme == "file":
-        local = text[len("file://"):]
+        local = text[len("file://") :]
         if not local:
-            raise ValueError(f"path {text!r}: a file:// URL needs a path, e.g. 'file:///data/e.zarr'")
+            raise ValueError(
+                f"path {text!r}: a file:// URL needs a path, e.g. 'file:///data/e.zarr'"
+            )
         return LocalStore(local, read_only=read_only)
     return FsspecStore.from_url(text, storage_options=storage_options, read_only=read_only)
 
@@ -145,6 +147,7 @@ def validate_attrs(
                 problems.append(f"attribute {field!r}={err.get('input')!r}: {err['msg']}")
         raise StoreContractError(
             f"{what} at {location} does not follow the {model.__name__} contract "
-            f"(version {supported}): " + "; ".join(problems)
+            f"(version {supported}): "
+            + "; ".join(problems)
             + f". Valid attributes: {sorted(model.model_fields)}"
         ) from None

@@ -146,8 +146,11 @@ class AssignmentStore(RowGroup):
         last = -(-self.rows_committed // self.chunk_rows)
         for k in range(last):
             a, b = self.chunk_bounds(k)
-            yield a, b, np.asarray(self._arrays["cluster_id"][a:b]), np.asarray(
-                self._arrays["distance"][a:b]
+            yield (
+                a,
+                b,
+                np.asarray(self._arrays["cluster_id"][a:b]),
+                np.asarray(self._arrays["distance"][a:b]),
             )
 
 
@@ -246,8 +249,11 @@ def open_assignment_writer(
             )
         if if_exists == "resume":
             meta = validate_attrs(
-                AssignmentStoreMetadata, dict(existing.attrs), what="assignment store",
-                location=location, supported=STORE_CONTRACT_VERSION,
+                AssignmentStoreMetadata,
+                dict(existing.attrs),
+                what="assignment store",
+                location=location,
+                supported=STORE_CONTRACT_VERSION,
             )
             for field in _IDENTITY_FIELDS:
                 if getattr(meta, field) != identity[field]:
@@ -258,7 +264,10 @@ def open_assignment_writer(
                     )
             if MARKERS in existing:
                 return AssignmentStore(
-                    existing, meta, location=location, storage_options=storage_options,
+                    existing,
+                    meta,
+                    location=location,
+                    storage_options=storage_options,
                     writable=True,
                 )
             created_at = meta.created_at  # interrupted creation: finish it below
@@ -273,23 +282,43 @@ def open_assignment_writer(
         **identity,
     )
     group = zarr.create_group(
-        zstore, path=group_path, overwrite=existing is not None,
-        attributes=meta.model_dump(mode="json"), zarr_format=3,
+        zstore,
+        path=group_path,
+        overwrite=existing is not None,
+        attributes=meta.model_dump(mode="json"),
+        zarr_format=3,
     )
     compressors = make_compressors(compression, compression_level)
     chunk_rows = emb.chunk_rows
     group.create_array(
-        "cluster_id", shape=(rows,), chunks=(chunk_rows,), dtype="int32", fill_value=-1,
-        compressors=compressors, overwrite=True, dimension_names=("row",),
+        "cluster_id",
+        shape=(rows,),
+        chunks=(chunk_rows,),
+        dtype="int32",
+        fill_value=-1,
+        compressors=compressors,
+        overwrite=True,
+        dimension_names=("row",),
     )
     group.create_array(
-        "distance", shape=(rows,), chunks=(chunk_rows,), dtype="float32",
-        fill_value=float("nan"), compressors=compressors, overwrite=True,
+        "distance",
+        shape=(rows,),
+        chunks=(chunk_rows,),
+        dtype="float32",
+        fill_value=float("nan"),
+        compressors=compressors,
+        overwrite=True,
         dimension_names=("row",),
     )
     group.create_array(  # last: marks creation as finished
-        MARKERS, shape=(-(-rows // chunk_rows),), chunks=(1,), dtype="uint8", fill_value=0,
-        compressors=None, overwrite=True, dimension_names=("chunk",),
+        MARKERS,
+        shape=(-(-rows // chunk_rows),),
+        chunks=(1,),
+        dtype="uint8",
+        fill_value=0,
+        compressors=None,
+        overwrite=True,
+        dimension_names=("chunk",),
     )
     return AssignmentStore(
         group, meta, location=location, storage_options=storage_options, writable=True
@@ -313,8 +342,11 @@ def open_assignments(
             f"no assignments at {location}; write them with open_assignment_writer"
         )
     meta = validate_attrs(
-        AssignmentStoreMetadata, dict(group.attrs), what="assignment store",
-        location=location, supported=STORE_CONTRACT_VERSION,
+        AssignmentStoreMetadata,
+        dict(group.attrs),
+        what="assignment store",
+        location=location,
+        supported=STORE_CONTRACT_VERSION,
     )
     return AssignmentStore(
         group, meta, location=location, storage_options=storage_options, writable=False
@@ -342,8 +374,7 @@ def write_assignments(
             f"distance has {distance.shape[0]} rows but cluster_id has {n}; they must match"
         )
     writer = open_assignment_writer(store_or_path, n_rows=n, **writer_kwargs)
-    for k in tqdm(writer.pending_chunks(), desc="assignments", unit="chunk",
-                  disable=not progress):
+    for k in tqdm(writer.pending_chunks(), desc="assignments", unit="chunk", disable=not progress):
         a, b = writer.chunk_bounds(k)
         writer.write(a, np.asarray(cluster_id[a:b]), np.asarray(distance[a:b]))
     writer.commit()

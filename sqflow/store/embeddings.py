@@ -343,13 +343,18 @@ def create_store(
                     )
             if MARKERS in existing:
                 store = EmbeddingStore(
-                    existing, meta, location=location, storage_options=storage_options,
+                    existing,
+                    meta,
+                    location=location,
+                    storage_options=storage_options,
                     writable=True,
                 )
                 _check_arrays(store)
                 log.info(
                     "resuming embedding store %s: %d of %d rows committed",
-                    location, store.rows_committed, store.n_rows,
+                    location,
+                    store.rows_committed,
+                    store.n_rows,
                 )
                 return store
             # The commit-marker array is created last, so without it creation was interrupted
@@ -378,30 +383,56 @@ def create_store(
     # overwrite only what we know is a store (interrupted creation or if_exists="overwrite"):
     # never wipe an unrelated folder that merely has no zarr.json.
     group = zarr.create_group(
-        zstore, overwrite=existing is not None, attributes=meta.model_dump(mode="json"), zarr_format=3
+        zstore,
+        overwrite=existing is not None,
+        attributes=meta.model_dump(mode="json"),
+        zarr_format=3,
     )
     compressors = make_compressors(compression, compression_level)
     group.create_array(
-        "embedding", shape=(n_rows, dim), chunks=(chunk_rows, dim), dtype="float32",
-        compressors=compressors, fill_value=0.0, overwrite=True,
+        "embedding",
+        shape=(n_rows, dim),
+        chunks=(chunk_rows, dim),
+        dtype="float32",
+        compressors=compressors,
+        fill_value=0.0,
+        overwrite=True,
         dimension_names=("row", "component"),
     )
     group.create_array(
-        "sample_id", shape=(n_rows,), chunks=(chunk_rows,), dtype=str,
-        compressors=compressors, overwrite=True, dimension_names=("row",),
+        "sample_id",
+        shape=(n_rows,),
+        chunks=(chunk_rows,),
+        dtype=str,
+        compressors=compressors,
+        overwrite=True,
+        dimension_names=("row",),
     )
     group.create_array(
-        "label", shape=(n_rows,), chunks=(chunk_rows,), dtype="int64",
-        compressors=compressors, fill_value=-1, overwrite=True, dimension_names=("row",),
+        "label",
+        shape=(n_rows,),
+        chunks=(chunk_rows,),
+        dtype="int64",
+        compressors=compressors,
+        fill_value=-1,
+        overwrite=True,
+        dimension_names=("row",),
     )
     n_chunks = -(-n_rows // chunk_rows)
     # Created last: its presence marks the store as fully initialised (see "resume" above).
     group.create_array(
-        MARKERS, shape=(n_chunks,), chunks=(1,), dtype="uint8", fill_value=0,
-        compressors=None, overwrite=True, dimension_names=("chunk",),
+        MARKERS,
+        shape=(n_chunks,),
+        chunks=(1,),
+        dtype="uint8",
+        fill_value=0,
+        compressors=None,
+        overwrite=True,
+        dimension_names=("chunk",),
     )
-    log.info("created embedding store %s: %d x %d, chunk_rows=%d", location, n_rows, dim,
-             chunk_rows)
+    log.info(
+        "created embedding store %s: %d x %d, chunk_rows=%d", location, n_rows, dim, chunk_rows
+    )
     return EmbeddingStore(
         group, meta, location=location, storage_options=storage_options, writable=True
     )
@@ -435,8 +466,11 @@ def open_store(
         store = path
         if mode == "r+" and not store.writable:
             return open_store(
-                store.location, mode=mode, expected_dim=expected_dim,
-                expected_encoder=expected_encoder, known_encoders=known_encoders,
+                store.location,
+                mode=mode,
+                expected_dim=expected_dim,
+                expected_encoder=expected_encoder,
+                known_encoders=known_encoders,
                 expected_encoder_hash=expected_encoder_hash,
                 expected_manifest_hash=expected_manifest_hash,
                 storage_options=store.storage_options,
@@ -451,11 +485,17 @@ def open_store(
                 "sqflow.store.create_store"
             )
         meta = validate_attrs(
-            EmbeddingStoreMetadata, dict(group.attrs), what="embedding store",
-            location=location, supported=STORE_CONTRACT_VERSION,
+            EmbeddingStoreMetadata,
+            dict(group.attrs),
+            what="embedding store",
+            location=location,
+            supported=STORE_CONTRACT_VERSION,
         )
         store = EmbeddingStore(
-            group, meta, location=location, storage_options=storage_options,
+            group,
+            meta,
+            location=location,
+            storage_options=storage_options,
             writable=mode == "r+",
         )
         _check_arrays(store)
@@ -550,7 +590,10 @@ def write_embeddings(
     pending = store.pending_chunks(worker, n_workers)
     log.info(
         "writing %d pending chunks of %s (worker %d of %d)",
-        len(pending), store.location, worker, n_workers,
+        len(pending),
+        store.location,
+        worker,
+        n_workers,
     )
     for k in tqdm(pending, desc="embedding store", unit="chunk", disable=not progress):
         lo, hi = store.chunk_bounds(k)
