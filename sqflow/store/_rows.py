@@ -74,7 +74,8 @@ def chunk_digest(values: np.ndarray, dtype: Any) -> int:
     strings as their UTF-8 text joined by a separator (with the row count)."""
     a = np.asarray(values)
     if a.dtype.kind in ("T", "U", "O"):
-        text = "\x1f".join(str(v) for v in a.tolist())
+        items = a.tolist()
+        text = "\x1f".join(items if a.dtype.kind != "O" else map(str, items))
         data = len(a).to_bytes(8, "little") + text.encode("utf-8", "surrogatepass")
     else:
         data = np.ascontiguousarray(a, dtype=dtype).tobytes()
