@@ -57,6 +57,24 @@ class _CommittedRows(BaseModel):
     created_at: AwareDatetime = Field(description="When the group was created (UTC).")
     updated_at: AwareDatetime = Field(description="When a chunk was last committed (UTC).")
     producer_version: str = Field(min_length=1, description="sqflow version that wrote it.")
+    integrity: Literal["crc32c+digest-v1"] | None = Field(
+        default=None,
+        description=(
+            "How the chunks are verified. 'crc32c+digest-v1': every chunk of every array ends "
+            "with a CRC32C checksum (a flipped or truncated chunk fails to decode) and the "
+            "`_digests` array holds, per committed chunk, a CRC-32 of each data array's decoded "
+            "rows (a missing, swapped or stale chunk is detected). Absent (null): written by an "
+            "older sqflow, chunks unverified."
+        ),
+    )
+    identity_digest: str | None = Field(
+        default=None,
+        description=(
+            "SHA-256 (hex) of the identity attributes (canonical JSON of the fields that say "
+            "what the rows are and who produced them); an edited attribute no longer matches. "
+            "Absent with integrity absent."
+        ),
+    )
 
     @model_validator(mode="after")
     def _rows_consistent(self) -> _CommittedRows:

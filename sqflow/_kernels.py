@@ -306,9 +306,9 @@ def assign(X, centers, labels_out, dist2_out):
 
 
 def nearest(block, centers) -> tuple[np.ndarray, np.ndarray]:
-    """(index int64, squared distance float64) of the nearest center for every row of a block."""
-    block = np.ascontiguousarray(block)
-    labels = np.empty(block.shape[0], dtype=np.int64)
-    d2 = np.empty(block.shape[0], dtype=np.float64)
-    assign(block, np.ascontiguousarray(centers, dtype=np.float64), labels, d2)
-    return labels, d2
+    """(index int64, squared distance float64) of the nearest center for every row of a block.
+
+    Kept for callers not yet moved; the one implementation is :func:`sqflow.distances.nearest`."""
+    from .distances import nearest as _nearest  # distances imports this module
+
+    return _nearest(block, centers)

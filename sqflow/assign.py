@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from sklearn.utils.validation import check_is_fitted
 
-from . import _kernels
+from .distances import nearest
 from .store import AssignmentStore, EmbeddingStore, open_assignment_writer, open_store
 
 
@@ -25,7 +25,7 @@ def assign_block(block, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     block = np.asarray(block)
     if not np.isfinite(block).all():
         raise ValueError("embedding block contains NaN or infinity; the store is corrupt")
-    labels, d2 = _kernels.nearest(block, centers)
+    labels, d2 = nearest(block, centers)
     return labels, np.sqrt(d2)
 
 

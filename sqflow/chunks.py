@@ -35,16 +35,18 @@ def row_block(X, start: int, stop: int) -> np.ndarray:
 def check_block_finite(
     block: np.ndarray, start: int, name: str = "X", rows: np.ndarray | None = None
 ) -> None:
-    """Raise ValueError naming the first bad row when a block holds NaN or infinity.
+    """Raise ValueError naming how many values are bad and the first bad row and column when a
+    block holds NaN or infinity.
 
     Row i of ``block`` is row ``start + i`` of ``name``, or ``rows[i]`` when given (a gathered
     sample)."""
-    if not np.isfinite(block).all():
-        i = int(np.flatnonzero(~np.isfinite(block).all(axis=1))[0])
+    finite = np.isfinite(block)
+    if not finite.all():
+        i, c = (int(v) for v in np.argwhere(~finite)[0])
         bad = int(rows[i]) if rows is not None else i + start
         raise ValueError(
-            f"{name} contains NaN or infinity (first at row {bad}); SQ needs finite values: "
-            "drop or impute those rows first"
+            f"{name} holds {int(finite.size - finite.sum())} NaN/inf value(s) (first at row "
+            f"{bad}, column {c}); values must be finite: drop, impute or re-embed those rows"
         )
 
 

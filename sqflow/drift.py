@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -31,6 +30,9 @@ import numpy as np
 from scipy import stats as _st
 
 from data_contracts.drift_policy import ALL_STATISTICS, DriftPolicy
+
+from .chunks import block_bounds, block_rows, iter_blocks
+from .distances import nearest_distance, sq_distances
 
 __all__ = [
     "DriftPolicy",
@@ -45,6 +47,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: Rows read per block when streaming an input (rounded to whole storage chunks).
+_BLOCK_ROWS = 65536
 
 
 # ----------------------------------------------------------------------------- results
@@ -178,61 +183,24 @@ def _as_array_like(x: Any, name: str) -> Any:
     return x
 
 
-def _row_blocks(x: Any) -> Iterator[tuple[int, int]]:
-    """Row ranges to read ``x`` by: Dask blocks, Zarr chunks, or 65,536-row slices."""
-    n = int(x.shape[0])
-    chunks = getattr(x, "chunks", None)
-    if isinstance(chunks, tuple) and chunks and isinstance(chunks[0], tuple):  # dask
-        lo = 0
-        for c in chunks[0]:
-            yield lo, lo + int(c)
-            lo += int(c)
-        return
-    step = int(chunks[0]) if isinstance(chunks, tuple) and chunks and chunks[0] else 65536
-    step = max(step, 1)
-    if isinstance(x, np.ndarray):
-        step = max(step, 65536)
-    for lo in range(0, n, step):
-        yield lo, min(n, lo + step)
-
-
-def _read_block(x: Any, lo: int, hi: int) -> np.ndarray:
-    b = x[lo:hi]
-    if hasattr(b, "compute"):
-        b = b.compute()
-    return np.asarray(b, dtype=np.float64)
-
-
 def _stream_sample(
     x: Any, max_rows: int, rng: np.random.Generator, name: str
 ) -> tuple[np.ndarray, int]:
-    """Read ``x`` block by block, check every value is finite, keep a uniform subsample of at
-    most ``max_rows`` rows (without replacement, in row order). Returns (sample, n_rows)."""
+    """Read ``x`` block by block (whole storage chunks, about 65,536 rows), check every value is
+    finite, keep a uniform subsample of at most ``max_rows`` rows (without replacement, in row
+    order). Returns (sample float64, n_rows)."""
     n = int(x.shape[0])
     keep = np.arange(n) if n <= max_rows else np.sort(rng.choice(n, size=max_rows, replace=False))
     parts = []
-    for lo, hi in _row_blocks(x):
-        block = _read_block(x, lo, hi)
-        bad = ~np.isfinite(block)
-        if bad.any():
-            r, c = np.argwhere(bad)[0]
-            raise ValueError(
-                f"{name} holds {int(bad.sum())} NaN/inf value(s) (first at row {lo + int(r)}, "
-                f"column {int(c)}); embeddings must be finite floats: drop or re-embed those rows"
-            )
+    for lo, hi, block in iter_blocks(x, block_bounds(n, block_rows(x, _BLOCK_ROWS)), name=name):
         sel = keep[(keep >= lo) & (keep < hi)] - lo
         if sel.size:
-            parts.append(block[sel])
+            parts.append(block[sel].astype(np.float64, copy=False))
     d = int(x.shape[1])
     return (np.concatenate(parts) if parts else np.empty((0, d))), n
 
 
 # ----------------------------------------------------------------------------- statistics
-def _sq_dists(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    d2 = (a * a).sum(1)[:, None] - 2.0 * (a @ b.T) + (b * b).sum(1)[None, :]
-    return np.maximum(d2, 0.0)
-
-
 def mmd_test(
     x: np.ndarray,
     y: np.ndarray,
@@ -253,11 +221,11 @@ def mmd_test(
     N = n + m
     if bandwidth is None:
         sub = z[rng.choice(N, size=min(N, 1000), replace=False)]
-        d = np.sqrt(_sq_dists(sub, sub)[np.triu_indices(len(sub), 1)])
+        d = np.sqrt(sq_distances(sub, sub)[np.triu_indices(len(sub), 1)])
         bandwidth = float(np.median(d))
         if not bandwidth > 0:
             bandwidth = float(np.mean(d)) if np.mean(d) > 0 else 1.0
-    K = np.exp(-_sq_dists(z, z) / (2.0 * bandwidth**2)).astype(np.float32)
+    K = np.exp(-sq_distances(z, z) / (2.0 * bandwidth**2)).astype(np.float32)
     a = np.concatenate([np.full(n, 1.0 / n), np.full(m, -1.0 / m)]).astype(np.float32)
     observed = float(a @ (K @ a))
     # permuted sign vectors: column p is a[perm_p]
@@ -288,17 +256,6 @@ def ks_test(
     else:
         raise ValueError(f"correction={correction!r}; valid: 'holm' or 'bonferroni'")
     return float(D.max()), float(adj.min()), D.tolist(), adj.tolist()
-
-
-def _nearest(z: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(index of the nearest center, distance to it), blockwise."""
-    k = np.empty(len(z), dtype=np.int64)
-    dist = np.empty(len(z))
-    for lo in range(0, len(z), 32768):
-        d2 = _sq_dists(z[lo : lo + 32768], centers)
-        k[lo : lo + 32768] = d2.argmin(1)
-        dist[lo : lo + 32768] = np.sqrt(d2[np.arange(len(d2)), k[lo : lo + 32768]])
-    return k, dist
 
 
 def distortion_test(
@@ -503,8 +460,8 @@ def detect_drift(
             )
         else:
             centers_source = f"given ({len(c)} centers)"
-        k_ref, d_ref = _nearest(ref, c)
-        k_bat, d_bat = _nearest(bat, c)
+        k_ref, d_ref = nearest_distance(ref, c)
+        k_bat, d_bat = nearest_distance(bat, c)
         if "distortion" in pol.statistics:
             ratio, p, obj_r, obj_b = distortion_test(
                 d_ref,

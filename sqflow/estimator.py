@@ -35,6 +35,7 @@ from .chunks import (
     sample_picks,
     uniform_sample,
 )
+from .distances import check_objective_finite, nearest, sq_distances
 from .distributed import DaskPasses, KernelArgs, get_client, is_dask_array, run_block
 from .optimizers import (
     DEFAULT_LEARNING_RATES,
@@ -50,7 +51,7 @@ _INITS = ("k-means++", "random", "labels")
 
 
 def _predict_block(block, centers):
-    return _kernels.nearest(block, centers)[0]
+    return nearest(block, centers)[0]
 
 
 def _atomic(method):
@@ -448,6 +449,7 @@ default="k-means++"
             if client is not None:
                 dask_passes = DaskPasses(client, X, self.n_parallel)
         sample, class_sums = self._init_data(X, y, p, bounds, rng, "", client)
+        check_objective_finite(sample, float(self.rank), n_rows=n)  # before compiled code
 
         best = None
         seeds = rng.randint(np.iinfo(np.int32).max, size=self.n_init)
@@ -782,19 +784,16 @@ default="k-means++"
         X, blocks = self._stream(X)
         out = np.empty(X.shape[0], dtype=np.int64)
         for start, stop, block in blocks:
-            out[start:stop] = _kernels.nearest(block, self.cluster_centers_)[0]
+            out[start:stop] = nearest(block, self.cluster_centers_)[0]
         return out
 
     def transform(self, X):
         """Euclidean distance of every row to every center: ndarray (n_samples, n_clusters)."""
         X, blocks = self._stream(X)
         out = np.empty((X.shape[0], self.n_clusters), dtype=np.float64)
-        c = self.cluster_centers_
-        c2 = np.einsum("ij,ij->i", c, c)
         for start, stop, block in blocks:
-            b = np.asarray(block, dtype=np.float64)
-            d2 = np.einsum("ij,ij->i", b, b)[:, None] - 2.0 * (b @ c.T) + c2[None, :]
-            out[start:stop] = np.sqrt(np.maximum(d2, 0.0))
+            # from differences, not |x|^2 - 2x.c + |c|^2: exact far from the origin too
+            out[start:stop] = np.sqrt(sq_distances(block, self.cluster_centers_))
         return out
 
     def score(self, X, y=None):
@@ -802,7 +801,7 @@ default="k-means++"
         X, blocks = self._stream(X)
         total = 0.0
         for _, _, block in blocks:
-            d2 = _kernels.nearest(block, self.cluster_centers_)[1]
+            d2 = nearest(block, self.cluster_centers_)[1]
             total += float(np.sum(d2 ** (float(self.rank) / 2.0)))
         return -total / X.shape[0]
 

@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from .distances import nearest
+
 __all__ = [
     "PaperConfig",
     "run_paper",
@@ -134,17 +136,8 @@ def labeled_mask(labels: np.ndarray, fraction: float, rng: np.random.Generator) 
 
 def quantization_objective(z: np.ndarray, centers: np.ndarray, r: float) -> float:
     """``mean_i min_k ||z_i - c_k||^r`` (PAPER.md F with uniform weights), computed in float64."""
-    z = np.asarray(z, dtype=np.float64)
-    c = np.asarray(centers, dtype=np.float64)
-    best = np.full(len(z), np.inf)
-    for k in range(len(c)):  # K small: one pass per center keeps memory at O(N)
-        best = np.minimum(best, ((z - c[k]) ** 2).sum(1))
+    best = nearest(np.asarray(z, dtype=np.float64), centers)[1]
     return float(np.mean(np.sqrt(best) ** r))
-
-
-def _nearest(z: np.ndarray, centers: np.ndarray) -> np.ndarray:
-    d = ((z[:, None, :].astype(np.float64) - centers[None, :, :]) ** 2).sum(-1)
-    return d.argmin(1)
 
 
 def _scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
@@ -372,7 +365,7 @@ def run_paper(
         for opt in cfg.optimizers:
             est, secs = fit_sq(cfg, opt, z, y_semi)
             centers = np.asarray(est.cluster_centers_, dtype=np.float64)
-            pred = _center_classes(est, cfg.n_clusters)[_nearest(zt, centers)]
+            pred = _center_classes(est, cfg.n_clusters)[nearest(zt, centers)[0]]
             row = {
                 "fraction": fraction,
                 "optimizer": opt,
@@ -402,7 +395,7 @@ def run_paper(
                 "fraction": fraction,
                 "method": "kmeans",
                 "optimizer": "kmeans",
-                **_scores(yt, names[_nearest(zt, kc)]),
+                **_scores(yt, names[nearest(zt, kc)[0]]),
                 "objective": quantization_objective(z, kc, cfg.rank),
                 "objective_r2": quantization_objective(z, kc, 2.0),
                 "train_seconds": km_secs,

@@ -7,13 +7,13 @@ import warnings
 
 import numpy as np
 
+from .distances import nearest, sq_distances
+
 
 def sq_dist_to_nearest(X: np.ndarray, centers: np.ndarray) -> np.ndarray:
-    """Squared distance of every row of X to its nearest row of ``centers`` (float64, (n,))."""
-    x2 = np.einsum("ij,ij->i", X, X)
-    c2 = np.einsum("ij,ij->i", centers, centers)
-    d2 = x2[:, None] - 2.0 * (X @ centers.T) + c2[None, :]
-    return np.maximum(d2.min(axis=1), 0.0)
+    """Squared distance of every row of X to its nearest row of ``centers`` (float64, (n,)),
+    computed from differences (:func:`sqflow.distances.nearest`), exact far from the origin."""
+    return nearest(X, centers)[1]
 
 
 def kmeans_plusplus(
@@ -70,12 +70,7 @@ def kmeans_plusplus(
             draws = rng.uniform(size=n_local_trials) * cumulative[-1]
             candidates = np.minimum(np.searchsorted(cumulative, draws), n - 1)
         cand = X[candidates]
-        d2 = (
-            np.einsum("ij,ij->i", X, X)[:, None]
-            - 2.0 * (X @ cand.T)
-            + np.einsum("ij,ij->i", cand, cand)[None, :]
-        )
-        d2 = np.minimum(np.maximum(d2, 0.0), closest[:, None])
+        d2 = np.minimum(sq_distances(X, cand), closest[:, None])
         pots = d2.sum(axis=0)
         best = int(np.argmin(pots))
         centers[c] = cand[best]

@@ -59,9 +59,9 @@ def main() -> None:
     if a.pause:
         commit = store._commit_chunk
 
-        def slow_commit(k: int) -> None:
+        def slow_commit(k: int, rows) -> None:
             time.sleep(a.pause)  # data of chunk k is written, its marker not yet
-            commit(k)
+            commit(k, rows)
 
         store._commit_chunk = slow_commit  # type: ignore[method-assign]
     print("READY", flush=True)

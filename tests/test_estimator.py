@@ -172,26 +172,6 @@ def test_rank_above_two_does_not_explode_on_unscaled_data(rank, blobs):
 
 
 # ---------------------------------------------------------------- initialisation
-def test_kmeans_plusplus_draws_with_squared_distance():
-    X = np.array([[0.0], [1.0], [2.0]])
-    rng = np.random.RandomState(0)
-    far = sum(
-        kmeans_plusplus(X, 2, rng, existing=X[:1], n_local_trials=1)[1, 0] == 2.0
-        for _ in range(3000)
-    )
-    # D^2 weighting: P(far) = 4/5 ; plain distance would give 2/3
-    assert abs(far / 3000 - 0.8) < 0.03
-
-
-def test_kmeans_plusplus_and_random_pick_data_rows(blobs):
-    X = blobs[0]
-    rng = np.random.RandomState(0)
-    for centers in (kmeans_plusplus(X, 4, rng), random_rows(X, 4, rng)):
-        assert centers.shape == (4, 3)
-        for c in centers:
-            assert np.any(np.all(X == c, axis=1))
-
-
 def test_labels_init_maps_center_index_to_class(blobs):
     X, y = blobs
     y_partial = y.copy()
@@ -220,7 +200,6 @@ def test_n_init_keeps_best_objective(blobs):
 
 @pytest.mark.parametrize("init", ["k-means++", "random"])
 def test_init_candidates_start_from_the_seeding_with_lowest_sample_objective(init, blobs):
-    from sqflow.seeding import kmeans_plusplus, random_rows
 
     X = blobs[0][:2000]  # <= init_size: the init sample is X itself, no draw
     # replicate the run's generator: one start seed, then the candidate seedings

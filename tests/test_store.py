@@ -7,6 +7,7 @@ import ast
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -21,6 +22,7 @@ import zarr.codecs
 import data_contracts.store as contract
 from sqflow.store import (
     StoreContractError,
+    StoreIntegrityError,
     StoreNotFoundError,
     create_store,
     default_chunk_rows,
@@ -29,6 +31,7 @@ from sqflow.store import (
     open_store,
     read_labels,
     read_sample_ids,
+    verify_store,
     write_assignments,
     write_embeddings,
 )
@@ -101,6 +104,9 @@ def test_round_trip_gap_and_chunk_iteration(tmp_path):
         def __getitem__(self, key):
             reads.append(key.stop - key.start)
             return self.arr[key]
+
+        def __getattr__(self, name):  # dtype, metadata, ...: the real array's
+            return getattr(self.arr, name)
 
     reader._arrays = {name: Spy(arr) for name, arr in reader._arrays.items()}
     assert sum(len(c) for c in reader.iter_chunks()) == 256
@@ -254,10 +260,14 @@ def test_compression_option(tmp_path, compression, codec):
     reader = open_store(path)
     assert reader.metadata.compression == (compression or "zstd")
     comps = reader.embedding.compressors
+    # every codec list ends with the CRC32C checksum; zstd checks its own frames too
+    assert isinstance(comps[-1], zarr.codecs.Crc32cCodec)
     if codec is None:
-        assert comps == ()
+        assert len(comps) == 1
     else:
         assert isinstance(comps[0], codec)
+        if codec is zarr.codecs.ZstdCodec:
+            assert comps[0].checksum
     assert_complete_and_exact(path, 4096, 16)
     size = sum(f.stat().st_size for f in (path / "embedding").rglob("*") if f.is_file())
     raw = 4096 * 16 * 4
@@ -496,3 +506,153 @@ def test_overlapping_concurrent_writers_lose_no_rows(tmp_path):
     assert store.metadata.rows_committed <= 10_000
     assert store.refresh_summary() == 10_000
     assert_complete_and_exact(path, 10_000, DIM)
+
+
+# --------------------------------------------------------------------------- verified stores
+def _written(path, n_rows=1000, with_assignments=False):
+    store = make(path, n_rows=n_rows, dim=8, chunk_rows=128)
+    write_embeddings(store, produce(8))
+    if with_assignments:
+        ids = np.arange(n_rows) % 3
+        write_assignments(store, ids, ids.astype(np.float64) / 2, n_clusters=3, model_hash="m")
+    return store
+
+
+def _chunk(path, array, k):
+    """File of row chunk k of an array (the 2-D embedding has one column chunk, "0")."""
+    return (
+        path / array / "c" / str(k) / "0" if array == "embedding" else path / array / "c" / str(k)
+    )
+
+
+def _readers(store):
+    return {
+        "embedding": store.read_embeddings,
+        "sample_id": store.read_sample_ids,
+        "label": store.read_labels,
+    }
+
+
+def _damage(how, file, other=None):
+    if how == "delete":
+        file.unlink()
+    elif how == "truncate":
+        data = file.read_bytes()
+        file.write_bytes(data[: len(data) // 2])
+    elif how == "flip":
+        data = bytearray(file.read_bytes())
+        data[len(data) // 2] ^= 0x40
+        file.write_bytes(bytes(data))
+    elif how == "swap":
+        a, b = file.read_bytes(), other.read_bytes()
+        file.write_bytes(b)
+        other.write_bytes(a)
+
+
+DAMAGE_MESSAGES = {
+    "delete": "is missing although it is committed",
+    "truncate": "cannot be decoded",
+    "flip": "cannot be decoded",
+    "swap": "holds other rows than were committed",
+}
+
+
+@pytest.mark.parametrize("array", ["embedding", "sample_id", "label"])
+@pytest.mark.parametrize("how", ["delete", "truncate", "flip", "swap"])
+def test_damaged_chunk_raises_naming_store_array_and_chunk(tmp_path, array, how):
+    path = tmp_path / "e.zarr"
+    _written(path)
+    _damage(how, _chunk(path, array, 3), _chunk(path, array, 4))
+    store = open_store(path)  # opening reads no chunk: damage shows where rows are read
+    where = rf"embedding store at {re.escape(str(path))}: array '{array}' chunk 3 \(rows 384..512"
+    with pytest.raises(StoreIntegrityError, match=where + ".*" + DAMAGE_MESSAGES[how]):
+        _readers(store)[array]()
+    with pytest.raises(StoreIntegrityError, match=where):
+        list(store.iter_chunks(columns=[array]))
+    if array == "embedding":  # the Dask path of the cluster stage is verified too
+        # (blocks are read in parallel: for a swap either of the two chunks may fail first)
+        chunk = "[34]" if how == "swap" else "3"
+        with pytest.raises(StoreIntegrityError, match=f"array 'embedding' chunk {chunk} "):
+            store.to_dask().sum().compute()
+    # undamaged chunks still read, and the whole-store check names the chunk (and, for a swap,
+    # the other chunk too)
+    assert len(store.read_embeddings(0, 384)) == 384
+    report = verify_store(path)
+    assert not report.ok and report.status == "damaged"
+    assert any(f"array '{array}' chunk 3 " in p for p in report.problems)
+    if how == "swap":
+        assert any(f"array '{array}' chunk 4 " in p for p in report.problems)
+
+
+def test_intact_store_verifies_and_fill_value_chunks_are_written(tmp_path):
+    path = tmp_path / "e.zarr"
+    store = make(path, n_rows=300, dim=8, chunk_rows=128)
+    for k in range(store.n_chunks):  # all unlabeled: every label chunk equals the fill value
+        lo, hi = store.chunk_bounds(k)
+        emb, ids, _ = expected_rows(lo, hi, 8)
+        store.write_chunk(k, emb, ids)
+    assert all(_chunk(path, "label", k).exists() for k in range(3))
+    report = verify_store(path)
+    assert report.ok and report.status == "verified", report.summary()
+    assert report.chunks_checked == 3 * 3 and report.rows_committed == 300
+    assert open_store(path).verified
+
+
+def test_damaged_assignment_chunk_raises_and_is_reported(tmp_path):
+    path = tmp_path / "e.zarr"
+    store = _written(path, with_assignments=True)
+    out = path / "assignments" / "default"
+    (out / "cluster_id" / "c" / "2").unlink()
+    where = r"assignment store at .*assignments/default: array 'cluster_id' chunk 2 "
+    with pytest.raises(StoreIntegrityError, match=where + ".*missing"):
+        open_assignments(store).read_cluster_ids()
+    _damage("flip", out / "distance" / "c" / "5")
+    with pytest.raises(StoreIntegrityError, match="array 'distance' chunk 5 .*cannot be decoded"):
+        open_assignments(store).read_distances()
+    report = verify_store(path)
+    assert not report.ok and report.status == "damaged"
+    (bad,) = report.assignments
+    assert bad.status == "damaged" and len(bad.problems) == 2
+
+
+@pytest.mark.parametrize("which", ["zarr.json", "label/zarr.json"])
+def test_broken_metadata_file_names_the_path(tmp_path, which):
+    path = tmp_path / "e.zarr"
+    _written(path)
+    (path / which).write_text('{"zarr_format": 3, "node_')
+    with pytest.raises(StoreIntegrityError, match=re.escape(str(path / which))):
+        open_store(path)
+    assert str(path / which) in verify_store(path).problems[0]
+
+
+def test_edited_identity_attribute_is_detected(tmp_path):
+    path = tmp_path / "e.zarr"
+    _written(path)
+    # the producer can be checked against the registry's expectation...
+    assert open_store(path, expected_encoder="enc-v1", expected_encoder_hash="deadbeef")
+    with pytest.raises(StoreContractError, match="encoder_hash='deadbeef', but expected"):
+        open_store(path, expected_encoder="enc-v1", expected_encoder_hash="cafe")
+    # ...and an edited attribute fails even without one
+    edit_attrs(path, lambda a: a.update(encoder_version="enc-v2"))
+    with pytest.raises(StoreIntegrityError, match=r"'identity_digest' does not match.*edited"):
+        open_store(path)
+    report = verify_store(path)
+    assert report.status == "damaged" and "identity_digest" in report.problems[0]
+
+
+def test_store_from_an_older_version_opens_unverified(tmp_path):
+    """Stores written before checksums: still readable, reported as unverified."""
+    path = tmp_path / "e.zarr"
+    _written(path)
+    edit_attrs(path, lambda a: [a.pop("integrity"), a.pop("identity_digest")])
+    shutil.rmtree(path / "_digests")
+    store = open_store(path)
+    assert not store.verified
+    assert_complete_and_exact(path, 1000, 8)
+    report = verify_store(path)
+    assert report.ok and report.status == "unverified"
+    # a missing chunk cannot be told from fill values there: reported, not silently passed
+    _chunk(path, "label", 2).unlink()
+    report = verify_store(path)
+    assert not report.ok and "array 'label' chunk 2" in report.problems[0]
+    assert "unverifiable" in report.problems[0]

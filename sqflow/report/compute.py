@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from ..distances import nearest
+
 __all__ = [
     "HeldOut",
     "RunHealth",
@@ -189,11 +191,6 @@ def _check_1d(name: str, a: Any, n: int | None, dtype: Any = None) -> np.ndarray
             "value per row of the embeddings"
         )
     return a
-
-
-def _nearest_center(z: np.ndarray, centers: np.ndarray) -> np.ndarray:
-    d2 = ((z[:, None, :] - centers[None, :, :]) ** 2).sum(-1)
-    return d2.argmin(1)
 
 
 def knn_accuracy(z: np.ndarray, labels: np.ndarray, k: int = 5) -> float:
@@ -475,7 +472,7 @@ def _quality(
     q.n_heldout = len(keep)
     q.knn_accuracy = knn_accuracy(z, y, knn_k)
     cl = (
-        _nearest_center(z, centers)
+        nearest(z, centers)[0]
         if heldout.cluster_ids is None
         else _check_1d("heldout.cluster_ids", heldout.cluster_ids, None).astype(np.int64)[keep]
     )

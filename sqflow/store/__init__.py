@@ -6,9 +6,12 @@ commit marker, then the ``rows_committed`` attribute), so a killed writer resume
 committed chunk and several writers owning disjoint chunks never lose rows. See
 ``sqflow/store/_rows.py`` for the protocol and ``data_contracts/store.py`` for the metadata
 contract.
+
+Verified stores: every chunk is checksummed (CRC32C), a per-chunk digest is recorded at commit,
+and reads of committed chunks check both; :func:`verify_store` checks a whole store.
 """
 
-from ._zarr_io import StoreContractError, StoreNotFoundError
+from ._zarr_io import StoreContractError, StoreIntegrityError, StoreNotFoundError
 from .assignments import (
     AssignmentStore,
     open_assignment_writer,
@@ -25,13 +28,16 @@ from .embeddings import (
     read_sample_ids,
     write_embeddings,
 )
+from .verify import StoreReport, verify_store
 
 __all__ = [
     "AssignmentStore",
     "EmbeddingStore",
     "StoreChunk",
     "StoreContractError",
+    "StoreIntegrityError",
     "StoreNotFoundError",
+    "StoreReport",
     "create_store",
     "default_chunk_rows",
     "open_assignment_writer",
@@ -40,5 +46,6 @@ __all__ = [
     "read_labels",
     "read_sample_ids",
     "write_assignments",
+    "verify_store",
     "write_embeddings",
 ]

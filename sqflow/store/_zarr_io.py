@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from datetime import UTC, datetime
 from importlib import metadata as importlib_metadata
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import zarr
@@ -18,13 +18,18 @@ from zarr.storage import FsspecStore, LocalStore
 
 PathLike = str | os.PathLike[str]
 M = TypeVar("M", bound=BaseModel)
-Compression = Literal["zstd", "blosc", "gzip", "none"]
 COMPRESSIONS: tuple[str, ...] = ("zstd", "blosc", "gzip", "none")
 
 
 class StoreContractError(ValueError):
     """A store's metadata attributes or arrays do not follow its data contract, or do not match
     what the caller expects (dimension, encoder, manifest, ...)."""
+
+
+class StoreIntegrityError(StoreContractError):
+    """A committed chunk of a store is missing, damaged (checksum), or holds other data than was
+    committed (digest); or a metadata file cannot be read. The message names the store, the
+    array and the chunk (or the file)."""
 
 
 class StoreNotFoundError(FileNotFoundError):
@@ -80,8 +85,11 @@ def open_zarr_store(
     return FsspecStore.from_url(text, storage_options=storage_options, read_only=read_only)
 
 
-def try_open_group(zstore: Store, path: str = "") -> zarr.Group | None:
-    """The Zarr v3 group at ``path`` inside ``zstore``, or ``None`` when there is none."""
+def try_open_group(zstore: Store, path: str = "", *, location: str = "") -> zarr.Group | None:
+    """The Zarr v3 group at ``path`` inside ``zstore``, or ``None`` when there is none.
+
+    A ``zarr.json`` that is there but cannot be parsed raises :class:`StoreIntegrityError`
+    naming the file (Zarr's own error names no path)."""
     try:
         return zarr.open_group(
             zstore, path=path, mode="r" if zstore.read_only else "r+", zarr_format=3
@@ -93,18 +101,29 @@ def try_open_group(zstore: Store, path: str = "") -> zarr.Group | None:
         zarr.errors.ContainsArrayError,  # an array, not a group, is there
     ):
         return None
+    except (ValueError, TypeError, KeyError, UnicodeDecodeError) as exc:
+        where = "/".join(p for p in (location.rstrip("/"), path, "zarr.json") if p)
+        raise StoreIntegrityError(
+            f"{where} cannot be read as Zarr v3 group metadata ({type(exc).__name__}: {exc}); "
+            "the file is damaged: restore it or rewrite the store"
+        ) from exc
 
 
-def make_compressors(compression: str, level: int) -> list[Any] | None:
-    """Zarr v3 compressor list for ``compression`` in :data:`COMPRESSIONS` (``None`` = raw)."""
+def make_compressors(compression: str, level: int) -> list[Any]:
+    """Zarr v3 compressor list for ``compression`` in :data:`COMPRESSIONS`.
+
+    Every list ends with a CRC32C checksum of the encoded chunk, so a flipped or truncated chunk
+    fails to decode instead of reading as other numbers; zstd also checks its own frame
+    checksum. ("none" = no compression, still checksummed.)"""
+    crc = zarr.codecs.Crc32cCodec()
     if compression == "zstd":
-        return [zarr.codecs.ZstdCodec(level=level)]
+        return [zarr.codecs.ZstdCodec(level=level, checksum=True), crc]
     if compression == "blosc":
-        return [zarr.codecs.BloscCodec(cname="zstd", clevel=level, shuffle="shuffle")]
+        return [zarr.codecs.BloscCodec(cname="zstd", clevel=level, shuffle="shuffle"), crc]
     if compression == "gzip":
-        return [zarr.codecs.GzipCodec(level=level)]
+        return [zarr.codecs.GzipCodec(level=level), crc]
     if compression == "none":
-        return None
+        return [crc]
     raise ValueError(f"compression={compression!r} is not supported; valid: {list(COMPRESSIONS)}")
 
 

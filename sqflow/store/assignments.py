@@ -21,23 +21,18 @@ import re
 from typing import Any, Literal
 
 import numpy as np
-import zarr
 from tqdm.auto import tqdm
 
 from data_contracts.store import STORE_CONTRACT_VERSION, AssignmentStoreMetadata
 
-from ._rows import MARKERS, RowGroup
+from ._rows import ArraySpec, RowGroup, create_or_resume
 from ._zarr_io import (
     PathLike,
-    StoreContractError,
     StoreNotFoundError,
     check_compression,
     location_string,
-    make_compressors,
     open_zarr_store,
-    producer_version,
     try_open_group,
-    utc_now,
     validate_attrs,
 )
 from .embeddings import EmbeddingStore, open_store
@@ -67,6 +62,7 @@ class AssignmentStore(RowGroup):
 
     _what = "assignment store"
     _data_arrays = ("cluster_id", "distance")
+    _identity_fields = ("kind", "embedding_store", *_IDENTITY_FIELDS)
 
     @property
     def n_clusters(self) -> int | None:
@@ -111,7 +107,7 @@ class AssignmentStore(RowGroup):
             # data first, marker after (see _rows.py)
             self._arrays["cluster_id"][a:b] = ids32[lo:hi]
             self._arrays["distance"][a:b] = dist32[lo:hi]
-            self._commit_chunk(k)
+            self._commit_chunk(k, {"cluster_id": ids32[lo:hi], "distance": dist32[lo:hi]})
         return len(spans)
 
     def commit(self) -> int:
@@ -134,24 +130,19 @@ class AssignmentStore(RowGroup):
     def read_cluster_ids(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Committed ``cluster_id`` rows ``[start, stop)``: int32."""
         start, stop = self._check_read_range(start, stop)
-        return np.asarray(self._arrays["cluster_id"][start:stop])
+        return self._read_rows("cluster_id", start, stop)
 
     def read_distances(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Committed ``distance`` rows ``[start, stop)``: float32."""
         start, stop = self._check_read_range(start, stop)
-        return np.asarray(self._arrays["distance"][start:stop])
+        return self._read_rows("distance", start, stop)
 
     def iter_chunks(self) -> Any:
         """Yield ``(start, stop, cluster_id, distance)`` per committed chunk."""
         last = -(-self.rows_committed // self.chunk_rows)
         for k in range(last):
             a, b = self.chunk_bounds(k)
-            yield (
-                a,
-                b,
-                np.asarray(self._arrays["cluster_id"][a:b]),
-                np.asarray(self._arrays["distance"][a:b]),
-            )
+            yield a, b, self._read_chunk("cluster_id", k), self._read_chunk("distance", k)
 
 
 def _reference(location: str) -> str:
@@ -214,8 +205,6 @@ def open_assignment_writer(
     already committed, ``write(start_row, cluster_ids, distances)`` per chunk, ``commit()`` at
     the end (or use it as a context manager).
     """
-    if if_exists not in ("resume", "error", "overwrite"):
-        raise ValueError(f"if_exists={if_exists!r}; valid: 'resume', 'error', 'overwrite'")
     check_compression(compression, compression_level)
     emb, zstore, group_path, location = _resolve(
         store_or_path, name, target, storage_options, read_only=False
@@ -240,88 +229,26 @@ def open_assignment_writer(
         "compression": compression,
         "compression_level": compression_level,
     }
-    existing = try_open_group(zstore, group_path)
-    created_at = utc_now()
-    if existing is not None:
-        if if_exists == "error":
-            raise FileExistsError(
-                f"assignments already exist at {location}; pass if_exists='resume' or 'overwrite'"
-            )
-        if if_exists == "resume":
-            meta = validate_attrs(
-                AssignmentStoreMetadata,
-                dict(existing.attrs),
-                what="assignment store",
-                location=location,
-                supported=STORE_CONTRACT_VERSION,
-            )
-            for field in _IDENTITY_FIELDS:
-                if getattr(meta, field) != identity[field]:
-                    raise StoreContractError(
-                        f"assignment store at {location} has {field}={getattr(meta, field)!r} "
-                        f"but this writer has {field}={identity[field]!r}; resume needs the same "
-                        "value (use if_exists='overwrite' or another name)"
-                    )
-            if MARKERS in existing:
-                return AssignmentStore(
-                    existing,
-                    meta,
-                    location=location,
-                    storage_options=storage_options,
-                    writable=True,
-                )
-            created_at = meta.created_at  # interrupted creation: finish it below
-    meta = AssignmentStoreMetadata(
-        contract_version=STORE_CONTRACT_VERSION,
-        kind="sqflow.assignments",
-        rows_committed=0,
-        complete=False,
-        created_at=created_at,
-        updated_at=max(utc_now(), created_at),
-        producer_version=producer_version(),
-        **identity,
-    )
-    group = zarr.create_group(
+    return create_or_resume(
+        AssignmentStore,
         zstore,
-        path=group_path,
-        overwrite=existing is not None,
-        attributes=meta.model_dump(mode="json"),
-        zarr_format=3,
-    )
-    compressors = make_compressors(compression, compression_level)
-    chunk_rows = emb.chunk_rows
-    group.create_array(
-        "cluster_id",
-        shape=(rows,),
-        chunks=(chunk_rows,),
-        dtype="int32",
-        fill_value=-1,
-        compressors=compressors,
-        overwrite=True,
-        dimension_names=("row",),
-    )
-    group.create_array(
-        "distance",
-        shape=(rows,),
-        chunks=(chunk_rows,),
-        dtype="float32",
-        fill_value=float("nan"),
-        compressors=compressors,
-        overwrite=True,
-        dimension_names=("row",),
-    )
-    group.create_array(  # last: marks creation as finished
-        MARKERS,
-        shape=(-(-rows // chunk_rows),),
-        chunks=(1,),
-        dtype="uint8",
-        fill_value=0,
-        compressors=None,
-        overwrite=True,
-        dimension_names=("chunk",),
-    )
-    return AssignmentStore(
-        group, meta, location=location, storage_options=storage_options, writable=True
+        group_path,
+        location=location,
+        model=AssignmentStoreMetadata,
+        identity=identity,
+        resume_fields=_IDENTITY_FIELDS,
+        fields={"kind": "sqflow.assignments"},
+        arrays=[
+            ArraySpec("cluster_id", (rows,), (emb.chunk_rows,), "int32", -1, ("row",)),
+            ArraySpec("distance", (rows,), (emb.chunk_rows,), "float32", float("nan"), ("row",)),
+        ],
+        n_rows=rows,
+        chunk_rows=emb.chunk_rows,
+        compression=compression,
+        compression_level=compression_level,
+        if_exists=if_exists,
+        storage_options=storage_options,
+        caller="this writer has",
     )
 
 
@@ -336,7 +263,7 @@ def open_assignments(
     emb, zstore, group_path, location = _resolve(
         store_or_path, name, target, storage_options, read_only=True
     )
-    group = try_open_group(zstore, group_path)
+    group = try_open_group(zstore, group_path, location=location)
     if group is None:
         raise StoreNotFoundError(
             f"no assignments at {location}; write them with open_assignment_writer"

@@ -31,18 +31,15 @@ from tqdm.auto import tqdm
 
 from data_contracts.store import STORE_CONTRACT_VERSION, EmbeddingStoreMetadata
 
-from ._rows import MARKERS, RowGroup
+from ._rows import ArraySpec, RowGroup, create_or_resume
 from ._zarr_io import (
     PathLike,
     StoreContractError,
     StoreNotFoundError,
     check_compression,
     location_string,
-    make_compressors,
     open_zarr_store,
-    producer_version,
     try_open_group,
-    utc_now,
     validate_attrs,
 )
 
@@ -103,6 +100,7 @@ class EmbeddingStore(RowGroup):
 
     _what = "embedding store"
     _data_arrays = COLUMNS
+    _identity_fields = ("kind", *_IDENTITY_FIELDS)
 
     @property
     def dim(self) -> int:
@@ -126,32 +124,44 @@ class EmbeddingStore(RowGroup):
         return self._arrays["embedding"]
 
     def to_dask(self, rows: Literal["committed", "all"] = "committed") -> Any:
-        """``dask.array.from_zarr`` of ``embedding``, limited to the committed rows (default);
-        one Dask block per Zarr chunk, nothing read until computed."""
+        """Dask array of ``embedding``, limited to the committed rows (default); one Dask block
+        per Zarr chunk, nothing read until computed. Committed blocks are read through the
+        verified path (checksums, presence, digest: a damaged chunk raises
+        :class:`StoreIntegrityError` on the worker that reads it). ``rows="all"`` is the raw
+        preallocated array (``dask.array.from_zarr``), unverified."""
         import dask.array as da
+        from dask.base import tokenize
 
-        arr = da.from_zarr(self.embedding)
         if rows == "all":
-            return arr
+            return da.from_zarr(self.embedding)
         if rows != "committed":
             raise ValueError(f"rows={rows!r}; valid: 'committed' or 'all'")
-        return arr[: self.rows_committed]
+        n = self.rows_committed
+        view = _VerifiedRows(self, "embedding", n)
+        return da.from_array(
+            view,
+            chunks=(self.chunk_rows, self.dim),
+            lock=False,
+            asarray=False,
+            meta=np.empty((0, 0), dtype=np.float32),
+            name=f"sqflow-embedding-{tokenize(self.location, n, self.metadata.updated_at)}",
+        )
 
     # ------------------------------------------------------------------ reading
     def read_embeddings(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Committed rows ``[start, stop)`` of ``embedding``: (stop - start, dim) float32."""
         start, stop = self._check_read_range(start, stop)
-        return np.asarray(self._arrays["embedding"][start:stop])
+        return self._read_rows("embedding", start, stop)
 
     def read_labels(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Committed ``label`` rows ``[start, stop)``: int64, -1 = unlabeled."""
         start, stop = self._check_read_range(start, stop)
-        return np.asarray(self._arrays["label"][start:stop])
+        return self._read_rows("label", start, stop)
 
     def read_sample_ids(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Committed ``sample_id`` rows ``[start, stop)`` as a numpy string array."""
         start, stop = self._check_read_range(start, stop)
-        return np.asarray(self._arrays["sample_id"][start:stop])
+        return self._read_rows("sample_id", start, stop)
 
     def iter_chunks(
         self,
@@ -176,7 +186,7 @@ class EmbeddingStore(RowGroup):
                 index=k,
                 start=lo,
                 stop=hi,
-                **{c: np.asarray(self._arrays[c][lo:hi]) for c in columns},
+                **{c: self._read_chunk(c, k) for c in columns},
             )
 
     # ------------------------------------------------------------------ writing
@@ -230,7 +240,7 @@ class EmbeddingStore(RowGroup):
         self._arrays["embedding"][lo:hi] = emb
         self._arrays["sample_id"][lo:hi] = ids
         self._arrays["label"][lo:hi] = lab
-        self._commit_chunk(k)
+        self._commit_chunk(k, {"embedding": emb, "sample_id": ids, "label": lab})
         log.debug("committed chunk %d (rows %d..%d) of %s", k, lo, hi, self.location)
 
 
@@ -295,8 +305,6 @@ def create_store(
     Create the store once before starting several concurrent writers; each writer then calls
     :func:`open_store` with ``mode="r+"`` (or this function with ``if_exists="resume"``).
     """
-    if if_exists not in ("resume", "error", "overwrite"):
-        raise ValueError(f"if_exists={if_exists!r}; valid: 'resume', 'error', 'overwrite'")
     for name, value in (("n_rows", n_rows), ("dim", dim)):
         if not isinstance(value, int | np.integer) or value < 1:
             raise ValueError(f"{name}={value!r} must be an integer >= 1")
@@ -304,138 +312,49 @@ def create_store(
     if not isinstance(chunk_rows, int | np.integer) or chunk_rows < 1:
         raise ValueError(f"chunk_rows={chunk_rows!r} must be an integer >= 1")
     check_compression(compression, compression_level)
+    n_rows, dim, chunk_rows = int(n_rows), int(dim), int(chunk_rows)
     identity = _identity(
         dataset=dataset,
         encoder_version=encoder_version,
         encoder_hash=encoder_hash,
         source_manifest_hash=source_manifest_hash,
-        dim=int(dim),
-        n_rows=int(n_rows),
-        chunk_rows=int(chunk_rows),
+        dim=dim,
+        n_rows=n_rows,
+        chunk_rows=chunk_rows,
         compression=compression,
         compression_level=int(compression_level),
     )
-    location = location_string(path)
-    zstore = open_zarr_store(path, read_only=False, storage_options=storage_options)
-
-    existing = try_open_group(zstore)
-    if existing is not None:
-        if if_exists == "error":
-            raise FileExistsError(
-                f"an embedding store already exists at {location}; pass if_exists='resume' to "
-                "continue it or 'overwrite' to replace it"
-            )
-        if if_exists == "resume":
-            meta = validate_attrs(
-                EmbeddingStoreMetadata,
-                dict(existing.attrs),
-                what="embedding store",
-                location=location,
-                supported=STORE_CONTRACT_VERSION,
-            )
-            for field in _IDENTITY_FIELDS:
-                have = getattr(meta, field)
-                if have != identity[field]:
-                    raise StoreContractError(
-                        f"embedding store at {location} has {field}={have!r} but create_store got "
-                        f"{field}={identity[field]!r}; resume needs the same value (or use "
-                        "if_exists='overwrite' / a new path)"
-                    )
-            if MARKERS in existing:
-                store = EmbeddingStore(
-                    existing,
-                    meta,
-                    location=location,
-                    storage_options=storage_options,
-                    writable=True,
-                )
-                _check_arrays(store)
-                log.info(
-                    "resuming embedding store %s: %d of %d rows committed",
-                    location,
-                    store.rows_committed,
-                    store.n_rows,
-                )
-                return store
-            # The commit-marker array is created last, so without it creation was interrupted
-            # and nothing can have been committed: finish creating below.
-            log.info("embedding store %s: finishing an interrupted creation", location)
-            created_at = meta.created_at
-        else:
-            created_at = utc_now()
-    else:
-        created_at = utc_now()
-
-    now = utc_now()
-    meta = EmbeddingStoreMetadata(
-        contract_version=STORE_CONTRACT_VERSION,
-        kind="sqflow.embedding_store",
-        dtype="float32",
-        sample_id_dtype="string",
-        label_dtype="int64",
-        rows_committed=0,
-        complete=False,
-        created_at=created_at,
-        updated_at=max(now, created_at),
-        producer_version=producer_version(),
-        **identity,
+    store = create_or_resume(
+        EmbeddingStore,
+        open_zarr_store(path, read_only=False, storage_options=storage_options),
+        "",
+        location=location_string(path),
+        model=EmbeddingStoreMetadata,
+        identity=identity,
+        resume_fields=_IDENTITY_FIELDS,
+        fields={
+            "kind": "sqflow.embedding_store",
+            "dtype": "float32",
+            "sample_id_dtype": "string",
+            "label_dtype": "int64",
+        },
+        arrays=[
+            ArraySpec(
+                "embedding", (n_rows, dim), (chunk_rows, dim), "float32", 0.0, ("row", "component")
+            ),
+            ArraySpec("sample_id", (n_rows,), (chunk_rows,), str, "", ("row",)),
+            ArraySpec("label", (n_rows,), (chunk_rows,), "int64", -1, ("row",)),
+        ],
+        n_rows=n_rows,
+        chunk_rows=chunk_rows,
+        compression=compression,
+        compression_level=int(compression_level),
+        if_exists=if_exists,
+        storage_options=storage_options,
+        caller="create_store got",
     )
-    # overwrite only what we know is a store (interrupted creation or if_exists="overwrite"):
-    # never wipe an unrelated folder that merely has no zarr.json.
-    group = zarr.create_group(
-        zstore,
-        overwrite=existing is not None,
-        attributes=meta.model_dump(mode="json"),
-        zarr_format=3,
-    )
-    compressors = make_compressors(compression, compression_level)
-    group.create_array(
-        "embedding",
-        shape=(n_rows, dim),
-        chunks=(chunk_rows, dim),
-        dtype="float32",
-        compressors=compressors,
-        fill_value=0.0,
-        overwrite=True,
-        dimension_names=("row", "component"),
-    )
-    group.create_array(
-        "sample_id",
-        shape=(n_rows,),
-        chunks=(chunk_rows,),
-        dtype=str,
-        compressors=compressors,
-        overwrite=True,
-        dimension_names=("row",),
-    )
-    group.create_array(
-        "label",
-        shape=(n_rows,),
-        chunks=(chunk_rows,),
-        dtype="int64",
-        compressors=compressors,
-        fill_value=-1,
-        overwrite=True,
-        dimension_names=("row",),
-    )
-    n_chunks = -(-n_rows // chunk_rows)
-    # Created last: its presence marks the store as fully initialised (see "resume" above).
-    group.create_array(
-        MARKERS,
-        shape=(n_chunks,),
-        chunks=(1,),
-        dtype="uint8",
-        fill_value=0,
-        compressors=None,
-        overwrite=True,
-        dimension_names=("chunk",),
-    )
-    log.info(
-        "created embedding store %s: %d x %d, chunk_rows=%d", location, n_rows, dim, chunk_rows
-    )
-    return EmbeddingStore(
-        group, meta, location=location, storage_options=storage_options, writable=True
-    )
+    _check_arrays(store)
+    return store
 
 
 def open_store(
@@ -478,7 +397,7 @@ def open_store(
     else:
         location = location_string(path)
         zstore = open_zarr_store(path, read_only=mode == "r", storage_options=storage_options)
-        group = try_open_group(zstore)
+        group = try_open_group(zstore, location=location)
         if group is None:
             raise StoreNotFoundError(
                 f"no embedding store at {location} (no Zarr v3 group there); create one with "
@@ -569,6 +488,25 @@ def _check_expectations(
             f"{where} has source_manifest_hash={meta.source_manifest_hash!r}, but "
             f"expected_manifest_hash={expected_manifest_hash!r}"
         )
+
+
+class _VerifiedRows:
+    """Array-like view of one data array of a store, for ``dask.array.from_array``: row slices
+    are read through the store's verified chunk path. Pickles with the store (workers reopen
+    nothing: the Zarr group travels)."""
+
+    def __init__(self, store: RowGroup, name: str, n_rows: int) -> None:
+        arr = store._arrays[name]
+        self._store, self._name = store, name
+        self.shape = (n_rows, *arr.shape[1:])
+        self.dtype = arr.dtype
+        self.ndim = arr.ndim
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        start, stop, step = key[0].indices(self.shape[0])
+        rows = self._store._read_rows(self._name, start, stop)[::step]
+        return rows[(slice(None), *key[1:])] if len(key) > 1 else rows
 
 
 # ---------------------------------------------------------------------- convenience
