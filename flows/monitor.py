@@ -32,7 +32,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from tasks.layout import OutputLayout, current_version
+from sqflow.layout import OutputLayout, current_version
 from tasks.monitor import monitor_task, retrain_task
 
 from .settings import load_settings

@@ -22,7 +22,8 @@ from prefect.runtime import flow_run
 
 from flows.monitor import monitor_flow
 from flows.settings import load_settings
-from tasks.layout import OutputLayout, atomic_write_text, current_version, new_run_id, output_lock
+from sqflow.atomic_files import atomic_write_text
+from sqflow.layout import OutputLayout, current_version, new_run_id, output_lock
 from tasks.report import report_task
 from tasks.stages import (
     cluster_task,

@@ -1,7 +1,7 @@
 """Prefect tasks of the drift monitor (issue 7): compare a run's embeddings with the reference
 recorded with the current encoder, write the report, and retrain when asked.
 
-Files (under the pipeline's output folder, see :mod:`tasks.layout`)::
+Files (under the pipeline's output folder, see :mod:`sqflow.layout`)::
 
     models/reference/<version>/centers.npy SQ centers fitted on that version's reference set
     runs/<run_id>/drift_report.json        the full DriftReport (+ reference version, paths)
@@ -33,9 +33,9 @@ from prefect import get_run_logger, task
 from data_contracts.drift_policy import DRIFT_REPORT_COLUMNS, DriftPolicy
 from data_contracts.manifest import ManifestMeta
 from data_contracts.tables import validate_frame
-
-from .layout import OutputLayout, atomic_save_npy, atomic_write_text, current_version
-from .sources import atomic_write_parquet, open_source
+from sqflow.atomic_files import atomic_save_npy, atomic_write_parquet, atomic_write_text
+from sqflow.layout import OutputLayout, current_version
+from sqflow.sources import open_source
 
 __all__ = [
     "RetrainFailed",
@@ -246,9 +246,8 @@ def _reembed_run(
     """Embed the run's manifest with ``version`` into a staging store, then swap it in as
     ``runs/<id>/embeddings.zarr`` (the old store is kept as ``embeddings-<old>.zarr``)."""
     from sqflow.embedding import TripletEncoder
+    from sqflow.layout import model_record
     from sqflow.store import create_store, write_embeddings
-
-    from .layout import model_record
 
     rd = lay.run_dir(run_id)
     meta = ManifestMeta.model_validate_json((rd / "manifest.json").read_text())

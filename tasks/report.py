@@ -1,7 +1,7 @@
 """The cluster report of a nightly run: loader from the output folder, Prefect task, BI table.
 
 * :func:`build_report_for_run` (plain function; what ``sqflow report RUN_ID`` calls) reads a
-  run's outputs from the pipeline's output folder (see :mod:`tasks.layout`) and calls the engine
+  run's outputs from the pipeline's output folder (see :mod:`sqflow.layout`) and calls the engine
   :func:`sqflow.report.build_report`. It writes ``runs/<run_id>/report/report.html`` (the
   self-contained page), ``cluster_report.parquet`` and ``report.json`` beside it.
 * :data:`report_task` (Prefect): the same, plus two artifacts (a Markdown summary with a link to
@@ -37,8 +37,7 @@ import pandas as pd
 import pyarrow as pa
 
 from data_contracts.tables import CLUSTER_REPORT, ContractViolation, validate_frame
-
-from .layout import OutputLayout
+from sqflow.layout import OutputLayout
 
 __all__ = [
     "build_report_for_run",
@@ -186,9 +185,8 @@ def _build(
 ) -> Any:
     from data_contracts.manifest import ManifestMeta
     from sqflow.report import HeldOut, RunHealth, build_report
+    from sqflow.sources import open_source
     from sqflow.store import open_assignments, open_store
-
-    from .sources import open_source
 
     lay = OutputLayout.at(output_dir, models_dir)
     rd = lay.run_dir(run_id)

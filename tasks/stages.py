@@ -2,7 +2,7 @@
 
 Each task takes plain JSON-able arguments (a config dict from ``flows.settings`` and paths), does
 its work with the engine (``sqflow``), writes its outputs atomically or resumably under the
-output folder (see :mod:`tasks.layout`) and returns a small dict that the flow puts in the run
+output folder (see :mod:`sqflow.layout`) and returns a small dict that the flow puts in the run
 record. I/O stages retry with exponential backoff on transient ``OSError``; contract and source
 errors fail at once with their message.
 """
@@ -29,17 +29,16 @@ from data_contracts.manifest import (
     check_frame,
     check_manifest,
 )
-
-from .layout import (
+from sqflow.atomic_files import atomic_save_npy, atomic_write_parquet, atomic_write_text
+from sqflow.layout import (
     OutputLayout,
-    atomic_save_npy,
-    atomic_write_text,
     current_version,
     model_record,
     register_encoder,
 )
+from sqflow.sources import manifest_hash, open_source, select
+
 from .publish_bi import transient_publish_error
-from .sources import atomic_write_parquet, manifest_hash, open_source, select
 
 
 def _log() -> logging.Logger | logging.LoggerAdapter:

@@ -18,8 +18,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tasks.layout import OutputLayout, RunLockedError, output_lock
-from tasks.sources import SourceError
+from sqflow.layout import OutputLayout, RunLockedError, output_lock
+from sqflow.sources import SourceError
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.layout import current_version
+from sqflow.layout import current_version
 
 pytestmark = pytest.mark.slow
 

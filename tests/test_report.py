@@ -395,7 +395,7 @@ def test_cluster_report_contract(runs):
 
 
 def _write_run_json(lay, rec):
-    from tasks.layout import atomic_write_text
+    from sqflow.atomic_files import atomic_write_text
 
     saved = {**rec, "cluster": {k: v for k, v in rec["cluster"].items() if k != "loss_curve"}}
     atomic_write_text(lay.run_dir(rec["run_id"]) / "run.json", json.dumps(saved, default=str))
@@ -406,7 +406,7 @@ def _pipeline_run(cfg, lay, monitor_note, write_json=True):
     run.json the nightly flow writes."""
     from datetime import UTC, datetime
 
-    from tasks.layout import new_run_id
+    from sqflow.layout import new_run_id
     from tasks.stages import cluster_stage, embed_stage, sample_stage
 
     started = datetime.now(UTC)
@@ -438,8 +438,8 @@ def test_report_of_pipeline_runs(tmp_path, capsys):
     import pyarrow.parquet as pq
 
     from flows.settings import load_settings
+    from sqflow.layout import OutputLayout
     from sqflow.store import open_assignments, open_store
-    from tasks.layout import OutputLayout
     from tasks.report import build_report_for_run, report_command, report_stage
     from tasks.stages import train_encoder_stage
 
@@ -554,7 +554,7 @@ def test_engine_does_not_import_prefect():
 
 
 def test_previous_runs_trend_only_with_the_same_encoder_and_k(tmp_path):
-    from tasks.layout import OutputLayout
+    from sqflow.layout import OutputLayout
     from tasks.report import _previous_runs
 
     lay = OutputLayout.at(tmp_path)

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from data_contracts.manifest import SampleSpec, SourceSpec, check_manifest
-from tasks.sources import SourceError, manifest_hash, open_source, select
+from sqflow.sources import SourceError, manifest_hash, open_source, select
 
 
 def _png(path, arr, mode="L"):

@@ -1,4 +1,4 @@
-"""Where a pipeline's outputs live, the model registry and the per-output lock (no Prefect).
+"""Where a pipeline's outputs live, the model registry and the per-output lock.
 
 Layout under one output folder (``./sqflow-output`` by default)::
 
@@ -36,30 +36,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from .atomic_files import atomic_write_text
+
 _VERSION = re.compile(r"^triplet-v(\d{4})$")
-
-
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
-
-
-def atomic_save_npy(path: str | os.PathLike[str], array: Any) -> Path:
-    """``np.save`` through a temporary file and ``os.replace``."""
-    import numpy as np
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        np.save(fh, np.asarray(array))
-    os.replace(tmp, path)
-    return path
 
 
 @dataclass(frozen=True)
