@@ -36,6 +36,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from data_contracts.run_record import RunRecord, RunRecordError
+from data_contracts.settings import PipelineSettings
+
 from .atomic_files import atomic_write_text
 
 _VERSION = re.compile(r"^triplet-v(\d{4})$")
@@ -56,6 +59,11 @@ class OutputLayout:
         m = Path(models_dir).expanduser().resolve() if models_dir else r / "models"
         return cls(r, m)
 
+    @classmethod
+    def of(cls, settings: PipelineSettings) -> OutputLayout:
+        """The layout of a run's settings (``output_dir``, ``models_dir``)."""
+        return cls.at(settings.output_dir, settings.models_dir)
+
     def run_dir(self, run_id: str) -> Path:
         return self.root / "runs" / run_id
 
@@ -74,15 +82,15 @@ class OutputLayout:
     def lock_path(self) -> Path:
         return self.root / ".nightly.lock"
 
-    def run_records(self) -> list[dict[str, Any]]:
+    def run_records(self) -> list[RunRecord]:
         """``run.json`` of every earlier run, oldest first (unreadable ones skipped)."""
         out = []
         for p in sorted((self.root / "runs").glob("*/run.json")):
             try:
-                out.append(json.loads(p.read_text()))
-            except (OSError, ValueError):
+                out.append(RunRecord.load(p))
+            except (OSError, RunRecordError):
                 continue
-        return sorted(out, key=lambda r: r.get("started_at", ""))
+        return sorted(out, key=lambda r: r.started_at)
 
     def seen_sample_ids(self, dataset: str) -> set[str]:
         """sample ids in the manifests of earlier COMPLETED runs of ``dataset`` (incremental)."""
@@ -90,9 +98,9 @@ class OutputLayout:
 
         seen: set[str] = set()
         for rec in self.run_records():
-            if rec.get("status") != "completed" or rec.get("dataset") != dataset:
+            if not rec.completed or rec.dataset != dataset:
                 continue
-            mf = self.run_dir(rec["run_id"]) / "manifest.parquet"
+            mf = self.run_dir(rec.run_id) / "manifest.parquet"
             if mf.exists():
                 seen.update(pd.read_parquet(mf, columns=["sample_id"])["sample_id"].tolist())
         return seen

@@ -577,7 +577,7 @@ def test_the_monitors_drift_file_joins_the_published_run(tmp_path):
     """When the monitor stage wrote the run's drift_reports Parquet, the publish step takes it
     (moved to the run's date partition) and the runs row carries the decision; without it, the
     runs row keeps drift_detected null."""
-    from tasks.publish_bi import attach_drift_reports
+    from sqflow.pipeline.publish import attach_drift_reports
 
     root = tmp_path / "published"
     frames = _frames(RUN_A)

@@ -33,7 +33,7 @@ def harness():
 @pytest.fixture(scope="session")
 def registry(tmp_path_factory):
     """A registered tiny encoder (1,000 MNIST training images, 1 epoch) shared by the tests."""
-    from tasks.stages import train_encoder_stage
+    from sqflow.pipeline.encoder import train_encoder_stage
 
     models = tmp_path_factory.mktemp("models")
     out = tmp_path_factory.mktemp("train-out")
@@ -46,7 +46,7 @@ def registry(tmp_path_factory):
 
 
 def _cfg(out, **kw):
-    from flows.settings import load_settings
+    from flows.settings import flow_settings
 
     base = {
         "output_dir": str(out),
@@ -58,7 +58,7 @@ def _cfg(out, **kw):
         "store_chunk_rows": 512,
         "dask_workers": 2,
     }
-    return load_settings(**{**base, **kw}).flow_parameters()
+    return flow_settings({**base, **kw})
 
 
 def _config(out, models, **kw):
@@ -150,12 +150,13 @@ def test_nightly_two_runs_mnist(harness, registry, tmp_path):
     con.close()
 
     # the embed stage resumes: a re-run finds every chunk committed and writes none
-    from tasks.stages import embed_stage
+    from flows.settings import flow_settings
+    from sqflow.pipeline.encoder import embed_stage
 
-    again = embed_stage(_config(out, registry), run_id)
+    again = embed_stage(flow_settings(_config(out, registry)), run_id)
     assert again["chunks_written"] == 0 and again["chunks_total"] == 3
     # a retried cluster stage resumes from this run's last checkpoint of the centers
-    from tasks.stages import cluster_stage
+    from sqflow.pipeline.cluster import cluster_stage
 
     redo = cluster_stage(_cfg(out, models_dir=str(registry), max_iter=2), run_id)
     assert redo["warm_start_from"] == f"checkpoint {ckpts[-1].name} of this run"
@@ -165,17 +166,18 @@ def test_nightly_two_runs_mnist(harness, registry, tmp_path):
 def test_io_tasks_retry_only_transient_errors():
     from prefect.states import Failed
 
-    from tasks.stages import _transient_io, cluster_task, embed_task, publish_task, sample_task
+    from tasks.stages import cluster_task, embed_task, publish_task, sample_task
+    from tasks.task_factory import transient_io_error
 
     for t in (sample_task, embed_task, cluster_task, publish_task):
         assert t.retries == 2 and callable(t.retry_condition_fn)
-        assert t is publish_task or t.retry_condition_fn is _transient_io
+        assert t is publish_task or t.retry_condition_fn is transient_io_error
         assert (
             len(t.retry_delay_seconds) == 2 and t.retry_delay_seconds[1] > t.retry_delay_seconds[0]
         )
-    assert _transient_io(None, None, Failed(data=OSError(5, "Input/output error")))
-    assert not _transient_io(None, None, Failed(data=FileNotFoundError("gone")))
-    assert not _transient_io(None, None, Failed(data=SourceError("no readable item")))
+    assert transient_io_error(None, None, Failed(data=OSError(5, "Input/output error")))
+    assert not transient_io_error(None, None, Failed(data=FileNotFoundError("gone")))
+    assert not transient_io_error(None, None, Failed(data=SourceError("no readable item")))
 
 
 @pytest.fixture

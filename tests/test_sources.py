@@ -174,4 +174,4 @@ def test_idx_source_and_unreadable_idx(tmp_path):
 def test_manifest_json_schemas_are_current():
     from data_contracts.manifest import export_schemas
 
-    assert export_schemas(check=True) == [], "run `python -m data_contracts.manifest`"
+    assert export_schemas(check=True) == [], "run `sqflow schemas`"
