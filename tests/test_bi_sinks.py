@@ -33,9 +33,6 @@ from sqflow.bi import (
     write_postgres,
 )
 from tests._bi_frames import run_frames
-from tests._pg_server import pg_url, postgres_server
-
-_FIXTURES = (pg_url, postgres_server)  # used as pytest fixtures below
 
 RUN_A = ("20261124T020000Z-aaaaaaaa", "2026-11-24T02:00:00Z")
 RUN_B = ("20261125T020000Z-bbbbbbbb", "2026-11-25T02:00:00Z")

@@ -23,14 +23,6 @@ from sqflow.sources import SourceError
 
 
 @pytest.fixture(scope="session")
-def harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
-@pytest.fixture(scope="session")
 def registry(tmp_path_factory):
     """A registered tiny encoder (1,000 MNIST training images, 1 epoch) shared by the tests."""
     from sqflow.pipeline.encoder import train_encoder_stage
@@ -79,7 +71,7 @@ def _published(out, table):
     )
 
 
-def test_nightly_two_runs_mnist(harness, registry, tmp_path):
+def test_nightly_two_runs_mnist(prefect_harness, registry, tmp_path):
     from prefect.artifacts import Artifact
 
     from flows.nightly import _key, nightly
@@ -199,7 +191,7 @@ def png_folder(tmp_path):
     return {"kind": "image_folder", "path": str(root), "labels_path": str(tmp_path / "labels.csv")}
 
 
-def test_image_folder_run_quarantines_bad_items(harness, registry, tmp_path, png_folder):
+def test_image_folder_run_quarantines_bad_items(prefect_harness, registry, tmp_path, png_folder):
     from flows.nightly import nightly
 
     out = tmp_path / "out"
@@ -219,7 +211,9 @@ def test_image_folder_run_quarantines_bad_items(harness, registry, tmp_path, png
     assert _published(out, "runs")["drift_detected"].isna().all()
 
 
-def test_failed_monitor_is_reported_and_the_clusters_still_published(harness, registry, tmp_path):
+def test_failed_monitor_is_reported_and_the_clusters_still_published(
+    prefect_harness, registry, tmp_path
+):
     import shutil
 
     from prefect.artifacts import Artifact
@@ -242,7 +236,7 @@ def test_failed_monitor_is_reported_and_the_clusters_still_published(harness, re
     assert "drift monitor failed" in Path(rec["report"]["html"]).read_text()
 
 
-def test_missing_source_fails_the_run_clearly(harness, registry, tmp_path):
+def test_missing_source_fails_the_run_clearly(prefect_harness, registry, tmp_path):
     from flows.nightly import nightly
 
     out = tmp_path / "out"
@@ -256,7 +250,7 @@ def test_missing_source_fails_the_run_clearly(harness, registry, tmp_path):
     assert not (out / "published").exists()
 
 
-def test_two_runs_on_one_output_never_overlap(harness, registry, tmp_path, png_folder):
+def test_two_runs_on_one_output_never_overlap(prefect_harness, registry, tmp_path, png_folder):
     from flows.nightly import nightly
 
     out = tmp_path / "out"

@@ -16,17 +16,6 @@ from sqflow.layout import current_version
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="session")
-def prefect_harness():
-    """One Prefect test server for this module's session (about 13 s to start; generous
-    timeout for a loaded machine). tests/test_flows.py has the same fixture (``harness``);
-    both belong in tests/conftest.py."""
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=180):
-        yield
-
-
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     """An output folder with encoder v0001 (trained on 2,000 MNIST training images, 2 epochs)
