@@ -16,6 +16,7 @@ from data_contracts.settings import PipelineSettings
 from ..atomic_files import atomic_save_npy
 from ..cluster_labels import majority_and_purity
 from ..layout import OutputLayout
+from .encoder import open_run_store
 
 log = logging.getLogger(__name__)
 
@@ -88,17 +89,12 @@ def cluster_stage(settings: PipelineSettings, run_id: str) -> dict[str, Any]:
     each pass, then the assignment (cluster id, distance) of every row into the store."""
     from sqflow import StochasticQuantization
     from sqflow.assign import assign_store
-    from sqflow.store import StoreContractError, open_store
+    from sqflow.store import StoreContractError
 
     t0 = time.perf_counter()
     lay = OutputLayout.of(settings)
     rd = lay.run_dir(run_id)
-    store = open_store(rd / "embeddings.zarr")
-    if not store.is_complete:
-        raise RuntimeError(
-            f"embedding store {store.location} is incomplete "
-            f"({store.rows_committed}/{store.n_rows} rows): re-run embed"
-        )
+    store = open_run_store(lay, run_id)
     k = settings.n_clusters
     init, warm_from = _warm_start(settings, lay, run_id, store.encoder_version, store.dim)
     ck_dir = rd / "checkpoints"

@@ -68,6 +68,54 @@ def embed_manifest(
     return store, written, t_load
 
 
+def embed_run(
+    settings: PipelineSettings,
+    lay: OutputLayout,
+    run_id: str,
+    encoder: Any,
+    version: str,
+    path: str | os.PathLike[str],
+    *,
+    if_exists: Literal["resume", "overwrite"],
+) -> tuple[Any, int, float, pd.DataFrame, dict[str, Any]]:
+    """Embed run ``run_id``'s manifest (``manifest.parquet`` + ``.json``) with ``encoder``
+    (registered as ``version``) into the store at ``path`` (:func:`embed_manifest`). Returns
+    (store, chunks written, load seconds, the manifest, the version's model record)."""
+    rd = lay.run_dir(run_id)
+    meta = ManifestMeta.model_validate_json((rd / "manifest.json").read_text())
+    manifest = pd.read_parquet(rd / "manifest.parquet")
+    check_manifest(manifest)
+    rec = model_record(lay.models_dir, version)
+    store, written, load_s = embed_manifest(
+        encoder,
+        open_source(meta.source),
+        manifest,
+        path,
+        dataset=meta.dataset,
+        encoder_version=version,
+        encoder_hash=rec["encoder_hash"],
+        source_manifest_hash=meta.manifest_hash,
+        chunk_rows=settings.store_chunk_rows,
+        batch_size=settings.embed_batch_size,
+        if_exists=if_exists,
+    )
+    return store, written, load_s, manifest, rec
+
+
+def open_run_store(lay: OutputLayout, run_id: str) -> Any:
+    """The run's embedding store (``runs/<run_id>/embeddings.zarr``); RuntimeError when the
+    embed stage has not committed every row yet."""
+    from sqflow.store import open_store
+
+    store = open_store(lay.run_dir(run_id) / "embeddings.zarr")
+    if not store.is_complete:
+        raise RuntimeError(
+            f"embedding store {store.location} is incomplete "
+            f"({store.rows_committed}/{store.n_rows} rows): re-run embed"
+        )
+    return store
+
+
 def train_encoder_stage(settings: PipelineSettings) -> dict[str, Any]:
     """Train the triplet encoder on the labeled part of the source, register it as the next
     version (made current) and embed the reference set into ``<models>/reference/<version>``."""
@@ -181,25 +229,10 @@ def embed_stage(settings: PipelineSettings, run_id: str) -> dict[str, Any]:
     (chunk-committed: a retried or resumed task continues after the last committed chunk)."""
     t0 = time.perf_counter()
     lay = OutputLayout.of(settings)
-    rd = lay.run_dir(run_id)
-    meta = ManifestMeta.model_validate_json((rd / "manifest.json").read_text())
-    manifest = pd.read_parquet(rd / "manifest.parquet")
-    check_manifest(manifest)
-    enc, version, rec = load_current_encoder(settings)
-    source = open_source(meta.source)
-    path = rd / "embeddings.zarr"
-    store, written, load_s = embed_manifest(
-        enc,
-        source,
-        manifest,
-        path,
-        dataset=meta.dataset,
-        encoder_version=version,
-        encoder_hash=rec["encoder_hash"],
-        source_manifest_hash=meta.manifest_hash,
-        chunk_rows=settings.store_chunk_rows,
-        batch_size=settings.embed_batch_size,
-        if_exists="resume",
+    enc, version, _ = load_current_encoder(settings)
+    path = lay.run_dir(run_id) / "embeddings.zarr"
+    store, written, load_s, manifest, rec = embed_run(
+        settings, lay, run_id, enc, version, path, if_exists="resume"
     )
     log.info(
         "embedded %d rows (%d chunks written, %d already committed) with %s on %s",

@@ -30,14 +30,12 @@ import numpy as np
 import pandas as pd
 
 from data_contracts.drift_policy import DRIFT_REPORT_COLUMNS, DriftPolicy
-from data_contracts.manifest import ManifestMeta
 from data_contracts.settings import PipelineSettings
 from data_contracts.tables import validate_frame
 
 from ..atomic_files import atomic_save_npy, atomic_write_parquet, atomic_write_text
-from ..layout import OutputLayout, current_version, model_record
-from ..sources import open_source
-from .encoder import embed_manifest, train_encoder_stage
+from ..layout import OutputLayout, current_version
+from .encoder import embed_run, open_run_store, train_encoder_stage
 
 __all__ = [
     "RetrainFailed",
@@ -148,12 +146,7 @@ def monitor_stage(
             "compares with the current encoder's reference; train one first"
         )
     rd = lay.run_dir(run_id)
-    batch = open_store(rd / "embeddings.zarr")
-    if not batch.is_complete:
-        raise RuntimeError(
-            f"embedding store {batch.location} is incomplete "
-            f"({batch.rows_committed}/{batch.n_rows} rows): re-run embed"
-        )
+    batch = open_run_store(lay, run_id)
     if batch.encoder_version != version:
         raise RuntimeError(
             f"run {run_id} was embedded with encoder {batch.encoder_version!r} but the current "
@@ -235,23 +228,10 @@ def _reembed_run(
     from sqflow.embedding import TripletEncoder
 
     rd = lay.run_dir(run_id)
-    meta = ManifestMeta.model_validate_json((rd / "manifest.json").read_text())
-    manifest = pd.read_parquet(rd / "manifest.parquet")
     enc = TripletEncoder.load(lay.models_dir / version / "encoder.pt", device=settings.device)
-    rec = model_record(lay.models_dir, version)
     stage = rd / f".embeddings-{version}.zarr"
-    embed_manifest(
-        enc,
-        open_source(meta.source),
-        manifest,
-        stage,
-        dataset=meta.dataset,
-        encoder_version=version,
-        encoder_hash=rec["encoder_hash"],
-        source_manifest_hash=meta.manifest_hash,
-        chunk_rows=settings.store_chunk_rows,
-        batch_size=settings.embed_batch_size,
-        if_exists="overwrite",
+    _, _, _, manifest, _ = embed_run(
+        settings, lay, run_id, enc, version, stage, if_exists="overwrite"
     )
     live = rd / "embeddings.zarr"
     kept = rd / f"embeddings-{old_version or 'previous'}.zarr"
