@@ -76,10 +76,8 @@ class RunRecord(BaseModel):
     def _version(cls, data: Any) -> Any:
         if isinstance(data, dict):
             data = dict(data)
-            data.setdefault("schema_version", 0)  # written before the record had a contract
-            if isinstance(data["schema_version"], int) and data["schema_version"] > (
-                RUN_RECORD_VERSION
-            ):
+            version = data.get("schema_version")
+            if isinstance(version, int) and version > RUN_RECORD_VERSION:
                 raise ValueError(
                     f"schema_version {data['schema_version']} is newer than this code reads "
                     f"(<= {RUN_RECORD_VERSION}): update sqflow"
@@ -126,7 +124,10 @@ class RunRecord(BaseModel):
         """Parse a ``run.json`` text; :class:`RunRecordError` names ``where`` when it is not a
         run record."""
         try:
-            return cls.model_validate_json(text)
+            data = json.loads(text)
+            if isinstance(data, dict):  # written before the record had a contract: version 0
+                data.setdefault("schema_version", 0)
+            return cls.model_validate(data)
         except ValueError as exc:
             raise RunRecordError(f"{where} is not a run record: {exc}") from exc
 
