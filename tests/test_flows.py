@@ -248,7 +248,7 @@ def test_missing_source_fails_the_run_clearly(prefect_harness, registry, tmp_pat
             config=_config(out, registry, source={"kind": "image_folder", "path": str(missing)})
         )
     (run,) = OutputLayout.at(out).run_records()
-    assert run["status"] == "failed" and str(missing) in run["error"]
+    assert run.status == "failed" and str(missing) in run.error
     assert not (out / "published").exists()
 
 
@@ -378,11 +378,11 @@ def test_two_processes_on_one_output_take_turns(registry, tmp_path, png_folder):
     logs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], "\n".join(x[-3000:] for x in logs)
     runs = OutputLayout.at(out).run_records()
-    assert [r["status"] for r in runs] == ["completed", "completed"]
+    assert [r.status for r in runs] == ["completed", "completed"]
     spans = sorted(
         (
-            datetime.fromisoformat(r["started_at"]) + timedelta(seconds=r["waited_for_lock_s"]),
-            datetime.fromisoformat(r["finished_at"]),
+            datetime.fromisoformat(r.started_at) + timedelta(seconds=r.waited_for_lock_s),
+            datetime.fromisoformat(r.finished_at),
         )
         for r in runs
     )
