@@ -25,15 +25,13 @@ gives ``insufficient_data`` and no decision.
 
 The defaults are justified by ``bench/drift_eval.py`` (results in ``bench/results/drift_eval.md``).
 
-Export the JSON Schema with ``python -m data_contracts.drift_policy`` (``--check`` fails when the
+Export the JSON Schema with ``sqflow schemas`` (``--check`` fails when the
 committed file is stale). This module imports nothing of ours.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Literal
 
@@ -190,25 +188,6 @@ def export_schemas(check: bool = False) -> list[Path]:
     return [DRIFT_POLICY_SCHEMA_PATH]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Export the drift policy JSON Schema.")
-    parser.add_argument(
-        "--check", action="store_true", help="fail if the committed schema is stale"
-    )
-    args = parser.parse_args(argv)
-    paths = export_schemas(check=args.check)
-    if args.check and paths:
-        print(
-            "stale JSON Schema, run `python -m data_contracts.drift_policy`: "
-            + ", ".join(str(p) for p in paths),
-            file=sys.stderr,
-        )
-        return 1
-    for p in paths:
-        print(f"wrote {p}")
-    return 0
-
-
 __all__ = [
     "ALL_STATISTICS",
     "DRIFT_POLICY_SCHEMA_PATH",
@@ -217,6 +196,3 @@ __all__ = [
     "StatisticName",
     "export_schemas",
 ]
-
-if __name__ == "__main__":
-    raise SystemExit(main())

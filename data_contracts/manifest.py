@@ -12,9 +12,7 @@ This module imports nothing of sqflow (layer rule); pandas is used only to check
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -204,18 +202,3 @@ def export_schemas(check: bool = False) -> list[Path]:
             if not check:
                 path.write_text(text)
     return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="export the manifest/quarantine JSON Schemas")
-    ap.add_argument("--check", action="store_true")
-    args = ap.parse_args(argv)
-    paths = export_schemas(check=args.check)
-    if args.check and paths:
-        print("stale: " + ", ".join(map(str, paths)), file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -9,15 +9,13 @@ that names the field instead of producing wrong clusters later.
 This module imports nothing of sqflow (layer rule: ``data_contracts`` depends only on pydantic).
 Regenerate the committed JSON Schemas after any change with::
 
-    python -m data_contracts.store            # writes data_contracts/schemas/*.schema.json
-    python -m data_contracts.store --check    # exits 1 if the committed files are stale
+    sqflow schemas            # writes data_contracts/schemas/*.schema.json
+    sqflow schemas --check    # exits 1 if the committed files are stale
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Literal
 
@@ -165,29 +163,9 @@ def export_schemas(check: bool = False) -> list[Path]:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="fail if committed schemas are stale")
-    args = parser.parse_args(argv)
-    paths = export_schemas(check=args.check)
-    if args.check and paths:
-        print(
-            "stale JSON Schema(s), run `python -m data_contracts.store`: "
-            + ", ".join(str(p) for p in paths),
-            file=sys.stderr,
-        )
-        return 1
-    for p in paths:
-        print(f"wrote {p}")
-    return 0
-
-
 __all__ = [
     "STORE_CONTRACT_VERSION",
     "AssignmentStoreMetadata",
     "EmbeddingStoreMetadata",
     "export_schemas",
 ]
-
-if __name__ == "__main__":
-    raise SystemExit(main())

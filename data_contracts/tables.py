@@ -22,16 +22,14 @@ database table recorded with another version of its contract.
 This module imports nothing of sqflow (layer rule: ``data_contracts`` depends on third-party
 packages only). Regenerate the committed JSON Schemas after any change with::
 
-    python -m data_contracts.tables            # writes data_contracts/schemas/<table>.schema.json
-    python -m data_contracts.tables --check    # exits 1 if the committed files are stale
+    sqflow schemas            # writes data_contracts/schemas/<table>.schema.json
+    sqflow schemas --check    # exits 1 if the committed files are stale
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -885,23 +883,3 @@ def export_schemas(check: bool = False) -> list[Path]:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(text)
     return stale
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="export the BI tables' JSON Schemas")
-    ap.add_argument("--check", action="store_true", help="exit 1 if a committed file is stale")
-    args = ap.parse_args(argv)
-    paths = export_schemas(check=args.check)
-    if args.check and paths:
-        print(
-            "stale (run python -m data_contracts.tables): " + ", ".join(map(str, paths)),
-            file=sys.stderr,
-        )
-        return 1
-    for p in paths:
-        print(f"wrote {p}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

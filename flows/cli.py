@@ -84,22 +84,22 @@ def _prefect_env() -> None:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
 
-def _print_run(rec: dict, wall: float) -> None:
-    s, c = rec["sample"], rec["cluster"]
+def _print_run(result: dict, wall: float) -> None:
+    from data_contracts.run_record import RunRecord
+
+    rec = RunRecord.model_validate(result)
+    s, c = rec.sample or {}, rec.cluster or {}
     print()
     print(
-        f"sqflow nightly run {rec['run_id']}: {rec['status']} in {wall:.1f} s "
-        f"(flow {rec['timings']['total']:.1f} s)"
+        f"sqflow nightly run {rec.run_id}: {rec.status} in {wall:.1f} s "
+        f"(flow {rec.timings['total']:.1f} s)"
     )
     print(
         f"  items: {s['n_scanned']} found, {s['n_quarantined']} quarantined, "
         f"{s['n_selected']} in this run ({s['n_labeled']} labeled)"
     )
-    print(
-        f"  encoder: {rec['encoder_version']}"
-        + (" (trained in this run)" if rec.get("train") else "")
-    )
-    mon = rec.get("monitor") or {}
+    print(f"  encoder: {rec.encoder_version}" + (" (trained in this run)" if rec.train else ""))
+    mon = rec.monitor if isinstance(rec.monitor, dict) else {}
     if mon.get("error"):
         line = f"FAILED ({mon['error']}), no drift decision"
     else:  # the retrain message adds something only when drift was found
@@ -112,22 +112,22 @@ def _print_run(rec: dict, wall: float) -> None:
         f"warm start: {c['warm_start_from'] or 'no (k-means++)'}"
     )
     print("  cluster  size   majority label (purity)")
-    for row in c["clusters"]:
+    for row in rec.clusters:
         maj = (
             "-"
             if row["majority_label"] is None
             else f"{row['majority_label']} ({row['label_purity']:.0%})"
         )
         print(f"  {row['cluster_id']:>7} {row['size']:>6}   {maj}")
-    print("  stage timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in rec["timings"].items()))
+    print("  stage timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in rec.timings.items()))
     print("outputs:")
-    for k, v in rec["outputs"].items():
+    for k, v in rec.outputs.items():
         print(f"  {k:<18} {v}")
     for k in ("latent", "convergence"):
-        print(f"  {k + ' plot':<18} {rec['plots'][k]}")
-    print(f"  {'summary':<18} {rec['outputs']['run folder']}/summary.md")
-    if (rec.get("report") or {}).get("error"):
-        print(f"  cluster report FAILED: {rec['report']['error']}")
+        print(f"  {k + ' plot':<18} {(rec.plots or {})[k]}")
+    print(f"  {'summary':<18} {rec.outputs['run folder']}/summary.md")
+    if rec.stage_error("report"):
+        print(f"  cluster report FAILED: {rec.stage_error('report')}")
 
 
 def _common_flags(ap: argparse.ArgumentParser) -> None:
@@ -279,9 +279,66 @@ def _paper(argv: list[str]) -> int:
 
 def _report(argv: list[str]) -> int:
     """Build the cluster report (HTML) of a finished run: sqflow report RUN_ID|latest."""
-    from tasks.report import report_command
+    import os
 
-    return report_command(argv)
+    from sqflow.layout import OutputLayout
+    from sqflow.pipeline.report import build_report_for_run
+
+    ap = argparse.ArgumentParser(prog="sqflow report", description=_report.__doc__)
+    ap.add_argument(
+        "run_id",
+        help="the run id (runs/<RUN_ID> in the output folder) or "
+        "'latest' for the latest completed run",
+    )
+    ap.add_argument(
+        "--output",
+        default=os.environ.get("SQFLOW_OUTPUT_DIR", "sqflow-output"),
+        help="the pipeline's output folder (default: $SQFLOW_OUTPUT_DIR or ./sqflow-output)",
+    )
+    ap.add_argument(
+        "--models-dir",
+        default=os.environ.get("SQFLOW_MODELS_DIR"),
+        help="model registry (default <output>/models)",
+    )
+    args = ap.parse_args(argv)
+    lay = OutputLayout.at(args.output, args.models_dir)
+    run_id = args.run_id
+    if run_id == "latest":
+        done = [r.run_id for r in lay.run_records() if r.completed]
+        if not done:
+            print(f"sqflow report: no completed run in {str(lay.root)!r}", file=sys.stderr)
+            return 2
+        run_id = done[-1]
+    try:
+        path = build_report_for_run(lay.root, run_id, models_dir=lay.models_dir)
+    except FileNotFoundError as exc:
+        print(f"sqflow report: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"cluster report of run {run_id}:\n  {path}\n  open it in a browser "
+        f"(file://{path}); it is self-contained and works offline"
+    )
+    return 0
+
+
+def _schemas(argv: list[str]) -> int:
+    """Write the data contracts' JSON Schemas (data_contracts/schemas/); --check: exit 1 if stale."""
+    from data_contracts import drift_policy, manifest, store, tables
+
+    ap = argparse.ArgumentParser(prog="sqflow schemas", description=_schemas.__doc__)
+    ap.add_argument("--check", action="store_true", help="exit 1 if a committed file is stale")
+    args = ap.parse_args(argv)
+    stale = [
+        p
+        for module in (tables, manifest, store, drift_policy)
+        for p in module.export_schemas(check=args.check)
+    ]
+    if args.check and stale:
+        print("stale (run `sqflow schemas`): " + ", ".join(map(str, stale)), file=sys.stderr)
+        return 1
+    for p in stale:
+        print(f"wrote {p}")
+    return 0
 
 
 COMMANDS = {
@@ -293,6 +350,7 @@ COMMANDS = {
     "ui": _ui,
     "paper": _paper,
     "report": _report,
+    "schemas": _schemas,
 }
 
 

@@ -17,25 +17,25 @@ nightly run goes on with the old model).
 
 From the ``nightly`` flow, after ``embed`` and before ``cluster``::
 
-    mon = monitor_flow(run_id=run_id, config=cfg)      # or run_monitor(cfg, run_id) in-flow
+    mon = monitor_flow(run_id=run_id, config=settings.flow_parameters())  # or run_monitor(settings, run_id)
     rec["monitor"] = mon
     rec["encoder_version"] = mon["encoder_version"]   # changes when a retrain succeeded
 """
 
 from __future__ import annotations
 
-import logging
 import time
-from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from tasks.layout import OutputLayout, current_version
+from data_contracts.settings import PipelineSettings
+from sqflow.layout import OutputLayout, current_version
+from tasks.artifacts import artifact_key
 from tasks.monitor import monitor_task, retrain_task
 
-from .settings import load_settings
+from .settings import flow_settings
 
 DRIFT_EVENT = "sqflow.drift.detected"
 DEFAULT_RETRAIN_DEPLOYMENT = "retrain/sqflow-retrain"
@@ -49,23 +49,6 @@ __all__ = [
 ]
 
 
-def _config(config: dict[str, Any] | None) -> dict[str, Any]:
-    cfg = load_settings(**(config or {})).flow_parameters()
-    cfg["output_dir"] = str(Path(cfg["output_dir"]).expanduser().resolve())
-    return cfg
-
-
-def _log() -> logging.Logger | logging.LoggerAdapter:
-    try:
-        return get_run_logger()
-    except Exception:  # noqa: BLE001
-        return logging.getLogger("sqflow.flows.monitor")
-
-
-def _key(run_id: str, what: str) -> str:
-    return f"sqflow-{what}-" + "".join(c if c.isalnum() else "-" for c in run_id.lower())
-
-
 @flow(name="retrain", log_prints=True)
 def retrain_flow(
     run_id: str,
@@ -73,9 +56,9 @@ def retrain_flow(
     config: dict[str, Any] | None = None,
     policy: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """New encoder version after drift (see :func:`tasks.monitor.retrain_stage`); fails (old
+    """New encoder version after drift (see :func:`sqflow.pipeline.monitor.retrain_stage`); fails (old
     version kept current) when any step fails."""
-    return retrain_task(_config(config), run_id, reason, policy)
+    return retrain_task(flow_settings(config), run_id, reason, policy)
 
 
 def _deployment_exists(name: str) -> bool:
@@ -89,7 +72,9 @@ def _deployment_exists(name: str) -> bool:
     except ObjectNotFound:
         return False
     except Exception as exc:  # noqa: BLE001 - no API reachable: run in-process
-        _log().warning("could not look up deployment %r (%s): retraining in-process", name, exc)
+        get_run_logger().warning(
+            "could not look up deployment %r (%s): retraining in-process", name, exc
+        )
         return False
 
 
@@ -116,17 +101,22 @@ def _emit(run_id: str, mon: dict[str, Any]) -> str | None:
 
 
 def _retrain(
-    cfg: dict[str, Any],
+    settings: PipelineSettings,
     run_id: str,
     reason: str,
     policy: dict[str, Any] | None,
     deployment: str | None,
     timeout_s: float,
 ) -> dict[str, Any]:
-    log = _log()
-    lay = OutputLayout.at(cfg["output_dir"], cfg.get("models_dir"))
+    log = get_run_logger()
+    lay = OutputLayout.of(settings)
     old = current_version(lay.models_dir)
-    params = {"run_id": run_id, "reason": reason, "config": cfg, "policy": policy}
+    params = {
+        "run_id": run_id,
+        "reason": reason,
+        "config": settings.flow_parameters(),
+        "policy": policy,
+    }
     if deployment and _deployment_exists(deployment):
         from prefect.deployments import run_deployment
 
@@ -163,7 +153,7 @@ def _retrain(
 
 
 def run_monitor(
-    cfg: dict[str, Any],
+    settings: PipelineSettings,
     run_id: str,
     *,
     policy: dict[str, Any] | None = None,
@@ -171,21 +161,21 @@ def run_monitor(
     retrain_deployment: str | None = DEFAULT_RETRAIN_DEPLOYMENT,
     retrain_timeout_s: float = 3600.0,
 ) -> dict[str, Any]:
-    """The monitor stage inside a running flow (``cfg``: resolved flow parameters, as the
+    """The monitor stage inside a running flow (``settings``: the run's typed settings, as the
     nightly flow holds them). Returns the monitor task's dict plus ``event_id`` (None unless
     drift), ``retrain`` (``status`` one of completed / failed / not needed / disabled / no
     decision, ``old_version``, ``new_version``, ``message``), ``encoder_version`` (current after
     the stage), ``artifacts`` and ``seconds``."""
     t0 = time.perf_counter()
-    log = _log()
-    mon = monitor_task(cfg, run_id, policy)
+    log = get_run_logger()
+    mon = monitor_task(settings, run_id, policy)
     mon["event_id"] = _emit(run_id, mon) if mon["drifted"] else None
     if mon["drifted"] and retrain:
         reason = f"drift in run {run_id}: " + "; ".join(
             r for r in mon["reasons"][1:] if "flags drift" in r
         )
         mon["retrain"] = _retrain(
-            cfg, run_id, reason, policy, retrain_deployment, retrain_timeout_s
+            settings, run_id, reason, policy, retrain_deployment, retrain_timeout_s
         )
     elif mon["drifted"]:
         mon["retrain"] = {"status": "disabled", "message": "drift detected; retrain=False"}
@@ -193,7 +183,7 @@ def run_monitor(
         mon["retrain"] = {"status": "no decision", "message": "insufficient data: no decision"}
     else:
         mon["retrain"] = {"status": "not needed", "message": "no drift"}
-    lay = OutputLayout.at(cfg["output_dir"], cfg.get("models_dir"))
+    lay = OutputLayout.of(settings)
     mon["encoder_version"] = current_version(lay.models_dir)
     md = mon["markdown"] + f"\n## Retraining\n\n**{mon['retrain']['message']}**\n"
     if mon.get("event_id"):
@@ -202,7 +192,7 @@ def run_monitor(
     mon["artifacts"] = {
         "report": str(
             create_markdown_artifact(
-                md, key=_key(run_id, "drift"), description=f"drift report of run {run_id}"
+                md, key=artifact_key(run_id, "drift"), description=f"drift report of run {run_id}"
             )
         ),
         "table": str(
@@ -211,7 +201,7 @@ def run_monitor(
                     {"run_id": run_id, "reference_version": mon["reference_version"], **r}
                     for r in mon["statistics"]
                 ],
-                key=_key(run_id, "drift-statistics"),
+                key=artifact_key(run_id, "drift-statistics"),
                 description=f"drift statistics of run {run_id}",
             )
         ),
@@ -233,7 +223,7 @@ def monitor_flow(
     """Drift check of an embedded run against the current encoder's reference; retrain on
     drift (see the module docstring). ``policy``: fields of ``DriftPolicy`` (None: defaults)."""
     return run_monitor(
-        _config(config),
+        flow_settings(config),
         run_id,
         policy=policy,
         retrain=retrain,

@@ -28,11 +28,10 @@ from tests._bi_frames import run_frames
 def test_json_schemas_are_committed_and_fresh():
     stale = export_schemas(check=True)
     assert stale == [], (
-        f"stale JSON Schemas {stale}: run `python -m data_contracts.tables` "
-        "and commit data_contracts/schemas/"
+        f"stale JSON Schemas {stale}: run `sqflow schemas` and commit data_contracts/schemas/"
     )
     r = subprocess.run(
-        [sys.executable, "-m", "data_contracts.tables", "--check"], capture_output=True, text=True
+        [sys.executable, "-m", "flows.cli", "schemas", "--check"], capture_output=True, text=True
     )
     assert r.returncode == 0, r.stderr
 
@@ -204,7 +203,7 @@ def test_the_monitors_drift_rows_satisfy_the_contract(shift, n_batch):
     """The drift monitor's ``drift_reports`` frame (issue 7) fits this contract as it is, for a
     stable batch, a drifted one and one too small for a decision (drifted null)."""
     drift = pytest.importorskip("sqflow.drift")
-    monitor = pytest.importorskip("tasks.monitor")
+    monitor = pytest.importorskip("sqflow.pipeline.monitor")
     rng = np.random.default_rng(0)
     ref = rng.normal(size=(600, 3))
     batch = rng.normal(size=(n_batch, 3)) + shift

@@ -8,10 +8,6 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from tests._pg_server import postgres_server
-
-_FIXTURES = (postgres_server,)  # used as a pytest fixture below
-
 SIZES_SQL = """SELECT run_id, cluster_id, count(*) AS n FROM assignments
                GROUP BY run_id, cluster_id ORDER BY run_id, cluster_id"""
 RUNS_SQL = """SELECT run_id, n_samples, n_quarantined, n_clusters, objective, drift_detected,
@@ -20,14 +16,6 @@ DRIFT_SQL = """SELECT r.started_at, d.statistic, d.value, d.drifted FROM drift_r
                JOIN runs r USING (run_id) ORDER BY r.started_at, d.statistic"""
 PURITY_SQL = """SELECT run_id, cluster_id, size, majority_label, label_purity FROM cluster_centers
                 ORDER BY run_id, cluster_id"""
-
-
-@pytest.fixture(scope="module")
-def harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
 
 
 def _expected(recs):
@@ -87,7 +75,7 @@ def _check(conn_rows, recs):
 
 
 def test_nightly_publishes_bi_tables_that_match_the_run(
-    harness, postgres_server, tmp_path, monkeypatch
+    prefect_harness, postgres_server, tmp_path, monkeypatch
 ):
     import duckdb
     import psycopg

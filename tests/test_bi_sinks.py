@@ -33,9 +33,6 @@ from sqflow.bi import (
     write_postgres,
 )
 from tests._bi_frames import run_frames
-from tests._pg_server import pg_url, postgres_server
-
-_FIXTURES = (pg_url, postgres_server)  # used as pytest fixtures below
 
 RUN_A = ("20261124T020000Z-aaaaaaaa", "2026-11-24T02:00:00Z")
 RUN_B = ("20261125T020000Z-bbbbbbbb", "2026-11-25T02:00:00Z")
@@ -577,7 +574,7 @@ def test_the_monitors_drift_file_joins_the_published_run(tmp_path):
     """When the monitor stage wrote the run's drift_reports Parquet, the publish step takes it
     (moved to the run's date partition) and the runs row carries the decision; without it, the
     runs row keeps drift_detected null."""
-    from tasks.publish_bi import attach_drift_reports
+    from sqflow.pipeline.publish import attach_drift_reports
 
     root = tmp_path / "published"
     frames = _frames(RUN_A)

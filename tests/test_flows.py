@@ -18,22 +18,14 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tasks.layout import OutputLayout, RunLockedError, output_lock
-from tasks.sources import SourceError
-
-
-@pytest.fixture(scope="session")
-def harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
+from sqflow.layout import OutputLayout, RunLockedError, output_lock
+from sqflow.sources import SourceError
 
 
 @pytest.fixture(scope="session")
 def registry(tmp_path_factory):
     """A registered tiny encoder (1,000 MNIST training images, 1 epoch) shared by the tests."""
-    from tasks.stages import train_encoder_stage
+    from sqflow.pipeline.encoder import train_encoder_stage
 
     models = tmp_path_factory.mktemp("models")
     out = tmp_path_factory.mktemp("train-out")
@@ -46,7 +38,7 @@ def registry(tmp_path_factory):
 
 
 def _cfg(out, **kw):
-    from flows.settings import load_settings
+    from flows.settings import flow_settings
 
     base = {
         "output_dir": str(out),
@@ -58,7 +50,7 @@ def _cfg(out, **kw):
         "store_chunk_rows": 512,
         "dask_workers": 2,
     }
-    return load_settings(**{**base, **kw}).flow_parameters()
+    return flow_settings({**base, **kw})
 
 
 def _config(out, models, **kw):
@@ -79,10 +71,11 @@ def _published(out, table):
     )
 
 
-def test_nightly_two_runs_mnist(harness, registry, tmp_path):
+def test_nightly_two_runs_mnist(prefect_harness, registry, tmp_path):
     from prefect.artifacts import Artifact
 
-    from flows.nightly import _key, nightly
+    from flows.nightly import nightly
+    from tasks.artifacts import artifact_key
 
     out = tmp_path / "out"
     rec = nightly(config=_config(out, registry, sample={"mode": "uniform", "n": 1500}))
@@ -124,15 +117,15 @@ def test_nightly_two_runs_mnist(harness, registry, tmp_path):
     for row in report_rows.itertuples():
         assert sizes.get(row.cluster_id, 0) == row.size
     # artifacts a person reads in the UI
-    md = Artifact.get(_key(run_id, "summary"))
+    md = Artifact.get(artifact_key(run_id, "summary"))
     assert md is not None and "## Monitor (drift)" in md.data and "**Decision: " in md.data
     assert "| 70000 | 70000 | 0 | 1500 | 1500 |" in md.data
-    table = Artifact.get(_key(run_id, "clusters"))
+    table = Artifact.get(artifact_key(run_id, "clusters"))
     rows = json.loads(table.data) if isinstance(table.data, str) else table.data
     assert sum(r["size"] for r in rows) == 1500
     for name in ("latent", "convergence"):
         assert Path(rec["plots"][name]).stat().st_size > 1000
-    plots = Artifact.get(_key(run_id, "plots"))
+    plots = Artifact.get(artifact_key(run_id, "plots"))
     assert plots.data.count("](data:image/png;base64,") == 2
 
     # second run: incremental (only unseen items), warm-started from the first run's centers
@@ -150,12 +143,13 @@ def test_nightly_two_runs_mnist(harness, registry, tmp_path):
     con.close()
 
     # the embed stage resumes: a re-run finds every chunk committed and writes none
-    from tasks.stages import embed_stage
+    from flows.settings import flow_settings
+    from sqflow.pipeline.encoder import embed_stage
 
-    again = embed_stage(_config(out, registry), run_id)
+    again = embed_stage(flow_settings(_config(out, registry)), run_id)
     assert again["chunks_written"] == 0 and again["chunks_total"] == 3
     # a retried cluster stage resumes from this run's last checkpoint of the centers
-    from tasks.stages import cluster_stage
+    from sqflow.pipeline.cluster import cluster_stage
 
     redo = cluster_stage(_cfg(out, models_dir=str(registry), max_iter=2), run_id)
     assert redo["warm_start_from"] == f"checkpoint {ckpts[-1].name} of this run"
@@ -165,17 +159,18 @@ def test_nightly_two_runs_mnist(harness, registry, tmp_path):
 def test_io_tasks_retry_only_transient_errors():
     from prefect.states import Failed
 
-    from tasks.stages import _transient_io, cluster_task, embed_task, publish_task, sample_task
+    from tasks.stages import cluster_task, embed_task, publish_task, sample_task
+    from tasks.task_factory import transient_io_error
 
     for t in (sample_task, embed_task, cluster_task, publish_task):
         assert t.retries == 2 and callable(t.retry_condition_fn)
-        assert t is publish_task or t.retry_condition_fn is _transient_io
+        assert t is publish_task or t.retry_condition_fn is transient_io_error
         assert (
             len(t.retry_delay_seconds) == 2 and t.retry_delay_seconds[1] > t.retry_delay_seconds[0]
         )
-    assert _transient_io(None, None, Failed(data=OSError(5, "Input/output error")))
-    assert not _transient_io(None, None, Failed(data=FileNotFoundError("gone")))
-    assert not _transient_io(None, None, Failed(data=SourceError("no readable item")))
+    assert transient_io_error(None, None, Failed(data=OSError(5, "Input/output error")))
+    assert not transient_io_error(None, None, Failed(data=FileNotFoundError("gone")))
+    assert not transient_io_error(None, None, Failed(data=SourceError("no readable item")))
 
 
 @pytest.fixture
@@ -197,7 +192,7 @@ def png_folder(tmp_path):
     return {"kind": "image_folder", "path": str(root), "labels_path": str(tmp_path / "labels.csv")}
 
 
-def test_image_folder_run_quarantines_bad_items(harness, registry, tmp_path, png_folder):
+def test_image_folder_run_quarantines_bad_items(prefect_harness, registry, tmp_path, png_folder):
     from flows.nightly import nightly
 
     out = tmp_path / "out"
@@ -217,12 +212,15 @@ def test_image_folder_run_quarantines_bad_items(harness, registry, tmp_path, png
     assert _published(out, "runs")["drift_detected"].isna().all()
 
 
-def test_failed_monitor_is_reported_and_the_clusters_still_published(harness, registry, tmp_path):
+def test_failed_monitor_is_reported_and_the_clusters_still_published(
+    prefect_harness, registry, tmp_path
+):
     import shutil
 
     from prefect.artifacts import Artifact
 
-    from flows.nightly import _key, nightly
+    from flows.nightly import nightly
+    from tasks.artifacts import artifact_key
 
     models = tmp_path / "models"
     shutil.copytree(registry, models)
@@ -231,7 +229,7 @@ def test_failed_monitor_is_reported_and_the_clusters_still_published(harness, re
     rec = nightly(config=_config(out, models, sample={"mode": "uniform", "n": 600}))
     assert rec["status"] == "completed"
     assert "no reference set for encoder 'triplet-v0001'" in rec["monitor"]["error"]
-    md = Artifact.get(_key(rec["run_id"], "summary")).data
+    md = Artifact.get(artifact_key(rec["run_id"], "summary")).data
     assert "**The monitor stage FAILED** (FileNotFoundError: no reference set" in md
     runs = _published(out, "runs")
     assert not runs["monitor_ran"].any() and runs["drift_detected"].isna().all()
@@ -240,7 +238,7 @@ def test_failed_monitor_is_reported_and_the_clusters_still_published(harness, re
     assert "drift monitor failed" in Path(rec["report"]["html"]).read_text()
 
 
-def test_missing_source_fails_the_run_clearly(harness, registry, tmp_path):
+def test_missing_source_fails_the_run_clearly(prefect_harness, registry, tmp_path):
     from flows.nightly import nightly
 
     out = tmp_path / "out"
@@ -250,11 +248,11 @@ def test_missing_source_fails_the_run_clearly(harness, registry, tmp_path):
             config=_config(out, registry, source={"kind": "image_folder", "path": str(missing)})
         )
     (run,) = OutputLayout.at(out).run_records()
-    assert run["status"] == "failed" and str(missing) in run["error"]
+    assert run.status == "failed" and str(missing) in run.error
     assert not (out / "published").exists()
 
 
-def test_two_runs_on_one_output_never_overlap(harness, registry, tmp_path, png_folder):
+def test_two_runs_on_one_output_never_overlap(prefect_harness, registry, tmp_path, png_folder):
     from flows.nightly import nightly
 
     out = tmp_path / "out"
@@ -380,11 +378,11 @@ def test_two_processes_on_one_output_take_turns(registry, tmp_path, png_folder):
     logs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], "\n".join(x[-3000:] for x in logs)
     runs = OutputLayout.at(out).run_records()
-    assert [r["status"] for r in runs] == ["completed", "completed"]
+    assert [r.status for r in runs] == ["completed", "completed"]
     spans = sorted(
         (
-            datetime.fromisoformat(r["started_at"]) + timedelta(seconds=r["waited_for_lock_s"]),
-            datetime.fromisoformat(r["finished_at"]),
+            datetime.fromisoformat(r.started_at) + timedelta(seconds=r.waited_for_lock_s),
+            datetime.fromisoformat(r.finished_at),
         )
         for r in runs
     )

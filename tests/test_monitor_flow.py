@@ -11,20 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.layout import current_version
+from sqflow.layout import current_version
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="session")
-def prefect_harness():
-    """One Prefect test server for this module's session (about 13 s to start; generous
-    timeout for a loaded machine). tests/test_flows.py has the same fixture (``harness``);
-    both belong in tests/conftest.py."""
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=180):
-        yield
 
 
 @pytest.fixture(scope="module")
@@ -35,9 +24,10 @@ def base(tmp_path_factory):
     import torch
     from scipy import ndimage
 
-    from flows.monitor import _config
+    from flows.settings import flow_settings
     from sqflow.datasets import load_mnist
-    from tasks.stages import embed_stage, sample_stage, train_encoder_stage
+    from sqflow.pipeline.encoder import embed_stage, train_encoder_stage
+    from sqflow.pipeline.sample import sample_stage
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("monitor")
@@ -58,10 +48,10 @@ def base(tmp_path_factory):
         "store_chunk_rows": 512,
         "encoder_batch_size": 250,
     }
-    cfg = _config({**common, "source": {"kind": "mnist", "split": "train"}})
+    cfg = flow_settings({**common, "source": {"kind": "mnist", "split": "train"}})
     assert train_encoder_stage(cfg)["version"] == "triplet-v0001"
     for run_id, name in (("run-clean", "clean"), ("run-rot", "rot")):
-        c = _config(
+        c = flow_settings(
             {
                 **common,
                 "source": {
@@ -149,7 +139,7 @@ def test_drift_triggers_retrain_with_new_version_and_reference(prefect_harness, 
 
 
 def test_failed_retrain_keeps_the_old_version_current(prefect_harness, base, tmp_path, monkeypatch):
-    import tasks.monitor as tm
+    import sqflow.pipeline.monitor as tm
     from flows.monitor import monitor_flow
     from sqflow.store import open_store
 

@@ -378,7 +378,7 @@ def test_bad_inputs_name_the_parameter(tmp_path):
 
 def test_cluster_report_contract(runs):
     from data_contracts.tables import TABLES, ContractViolation
-    from tasks.report import CLUSTER_REPORT, validate_cluster_report
+    from sqflow.pipeline.report import CLUSTER_REPORT, validate_cluster_report
 
     t = runs[1]["res"].table
     pd.testing.assert_frame_equal(validate_cluster_report(t), t, check_dtype=False)
@@ -395,10 +395,9 @@ def test_cluster_report_contract(runs):
 
 
 def _write_run_json(lay, rec):
-    from tasks.layout import atomic_write_text
+    from sqflow.atomic_files import atomic_write_text
 
-    saved = {**rec, "cluster": {k: v for k, v in rec["cluster"].items() if k != "loss_curve"}}
-    atomic_write_text(lay.run_dir(rec["run_id"]) / "run.json", json.dumps(saved, default=str))
+    atomic_write_text(lay.run_dir(rec.run_id) / "run.json", rec.to_json())
 
 
 def _pipeline_run(cfg, lay, monitor_note, write_json=True):
@@ -406,26 +405,24 @@ def _pipeline_run(cfg, lay, monitor_note, write_json=True):
     run.json the nightly flow writes."""
     from datetime import UTC, datetime
 
-    from tasks.layout import new_run_id
-    from tasks.stages import cluster_stage, embed_stage, sample_stage
+    from data_contracts.run_record import RunRecord
+    from sqflow.layout import new_run_id
+    from sqflow.pipeline.cluster import cluster_stage
+    from sqflow.pipeline.encoder import embed_stage
+    from sqflow.pipeline.sample import sample_stage
 
     started = datetime.now(UTC)
     run_id = new_run_id(None, started)
-    rec = {
-        "run_id": run_id,
-        "started_at": started.isoformat(),
-        "status": "completed",
-        "monitor": monitor_note,
-        "timings": {},
-        "n_clusters": int(cfg["n_clusters"]),
-    }
-    rec["sample"] = sample_stage(cfg, run_id)
-    rec["dataset"] = rec["sample"]["dataset"]
-    rec["embed"] = embed_stage(cfg, run_id)
-    rec["encoder_version"] = rec["embed"]["encoder_version"]
-    rec["cluster"] = cluster_stage(cfg, run_id)
-    for k in ("sample", "embed", "cluster"):
-        rec["timings"][k] = rec[k]["seconds"]
+    rec = RunRecord(
+        run_id=run_id,
+        started_at=started.isoformat(),
+        status="completed",
+        monitor=monitor_note,
+        n_clusters=cfg.n_clusters,
+    )
+    rec.dataset = rec.add_stage("sample", sample_stage(cfg, run_id))["dataset"]
+    rec.encoder_version = rec.add_stage("embed", embed_stage(cfg, run_id))["encoder_version"]
+    rec.add_stage("cluster", cluster_stage(cfg, run_id))
     if write_json:  # nightly writes it when the run ends (after the report step)
         _write_run_json(lay, rec)
     return run_id, rec
@@ -437,37 +434,40 @@ def test_report_of_pipeline_runs(tmp_path, capsys):
     second run shows the first one's values, the BI file follows the cluster_report contract."""
     import pyarrow.parquet as pq
 
-    from flows.settings import load_settings
+    from flows.cli import main as sqflow_cli
+    from flows.settings import flow_settings
+    from sqflow.layout import OutputLayout
+    from sqflow.pipeline.encoder import train_encoder_stage
+    from sqflow.pipeline.report import build_report_for_run, report_stage
     from sqflow.store import open_assignments, open_store
-    from tasks.layout import OutputLayout
-    from tasks.report import build_report_for_run, report_command, report_stage
-    from tasks.stages import train_encoder_stage
 
-    cfg = load_settings(
-        output_dir=str(tmp_path / "out"),
-        encoder_train_rows=200,
-        encoder_epochs=1,
-        reference_rows=50,
-        n_clusters=6,
-        max_iter=3,
-        store_chunk_rows=512,
-        dask_workers=1,
-        source={"kind": "mnist", "split": "all"},
-        sample={"mode": "uniform", "n": 900, "seed": 0},
-    ).flow_parameters()
-    lay = OutputLayout.at(cfg["output_dir"])
+    cfg = flow_settings(
+        dict(
+            output_dir=str(tmp_path / "out"),
+            encoder_train_rows=200,
+            encoder_epochs=1,
+            reference_rows=50,
+            n_clusters=6,
+            max_iter=3,
+            store_chunk_rows=512,
+            dask_workers=1,
+            source={"kind": "mnist", "split": "all"},
+            sample={"mode": "uniform", "n": 900, "seed": 0},
+        )
+    )
+    lay = OutputLayout.of(cfg)
     train_encoder_stage(cfg)
     note = "not run: drift monitoring is not implemented yet"
     run1, rec1 = _pipeline_run(cfg, lay, note, write_json=False)
     # as in nightly: the in-memory record (full curve), before run.json exists
     info1 = report_stage(cfg, run1, record=rec1)
     _write_run_json(lay, rec1)
-    cfg2 = {**cfg, "sample": {"mode": "uniform", "n": 900, "seed": 1}}
+    cfg2 = cfg.model_copy(update={"sample": cfg.sample.model_copy(update={"seed": 1})})
     run2, _ = _pipeline_run(cfg2, lay, note)
-    html2 = build_report_for_run(cfg["output_dir"], run2)  # from run.json only
+    html2 = build_report_for_run(cfg.output_dir, run2)  # from run.json only
     assert html2 == lay.run_dir(run2) / "report" / "report.html"
-    assert report_command(["latest", "--output", cfg["output_dir"]]) == 0
-    assert report_command(["no-such-run", "--output", cfg["output_dir"]]) == 2
+    assert sqflow_cli(["report", "latest", "--output", str(cfg.output_dir)]) == 0
+    assert sqflow_cli(["report", "no-such-run", "--output", str(cfg.output_dir)]) == 2
     assert "no run 'no-such-run'" in capsys.readouterr().err
     info2 = report_stage(cfg2, run2)
     for run_id, info in ((run1, info1), (run2, info2)):
@@ -554,8 +554,8 @@ def test_engine_does_not_import_prefect():
 
 
 def test_previous_runs_trend_only_with_the_same_encoder_and_k(tmp_path):
-    from tasks.layout import OutputLayout
-    from tasks.report import _previous_runs
+    from sqflow.layout import OutputLayout
+    from sqflow.pipeline.report import _previous_runs
 
     lay = OutputLayout.at(tmp_path)
     recs = [
@@ -587,19 +587,24 @@ def test_previous_runs_trend_only_with_the_same_encoder_and_k(tmp_path):
 
 
 def test_drift_from_the_monitor_files_or_record(tmp_path):
-    from tasks.report import _drift
+    from data_contracts.run_record import RunRecord
+    from sqflow.pipeline.report import _drift
 
     rd = tmp_path / "run"
     rd.mkdir()
-    # the monitor's record shape (tasks.monitor): statistics rows named "statistic"
-    rec = {
-        "monitor": {
-            "drifted": None,
-            "status": "insufficient_data",
-            "reasons": ["batch has 12 rows; at least 50 are needed"],
-            "statistics": [],
-        }
-    }
+    # the monitor's record shape (sqflow.pipeline.monitor): statistics rows named "statistic"
+    rec = RunRecord(
+        run_id="r",
+        started_at="2026-11-30",
+        **{
+            "monitor": {
+                "drifted": None,
+                "status": "insufficient_data",
+                "reasons": ["batch has 12 rows; at least 50 are needed"],
+                "statistics": [],
+            }
+        },
+    )
     d, note = _drift(rd, rec)
     assert note is None and d["drifted"] is None and d["status"] == "insufficient_data"
     # drift_report.json written by the monitor (DriftReport.to_dict: statistics named "name")
@@ -622,9 +627,10 @@ def test_drift_from_the_monitor_files_or_record(tmp_path):
             }
         )
     )
-    d, note = _drift(rd, {"monitor": "not run: whatever"})
+    old = {"run_id": "r", "started_at": "2026-11-30"}  # a version-0 run.json: a note string
+    d, note = _drift(rd, RunRecord(**old, monitor="not run: whatever"))
     assert d["statistics"][0]["statistic"] == "mmd" and d["drifted"] is True
-    d, note = _drift(tmp_path, {"monitor": "not run: drift monitoring is off"})
+    d, note = _drift(tmp_path, RunRecord(**old, monitor="not run: drift monitoring is off"))
     assert d is None and note == (
         "The drift monitor did not run for this run: drift monitoring is off."
     )

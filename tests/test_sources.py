@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from data_contracts.manifest import SampleSpec, SourceSpec, check_manifest
-from tasks.sources import SourceError, manifest_hash, open_source, select
+from sqflow.sources import SourceError, manifest_hash, open_source, select
 
 
 def _png(path, arr, mode="L"):
@@ -174,4 +174,4 @@ def test_idx_source_and_unreadable_idx(tmp_path):
 def test_manifest_json_schemas_are_current():
     from data_contracts.manifest import export_schemas
 
-    assert export_schemas(check=True) == [], "run `python -m data_contracts.manifest`"
+    assert export_schemas(check=True) == [], "run `sqflow schemas`"

@@ -25,6 +25,7 @@ import pandas as pd
 
 from data_contracts.tables import TABLES, get_contract
 
+from ..atomic_files import atomic_path
 from ._common import (
     ContractVersionMismatch,
     PreparedRun,
@@ -134,16 +135,6 @@ def _flock(path: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def write_duckdb(
     tables: Mapping[str, pd.DataFrame] | PreparedRun,
     duckdb_path: str | os.PathLike[str],
@@ -170,8 +161,7 @@ def write_duckdb(
         finally:
             con.close()
         return path
-    with _flock(path.with_name(f".{path.name}.lock")):
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with _flock(path.with_name(f".{path.name}.lock")), atomic_path(path) as tmp:
         tmp_wal = Path(f"{tmp}.wal")
         tmp.unlink(missing_ok=True)
         tmp_wal.unlink(missing_ok=True)
@@ -185,10 +175,6 @@ def write_duckdb(
                 _upsert(con, run)
             finally:
                 con.close()
-            _fsync(tmp)
-            os.replace(tmp, path)
-            _fsync(path.parent)
         finally:
-            tmp.unlink(missing_ok=True)
             tmp_wal.unlink(missing_ok=True)
     return path

@@ -20,6 +20,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..atomic_files import atomic_path
 from ._common import PreparedRun, ensure_prepared
 
 
@@ -27,19 +28,6 @@ def parquet_path(
     parquet_dir: str | os.PathLike[str], table: str, run_date: object, run_id: str
 ) -> Path:
     return Path(parquet_dir) / table / f"run_date={run_date}" / f"{run_id}.parquet"
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def write_parquet(
@@ -62,17 +50,8 @@ def write_table_file(
     the same run under another date; returns the file."""
     root = Path(parquet_dir)
     target = parquet_path(root, table, run_date, run_id)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            pq.write_table(arrow, fh, compression="zstd")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(target.parent)
+    with atomic_path(target) as tmp:
+        pq.write_table(arrow, str(tmp), compression="zstd")
     # the same run published earlier under another date folder: remove that copy
     for other in (root / table).glob(f"run_date=*/{run_id}.parquet"):
         if other != target:

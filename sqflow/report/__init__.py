@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..atomic_files import atomic_write_parquet, atomic_write_text
 from .compute import (
     ClusterFigures,
     ConfusedPair,
@@ -130,12 +131,6 @@ def cluster_table(data: ReportData) -> pd.DataFrame:
     )
 
 
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def build_report(
     run_id: str,
     out_dir: str | os.PathLike[str],
@@ -183,9 +178,7 @@ def build_report(
     out.mkdir(parents=True, exist_ok=True)
     table = cluster_table(data)
     html_path, table_path, json_path = out / REPORT_HTML, out / REPORT_TABLE, out / REPORT_JSON
-    _atomic_bytes(html_path, page.encode("utf-8"))
-    tmp = table_path.with_name(f".{table_path.name}.{os.getpid()}.tmp")
-    table.to_parquet(tmp, index=False)
-    os.replace(tmp, table_path)
-    _atomic_bytes(json_path, json.dumps(data.to_dict(), indent=1, default=str).encode())
+    atomic_write_text(html_path, page)
+    atomic_write_parquet(table, table_path)
+    atomic_write_text(json_path, json.dumps(data.to_dict(), indent=1, default=str))
     return ReportResult(html_path, table_path, json_path, table, data)

@@ -1,4 +1,4 @@
-"""Where a pipeline's outputs live, the model registry and the per-output lock (no Prefect).
+"""Where a pipeline's outputs live, the model registry and the per-output lock.
 
 Layout under one output folder (``./sqflow-output`` by default)::
 
@@ -36,30 +36,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from data_contracts.run_record import RunRecord, RunRecordError
+from data_contracts.settings import PipelineSettings
+
+from .atomic_files import atomic_write_text
+
 _VERSION = re.compile(r"^triplet-v(\d{4})$")
-
-
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
-
-
-def atomic_save_npy(path: str | os.PathLike[str], array: Any) -> Path:
-    """``np.save`` through a temporary file and ``os.replace``."""
-    import numpy as np
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        np.save(fh, np.asarray(array))
-    os.replace(tmp, path)
-    return path
 
 
 @dataclass(frozen=True)
@@ -76,6 +58,11 @@ class OutputLayout:
         r = Path(root).expanduser().resolve()
         m = Path(models_dir).expanduser().resolve() if models_dir else r / "models"
         return cls(r, m)
+
+    @classmethod
+    def of(cls, settings: PipelineSettings) -> OutputLayout:
+        """The layout of a run's settings (``output_dir``, ``models_dir``)."""
+        return cls.at(settings.output_dir, settings.models_dir)
 
     def run_dir(self, run_id: str) -> Path:
         return self.root / "runs" / run_id
@@ -95,15 +82,15 @@ class OutputLayout:
     def lock_path(self) -> Path:
         return self.root / ".nightly.lock"
 
-    def run_records(self) -> list[dict[str, Any]]:
+    def run_records(self) -> list[RunRecord]:
         """``run.json`` of every earlier run, oldest first (unreadable ones skipped)."""
         out = []
         for p in sorted((self.root / "runs").glob("*/run.json")):
             try:
-                out.append(json.loads(p.read_text()))
-            except (OSError, ValueError):
+                out.append(RunRecord.load(p))
+            except (OSError, RunRecordError):
                 continue
-        return sorted(out, key=lambda r: r.get("started_at", ""))
+        return sorted(out, key=lambda r: r.started_at)
 
     def seen_sample_ids(self, dataset: str) -> set[str]:
         """sample ids in the manifests of earlier COMPLETED runs of ``dataset`` (incremental)."""
@@ -111,9 +98,9 @@ class OutputLayout:
 
         seen: set[str] = set()
         for rec in self.run_records():
-            if rec.get("status") != "completed" or rec.get("dataset") != dataset:
+            if not rec.completed or rec.dataset != dataset:
                 continue
-            mf = self.run_dir(rec["run_id"]) / "manifest.parquet"
+            mf = self.run_dir(rec.run_id) / "manifest.parquet"
             if mf.exists():
                 seen.update(pd.read_parquet(mf, columns=["sample_id"])["sample_id"].tolist())
         return seen

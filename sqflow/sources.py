@@ -15,7 +15,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import logging
-import os
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -539,13 +538,3 @@ def manifest_hash(df: pd.DataFrame) -> str:
         h.update(col.encode())
         h.update("\x1f".join(map(str, df[col].tolist())).encode())
     return h.hexdigest()
-
-
-def atomic_write_parquet(df: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
-    """Write ``df`` to ``path`` via a temporary file and rename (readers never see half a file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
-    return path

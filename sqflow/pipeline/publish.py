@@ -1,0 +1,177 @@
+"""The ``publish`` stage: the run's BI tables (runs, cluster_centers, assignments, quarantine,
+plus the monitor's drift_reports and the report's cluster_report when they ran), each checked
+against its contract, into Parquet, DuckDB and PostgreSQL when configured (:mod:`sqflow.bi`).
+
+Where the PostgreSQL URL comes from is the caller's business (the Prefect task resolves it from
+the environment or a Secret block, :mod:`tasks.publish_bi`); this module only writes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from data_contracts.run_record import RunRecord
+from data_contracts.settings import PipelineSettings
+
+from ..bi import mask_url, publish_run
+from ..bi.publish import PublishResult
+from ..layout import OutputLayout
+
+log = logging.getLogger(__name__)
+
+
+def publish_stage(
+    settings: PipelineSettings,
+    run_id: str,
+    record: RunRecord,
+    *,
+    postgres_url: str | None = None,
+    on_published: Callable[[PublishResult], None] | None = None,
+) -> dict[str, Any]:
+    """Parquet tables for BI (one file per run and table under ``published/<table>/
+    run_date=<date>/<run_id>.parquet``, written atomically; re-publishing a run replaces its
+    files), the same tables in ``sqflow.duckdb`` and in PostgreSQL when configured, each frame
+    checked against its contract first. Every row carries ``run_id``.
+
+    ``postgres_url``: the database to publish into as well (None: Parquet and DuckDB only);
+    ``on_published(result)``: called after the tables are written (the Prefect task leaves an
+    artifact from it). Returns ``tables``, ``duckdb``, ``postgres`` (masked), ``rows``,
+    ``seconds``."""
+    from sqflow.store import open_assignments, open_store
+
+    t0 = time.perf_counter()
+    lay = OutputLayout.of(settings)
+    rd = lay.run_dir(run_id)
+    store = open_store(rd / "embeddings.zarr")
+    asg = open_assignments(store, name=run_id)
+    clusters = record.clusters
+    frames: dict[str, pd.DataFrame] = {
+        "runs": pd.DataFrame(
+            [
+                {
+                    "run_id": run_id,
+                    "flow_run_id": record.flow_run_id,
+                    "started_at": pd.Timestamp(record.started_at),
+                    "finished_at": pd.Timestamp.now(tz="UTC"),
+                    "status": "completed",
+                    "dataset": record.dataset,
+                    "encoder_version": record.encoder_version,
+                    "n_samples": int(record.sample["n_selected"]),
+                    "n_quarantined": int(record.sample["n_quarantined"]),
+                    "n_clusters": settings.n_clusters,
+                    "objective": float(record.cluster["objective"]),
+                    "drift_detected": None,
+                    "monitor_ran": False,
+                    "config": json.dumps(settings.flow_parameters(), sort_keys=True, default=str),
+                }
+            ]
+        ).astype({"drift_detected": "boolean"}),
+        "cluster_centers": pd.DataFrame(
+            [
+                {
+                    "run_id": run_id,
+                    "cluster_id": c["cluster_id"],
+                    "center": c["center"],
+                    "size": c["size"],
+                    "mean_distance": c["mean_distance"],
+                    "majority_label": c["majority_label"],
+                    "label_purity": c["label_purity"],
+                }
+                for c in clusters
+            ]
+        ).astype(
+            {"majority_label": "Int64", "label_purity": "Float64", "mean_distance": "Float64"}
+        ),
+        "assignments": pd.DataFrame(
+            {
+                "run_id": pd.Series([run_id] * store.n_rows, dtype="str"),
+                "sample_id": pd.Series(store.read_sample_ids().tolist(), dtype="str"),
+                "cluster_id": asg.read_cluster_ids().astype(np.int32),
+                "distance": asg.read_distances().astype(np.float32),
+                "label": pd.array(
+                    np.where(store.read_labels() >= 0, store.read_labels(), -1), dtype="Int64"
+                ),
+                "encoder_version": pd.Series([store.encoder_version] * store.n_rows, dtype="str"),
+            }
+        ),
+        "quarantine": pd.read_parquet(rd / "quarantine.parquet"),
+    }
+    frames["assignments"].loc[frames["assignments"]["label"] < 0, "label"] = pd.NA
+    # contract-checked BI sinks: Parquet, DuckDB tables, PostgreSQL when configured
+    frames = attach_drift_reports(frames, lay.published, run_id)  # the monitor's, if it ran
+    frames = attach_cluster_report(frames, lay.published, run_id)  # the report's, if it ran
+    log.info(
+        "publishing BI tables: Parquet %s, DuckDB %s, PostgreSQL %s",
+        lay.published,
+        lay.duckdb_path,
+        mask_url(postgres_url) if postgres_url else "not configured",
+    )
+    res = publish_run(
+        frames, parquet_dir=lay.published, duckdb_path=lay.duckdb_path, postgres_url=postgres_url
+    )
+    log.info(
+        "BI tables of run %s published: %s",
+        res.run_id,
+        ", ".join(f"{k} {v}" for k, v in res.rows.items()),
+    )
+    if on_published is not None:
+        on_published(res)
+    bi = res.to_dict()
+    return {
+        "tables": bi["parquet_files"],
+        "duckdb": bi["duckdb_path"],
+        "postgres": bi["postgres"],
+        "rows": bi["rows"],
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def attach_cluster_report(
+    frames: dict[str, pd.DataFrame], published_dir: str | os.PathLike[str], run_id: str
+) -> dict[str, pd.DataFrame]:
+    """Add the run's ``cluster_report`` rows written by the report stage
+    (``<published>/cluster_report/run_date=*/<run_id>.parquet``, contract-typed) to ``frames``,
+    so DuckDB and PostgreSQL get them with the run's other tables. Unchanged when the report
+    did not run or failed."""
+    found = _stage_file(published_dir, "cluster_report", run_id)
+    if found is None or "cluster_report" in frames:
+        return frames
+    return {**frames, "cluster_report": pd.read_parquet(found)}
+
+
+def _stage_file(published_dir: str | os.PathLike[str], table: str, run_id: str) -> Path | None:
+    """The Parquet file a stage wrote for ``run_id`` under ``<published>/<table>/``, if any."""
+    found = sorted(Path(published_dir).glob(f"{table}/run_date=*/{run_id}.parquet"))
+    return found[-1] if found else None
+
+
+def attach_drift_reports(
+    frames: dict[str, pd.DataFrame], published_dir: str | os.PathLike[str], run_id: str
+) -> dict[str, pd.DataFrame]:
+    """Add the run's ``drift_reports`` rows written by the monitor stage
+    (``<published>/drift_reports/run_date=*/<run_id>.parquet``) to ``frames`` and set the
+    ``runs`` row's ``monitor_ran``/``drift_detected`` from its ``decision`` row. Without such a
+    file (the monitor did not run) ``frames`` is returned unchanged: no stand-in values."""
+    found = _stage_file(published_dir, "drift_reports", run_id)
+    if found is None or "drift_reports" in frames:
+        return frames
+    drift = pd.read_parquet(found)
+    out = dict(frames)
+    out["drift_reports"] = drift
+    if "runs" in out:
+        runs = out["runs"].copy()
+        decision = drift.loc[drift["statistic"] == "decision", "drifted"]
+        runs["monitor_ran"] = True
+        runs["drift_detected"] = pd.array(
+            [decision.iloc[0] if len(decision) else pd.NA] * len(runs), dtype="boolean"
+        )
+        out["runs"] = runs
+    return out
