@@ -53,19 +53,22 @@ def main() -> int:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="sqflow-bench-prefect-"))
 
-    from flows.settings import load_settings
-    from tasks.layout import current_version
+    from flows.settings import flow_settings
+    from sqflow.layout import current_version
 
     models = Path(args.models)
     train_s = None
     if current_version(models) is None:
-        from tasks.stages import train_encoder_stage
+        from sqflow.pipeline.encoder import train_encoder_stage
 
-        cfg = load_settings(
-            output_dir=tempfile.mkdtemp(prefix="sqflow-bench-train-"), models_dir=str(models)
-        ).flow_parameters()
+        settings = flow_settings(
+            {
+                "output_dir": tempfile.mkdtemp(prefix="sqflow-bench-train-"),
+                "models_dir": str(models),
+            }
+        )
         t = time.perf_counter()
-        train_encoder_stage(cfg)
+        train_encoder_stage(settings)
         train_s = time.perf_counter() - t
         print(f"trained an encoder in {train_s:.1f} s (not part of the measured run)")
     work = Path(args.work or tempfile.mkdtemp(prefix="sqflow-bench-out-"))

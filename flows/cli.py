@@ -6,6 +6,7 @@ Sub-commands register themselves in ``COMMANDS``; each is a function ``(argv) ->
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 
@@ -341,6 +342,23 @@ def _schemas(argv: list[str]) -> int:
     return 0
 
 
+def _verify(argv: list[str]) -> int:
+    """Check embedding stores end to end (every chunk's checksum and digest, committed rows,
+    identity attributes, assignment outputs); exit 1 if any is damaged."""
+    from sqflow.store import verify_store
+
+    ap = argparse.ArgumentParser(prog="sqflow verify", description=_verify.__doc__)
+    ap.add_argument("stores", nargs="+", metavar="STORE", help="path or URL of a store")
+    ap.add_argument("--json", action="store_true", help="print one JSON report per store")
+    args = ap.parse_args(argv)
+    ok = True
+    for path in args.stores:
+        report = verify_store(path)
+        print(json.dumps(report.to_dict()) if args.json else report.summary())
+        ok = ok and report.ok
+    return 0 if ok else 1
+
+
 COMMANDS = {
     "cluster": _cluster,
     "demo": _demo,
@@ -351,6 +369,7 @@ COMMANDS = {
     "paper": _paper,
     "report": _report,
     "schemas": _schemas,
+    "verify": _verify,
 }
 
 

@@ -656,3 +656,18 @@ def test_store_from_an_older_version_opens_unverified(tmp_path):
     report = verify_store(path)
     assert not report.ok and "array 'label' chunk 2" in report.problems[0]
     assert "unverifiable" in report.problems[0]
+
+
+def test_sqflow_verify_command_exit_codes(tmp_path, capsys):
+    """`sqflow verify STORE` exits 0 on a whole store and 1 naming the chunk once one is gone."""
+    from flows.cli import main
+
+    path = tmp_path / "e.zarr"
+    store = make(path, n_rows=300, dim=4, chunk_rows=100)
+    write_embeddings(store, produce(4))
+    assert main(["verify", str(path)]) == 0
+    assert "verified" in capsys.readouterr().out
+    (path / "embedding" / "c" / "1" / "0").unlink()
+    assert main(["verify", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "damaged" in out and "'embedding' chunk 1" in out
