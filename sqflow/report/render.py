@@ -202,6 +202,25 @@ def chart_trends(data: ReportData) -> bytes | None:
     return _fig_png(fig)
 
 
+def chart_k_selection(selection: dict[str, Any]) -> bytes:
+    """The criterion that chose K against K, the chosen K marked.
+
+    ``selection`` is ``sqflow.model_selection.KSelection.as_dict()`` (keys ``k_values``,
+    ``scores``, ``criterion``, ``n_clusters``)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    ks, scores = selection["k_values"], selection["scores"]
+    ax.plot(ks, scores, marker="o", lw=1.2, color="tab:blue")
+    ax.axvline(selection["n_clusters"], color="tab:red", ls="--", lw=1, label="chosen K")
+    ax.set_xlabel("number of clusters K")
+    ax.set_ylabel(str(selection["criterion"]).replace("_", "-"))
+    ax.set_title("Choosing the number of clusters (higher is better)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _fig_png(fig)
+
+
 # ------------------------------------------------------------------------------ page template
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 PAGE_TEMPLATE = "report.html.j2"
@@ -252,6 +271,7 @@ def render_html(
     labels: Any = None,
     title: str | None = None,
     quality_alert: float = 0.02,
+    k_selection: dict[str, Any] | None = None,
 ) -> str:
     """The report page as one HTML string.
 
@@ -259,7 +279,9 @@ def render_html(
     floats); None (vector data) shows a small table of each member's embedding coordinates
     instead, read from ``embeddings`` (only those rows). ``labels`` (n,) adds the label under
     each member. ``quality_alert`` is the change of a quality figure (0.02 = 2 points) beyond
-    which the page calls it better or worse.
+    which the page calls it better or worse. ``k_selection``: when K was chosen from the data,
+    ``KSelection.as_dict()`` of :func:`sqflow.model_selection.select_n_clusters`; the page then
+    shows the criterion's curve under Run health.
     """
     h = data.health
     member_rows = sorted({r for c in data.clusters for r in c.nearest_rows + c.farthest_rows})
@@ -296,6 +318,7 @@ def render_html(
         "sizes": png_data_uri(sizes),
         "trends": png_data_uri(trends) if trends else None,
         "convergence": png_data_uri(conv) if conv else None,
+        "k_selection": png_data_uri(chart_k_selection(k_selection)) if k_selection else None,
     }
     thumb_uris = None if thumbs is None else {s: png_data_uri(p) for s, p in thumbs.items()}
     return (
@@ -312,5 +335,6 @@ def render_html(
             thumbs=thumb_uris,
             vectors=vectors,
             labels=lab_map,
+            k_selection=k_selection,
         )
     )
