@@ -237,7 +237,7 @@ def select_n_clusters(
         if np.unique(labels).size < 2:
             curves["silhouette"].append(-1.0)
             curves["calinski_harabasz"].append(0.0)
-            curves["davies_bouldin"].append(float("inf"))
+            curves["davies_bouldin"].append(float("-inf"))
         else:
             curves["silhouette"].append(float(silhouette_score(eval_rows, labels)))
             curves["calinski_harabasz"].append(float(calinski_harabasz_score(eval_rows, labels)))
