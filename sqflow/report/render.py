@@ -1,5 +1,9 @@
 """The cluster report as one self-contained HTML page (no CDN, no web fonts, no external files).
 
+The page itself is the Jinja2 template ``templates/report.html.j2`` (with ``report.css`` and
+``report.js``), rendered with autoescape on; change the wording or layout there. This module
+draws the charts, turns images into PNGs and hands both to the template.
+
 Every picture is a PNG embedded as a ``data:image/png;base64,...`` URI: the charts (drawn with
 matplotlib through :mod:`sqflow.plots` where a helper exists) and the item thumbnails. Numbers
 that a test or a reader may want to check carry ``data-field`` / ``data-cluster`` attributes.
@@ -8,18 +12,18 @@ that a test or a reader may want to check carry ``data-field`` / ``data-cluster`
 from __future__ import annotations
 
 import base64
-import html
+import functools
 import io
 import math
 import tempfile
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import numpy as np
 
-from .compute import ClusterFigures, ReportData, ThumbnailFn, take_rows
+from .compute import ReportData, ThumbnailFn, take_rows
 
 __all__ = ["render_html", "png_data_uri", "image_to_png", "fmt_pct", "fmt_int", "fmt_num"]
 
@@ -55,10 +59,6 @@ def fmt_int(v: int | None) -> str:
 
 def fmt_num(v: float | None, digits: int = 3) -> str:
     return "n/a" if v is None or not math.isfinite(v) else f"{v:.{digits}f}"
-
-
-def _e(s: Any) -> str:
-    return html.escape(str(s), quote=True)
 
 
 # ------------------------------------------------------------------------------ images
@@ -202,353 +202,65 @@ def chart_trends(data: ReportData) -> bytes | None:
     return _fig_png(fig)
 
 
-# ------------------------------------------------------------------------------ page parts
-_CSS = """
-body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;
- margin:0;background:#f5f6f8;color:#1d2430;line-height:1.45}
-main{max-width:1180px;margin:0 auto;padding:20px 28px 60px}
-h1{font-size:1.6em;margin:.2em 0}h2{font-size:1.25em;margin:1.6em 0 .5em;border-bottom:2px solid
-#d8dde6;padding-bottom:.2em}h3{font-size:1.05em;margin:.2em 0 .4em}
-.sub{color:#5a6475}.card{background:#fff;border:1px solid #dde2ea;border-radius:8px;
- padding:14px 18px;margin:12px 0}
-table{border-collapse:collapse;margin:6px 0 10px;font-size:.93em}
-th,td{border-bottom:1px solid #e3e7ee;padding:4px 10px;text-align:left;vertical-align:top}
-th{background:#eef1f5}td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
-.glance li{margin:.25em 0}.ok{color:#17693a;font-weight:600}.warn{color:#a15c00;font-weight:600}
-.bad{color:#b3261e;font-weight:600}.muted{color:#6b7585}
-.thumbs{display:flex;flex-wrap:wrap;gap:4px;margin:4px 0 8px}
-.thumbs figure{margin:0;text-align:center;font-size:.66em;color:#6b7585;width:60px}
-.thumbs img{width:56px;height:56px;image-rendering:pixelated;border:1px solid #ccd3de;
- background:#000}
-img.chart{max-width:100%;border:1px solid #dde2ea;border-radius:6px;background:#fff}
-.grid2{display:grid;grid-template-columns:1fr 1fr;gap:14px}
-.note{background:#fff8e6;border-left:4px solid #e0a100;padding:8px 12px;margin:8px 0}
-.cl-head{display:flex;justify-content:space-between;align-items:baseline;flex-wrap:wrap}
-"""
+def chart_k_selection(selection: dict[str, Any]) -> bytes:
+    """The criterion that chose K against K, the chosen K marked.
 
-_SCRIPT = """
-window.addEventListener('load', function () {
-  var imgs = Array.prototype.slice.call(document.images);
-  var ok = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
-  document.body.setAttribute('data-images-total', String(imgs.length));
-  document.body.setAttribute('data-images-loaded', String(ok));
-});
-"""
+    ``selection`` is ``sqflow.model_selection.KSelection.as_dict()`` (keys ``k_values``,
+    ``scores``, ``criterion``, ``n_clusters``)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    ks, scores = selection["k_values"], selection["scores"]
+    ax.plot(ks, scores, marker="o", lw=1.2, color="tab:blue")
+    ax.axvline(selection["n_clusters"], color="tab:red", ls="--", lw=1, label="chosen K")
+    ax.set_xlabel("number of clusters K")
+    ax.set_ylabel(str(selection["criterion"]).replace("_", "-"))
+    ax.set_title("Choosing the number of clusters (higher is better)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _fig_png(fig)
 
 
-def _td(value: str, field: str | None = None, cluster: int | None = None, cls: str = "num") -> str:
-    attrs = f' class="{cls}"' if cls else ""
-    if field:
-        attrs += f' data-field="{field}"'
-    if cluster is not None:
-        attrs += f' data-cluster="{cluster}"'
-    return f"<td{attrs}>{_e(value)}</td>"
+# ------------------------------------------------------------------------------ page template
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+PAGE_TEMPLATE = "report.html.j2"
 
 
-def _change(now: float | None, before: float | None, alert: float) -> str:
-    if now is None or before is None:
-        return '<span class="muted">-</span>'
-    d = now - before
-    if d <= -alert:
-        return f'<span class="bad">{100 * d:+.1f} points (worse)</span>'
-    if d >= alert:
-        return f'<span class="ok">{100 * d:+.1f} points (better)</span>'
-    return f'<span class="muted">{100 * d:+.1f} points (about the same)</span>'
-
-
-def _glance(data: ReportData, alert: float) -> str:
-    h, q = data.health, data.quality
-    items = []
-    if h.drift is None:
-        items.append(
-            '<span class="warn">Drift: not checked.</span> '
-            + _e(
-                h.monitor_note
-                or "The monitor did not run for this run, so nobody "
-                "checked whether tonight's data look like the reference data."
-            )
-        )
-    else:
-        drifted = h.drift.get("drifted")
-        if drifted is True:
-            items.append(
-                '<span class="bad">Drift: tonight\'s data differ from the reference '
-                "data.</span> Treat the clusters with care; see Run health."
-            )
-        elif drifted is False:
-            items.append(
-                '<span class="ok">Drift: none detected.</span> Tonight\'s data look '
-                "like the reference data."
-            )
-        else:
-            items.append(
-                f'<span class="warn">Drift: no decision ({_e(h.drift.get("status"))}).</span>'
-            )
-    nq = int(h.n_quarantined or 0)
-    items.append(
-        f"{fmt_int(data.n_items)} items grouped into {data.k} clusters; "
-        + (
-            f'<span class="warn">{fmt_int(nq)} item(s) set aside as unreadable or '
-            "invalid</span> (see Run health)."
-            if nq
-            else "no item was set aside."
-        )
-    )
-    for key in ("knn_accuracy", "majority_agreement"):
-        v = getattr(q, key)
-        if v is None:
-            continue
-        prev = q.previous.get(key)
-        title = QUALITY_TEXT[key][0]
-        txt = f"{title}: {fmt_pct(v)}"
-        if prev is not None:
-            txt += f" (previous run {fmt_pct(prev)}; {_change(v, prev, alert)})"
-        items.append(txt if prev is not None else _e(txt))
-    if data.pairs:
-        items.append(
-            f'<span class="warn">{len(data.pairs)} pair(s) of clusters are easily '
-            "confused</span> (see Clusters that are easily confused)."
-        )
-    return '<ul class="glance">' + "".join(f"<li>{i}</li>" for i in items) + "</ul>"
-
-
-def _quality_table(data: ReportData, alert: float) -> str:
-    q = data.quality
-    if q.knn_accuracy is None and q.trustworthiness is None and q.majority_agreement is None:
-        return f'<p class="muted">Not measured: {_e(q.note or "no labeled hold-out")}.</p>'
-    prev_name = f" ({_e(q.previous_run_id[:15])})" if q.previous_run_id else ""
-    rows = []
-    for key in ("knn_accuracy", "majority_agreement", "trustworthiness"):
-        title, expl = QUALITY_TEXT[key]
-        v, prev = getattr(q, key), q.previous.get(key)
-        fmt = fmt_num if key == "trustworthiness" else fmt_pct
-        rows.append(
-            f'<tr><td><b>{_e(title)}</b><br><span class="sub">'
-            f"{_e(expl.format(knn_k=q.knn_k, trust_k=q.trust_k))}</span></td>"
-            + _td(fmt(v), key)
-            + _td(fmt(prev), f"previous_{key}")
-            + f"<td>{_change(v, prev, alert)}</td></tr>"
-        )
-    note = f'<p class="muted">{_e(q.note)}.</p>' if q.note else ""
-    return (
-        f'<p>Measured on <b data-field="n_heldout">{fmt_int(q.n_heldout)}</b> labeled items '
-        "that the encoder never saw during training.</p>"
-        '<table><tr><th>figure</th><th class="num">this run</th>'
-        f'<th class="num">previous run{prev_name}</th><th>change</th></tr>'
-        + "".join(rows)
-        + "</table>"
-        + note
-    )
-
-
-def _health(data: ReportData, conv_png: bytes | None) -> str:
-    h = data.health
-    parts = ["<h3>Drift check</h3>"]
-    if h.drift is None:
-        parts.append(
-            '<p class="warn">The drift monitor did not run for this run.</p>'
-            f'<p class="muted">{_e(h.monitor_note or "No drift decision was made.")}'
-            "</p>"
-        )
-    else:
-        d = h.drift
-        dec = {True: "drift detected", False: "no drift", None: "no decision"}.get(
-            d.get("drifted"), str(d.get("drifted"))
-        )
-        parts.append(
-            f'<p>Decision: <b data-field="drift_decision">{_e(dec)}</b> '
-            f'<span class="muted">({_e(d.get("status", ""))})</span></p>'
-        )
-        reasons = d.get("reasons") or []
-        if reasons:
-            parts.append("<ul>" + "".join(f"<li>{_e(r)}</li>" for r in reasons) + "</ul>")
-        stats = d.get("statistics") or []
-        if stats:
-            parts.append(
-                '<table><tr><th>statistic</th><th class="num">value</th>'
-                '<th class="num">threshold</th><th class="num">p-value</th>'
-                "<th>signals drift</th></tr>"
-            )
-            for s in stats:
-                pv = s.get("p_value")
-                parts.append(
-                    f"<tr><td>{_e(s.get('statistic') or s.get('name'))}</td>"
-                    + _td(fmt_num(_f(s.get("value")), 4))
-                    + _td(fmt_num(_f(s.get("threshold")), 4))
-                    + _td(fmt_num(_f(pv), 4) if pv is not None else "-")
-                    + f"<td>{_e({True: 'yes', False: 'no'}.get(s.get('drifted'), 'n/a'))}</td>"
-                    "</tr>"
-                )
-            parts.append("</table>")
-    parts.append("<h3>Items set aside (quarantine)</h3>")
-    nq = int(h.n_quarantined or 0)
-    parts.append(
-        f'<p><b data-field="n_quarantined">{fmt_int(nq)}</b> item(s) could not be '
-        "used (unreadable, wrong size, values out of range, duplicate id...).</p>"
-    )
-    if h.quarantine_reasons:
-        parts.append(
-            '<table><tr><th>reason</th><th class="num">items</th></tr>'
-            + "".join(
-                f"<tr><td>{_e(r)}</td>{_td(fmt_int(c))}</tr>"
-                for r, c in list(h.quarantine_reasons.items())[:5]
-            )
-            + "</table>"
-        )
-    parts.append("<h3>Clustering</h3>")
-    obj = "n/a" if h.objective is None else f"{h.objective:.6g}"
-    passes = "" if h.n_passes is None else f" after {h.n_passes} pass(es) over the data"
-    warm = f" It started from the centers of {_e(h.warm_start_from)}." if h.warm_start_from else ""
-    parts.append(
-        f"<p>Objective (average spread of the items around their center; lower = "
-        f'tighter clusters): <b data-field="objective">{_e(obj)}</b>{passes}.{warm}'
-        "</p>"
-    )
-    if conv_png:
-        parts.append(
-            f'<img class="chart" alt="convergence curve" '
-            f'src="{png_data_uri(conv_png)}">'
-            f'<p class="muted">Each point: the objective estimated after one '
-            f"{_e(h.loss_curve_label)}; a curve that flattens out means the clustering "
-            "has settled.</p>"
-        )
-    if h.timings:
-        parts.append(
-            '<h3>Timings</h3><table><tr><th>stage</th><th class="num">seconds</th>'
-            "</tr>"
-            + "".join(f"<tr><td>{_e(s)}</td>{_td(f'{t:.1f}')}</tr>" for s, t in h.timings.items())
-            + "</table>"
-        )
-    return "\n".join(parts)
-
-
-def _f(v: Any) -> float | None:
+def _to_float(v: Any) -> float | None:
     try:
         return None if v is None else float(v)
     except (TypeError, ValueError):
         return None
 
 
-def _cluster_table(data: ReportData) -> str:
-    rows = []
-    for c in data.clusters:
-        prev = c.trend[-2][1] if len(c.trend) >= 2 else None
-        rows.append(
-            f'<tr data-cluster="{c.cluster_id}">'
-            + _td(str(c.cluster_id), "cluster_id", c.cluster_id)
-            + _td(fmt_int(c.size), "size", c.cluster_id)
-            + _td(fmt_int(prev), "previous_size", c.cluster_id)
-            + _td(fmt_pct(c.share), "share", c.cluster_id)
-            + _td(
-                "-" if c.majority_label is None else str(c.majority_label),
-                "majority_label",
-                c.cluster_id,
-            )
-            + _td(fmt_pct(c.purity), "purity", c.cluster_id)
-            + _td(fmt_num(c.mean_distance), "mean_distance", c.cluster_id)
-            + "</tr>"
-        )
-    return (
-        '<table id="cluster-table"><tr><th class="num">cluster</th>'
-        '<th class="num">items</th><th class="num">previous run</th>'
-        '<th class="num">share</th><th class="num">most common label</th>'
-        '<th class="num">purity</th><th class="num">mean distance</th></tr>'
-        + "".join(rows)
-        + "</table>"
+def _drift_decision(drifted: Any) -> str:
+    return {True: "drift detected", False: "no drift", None: "no decision"}.get(
+        drifted, str(drifted)
     )
 
 
-def _member_strip(
-    ids: Sequence[str],
-    dists: Sequence[float],
-    thumbs: dict[str, bytes] | None,
-    vectors: dict[str, np.ndarray] | None,
-    labels: dict[str, int],
-) -> str:
-    if not ids:
-        return '<p class="muted">none</p>'
-    if thumbs is not None:
-        figs = []
-        for sid, d in zip(ids, dists, strict=True):
-            lab = labels.get(sid)
-            cap = f"{d:.2f}" + ("" if lab is None or lab < 0 else f" | {lab}")
-            figs.append(
-                f'<figure><img alt="{_e(sid)}" title="{_e(sid)} (distance {d:.3f}'
-                f'{"" if lab is None or lab < 0 else f", label {lab}"})" '
-                f'src="{png_data_uri(thumbs[sid])}"><figcaption>{_e(cap)}'
-                "</figcaption></figure>"
-            )
-        return '<div class="thumbs">' + "".join(figs) + "</div>"
-    dim = len(next(iter(vectors.values()))) if vectors else 0
-    shown = min(dim, 4)
-    head = "".join(f'<th class="num">z{i}</th>' for i in range(shown))
-    rows = []
-    for sid, d in zip(ids, dists, strict=True):
-        lab = labels.get(sid)
-        v = vectors[sid] if vectors else []
-        rows.append(
-            f"<tr><td>{_e(sid)}</td>{_td(f'{d:.3f}')}"
-            f"{_td('-' if lab is None or lab < 0 else str(lab))}"
-            + "".join(_td(f"{v[i]:.3f}") for i in range(shown))
-            + "</tr>"
-        )
-    return (
-        '<table><tr><th>item</th><th class="num">distance</th><th class="num">label'
-        f"</th>{head}</tr>" + "".join(rows) + "</table>"
+def _yes_no(drifted: Any) -> str:
+    return {True: "yes", False: "no"}.get(drifted, "n/a")
+
+
+@functools.cache
+def page_environment() -> jinja2.Environment:
+    """The Jinja2 environment of the report page: templates from ``templates/`` (shipped as
+    package data), autoescape on for every template, the number formatters as filters."""
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,  # a misspelt name fails the render, not the reader
     )
-
-
-def _trend_text(c: ClusterFigures) -> str:
-    vals = [fmt_int(v) for _, v in c.trend]
-    return " &rarr; ".join(_e(v) for v in vals)
-
-
-def _cluster_card(
-    c: ClusterFigures,
-    data: ReportData,
-    thumbs: dict[str, bytes] | None,
-    vectors: dict[str, np.ndarray] | None,
-    labels: dict[str, int],
-) -> str:
-    lab_txt = ""
-    if c.majority_label is not None:
-        mix = ", ".join(f"label {lbl}: {cnt:,}" for lbl, cnt in c.top_labels)
-        lab_txt = (
-            f"<p>Most common label <b>{c.majority_label}</b>: "
-            f"<b>{fmt_pct(c.purity)}</b> of its {c.n_labeled:,} labeled items "
-            f"({_e(mix)}).</p>"
-        )
-    elif data.labeled:
-        lab_txt = '<p class="muted">None of its items is labeled.</p>'
-    pairs = [p for p in data.pairs if c.cluster_id in (p.a, p.b)]
-    pair_txt = "".join(f'<p class="note">{_e(p.note)}</p>' for p in pairs)
-    trend = ""
-    if len(c.trend) > 1:
-        trend = f"<p>Size over the last runs: {_trend_text(c)}</p>"
-    far = ""
-    if c.farthest_ids:
-        far = (
-            '<p class="sub">The ' + str(len(c.farthest_ids)) + " members farthest from "
-            "the center (the least typical; check for mistakes or new kinds of item):</p>"
-            + _member_strip(c.farthest_ids, c.farthest_distances, thumbs, vectors, labels)
-        )
-    return (
-        f'<div class="card" id="cluster-{c.cluster_id}"><div class="cl-head">'
-        f"<h3>Cluster {c.cluster_id}</h3><span><b>{fmt_int(c.size)}</b> items "
-        f"({fmt_pct(c.share)}), mean distance {fmt_num(c.mean_distance)}</span></div>"
-        f"{trend}{lab_txt}{pair_txt}"
-        f'<p class="sub">The {len(c.nearest_ids)} members nearest to the center (what this '
-        "cluster typically holds)"
-        + (
-            "; caption: distance | label:"
-            if thumbs is not None
-            else "; z0, z1, ... are their embedding coordinates:"
-        )
-        + "</p>"
-        + _member_strip(c.nearest_ids, c.nearest_distances, thumbs, vectors, labels)
-        + far
-        + "</div>"
+    env.filters.update(pct=fmt_pct, int_=fmt_int, num=fmt_num, to_float=_to_float)
+    env.globals.update(
+        fmt_pct=fmt_pct,
+        fmt_num=fmt_num,
+        quality_text=QUALITY_TEXT,
+        drift_decision=_drift_decision,
+        yes_no=_yes_no,
     )
+    return env
 
 
 def render_html(
@@ -559,6 +271,7 @@ def render_html(
     labels: Any = None,
     title: str | None = None,
     quality_alert: float = 0.02,
+    k_selection: dict[str, Any] | None = None,
 ) -> str:
     """The report page as one HTML string.
 
@@ -566,7 +279,9 @@ def render_html(
     floats); None (vector data) shows a small table of each member's embedding coordinates
     instead, read from ``embeddings`` (only those rows). ``labels`` (n,) adds the label under
     each member. ``quality_alert`` is the change of a quality figure (0.02 = 2 points) beyond
-    which the page calls it better or worse.
+    which the page calls it better or worse. ``k_selection``: when K was chosen from the data,
+    ``KSelection.as_dict()`` of :func:`sqflow.model_selection.select_n_clusters`; the page then
+    shows the criterion's curve under Run health.
     """
     h = data.health
     member_rows = sorted({r for c in data.clusters for r in c.nearest_rows + c.farthest_rows})
@@ -598,75 +313,28 @@ def render_html(
         conv = chart_convergence(data, tmp)
     sizes = chart_sizes(data)
     trends = chart_trends(data)
-    title = title or f"Cluster report, run {data.run_id}"
-    meta = []
-    if h.dataset:
-        meta.append(f"dataset <b>{_e(h.dataset)}</b>")
-    if h.encoder_version:
-        meta.append(f"encoder <b>{_e(h.encoder_version)}</b>")
-    if h.started_at:
-        meta.append(f"started {_e(h.started_at)}")
-    meta.append(f"report made {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
-    cards = "".join(_cluster_card(c, data, thumbs, vectors, lab_map) for c in data.clusters)
-    if data.pairs:
-        pair_html = "".join(
-            f'<p class="note" data-pair="{p.a}-{p.b}">{_e(p.note)}</p>' for p in data.pairs
+    charts = {
+        "latent": png_data_uri(latent),
+        "sizes": png_data_uri(sizes),
+        "trends": png_data_uri(trends) if trends else None,
+        "convergence": png_data_uri(conv) if conv else None,
+        "k_selection": png_data_uri(chart_k_selection(k_selection)) if k_selection else None,
+    }
+    thumb_uris = None if thumbs is None else {s: png_data_uri(p) for s, p in thumbs.items()}
+    return (
+        page_environment()
+        .get_template(PAGE_TEMPLATE)
+        .render(
+            data=data,
+            h=h,
+            q=data.quality,
+            title=title or f"Cluster report, run {data.run_id}",
+            meta_time=f"{datetime.now(UTC):%Y-%m-%d %H:%M}",
+            alert=quality_alert,
+            charts=charts,
+            thumbs=thumb_uris,
+            vectors=vectors,
+            labels=lab_map,
+            k_selection=k_selection,
         )
-    else:
-        pair_html = (
-            '<p class="ok">No two clusters are close enough together (with mixed '
-            "labels) to be easily confused.</p>"
-        )
-    trend_img = (
-        f'<img class="chart" alt="cluster size trends" src="{png_data_uri(trends)}">'
-        if trends
-        else '<p class="muted">No earlier run to compare with yet: trends appear from the '
-        "second run on.</p>"
     )
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{_e(title)}</title><style>{_CSS}</style></head>
-<body data-run-id="{_e(data.run_id)}"><main>
-<h1>{_e(title)}</h1>
-<p class="sub">{" &middot; ".join(meta)}</p>
-
-<div class="card"><h2 style="margin-top:0;border:0">At a glance</h2>{_glance(data, quality_alert)}
-</div>
-
-<h2>Can the grouping be trusted? (embedding quality)</h2>
-<p class="sub">The items are grouped by their position in a learned "embedding": a short list of
-numbers per item in which alike items should be close. These checks use labeled items that were
-kept out of the encoder's training, and show whether the embedding kept the meaning of the
-labels.</p>
-{_quality_table(data, quality_alert)}
-
-<h2>The clusters</h2>
-<p class="sub"><b>Items</b>: how many items the cluster holds tonight. <b>Most common label</b>
-and <b>purity</b>: among its labeled items, the most frequent label and the share carrying it
-(100% = all the same). <b>Mean distance</b>: how tightly its items sit around its center
-(smaller = tighter; compare clusters within one run).</p>
-{_cluster_table(data)}
-<div class="grid2"><img class="chart" alt="cluster sizes" src="{png_data_uri(sizes)}">
-<div>{trend_img}</div></div>
-<p class="muted">Cluster numbers stay the same from run to run only while the clustering starts
-from the previous run's centers (same encoder and number of clusters).</p>
-
-<h2>The map of the items (latent space)</h2>
-<p class="sub">Each dot is an item placed by its embedding, coloured by its label (grey =
-unlabeled); crosses are the cluster centers with their numbers. Well separated colour blobs
-around the crosses mean clear clusters.</p>
-<img class="chart" alt="latent space with centers" src="{png_data_uri(latent)}">
-
-<h2>Clusters that are easily confused</h2>
-{pair_html}
-
-<h2>Run health</h2>
-{_health(data, conv)}
-
-<h2>Each cluster</h2>
-{cards}
-<p class="muted">Made by sqflow. This page is self-contained: it works offline and can be
-mailed or archived as one file.</p>
-</main><script>{_SCRIPT}</script></body></html>
-"""
