@@ -2,7 +2,7 @@
 
 F(y) = E_i [ min_k ||x_i - y_k||^r ] is minimised one sample (``batch_size=1``, Algorithm 1 of
 the paper) or one mini-batch at a time, with plain SGD or an adaptive rule whose state is kept
-per center. See ``../shared/PAPER.md`` and the class docstring for the formulas and defaults.
+per center. See ``docs/PAPER.md`` and the class docstring for the formulas and defaults.
 """
 
 from __future__ import annotations
