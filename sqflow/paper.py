@@ -464,6 +464,8 @@ def run_paper(
     from .embedding.encoder import data_sha256
 
     cfg.validate()
+    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    t_run = time.perf_counter()
     x, y = load_mnist("train")
     xt, yt = load_mnist("test")
     if cfg.train_limit is not None and cfg.train_limit < len(x):
@@ -599,6 +601,8 @@ def run_paper(
             "plots": plots,
             "objective_vs_kmeans": comparison,
             "complete": setting == settings[-1],
+            "started_at": started,
+            "wall_seconds": time.perf_counter() - t_run,
         }
         if on_fraction is not None:
             on_fraction(report)
@@ -670,6 +674,7 @@ def _config_json(cfg: PaperConfig, n_train: int, n_test: int) -> dict[str, Any]:
             "sklearn": sklearn.__version__,
         },
         torch_threads=cfg.threads or torch.get_num_threads(),
+        hardware=_hardware(),
         classification="nearest SQ center; center index = class (init='labels')",
         kmeans="sklearn KMeans, k-means++, best of kmeans_n_init starts; clusters named by "
         "majority label of labeled training members",
@@ -677,6 +682,28 @@ def _config_json(cfg: PaperConfig, n_train: int, n_test: int) -> dict[str, Any]:
         objective="mean_i min_k ||z_i - c_k||^rank on all training embeddings",
     )
     return d
+
+
+def _hardware() -> dict[str, Any]:
+    """Where the run happened: CPU model and count, CUDA device name when one is visible."""
+    import os
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next(
+                (ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), cpu
+            )
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
 
 
 # --------------------------------------------------------------------------- output
@@ -813,6 +840,15 @@ def markdown_table(report: dict[str, Any]) -> str:
         f"train_limit={c['train_limit']} (n_train={c['n_train']}), n_test={c['n_test']}, seed={c['seed']}, "
         f"sq_params={c['sq_params']}, torch threads={c['torch_threads']}.",
     ]
+    hw = c.get("hardware")
+    if hw:
+        dev = sorted({e.get("device", "?") for e in report["encoders"]})
+        out.append(
+            f"Ran on: encoder device {', '.join(dev)}; CPU {hw['cpu']} x {hw['cpu_count']}"
+            f"{'; GPU ' + hw['cuda_device'] if hw.get('cuda_device') else ''}; started "
+            f"{report.get('started_at', '?')}, {report.get('wall_seconds', 0):.0f} s wall "
+            "for the whole table."
+        )
     return "\n".join(out) + "\n"
 
 
