@@ -391,7 +391,7 @@ def test_label_free_mode_on_mnist(mnist_small) -> None:
     assert met["monitored"] == "val_loss" and met["val_loss"] == met["val_selfsup_loss"]
     assert met["val_selfsup_loss"][-1] < met["val_selfsup_loss"][0]  # the criterion improves
     # never saw a label: clusters of the test embeddings, matched to classes only for scoring.
-    # Measured 0.30-0.35 accuracy, NMI 0.29-0.33 on this machine; chance is about 0.12 / 0.01
+    # Measured 0.309 accuracy, NMI 0.233 on this machine; random clusters: about 0.13 / 0.01
     pred = KMeans(10, n_init=4, random_state=0).fit(enc.embed(x[:2000])).predict(enc.embed(xt))
     assert _hungarian_accuracy(pred, yt) >= 0.22
     assert normalized_mutual_info_score(yt, pred) >= 0.15
@@ -411,11 +411,18 @@ def test_semi_supervised_mode_on_mnist_is_seeded(mnist_small) -> None:
     assert m["n_train"] + m["n_val"] == 100 and m["n_val_unlabeled"] == 190
     assert m["params"]["triplet_weight"] == 1.0 and m["params"]["selfsup"]["weight"] == 1.0
     assert all(v is not None for v in m["metrics"]["train_triplet_loss"])
-    # nearest class mean of the 100 labeled embeddings; measured about 0.6 (chance 0.10)
-    z, zt = enc.embed(x[:2000]), enc.embed(xt)
-    means = np.stack([z[ys == c].mean(0) for c in range(10)])
-    pred = ((zt[:, None, :] - means[None]) ** 2).sum(-1).argmin(1)
-    assert f1_score(yt, pred, average="weighted") >= 0.4
+
+    def nearest_class_mean_f1(e: TripletEncoder) -> float:
+        z, zt = e.embed(x[:2000]), e.embed(xt)
+        means = np.stack([z[ys == c].mean(0) for c in range(10)])
+        pred = ((zt[:, None, :] - means[None]) ** 2).sum(-1).argmin(1)
+        return float(f1_score(yt, pred, average="weighted"))
+
+    # the unlabeled rows must teach something: the same 100 labels without them (weight 0)
+    # measured 0.357 weighted F1, with them 0.702 on this machine (chance 0.10)
+    only_labeled = train_encoder(x[:2000], ys, selfsup_weight=0.0, **kw)
+    f1_semi, f1_only = nearest_class_mean_f1(enc), nearest_class_mean_f1(only_labeled)
+    assert f1_semi >= 0.55 and f1_semi >= f1_only + 0.15
     # same seed -> bit-identical on CPU; another seed differs
     small = dict(kw, epochs=1)
     e1 = train_encoder(x[:400], ys[:400], **small).embed(xt[:100])

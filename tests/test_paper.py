@@ -143,16 +143,19 @@ def test_tiny_end_to_end_run(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "setting_args,mode,n_labeled,floor",
+    "setting_args,mode,n_labeled,epochs,floor",
     [
-        # measured (2,000 train images, 3 epochs): label-free ~0.3 clustering accuracy, 100
-        # labels ~0.6, all labels ~0.85 weighted F1; chance is about 0.1
-        (["--fractions", "0"], "label-free", 0, 0.22),
-        (["--fractions", "--label-counts", "100"], "semi-supervised", 100, 0.4),
-        (["--fractions", "1.0"], "supervised", 2000, 0.6),
+        # measured on this machine (2,000 train images, 1,000 test): label-free, 5 epochs:
+        # clustering accuracy 0.266, NMI 0.208 (random clusters: about 0.13 and 0.01); 100
+        # labels, 3 epochs: weighted F1 0.659; all 2,000 labeled, 3 epochs: 0.875 (chance 0.1)
+        (["--fractions", "0"], "label-free", 0, 5, 0.2),
+        (["--fractions", "--label-counts", "100"], "semi-supervised", 100, 3, 0.5),
+        (["--fractions", "1.0"], "supervised", 2000, 3, 0.75),
     ],
 )
-def test_paper_run_in_each_mode(tmp_path: Path, setting_args, mode, n_labeled, floor) -> None:
+def test_paper_run_in_each_mode(
+    tmp_path: Path, setting_args, mode, n_labeled, epochs, floor
+) -> None:
     import torch
 
     torch.set_num_threads(1)
@@ -166,7 +169,7 @@ def test_paper_run_in_each_mode(tmp_path: Path, setting_args, mode, n_labeled, f
         "--optimizers",
         "adam",
         "--epochs",
-        "3",
+        str(epochs),
         "--batch-size",
         "250",
         "--lr",
@@ -188,7 +191,7 @@ def test_paper_run_in_each_mode(tmp_path: Path, setting_args, mode, n_labeled, f
     km = next(r for r in rep["references"] if r["method"] == "kmeans")
     if mode == "label-free":
         # clusters matched to classes by the Hungarian method; accuracy is that matching's
-        assert row["clustering_accuracy"] >= floor and row["nmi"] >= 0.15
+        assert row["clustering_accuracy"] >= floor and row["nmi"] >= 0.12
         assert row["accuracy"] == pytest.approx(row["clustering_accuracy"])
         assert km["clustering_accuracy"] >= floor
         assert [r["method"] for r in rep["references"]] == ["kmeans"]  # no labels, no k-NN
