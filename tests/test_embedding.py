@@ -463,3 +463,15 @@ def test_mode_follows_labels_and_bad_labels_are_named() -> None:
         train_encoder(np.zeros((10, 4)), np.full(10, -2), progress=False)
     with pytest.raises(ValueError, match="two classes"):
         train_encoder(np.zeros((10, 4)), np.array([0] + [-1] * 9), progress=False)
+
+
+def test_validation_without_triplets_does_not_stop_training() -> None:
+    # 10 labels per class -> one validation row per class: no triplet to score. Training must
+    # not stop on a constant 0 after `patience` epochs; it monitors the training loss instead.
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 10)
+    x = rng.normal(size=(30, 5)) + 3 * y[:, None]
+    enc = train_encoder(x, y, latent_dim=2, epochs=7, batch_size=30, patience=2, progress=False)
+    met = enc.metadata["metrics"]
+    assert enc.metadata["n_val"] == 3 and met["epochs_run"] == 7
+    assert met["monitored"] == "train_loss" and all(np.isnan(v) for v in met["val_loss"])
