@@ -63,38 +63,71 @@ def _dist_pow(dist, dist2, r):
 
 @njit(cache=True, nogil=True, error_model="numpy", fastmath=_FASTMATH, inline="always")
 def _apply_update(
-    k, g, rho, centers, m, v, count, lo, hi, opt, gamma, beta1, beta2, decay, eps, project
+    k,
+    g,
+    coef,
+    rho,
+    cap,
+    centers,
+    m,
+    v,
+    count,
+    lo,
+    hi,
+    opt,
+    gamma,
+    beta1,
+    beta2,
+    decay,
+    eps,
+    project,
+    old,
+    keep,
 ):
-    """One optimizer step of center k with generalized gradient g (length n_features)."""
+    """One optimizer step of center k with generalized gradient g (length n_features).
+
+    ``g = coef * (y_k - z)`` for the sample z (or the batch's coef-weighted mean sample).
+    Safeguard: the step is shortened to length ``cap`` when it is longer (``cap`` = the
+    distance from y_k to the sample(s) that pull it), so no step overshoots its sample; a
+    shortened step returns 1, an untouched one 0. ``keep`` (when it has rows) multiplies in,
+    per coordinate, the factor ``1 - a`` by which the step contracts y_k toward the sample
+    (``a`` = the step's coefficient on ``y_k - z``): the distributed combination composes
+    blocks with it (``sqflow.distributed.combine``).
+    """
     d = centers.shape[1]
     count[k] += 1
-    if opt == SGD:
+    for j in range(d):
+        old[j] = centers[k, j]
+    track = keep.shape[0] > 0
+    if opt == SGD or opt == MOMENTUM:
+        a = rho * coef
         for j in range(d):
-            centers[k, j] -= rho * g[j]
-    elif opt == MOMENTUM:
-        # y^{t+1} = y^t + gamma (y^t - y^{t-1}) - rho g ; m holds y^t - y^{t-1}
-        for j in range(d):
-            old = centers[k, j]
-            new = old + gamma * m[k, j] - rho * g[j]
-            if project:
-                new = min(max(new, lo[j]), hi[j])
-            m[k, j] = new - old
-            centers[k, j] = new
-        return
+            if opt == MOMENTUM:
+                # y^{t+1} = y^t + gamma (y^t - y^{t-1}) - rho g ; m holds y^t - y^{t-1}
+                centers[k, j] = old[j] + gamma * m[k, j] - rho * g[j]
+            else:
+                centers[k, j] = old[j] - rho * g[j]
+            if track:
+                keep[k, j] *= 1.0 - min(a, 1.0)
     elif opt == NAG:
         # y~^t = y^t - rho g ; y^{t+1} = y~^t + gamma (y~^t - y~^{t-1}) ; m holds y~^{t-1}
+        a = rho * coef
         for j in range(d):
-            look = centers[k, j] - rho * g[j]
+            look = old[j] - rho * g[j]
             centers[k, j] = look + gamma * (look - m[k, j])
             m[k, j] = look
-    elif opt == ADAGRAD:
+            if track:
+                keep[k, j] *= 1.0 - min(a, 1.0)
+    elif opt == ADAGRAD or opt == RMSPROP:
         for j in range(d):
-            v[k, j] += g[j] * g[j]
-            centers[k, j] -= rho / math.sqrt(v[k, j] + eps) * g[j]
-    elif opt == RMSPROP:
-        for j in range(d):
-            v[k, j] = decay * v[k, j] + (1.0 - decay) * g[j] * g[j]
-            centers[k, j] -= rho / math.sqrt(v[k, j] + eps) * g[j]
+            if opt == ADAGRAD:
+                v[k, j] += g[j] * g[j]
+            else:
+                v[k, j] = decay * v[k, j] + (1.0 - decay) * g[j] * g[j]
+            a = rho / math.sqrt(v[k, j] + eps)
+            centers[k, j] = old[j] - a * g[j]
+            if track:
+                keep[k, j] *= 1.0 - min(a * coef, 1.0)
     else:  # ADAM, bias-corrected with this center's own update count
         tk = count[k]
         c1 = 1.0 - beta1**tk
@@ -104,10 +137,28 @@ def _apply_update(
             v[k, j] = beta2 * v[k, j] + (1.0 - beta2) * g[j] * g[j]
             mhat = m[k, j] / c1
             vhat = v[k, j] / c2
-            centers[k, j] -= rho * mhat / (math.sqrt(vhat) + eps)
+            denom = math.sqrt(vhat) + eps
+            centers[k, j] = old[j] - rho * mhat / denom
+            if track:
+                keep[k, j] *= 1.0 - min(rho * (1.0 - beta1) / c1 * coef / denom, 1.0)
+    clipped = 0
+    step2 = 0.0
+    for j in range(d):
+        diff = centers[k, j] - old[j]
+        step2 += diff * diff
+    if step2 > cap * cap:
+        # never step past the sample: shorten the step to the sample's distance
+        s = cap / math.sqrt(step2)
+        for j in range(d):
+            centers[k, j] = old[j] + s * (centers[k, j] - old[j])
+        clipped = 1
     if project:
         for j in range(d):
             centers[k, j] = min(max(centers[k, j], lo[j]), hi[j])
+    if opt == MOMENTUM:
+        for j in range(d):
+            m[k, j] = centers[k, j] - old[j]
+    return clipped
 
 
 @njit(cache=True, nogil=True, error_model="numpy", fastmath=_FASTMATH)
@@ -134,6 +185,7 @@ def sq_steps(
     inv_scale,
     batch_size,
     project,
+    keep,
 ):
     """Run SQ steps over the rows of ``X`` in order, updating centers and state in place.
 
@@ -141,6 +193,12 @@ def sq_steps(
     ``batch_size == 1`` is Algorithm 1 exactly. ``batch_size > 1`` assigns every sample of a
     batch against the centers at the batch start and gives each center that won samples one
     step along the mean of their generalized gradients; batches never span two calls.
+    Safeguard: every step is shortened to at most the distance between the center and its
+    sample (for a batch: the mean distance of the samples the center won). Algorithm 1 is
+    unchanged while ``rho_t * r * ||z - y||**(r-2) <= 1`` (no step overshoots its sample) and
+    a step that would overshoot cannot make the centers diverge. ``keep`` is
+    ``(n_clusters, n_features)`` (filled with 1 by the caller) to record each center's
+    contraction factor for the distributed combination, or ``(0, n_features)`` to skip it.
 
     Returns
     -------
@@ -151,15 +209,20 @@ def sq_steps(
         working units (multiply by ``scale**r`` for data units): a cheap running estimate of F.
     n_steps : int64
         Number of steps (batches) taken.
+    n_clipped : int64
+        Steps the safeguard shortened (a learning rate too large for this rank and data).
     """
     n = X.shape[0]
     K, d = centers.shape
     z = np.empty(d)
     g = np.empty(d)
+    old = np.empty(d)
     dist2 = np.empty(K)
+    track = keep.shape[0] > 0
     # transposed copy of the centers: the distance loop then vectorises over K
     cT = np.ascontiguousarray(centers.T)
     loss_sum = 0.0
+    n_clipped = 0
     if batch_size == 1:
         # Algorithm 1: the hot loop, kept free of the mini-batch bookkeeping
         for i in range(n):
@@ -170,22 +233,30 @@ def sq_steps(
             coef = _grad_coef(dist, r)
             rho = _rho(t_start + i, rho0, sched, t0, power)
             if opt == SGD:
-                # the paper's rule, fused into one loop (the most common path)
+                # the paper's rule, fused into one loop (the most common path); the step moves
+                # the center by step * dist toward z, so the safeguard is step <= 1
                 step = rho * coef
+                if step > 1.0:
+                    step = 1.0
+                    n_clipped += 1
                 for j in range(d):
                     c = centers[best, j] - step * (centers[best, j] - z[j])
                     if project:
                         c = min(max(c, lo[j]), hi[j])
                     centers[best, j] = c
                     cT[j, best] = c
+                    if track:
+                        keep[best, j] *= 1.0 - step
                 count[best] += 1
             else:
                 for j in range(d):
                     g[j] = coef * (centers[best, j] - z[j])
-                _apply_update(
+                n_clipped += _apply_update(
                     best,
                     g,
+                    coef,
                     rho,
+                    dist,
                     centers,
                     m,
                     v,
@@ -199,13 +270,17 @@ def sq_steps(
                     decay,
                     eps,
                     project,
+                    old,
+                    keep,
                 )
                 for j in range(d):
                     cT[j, best] = centers[best, j]
-        return t_start + n, loss_sum, n
+        return t_start + n, loss_sum, n, n_clipped
 
     gsum = np.zeros((K, d))
     gcnt = np.zeros(K, dtype=np.int64)
+    csum = np.zeros(K)  # sum of the gradient coefficients of the samples each center won
+    dsum = np.zeros(K)  # sum of their distances (the safeguard's cap is the mean)
     t = t_start
     n_steps = 0
     i = 0
@@ -218,6 +293,8 @@ def sq_steps(
             loss_sum += _dist_pow(dist, best_d2, r)
             coef = _grad_coef(dist, r)
             gcnt[best] += 1
+            csum[best] += coef
+            dsum[best] += dist
             for j in range(d):
                 gsum[best, j] += coef * (centers[best, j] - z[j])
         rho = _rho(t, rho0, sched, t0, power)
@@ -228,10 +305,12 @@ def sq_steps(
                     g[j] = gsum[k, j] * inv
                     gsum[k, j] = 0.0
                 gcnt[k] = 0
-                _apply_update(
+                n_clipped += _apply_update(
                     k,
                     g,
+                    csum[k] * inv,
                     rho,
+                    dsum[k] * inv,
                     centers,
                     m,
                     v,
@@ -245,13 +324,17 @@ def sq_steps(
                     decay,
                     eps,
                     project,
+                    old,
+                    keep,
                 )
+                csum[k] = 0.0
+                dsum[k] = 0.0
                 for j in range(d):
                     cT[j, k] = centers[k, j]
         t += stop - i
         n_steps += 1
         i = stop
-    return t, loss_sum, n_steps
+    return t, loss_sum, n_steps, n_clipped
 
 
 @njit(cache=True, nogil=True, error_model="numpy", fastmath=_FASTMATH, inline="always")

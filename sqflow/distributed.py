@@ -95,7 +95,7 @@ def run_block(
     block = np.ascontiguousarray(block)
     s = state.copy()
     s.t = int(t_start)
-    t, loss, steps = _kernels.sq_steps(
+    t, loss, steps, _ = _kernels.sq_steps(
         block,
         s.centers,
         s.m,
@@ -118,6 +118,7 @@ def run_block(
         args.inv_scale,
         args.batch_size,
         args.project,
+        np.empty((0, s.centers.shape[1])),
     )
     s.t = int(t)
     return s, float(loss), int(steps)
