@@ -82,33 +82,36 @@ def _apply_update(
     eps,
     project,
     old,
+    S,
     keep,
 ):
     """One optimizer step of center k with generalized gradient g (length n_features).
 
-    ``g = coef * (y_k - z)`` for the sample z (or the batch's coef-weighted mean sample).
+    ``g = coef * (y_k - z)`` for the sample z (or, for a batch, the won samples' mean).
     Safeguard: the step is shortened to length ``cap`` when it is longer (``cap`` = the
     distance from y_k to the sample(s) that pull it), so no step overshoots its sample; a
-    shortened step returns 1, an untouched one 0. ``keep`` (when it has rows) multiplies in,
-    per coordinate, the factor ``1 - a`` by which the step contracts y_k toward the sample
-    (``a`` = the step's coefficient on ``y_k - z``): the distributed combination composes
-    blocks with it (``sqflow.distributed.combine``).
+    shortened step returns 1, an untouched one 0.
+
+    ``keep`` (when it has rows) is the product, per center and coordinate, of the steps' 2 x 2
+    matrices acting on ``(y_k, m_k)`` with the sample and the adaptive denominators held
+    fixed (``keep[0..3]`` = rows (11, 12, 21, 22)): the linear part of the task's map, which
+    the distributed combination uses to compose tasks as the serial run would
+    (``sqflow.distributed.combine``). ``S`` is scratch (4, n_features).
     """
     d = centers.shape[1]
     count[k] += 1
     for j in range(d):
         old[j] = centers[k, j]
-    track = keep.shape[0] > 0
     if opt == SGD or opt == MOMENTUM:
         a = rho * coef
         for j in range(d):
             if opt == MOMENTUM:
                 # y^{t+1} = y^t + gamma (y^t - y^{t-1}) - rho g ; m holds y^t - y^{t-1}
                 centers[k, j] = old[j] + gamma * m[k, j] - rho * g[j]
+                S[0, j], S[1, j], S[2, j], S[3, j] = 1.0 - a, gamma, -a, gamma
             else:
                 centers[k, j] = old[j] - rho * g[j]
-            if track:
-                keep[k, j] *= 1.0 - min(a, 1.0)
+                S[0, j], S[1, j], S[2, j], S[3, j] = 1.0 - a, 0.0, 0.0, 1.0
     elif opt == NAG:
         # y~^t = y^t - rho g ; y^{t+1} = y~^t + gamma (y~^t - y~^{t-1}) ; m holds y~^{t-1}
         a = rho * coef
@@ -116,8 +119,7 @@ def _apply_update(
             look = old[j] - rho * g[j]
             centers[k, j] = look + gamma * (look - m[k, j])
             m[k, j] = look
-            if track:
-                keep[k, j] *= 1.0 - min(a, 1.0)
+            S[0, j], S[1, j], S[2, j], S[3, j] = (1.0 + gamma) * (1.0 - a), -gamma, 1.0 - a, 0.0
     elif opt == ADAGRAD or opt == RMSPROP:
         for j in range(d):
             if opt == ADAGRAD:
@@ -126,12 +128,12 @@ def _apply_update(
                 v[k, j] = decay * v[k, j] + (1.0 - decay) * g[j] * g[j]
             a = rho / math.sqrt(v[k, j] + eps)
             centers[k, j] = old[j] - a * g[j]
-            if track:
-                keep[k, j] *= 1.0 - min(a * coef, 1.0)
+            S[0, j], S[1, j], S[2, j], S[3, j] = 1.0 - a * coef, 0.0, 0.0, 1.0
     else:  # ADAM, bias-corrected with this center's own update count
         tk = count[k]
         c1 = 1.0 - beta1**tk
         c2 = 1.0 - beta2**tk
+        b = (1.0 - beta1) * coef
         for j in range(d):
             m[k, j] = beta1 * m[k, j] + (1.0 - beta1) * g[j]
             v[k, j] = beta2 * v[k, j] + (1.0 - beta2) * g[j] * g[j]
@@ -139,18 +141,19 @@ def _apply_update(
             vhat = v[k, j] / c2
             denom = math.sqrt(vhat) + eps
             centers[k, j] = old[j] - rho * mhat / denom
-            if track:
-                keep[k, j] *= 1.0 - min(rho * (1.0 - beta1) / c1 * coef / denom, 1.0)
+            alpha = rho / (c1 * denom)
+            S[0, j], S[1, j], S[2, j], S[3, j] = 1.0 - alpha * b, -alpha * beta1, b, beta1
     clipped = 0
+    shrink = 1.0
     step2 = 0.0
     for j in range(d):
         diff = centers[k, j] - old[j]
         step2 += diff * diff
     if step2 > cap * cap:
         # never step past the sample: shorten the step to the sample's distance
-        s = cap / math.sqrt(step2)
+        shrink = cap / math.sqrt(step2)
         for j in range(d):
-            centers[k, j] = old[j] + s * (centers[k, j] - old[j])
+            centers[k, j] = old[j] + shrink * (centers[k, j] - old[j])
         clipped = 1
     if project:
         for j in range(d):
@@ -158,6 +161,18 @@ def _apply_update(
     if opt == MOMENTUM:
         for j in range(d):
             m[k, j] = centers[k, j] - old[j]
+    if keep.shape[0] > 0:
+        for j in range(d):
+            s11 = 1.0 - shrink + shrink * S[0, j]
+            s12 = shrink * S[1, j]
+            s21, s22 = S[2, j], S[3, j]
+            if opt == MOMENTUM:  # m is the (shortened) step itself
+                s21, s22 = s11 - 1.0, s12
+            k11, k12, k21, k22 = keep[0, k, j], keep[1, k, j], keep[2, k, j], keep[3, k, j]
+            keep[0, k, j] = s11 * k11 + s12 * k21
+            keep[1, k, j] = s11 * k12 + s12 * k22
+            keep[2, k, j] = s21 * k11 + s22 * k21
+            keep[3, k, j] = s21 * k12 + s22 * k22
     return clipped
 
 
@@ -197,8 +212,9 @@ def sq_steps(
     sample (for a batch: the mean distance of the samples the center won). Algorithm 1 is
     unchanged while ``rho_t * r * ||z - y||**(r-2) <= 1`` (no step overshoots its sample) and
     a step that would overshoot cannot make the centers diverge. ``keep`` is
-    ``(n_clusters, n_features)`` (filled with 1 by the caller) to record each center's
-    contraction factor for the distributed combination, or ``(0, n_features)`` to skip it.
+    ``(4, n_clusters, n_features)``, the identity per center and coordinate (rows 11, 12, 21,
+    22) to record the linear part of the run's map on ``(y_k, m_k)`` for the distributed
+    combination (see ``_apply_update``), or ``(0, 0, 0)`` to skip it.
 
     Returns
     -------
@@ -217,6 +233,7 @@ def sq_steps(
     z = np.empty(d)
     g = np.empty(d)
     old = np.empty(d)
+    S = np.empty((4, d))
     dist2 = np.empty(K)
     track = keep.shape[0] > 0
     # transposed copy of the centers: the distance loop then vectorises over K
@@ -246,7 +263,7 @@ def sq_steps(
                     centers[best, j] = c
                     cT[j, best] = c
                     if track:
-                        keep[best, j] *= 1.0 - step
+                        keep[0, best, j] *= 1.0 - step
                 count[best] += 1
             else:
                 for j in range(d):
@@ -271,6 +288,7 @@ def sq_steps(
                     eps,
                     project,
                     old,
+                    S,
                     keep,
                 )
                 for j in range(d):
@@ -325,6 +343,7 @@ def sq_steps(
                     eps,
                     project,
                     old,
+                    S,
                     keep,
                 )
                 csum[k] = 0.0
