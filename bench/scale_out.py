@@ -15,7 +15,8 @@ Usage::
     python bench/scale_out.py --rows 20000000       # the issue's 20M store
     python bench/scale_out.py --skip-speed / --skip-grid
 
-Writes bench/results/scale_out.json.
+Writes bench/results/scale_out.json (``--overheads-only``: scale_out_overheads.json, the driver's
+composition cost per task and the scheduler's cost per task, measured in every run too).
 """
 
 from __future__ import annotations
@@ -93,6 +94,43 @@ def speed(client, rows: int, chunk_rows: int, repeats: int, workdir: Path) -> di
     return out
 
 
+def overheads(client, K: int = 64, d: int = 16) -> dict:
+    """Driver cost of composing one round (per task) and the scheduler's cost per task."""
+    from sqflow.distributed import TaskResult, combine
+    from sqflow.optimizers import OPTIMIZER_CODES, OptimizerState
+    from sqflow.store import open_store  # noqa: F401 - same imports as a fit
+
+    est_args = None
+    from sqflow import StochasticQuantization
+
+    est = StochasticQuantization(K, init=np.zeros((K, d)), scale=1.0)
+    p = est._check_params(d)
+    est_args = est._kernel_args(p, 1.0)
+    rng = np.random.default_rng(0)
+    start = OptimizerState.start(rng.normal(size=(K, d)), "sgd")
+    out = {"combine_ms_per_task": {}}
+    for W in (2, 8, 32, 128):
+        results = []
+        for _ in range(W):
+            end = start.copy()
+            end.centers += rng.normal(scale=0.01, size=(K, d))
+            end.count += 10
+            keep = np.ones((4, K, d))
+            results.append(TaskResult(end, keep, 0.0, 0, 0, []))
+        reps = max(3, 200 // W)
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            combine(start, results, [start] * W, est_args)
+        out["combine_ms_per_task"][W] = (time.perf_counter() - t0) / reps / W * 1e3
+    assert OPTIMIZER_CODES  # the same module the fit uses
+    # scheduler + transfer cost of one small task (submit, run a no-op, gather), 400 tasks
+    client.gather(client.map(abs, range(50)))
+    t0 = time.perf_counter()
+    client.gather(client.map(abs, range(1000, 1400)))
+    out["scheduler_ms_per_task"] = (time.perf_counter() - t0) / 400 * 1e3
+    return out
+
+
 def grid(client, workers: list[int], chunks: list[int], optimizers: list[str]) -> list[dict]:
     import dask.array as da
     from sklearn.datasets import make_blobs
@@ -135,6 +173,7 @@ def main(argv=None) -> None:
     ap.add_argument("--optimizers", nargs="+", default=OPTIMIZERS)
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--skip-grid", action="store_true")
+    ap.add_argument("--overheads-only", action="store_true")
     a = ap.parse_args(argv)
 
     import warnings
@@ -153,6 +192,8 @@ def main(argv=None) -> None:
         ) as cluster,
         Client(cluster) as client,
     ):
+        if a.overheads_only:
+            a.skip_speed = a.skip_grid = True
         if not a.skip_speed:
             work = Path(tempfile.mkdtemp(prefix="sqbench-"))
             try:
@@ -172,6 +213,8 @@ def main(argv=None) -> None:
                 ],
                 ["rows", "chunk_rows", "pass_s", "bare_sum_s", "ratio"],
             )
+        out["overheads"] = overheads(client)
+        print(out["overheads"], flush=True)
         if not a.skip_grid:
             out["grid"] = grid(client, a.workers, a.chunks, a.optimizers)
             print_table(
@@ -179,7 +222,7 @@ def main(argv=None) -> None:
                 ["optimizer", "chunk_rows", "W", "objective_ratio", "passes", "serial_passes"],
             )
     out["loadavg_at_end"] = os.getloadavg()
-    write_results("scale_out", out)
+    write_results("scale_out_overheads" if a.overheads_only else "scale_out", out)
 
 
 if __name__ == "__main__":
