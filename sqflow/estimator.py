@@ -93,6 +93,12 @@ class StochasticQuantization(
     learning_rate : float or None, default=None
         Initial step rho_0 (> 0), in units of the data's spread (see ``scale``). None takes the
         paper's value: 0.001 for sgd, momentum, nag, rmsprop; 0.1 for adagrad; 0.01 for adam.
+        Safeguard: a step never moves a center further than the distance to the sample that
+        pulls it (batches: the mean distance of the samples it won). For sgd that is
+        ``rho_t * rank * ||z - y||**(rank - 2) <= 1``, where Algorithm 1 is stable, so it is
+        left exact there; too large a rate for the rank shows as a ``ConvergenceWarning``
+        naming the cure (more than 0.1 % of the last pass's steps shortened, or a fit ending
+        worse than its seeding), never as non-finite centers.
     rank : float, default=3.0
         The exponent r >= 1 of the distance (the paper uses 3; 2 gives the k-means objective).
     batch_size : int, default=1
