@@ -174,6 +174,7 @@ def main(argv=None) -> None:
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--skip-grid", action="store_true")
     ap.add_argument("--overheads-only", action="store_true")
+    ap.add_argument("--name", default=None, help="results file name (default scale_out)")
     a = ap.parse_args(argv)
 
     import warnings
@@ -222,7 +223,8 @@ def main(argv=None) -> None:
                 ["optimizer", "chunk_rows", "W", "objective_ratio", "passes", "serial_passes"],
             )
     out["loadavg_at_end"] = os.getloadavg()
-    write_results("scale_out_overheads" if a.overheads_only else "scale_out", out)
+    out["args"] = vars(a)
+    write_results(a.name or ("scale_out_overheads" if a.overheads_only else "scale_out"), out)
 
 
 if __name__ == "__main__":
