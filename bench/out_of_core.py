@@ -494,7 +494,7 @@ def child_kmeans(p: dict) -> dict:
     """scikit-learn KMeans on the whole store loaded in memory (its peak RSS, for contrast)."""
     from sklearn.cluster import KMeans
 
-    from sqflow import _kernels
+    from sqflow.distances import nearest
     from sqflow.store import open_store
 
     res = {"t_ready": time.time()}
@@ -508,7 +508,7 @@ def child_kmeans(p: dict) -> dict:
     ).fit(X)
     res["fit_s"] = time.perf_counter() - t0
     res["t_fit_end"] = time.time()
-    d2 = _kernels.nearest(X, km.cluster_centers_.astype(np.float64))[1]
+    d2 = nearest(X, km.cluster_centers_.astype(np.float64))[1]
     res.update(
         n_iter=int(km.n_iter_),
         inertia_per_row=float(km.inertia_) / X.shape[0],

@@ -63,51 +63,117 @@ def _dist_pow(dist, dist2, r):
 
 @njit(cache=True, nogil=True, error_model="numpy", fastmath=_FASTMATH, inline="always")
 def _apply_update(
-    k, g, rho, centers, m, v, count, lo, hi, opt, gamma, beta1, beta2, decay, eps, project
+    k,
+    g,
+    coef,
+    rho,
+    cap,
+    centers,
+    m,
+    v,
+    count,
+    lo,
+    hi,
+    opt,
+    gamma,
+    beta1,
+    beta2,
+    decay,
+    eps,
+    project,
+    old,
+    S,
+    keep,
 ):
-    """One optimizer step of center k with generalized gradient g (length n_features)."""
+    """One optimizer step of center k with generalized gradient g (length n_features).
+
+    ``g = coef * (y_k - z)`` for the sample z (or, for a batch, the won samples' mean).
+    Safeguard: the step is shortened to length ``cap`` when it is longer (``cap`` = the
+    distance from y_k to the sample(s) that pull it), so no step overshoots its sample; a
+    shortened step returns 1, an untouched one 0.
+
+    ``keep`` (when it has rows) is the product, per center and coordinate, of the steps' 2 x 2
+    matrices acting on ``(y_k, m_k)`` with the sample and the adaptive denominators held
+    fixed (``keep[0..3]`` = rows (11, 12, 21, 22)): the linear part of the task's map, which
+    the distributed combination uses to compose tasks as the serial run would
+    (``sqflow.distributed.combine``). ``S`` is scratch (4, n_features).
+    """
     d = centers.shape[1]
     count[k] += 1
-    if opt == SGD:
+    for j in range(d):
+        old[j] = centers[k, j]
+    if opt == SGD or opt == MOMENTUM:
+        a = rho * coef
         for j in range(d):
-            centers[k, j] -= rho * g[j]
-    elif opt == MOMENTUM:
-        # y^{t+1} = y^t + gamma (y^t - y^{t-1}) - rho g ; m holds y^t - y^{t-1}
-        for j in range(d):
-            old = centers[k, j]
-            new = old + gamma * m[k, j] - rho * g[j]
-            if project:
-                new = min(max(new, lo[j]), hi[j])
-            m[k, j] = new - old
-            centers[k, j] = new
-        return
+            if opt == MOMENTUM:
+                # y^{t+1} = y^t + gamma (y^t - y^{t-1}) - rho g ; m holds y^t - y^{t-1}
+                centers[k, j] = old[j] + gamma * m[k, j] - rho * g[j]
+                S[0, j], S[1, j], S[2, j], S[3, j] = 1.0 - a, gamma, -a, gamma
+            else:
+                centers[k, j] = old[j] - rho * g[j]
+                S[0, j], S[1, j], S[2, j], S[3, j] = 1.0 - a, 0.0, 0.0, 1.0
     elif opt == NAG:
         # y~^t = y^t - rho g ; y^{t+1} = y~^t + gamma (y~^t - y~^{t-1}) ; m holds y~^{t-1}
+        a = rho * coef
         for j in range(d):
-            look = centers[k, j] - rho * g[j]
+            look = old[j] - rho * g[j]
             centers[k, j] = look + gamma * (look - m[k, j])
             m[k, j] = look
-    elif opt == ADAGRAD:
+            S[0, j], S[1, j], S[2, j], S[3, j] = (1.0 + gamma) * (1.0 - a), -gamma, 1.0 - a, 0.0
+    elif opt == ADAGRAD or opt == RMSPROP:
         for j in range(d):
-            v[k, j] += g[j] * g[j]
-            centers[k, j] -= rho / math.sqrt(v[k, j] + eps) * g[j]
-    elif opt == RMSPROP:
-        for j in range(d):
-            v[k, j] = decay * v[k, j] + (1.0 - decay) * g[j] * g[j]
-            centers[k, j] -= rho / math.sqrt(v[k, j] + eps) * g[j]
+            if opt == ADAGRAD:
+                v[k, j] += g[j] * g[j]
+            else:
+                v[k, j] = decay * v[k, j] + (1.0 - decay) * g[j] * g[j]
+            a = rho / math.sqrt(v[k, j] + eps)
+            centers[k, j] = old[j] - a * g[j]
+            S[0, j], S[1, j], S[2, j], S[3, j] = 1.0 - a * coef, 0.0, 0.0, 1.0
     else:  # ADAM, bias-corrected with this center's own update count
         tk = count[k]
         c1 = 1.0 - beta1**tk
         c2 = 1.0 - beta2**tk
+        b = (1.0 - beta1) * coef
         for j in range(d):
             m[k, j] = beta1 * m[k, j] + (1.0 - beta1) * g[j]
             v[k, j] = beta2 * v[k, j] + (1.0 - beta2) * g[j] * g[j]
             mhat = m[k, j] / c1
             vhat = v[k, j] / c2
-            centers[k, j] -= rho * mhat / (math.sqrt(vhat) + eps)
+            denom = math.sqrt(vhat) + eps
+            centers[k, j] = old[j] - rho * mhat / denom
+            alpha = rho / (c1 * denom)
+            S[0, j], S[1, j], S[2, j], S[3, j] = 1.0 - alpha * b, -alpha * beta1, b, beta1
+    clipped = 0
+    shrink = 1.0
+    step2 = 0.0
+    for j in range(d):
+        diff = centers[k, j] - old[j]
+        step2 += diff * diff
+    if step2 > cap * cap:
+        # never step past the sample: shorten the step to the sample's distance
+        shrink = cap / math.sqrt(step2)
+        for j in range(d):
+            centers[k, j] = old[j] + shrink * (centers[k, j] - old[j])
+        clipped = 1
     if project:
         for j in range(d):
             centers[k, j] = min(max(centers[k, j], lo[j]), hi[j])
+    if opt == MOMENTUM:
+        for j in range(d):
+            m[k, j] = centers[k, j] - old[j]
+    if keep.shape[0] > 0:
+        for j in range(d):
+            s11 = 1.0 - shrink + shrink * S[0, j]
+            s12 = shrink * S[1, j]
+            s21, s22 = S[2, j], S[3, j]
+            if opt == MOMENTUM:  # m is the (shortened) step itself
+                s21, s22 = s11 - 1.0, s12
+            k11, k12, k21, k22 = keep[0, k, j], keep[1, k, j], keep[2, k, j], keep[3, k, j]
+            keep[0, k, j] = s11 * k11 + s12 * k21
+            keep[1, k, j] = s11 * k12 + s12 * k22
+            keep[2, k, j] = s21 * k11 + s22 * k21
+            keep[3, k, j] = s21 * k12 + s22 * k22
+    return clipped
 
 
 @njit(cache=True, nogil=True, error_model="numpy", fastmath=_FASTMATH)
@@ -134,6 +200,7 @@ def sq_steps(
     inv_scale,
     batch_size,
     project,
+    keep,
 ):
     """Run SQ steps over the rows of ``X`` in order, updating centers and state in place.
 
@@ -141,6 +208,13 @@ def sq_steps(
     ``batch_size == 1`` is Algorithm 1 exactly. ``batch_size > 1`` assigns every sample of a
     batch against the centers at the batch start and gives each center that won samples one
     step along the mean of their generalized gradients; batches never span two calls.
+    Safeguard: every step is shortened to at most the distance between the center and its
+    sample (for a batch: the mean distance of the samples the center won). Algorithm 1 is
+    unchanged while ``rho_t * r * ||z - y||**(r-2) <= 1`` (no step overshoots its sample) and
+    a step that would overshoot cannot make the centers diverge. ``keep`` is
+    ``(4, n_clusters, n_features)``, the identity per center and coordinate (rows 11, 12, 21,
+    22) to record the linear part of the run's map on ``(y_k, m_k)`` for the distributed
+    combination (see ``_apply_update``), or ``(0, 0, 0)`` to skip it.
 
     Returns
     -------
@@ -151,15 +225,21 @@ def sq_steps(
         working units (multiply by ``scale**r`` for data units): a cheap running estimate of F.
     n_steps : int64
         Number of steps (batches) taken.
+    n_clipped : int64
+        Steps the safeguard shortened (a learning rate too large for this rank and data).
     """
     n = X.shape[0]
     K, d = centers.shape
     z = np.empty(d)
     g = np.empty(d)
+    old = np.empty(d)
+    S = np.empty((4, d))
     dist2 = np.empty(K)
+    track = keep.shape[0] > 0
     # transposed copy of the centers: the distance loop then vectorises over K
     cT = np.ascontiguousarray(centers.T)
     loss_sum = 0.0
+    n_clipped = 0
     if batch_size == 1:
         # Algorithm 1: the hot loop, kept free of the mini-batch bookkeeping
         for i in range(n):
@@ -170,22 +250,30 @@ def sq_steps(
             coef = _grad_coef(dist, r)
             rho = _rho(t_start + i, rho0, sched, t0, power)
             if opt == SGD:
-                # the paper's rule, fused into one loop (the most common path)
+                # the paper's rule, fused into one loop (the most common path); the step moves
+                # the center by step * dist toward z, so the safeguard is step <= 1
                 step = rho * coef
+                if step > 1.0:
+                    step = 1.0
+                    n_clipped += 1
                 for j in range(d):
                     c = centers[best, j] - step * (centers[best, j] - z[j])
                     if project:
                         c = min(max(c, lo[j]), hi[j])
                     centers[best, j] = c
                     cT[j, best] = c
+                    if track:
+                        keep[0, best, j] *= 1.0 - step
                 count[best] += 1
             else:
                 for j in range(d):
                     g[j] = coef * (centers[best, j] - z[j])
-                _apply_update(
+                n_clipped += _apply_update(
                     best,
                     g,
+                    coef,
                     rho,
+                    dist,
                     centers,
                     m,
                     v,
@@ -199,13 +287,18 @@ def sq_steps(
                     decay,
                     eps,
                     project,
+                    old,
+                    S,
+                    keep,
                 )
                 for j in range(d):
                     cT[j, best] = centers[best, j]
-        return t_start + n, loss_sum, n
+        return t_start + n, loss_sum, n, n_clipped
 
     gsum = np.zeros((K, d))
     gcnt = np.zeros(K, dtype=np.int64)
+    csum = np.zeros(K)  # sum of the gradient coefficients of the samples each center won
+    dsum = np.zeros(K)  # sum of their distances (the safeguard's cap is the mean)
     t = t_start
     n_steps = 0
     i = 0
@@ -218,6 +311,8 @@ def sq_steps(
             loss_sum += _dist_pow(dist, best_d2, r)
             coef = _grad_coef(dist, r)
             gcnt[best] += 1
+            csum[best] += coef
+            dsum[best] += dist
             for j in range(d):
                 gsum[best, j] += coef * (centers[best, j] - z[j])
         rho = _rho(t, rho0, sched, t0, power)
@@ -228,10 +323,12 @@ def sq_steps(
                     g[j] = gsum[k, j] * inv
                     gsum[k, j] = 0.0
                 gcnt[k] = 0
-                _apply_update(
+                n_clipped += _apply_update(
                     k,
                     g,
+                    csum[k] * inv,
                     rho,
+                    dsum[k] * inv,
                     centers,
                     m,
                     v,
@@ -245,13 +342,18 @@ def sq_steps(
                     decay,
                     eps,
                     project,
+                    old,
+                    S,
+                    keep,
                 )
+                csum[k] = 0.0
+                dsum[k] = 0.0
                 for j in range(d):
                     cT[j, k] = centers[k, j]
         t += stop - i
         n_steps += 1
         i = stop
-    return t, loss_sum, n_steps
+    return t, loss_sum, n_steps, n_clipped
 
 
 @njit(cache=True, nogil=True, error_model="numpy", fastmath=_FASTMATH, inline="always")
@@ -303,12 +405,3 @@ def assign(X, centers, labels_out, dist2_out):
                 best = k
         labels_out[i] = best
         dist2_out[i] = best_d2
-
-
-def nearest(block, centers) -> tuple[np.ndarray, np.ndarray]:
-    """(index int64, squared distance float64) of the nearest center for every row of a block.
-
-    Kept for callers not yet moved; the one implementation is :func:`sqflow.distances.nearest`."""
-    from .distances import nearest as _nearest  # distances imports this module
-
-    return _nearest(block, centers)

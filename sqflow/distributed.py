@@ -1,36 +1,52 @@
-"""Dask-distributed SQ passes: the compiled kernel runs on the workers, one chunk per task.
+"""Dask-distributed SQ passes: the compiled kernel runs on the workers, several blocks per task.
 
-The rule (``docs/distributed.md`` gives the convergence argument):
+The rule (``docs/distributed.md`` gives the effective step and the convergence argument):
 
-* a pass visits the row blocks of the Dask array in a (seeded) random order, grouped into
-  *rounds* of ``W`` consecutive blocks, ``W`` fixed when ``fit`` starts (the cluster's threads,
-  or ``n_parallel``);
-* in a round, every block's task starts from the SAME broadcast state (centers, per-center
-  optimizer state, bounding box) and runs Algorithm 1 (or the mini-batch rule) over its block,
-  with the schedule clock at the position the block has in the serial order;
-* the driver combines the ``W`` results per center, weighting each worker's end point by the
-  number of updates it made to that center (a convex combination, so the projection set is
-  kept); per-center counts add up, the bounding box is the union, the clock advances by the
-  rows of the round. A center moved by one worker only takes that worker's values bit for bit.
+* a pass visits the row blocks of the Dask array in a (seeded) random order; consecutive blocks
+  are grouped into *tasks* of ``blocks_per_task`` blocks and tasks into *rounds* of ``W``
+  tasks, ``W`` fixed when ``fit`` starts (``n_parallel``, or the cluster's threads);
+* a task runs Algorithm 1 (or the mini-batch rule) over its blocks one after the other, from
+  the state it was given, with the schedule clock at the position its rows have in the serial
+  order (so every sample gets the serial step rho_t), and records per center the factor
+  ``P = prod (1 - a_s)`` by which its steps contracted the center toward the samples;
+* the driver composes the tasks' results in serial (task) order, per center, as the serial run
+  would apply them: ``y <- P_b * y + (y_b - P_b * y0_b)`` (``y0_b`` the center the task started
+  from). To first order in the step this is the sum of the tasks' displacements (what the serial
+  run does with the same samples); for sgd with r = 2 it is exact, and it never overshoots
+  (``P`` in [0, 1]). Velocities and moments are composed the same way with their own decay
+  (momentum/NAG: gamma, RMSProp: its decay, Adam: beta1/beta2); AdaGrad's accumulator is summed;
+  update counts add up, the bounding box is the union;
+* pipelining: while the driver composes round ``r``, round ``r + 1`` is already running; it
+  started from the state after round ``r - 1`` (staleness: one round, ``W`` tasks). ``W = 1``
+  has no staleness and no composition: the run is the serial run over the same order, bit for
+  bit.
 
-With ``W = 1`` a round is one block and the result is the serial run over the same order,
-bit for bit. Tasks are pure functions of (block, state, seed): a task lost with a killed worker
-is recomputed by the scheduler and gives the same numbers, and the driver combines results in
-block order, not completion order, so the result does not depend on which worker ran what.
+Tasks are pure functions of (blocks, state, seeds): a task lost with a killed worker is recomputed
+by the scheduler and gives the same numbers, and the driver composes results in task order, not
+completion order, so the result does not depend on which worker ran what. When the cluster has
+had no worker for ``timeout`` seconds the pass cancels its work and raises ``ClusterLostError``
+(a ``TimeoutError``).
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from . import _kernels
 from .chunks import as_float_rows, check_block_finite
-from .optimizers import OptimizerState
+from .distances import nearest
+from .optimizers import OPTIMIZER_CODES, OptimizerState
 
 logger = logging.getLogger(__name__)
+
+#: rows a task should hold at least (several small blocks per task keep the scheduler's
+#: per-task cost, about a millisecond, small next to the kernel's work)
+TASK_ROWS = 65_536
 
 
 def is_dask_array(X: object) -> bool:
@@ -49,6 +65,11 @@ def get_client(address: str | None = None):
         return _active()
     except (ImportError, ValueError):
         return None
+
+
+class ClusterLostError(TimeoutError):
+    """A distributed SQ pass gave up: the cluster had no worker for ``timeout`` seconds, or
+    lost the pass's work with its last worker."""
 
 
 @dataclass(frozen=True)
@@ -71,31 +92,20 @@ class KernelArgs:
     project: bool
 
 
-def run_block(
-    block: np.ndarray,
-    state: OptimizerState,
-    args: KernelArgs,
-    t_start: int,
-    seed: int | None,
-    start_row: int,
-    check: bool = True,
-) -> tuple[OptimizerState, float, int]:
-    """Worker task: SQ steps over one block from a copy of ``state``.
+@dataclass
+class TaskResult:
+    """What a worker task sends back: its end state, the contraction factors, the counters."""
 
-    ``seed`` (None = keep row order) permutes the rows inside the block; it is chosen by the
-    driver, so the task is a pure function of its arguments (safe to recompute). ``check``
-    rejects NaN/inf naming the row (skip it only for data validated already).
-    Returns (new state, loss sum in working units, steps).
-    """
-    block = as_float_rows(block)
-    if check:
-        check_block_finite(block, start_row)
-    if seed is not None:
-        block = block[np.random.RandomState(seed).permutation(block.shape[0])]
-    block = np.ascontiguousarray(block)
-    s = state.copy()
-    s.t = int(t_start)
-    t, loss, steps = _kernels.sq_steps(
+    state: OptimizerState
+    keep: np.ndarray  # (4, K, d) the task's linear map on (y, m) per center and coordinate
+    loss: float  # loss sum in working units
+    steps: int
+    clipped: int
+    block_losses: list  # loss sum of each block, in task order
+
+
+def _steps(block, s: OptimizerState, args: KernelArgs, keep: np.ndarray):
+    t, loss, steps, clipped = _kernels.sq_steps(
         block,
         s.centers,
         s.m,
@@ -118,47 +128,182 @@ def run_block(
         args.inv_scale,
         args.batch_size,
         args.project,
+        keep,
     )
     s.t = int(t)
-    return s, float(loss), int(steps)
+    return float(loss), int(steps), int(clipped)
 
 
-def combine(start: OptimizerState, results: list[OptimizerState], rows: int) -> OptimizerState:
-    """Per-center, update-count-weighted combination of a round's end states (see module doc)."""
-    if len(results) == 1:
-        out = results[0].copy()
-        out.t = start.t + rows
-        return out
-    out = start.copy()
-    n = np.stack([r.count - start.count for r in results])  # (W, K) updates per worker/center
-    total = n.sum(axis=0)
-    for k in np.flatnonzero(total):
-        movers = np.flatnonzero(n[:, k])
-        if len(movers) == 1:
-            src = results[movers[0]]
-            out.centers[k], out.m[k], out.v[k] = src.centers[k], src.m[k], src.v[k]
+def _prepare(block, seed: int | None, start_row: int, check: bool) -> np.ndarray:
+    block = as_float_rows(block)
+    if check:
+        check_block_finite(block, start_row)
+    if seed is not None:
+        block = block[np.random.RandomState(seed).permutation(block.shape[0])]
+    return np.ascontiguousarray(block)
+
+
+def run_block(
+    block: np.ndarray,
+    state: OptimizerState,
+    args: KernelArgs,
+    t_start: int,
+    seed: int | None,
+    start_row: int,
+    check: bool = True,
+) -> tuple[OptimizerState, float, int, int]:
+    """SQ steps over one block from a copy of ``state`` (the serial path).
+
+    ``seed`` (None = keep row order) permutes the rows inside the block; it is chosen by the
+    driver, so the call is a pure function of its arguments (safe to recompute). ``check``
+    rejects NaN/inf naming the row (skip it only for data validated already).
+    Returns (new state, loss sum in working units, steps, steps the safeguard shortened).
+    """
+    block = _prepare(block, seed, start_row, check)
+    s = state.copy()
+    s.t = int(t_start)
+    loss, steps, clipped = _steps(block, s, args, np.empty((0, 0, 0)))
+    return s, loss, steps, clipped
+
+
+def run_task(
+    blocks: list,
+    state: OptimizerState,
+    args: KernelArgs,
+    t_start: int,
+    seeds: list,
+    start_rows: list,
+    check: bool = True,
+) -> TaskResult:
+    """Worker task: SQ steps over several blocks in order, recording the contraction factors."""
+    s = state.copy()
+    s.t = int(t_start)
+    keep = np.zeros((4,) + s.centers.shape)
+    keep[0] = keep[3] = 1.0  # identity (rows 11, 12, 21, 22) per center and coordinate
+    loss_total, steps_total, clipped_total, losses = 0.0, 0, 0, []
+    for block, seed, start_row in zip(blocks, seeds, start_rows):
+        block = _prepare(block, seed, start_row, check)
+        loss, steps, clipped = _steps(block, s, args, keep)
+        loss_total += loss
+        steps_total += steps
+        clipped_total += clipped
+        losses.append(loss)
+    return TaskResult(s, keep, loss_total, steps_total, clipped_total, losses)
+
+
+def _decayed(cur, start, end, factor):
+    """Compose an exponentially decayed quantity as the serial run would: the task's own part
+    ``end - factor * start`` added to the running value decayed by the same factor."""
+    return factor * cur + (end - factor * start)
+
+
+def combine(
+    current: OptimizerState,
+    results: list[TaskResult],
+    starts: list[OptimizerState],
+    args: KernelArgs,
+) -> OptimizerState:
+    """Compose a round's task results onto ``current`` in task order (see the module doc).
+
+    Per center and coordinate, ``u = (y, m)`` goes through each task's affine map as the
+    serial run would: ``u <- M_b u + (u_b - M_b u0_b)``, with ``M_b`` the product of the
+    task's step matrices (``TaskResult.keep``), ``u0_b`` where the task started and ``u_b``
+    where it ended. AdaGrad's accumulator adds up; RMSProp's and Adam's second moments decay
+    by ``decay**n`` / ``beta2**n`` over a task's ``n`` updates of the center, as serially.
+    Adam is the exception: its normalised steps are not linear in the center, the tasks' end
+    points are averaged per center, weighted by their update counts (convex: no overshoot),
+    and its first moment is composed with ``beta1**n``.
+    ``starts[b]`` is the state task ``b`` started from (``current`` itself without staleness).
+    The clock ``t`` is left to the caller. A center moved by a single task that started from
+    ``current`` takes that task's values bit for bit (so ``W = 1`` is the serial run).
+    """
+    if len(results) == 1 and starts[0] is current:
+        return results[0].state.copy()
+    out = current.copy()
+    opt = args.opt
+    movers = np.zeros(out.centers.shape[0], dtype=np.int64)
+    last = np.full(out.centers.shape[0], -1)
+    adam = OPTIMIZER_CODES["adam"]
+    total = np.zeros((out.centers.shape[0], 1))
+    moved_sum = np.zeros_like(out.centers)
+    for b, (res, st) in enumerate(zip(results, starts)):
+        end, (m11, m12, m21, m22) = res.state, res.keep
+        n = (end.count - st.count).astype(np.float64)[:, None]  # (K, 1) updates of this task
+        moved = n[:, 0] > 0
+        movers += moved
+        last[moved] = b
+        if opt == adam:
+            # Adam's step is normalised by sqrt(v): it does not shrink near the target, so
+            # tasks that start from one point each take full steps toward the same target and
+            # their sum overshoots up to W times. Its end points are averaged, weighted by
+            # updates (convex, and a stale start does not add a move twice).
+            total += n
+            moved_sum += n * end.centers
+            out.m = _decayed(out.m, st.m, end.m, args.beta1**n)
         else:
-            w = n[movers, k] / total[k]
-            out.centers[k] = sum(wi * results[i].centers[k] for wi, i in zip(w, movers))
-            out.m[k] = sum(wi * results[i].m[k] for wi, i in zip(w, movers))
-            out.v[k] = sum(wi * results[i].v[k] for wi, i in zip(w, movers))
-    out.count = start.count + total
-    out.lo = np.min([r.lo for r in results], axis=0)
-    out.hi = np.max([r.hi for r in results], axis=0)
-    out.t = start.t + rows
+            y, m = out.centers, out.m
+            q_y = end.centers - (m11 * st.centers + m12 * st.m)
+            q_m = end.m - (m21 * st.centers + m22 * st.m)
+            out.centers = m11 * y + m12 * m + q_y
+            out.m = m21 * y + m22 * m + q_m
+        if opt == OPTIMIZER_CODES["adagrad"]:
+            out.v = out.v + (end.v - st.v)
+        elif opt == OPTIMIZER_CODES["rmsprop"]:
+            out.v = _decayed(out.v, st.v, end.v, args.decay**n)
+        elif opt == OPTIMIZER_CODES["adam"]:
+            out.v = _decayed(out.v, st.v, end.v, args.beta2**n)
+        out.count = out.count + (end.count - st.count)
+        out.lo = np.minimum(out.lo, end.lo)
+        out.hi = np.maximum(out.hi, end.hi)
+    if opt == adam:
+        out.centers = np.where(total > 0, moved_sum / np.maximum(total, 1.0), out.centers)
+    if args.project:
+        out.centers = np.clip(out.centers, out.lo, out.hi)
+    # exactness where nothing needs composing: a center only one task moved, from `current`
+    for k in np.flatnonzero(movers == 1):
+        b = int(last[k])
+        if starts[b] is current:
+            src = results[b].state
+            out.centers[k], out.m[k], out.v[k] = src.centers[k], src.m[k], src.v[k]
     return out
 
 
 def _block_loss(block, centers: np.ndarray, rank: float, start_row: int) -> float:
     block = np.asarray(block)
     check_block_finite(block, start_row)
-    return float(np.sum(_kernels.nearest(block, centers)[1] ** (rank / 2.0)))
+    return float(np.sum(nearest(block, centers)[1] ** (rank / 2.0)))
 
 
 class DaskPasses:
-    """Runs SQ passes of one estimator over a Dask array on a distributed Client."""
+    """Runs SQ passes of one estimator over a Dask array on a distributed Client.
 
-    def __init__(self, client, X, n_parallel: int | None = None):
+    Parameters
+    ----------
+    client : distributed.Client
+    X : dask.array.Array (n_samples, n_features)
+    n_parallel : int or None
+        Tasks per round ``W``; None: the cluster's total threads.
+    timeout : float, default=60.0
+        Seconds the cluster may have no worker before a pass (or the objective) gives up with
+        ``TimeoutError``; work in flight is cancelled.
+    blocks_per_task : int or None
+        Consecutive blocks one task runs serially; None: enough blocks for ``TASK_ROWS`` rows,
+        but no more than leaves two rounds of ``W`` tasks per pass.
+    staleness : int or None
+        Rounds in flight beyond the one being composed (0 = synchronous rounds); None: 1 when
+        ``W > 1``, 0 when ``W = 1`` (which keeps ``W = 1`` bit-identical to the serial run) and
+        for Adam (whose end points are averaged, so a stale start would undo a round).
+    """
+
+    def __init__(
+        self,
+        client,
+        X,
+        n_parallel: int | None = None,
+        timeout: float = 60.0,
+        blocks_per_task: int | None = None,
+        staleness: int | None = None,
+    ):
         self.client = client
         if len(X.chunks[1]) != 1:
             X = X.rechunk({1: X.shape[1]})  # one block per row range
@@ -172,7 +317,68 @@ class DaskPasses:
         if n_parallel is None:
             n_parallel = sum(client.nthreads().values()) or 1
         self.n_parallel = int(n_parallel)
+        self.timeout = float(timeout)
+        if blocks_per_task is None:
+            # enough rows per task to hide the scheduler's per-task cost, but at least two
+            # rounds of W tasks per pass so that the pipeline has a round to overlap
+            typical = max(1, int(np.median(X.chunks[0])))
+            by_rows = math.ceil(TASK_ROWS / typical)
+            blocks_per_task = max(1, min(by_rows, len(self.bounds) // (2 * self.n_parallel)))
+        self.blocks_per_task = int(blocks_per_task)
+        self.staleness = staleness
+        self.clipped = 0  # steps the safeguard shortened in the last pass
 
+    # ---------------------------------------------------------------- fault handling
+    def _wait(self, futures) -> None:
+        """Wait for ``futures``; raise TimeoutError when no worker was there for ``timeout`` s."""
+        from distributed import wait
+
+        gone_since = None
+        poll = min(1.0, max(0.05, self.timeout / 10))
+        while True:
+            try:
+                wait(futures, timeout=poll)
+                return
+            except TimeoutError:
+                pass
+            if self.client.nthreads():  # asks the scheduler (scheduler_info() is cached)
+                gone_since = None
+                continue
+            now = time.monotonic()
+            gone_since = gone_since or now
+            if now - gone_since >= self.timeout:
+                raise ClusterLostError(
+                    f"the Dask cluster has had no worker for {self.timeout:g} s (every worker "
+                    "died or left); the SQ pass was cancelled. Restart the workers and fit "
+                    "again, or raise the estimator's dask_timeout if workers come back slowly."
+                )
+
+    def _gather(self, futures):
+        from concurrent.futures import CancelledError
+
+        try:
+            self._wait(futures)
+            return self.client.gather(futures)
+        except CancelledError as exc:
+            # only the scheduler cancels these futures: it dropped them with the workers
+            # that left (this process cancels them only on its way out)
+            n = len(self.client.nthreads())
+            raise ClusterLostError(
+                f"the Dask scheduler cancelled the SQ pass's work when its workers left ({n} "
+                "left now); restart the workers and fit again (dask_timeout bounds the wait "
+                "for workers that die without leaving)"
+            ) from exc
+
+    def compute(self, collection):
+        """``collection`` computed on the cluster, under the same fault handling as a pass."""
+        futures = self.client.compute(collection)
+        try:
+            return self._gather(futures)
+        except BaseException:
+            self.client.cancel(futures)
+            raise
+
+    # ---------------------------------------------------------------- passes
     def run_pass(
         self,
         state: OptimizerState,
@@ -182,33 +388,61 @@ class DaskPasses:
         on_block=None,
     ) -> tuple[OptimizerState, float, int]:
         """One pass in ``order``; returns (state, loss sum in working units, steps)."""
-        client, W = self.client, self.n_parallel
-        rounds = [order[i : i + W] for i in range(0, len(order), W)]
-        # blocks of the next round are read while the current round computes
-        pending = client.compute([self.blocks[b] for b in rounds[0]]) if rounds else []
-        loss_total, steps_total = 0.0, 0
-        for r, members in enumerate(rounds):
-            data = pending
-            if r + 1 < len(rounds):
-                pending = client.compute([self.blocks[b] for b in rounds[r + 1]])
-            t = state.t
+        client, W, G = self.client, self.n_parallel, self.blocks_per_task
+        tasks = [list(order[i : i + G]) for i in range(0, len(order), G)]
+        rounds = [tasks[i : i + W] for i in range(0, len(tasks), W)]
+        # the serial clock of every task: fixed by the order, whatever the staleness
+        clocks, t = [], state.t
+        for task in tasks:
+            clocks.append(t)
+            t += sum(self.bounds[b][1] - self.bounds[b][0] for b in task)
+        t_end = t
+        first_task = np.cumsum([0] + [len(r) for r in rounds])
+        self.clipped = 0
+
+        def submit(r: int, start: OptimizerState):
             futures = []
-            for b, fut in zip(members, data):
-                start, stop = self.bounds[b]
-                seed = None if seeds is None else int(seeds[b])
+            for i, task in enumerate(rounds[r]):
+                data = client.compute([self.blocks[b] for b in task])
                 futures.append(
-                    client.submit(run_block, fut, state, args, t, seed, start, pure=False)
+                    client.submit(
+                        run_task,
+                        data,
+                        start,
+                        args,
+                        clocks[first_task[r] + i],
+                        [None if seeds is None else int(seeds[b]) for b in task],
+                        [self.bounds[b][0] for b in task],
+                        pure=False,
+                    )
                 )
-                t += stop - start
-            results = client.gather(futures)  # in block order, whatever finished first
-            rows = sum(self.bounds[b][1] - self.bounds[b][0] for b in members)
-            state = combine(state, [res[0] for res in results], rows)
-            for b, res in zip(members, results):
-                loss_total += res[1]
-                steps_total += res[2]
-                if on_block is not None:
-                    on_block(b, res[1], self.bounds[b][1] - self.bounds[b][0])
-            del data, futures
+            return start, futures
+
+        stale = self.staleness
+        if stale is None:
+            # Adam's end points are averaged (see combine): a stale start would undo a round
+            stale = 0 if W == 1 or args.opt == OPTIMIZER_CODES["adam"] else 1
+        inflight = [submit(r, state) for r in range(min(len(rounds), stale + 1))]
+        loss_total, steps_total = 0.0, 0
+        try:
+            for r in range(len(rounds)):
+                start, futures = inflight.pop(0)
+                results = self._gather(futures)  # in task order, whatever finished first
+                state = combine(state, results, [start] * len(results), args)
+                if r + stale + 1 < len(rounds):
+                    inflight.append(submit(r + stale + 1, state))
+                for task, res in zip(rounds[r], results):
+                    loss_total += res.loss
+                    steps_total += res.steps
+                    self.clipped += res.clipped
+                    if on_block is not None:
+                        for b, loss in zip(task, res.block_losses):
+                            on_block(b, loss, self.bounds[b][1] - self.bounds[b][0])
+        except BaseException:
+            for _, futures in inflight:
+                client.cancel(futures)
+            raise
+        state.t = t_end
         return state, loss_total, steps_total
 
     def objective(self, centers: np.ndarray, rank: float) -> float:
@@ -220,4 +454,9 @@ class DaskPasses:
             delayed(_block_loss, pure=True)(blk, centers, rank, self.bounds[i][0])
             for i, blk in enumerate(self.blocks)
         ]
-        return float(sum(self.client.gather(self.client.compute(parts)))) / self.X.shape[0]
+        futures = self.client.compute(parts)
+        try:
+            return float(sum(self._gather(futures))) / self.X.shape[0]
+        except BaseException:
+            self.client.cancel(futures)
+            raise

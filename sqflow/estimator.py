@@ -12,6 +12,7 @@ import functools
 import logging
 import math
 import numbers
+import warnings
 
 import numpy as np
 from sklearn.base import (
@@ -20,10 +21,10 @@ from sklearn.base import (
     ClusterMixin,
     TransformerMixin,
 )
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 
-from . import _kernels
 from .chunks import (
     as_float_rows,
     block_bounds,
@@ -48,6 +49,8 @@ from .seeding import class_means, kmeans_plusplus, random_rows
 logger = logging.getLogger(__name__)
 
 _INITS = ("k-means++", "random", "labels")
+#: share of shortened steps in the last pass above which a fit warns that it may not converge
+_CLIP_WARN = 1e-3
 
 
 def _predict_block(block, centers):
@@ -90,6 +93,12 @@ class StochasticQuantization(
     learning_rate : float or None, default=None
         Initial step rho_0 (> 0), in units of the data's spread (see ``scale``). None takes the
         paper's value: 0.001 for sgd, momentum, nag, rmsprop; 0.1 for adagrad; 0.01 for adam.
+        Safeguard: a step never moves a center further than the distance to the sample that
+        pulls it (batches: the mean distance of the samples it won). For sgd that is
+        ``rho_t * rank * ||z - y||**(rank - 2) <= 1``, where Algorithm 1 is stable, so it is
+        left exact there; too large a rate for the rank shows as a ``ConvergenceWarning``
+        naming the cure (more than 0.1 % of the last pass's steps shortened, or a fit ending
+        worse than its seeding), never as non-finite centers.
     rank : float, default=3.0
         The exponent r >= 1 of the distance (the paper uses 3; 2 gives the k-means objective).
     batch_size : int, default=1
@@ -168,6 +177,10 @@ default="k-means++"
     n_parallel : int or None, default=None
         Blocks run concurrently per round on a Dask cluster (see ``sqflow.distributed``);
         None: the cluster's total threads when ``fit`` starts. 1 reproduces the serial run.
+    dask_timeout : float, default=60.0
+        Seconds a distributed fit waits while the Dask cluster has no worker at all (every
+        worker died or left) before it cancels its work and raises ``TimeoutError``. Workers
+        that die and come back (a nanny restart) within this time change nothing.
 
     Attributes
     ----------
@@ -220,6 +233,7 @@ default="k-means++"
         verbose=0,
         dask_address=None,
         n_parallel=None,
+        dask_timeout=60.0,
     ):
         self.n_clusters = n_clusters
         self.optimizer = optimizer
@@ -248,6 +262,7 @@ default="k-means++"
         self.verbose = verbose
         self.dask_address = dask_address
         self.n_parallel = n_parallel
+        self.dask_timeout = dask_timeout
 
     @property
     def _n_features_out(self) -> int:
@@ -327,6 +342,11 @@ default="k-means++"
             self.n_parallel is None or (is_int(self.n_parallel) and self.n_parallel >= 1),
             "n_parallel",
             "None or an int >= 1",
+        )
+        need(
+            is_real(self.dask_timeout) and self.dask_timeout > 0,
+            "dask_timeout",
+            "a float > 0 (seconds)",
         )
 
         if isinstance(self.init, str):
@@ -447,8 +467,8 @@ default="k-means++"
         if is_dask_array(X):
             client = get_client(self.dask_address)
             if client is not None:
-                dask_passes = DaskPasses(client, X, self.n_parallel)
-        sample, class_sums = self._init_data(X, y, p, bounds, rng, "", client)
+                dask_passes = DaskPasses(client, X, self.n_parallel, timeout=self.dask_timeout)
+        sample, class_sums = self._init_data(X, y, p, bounds, rng, "", dask_passes)
         check_objective_finite(sample, float(self.rank), n_rows=n)  # before compiled code
 
         best = None
@@ -458,10 +478,11 @@ default="k-means++"
             centers0 = self._initial_centers(sample, p, run_rng, class_sums)
             scale = self._resolve_scale(sample, centers0)
             state = OptimizerState.start(centers0 / scale, self.optimizer)
-            state, curve, n_passes, n_steps = self._passes(
+            state, curve, n_passes, n_steps, clipped = self._passes(
                 X, chunked, bounds, state, p, scale, run_rng, run, callback, dask_passes
             )
             centers = state.centers * scale
+            self._check_converged(centers, clipped[0], clipped[1], (sample, centers0), p)
             if dask_passes is not None:
                 objective, assigned = dask_passes.objective(centers, float(self.rank)), None
             else:
@@ -533,12 +554,18 @@ default="k-means++"
 
         args = self._kernel_args(p, scale)
         unit = scale ** float(self.rank)
+        call_steps, call_clipped = 0, 0
         for start, stop in bounds:
             block = row_block(X, start, stop) if chunked else X[start:stop]
-            state, loss, steps = run_block(block, state, args, state.t, None, start, check=chunked)
+            state, loss, steps, clipped = run_block(
+                block, state, args, state.t, None, start, check=chunked
+            )
             curve.append(loss * unit / (stop - start))
             n_steps += steps
+            call_steps += steps
+            call_clipped += clipped
         centers = state.centers * scale
+        self._check_converged(centers, call_clipped, call_steps, None, p)
         objective, assigned = self._objective(X, centers, chunked, bounds, keep_labels=True)
 
         self.cluster_centers_ = centers
@@ -560,10 +587,10 @@ default="k-means++"
             copy.deepcopy(rs) if isinstance(rs, np.random.RandomState) else rs
         )
 
-    def _init_data(self, X, y, p, bounds, rng, where: str, client=None):
+    def _init_data(self, X, y, p, bounds, rng, where: str, dask_passes=None):
         """Bounded initialisation sample and, for ``init="labels"``, per-class sums/counts.
 
-        With a distributed ``client`` (Dask input) the sample is gathered on the workers, so
+        With ``dask_passes`` (Dask input on a cluster) the sample is gathered on the workers, so
         only the sampled rows travel to the driver instead of every block that holds one."""
         n = X.shape[0]
         if n < self.n_clusters:
@@ -576,9 +603,9 @@ default="k-means++"
             self._check_y(y, n) if (isinstance(self.init, str) and self.init == "labels") else None
         )
         size = min(n, p["init_size"])
-        if client is not None:
+        if dask_passes is not None:
             picks = sample_picks(n, size, rng)
-            sample = as_float_rows(client.compute(X[picks]).result())
+            sample = as_float_rows(dask_passes.compute(X[picks]))
             check_block_finite(sample, 0, rows=picks)
         elif chunked:
             sample = uniform_sample(X, size, rng, bounds)
@@ -599,7 +626,7 @@ default="k-means++"
         if self.scale != "auto":
             return float(self.scale)
         # the compiled assignment: no (n, K) distance matrix for a large init sample
-        s = math.sqrt(float(np.mean(_kernels.nearest(sample, centers0)[1])))
+        s = math.sqrt(float(np.mean(nearest(sample, centers0)[1])))
         return s if s > 0 and math.isfinite(s) else 1.0
 
     def _class_sums(self, X, labels, bounds, chunked) -> tuple[np.ndarray, np.ndarray]:
@@ -625,7 +652,7 @@ default="k-means++"
             if self.init_candidates == 1:
                 return centers
             # the SQ objective (rank r) of the seeding on the sample
-            obj = float(np.mean(_kernels.nearest(sample, centers)[1] ** (self.rank / 2.0)))
+            obj = float(np.mean(nearest(sample, centers)[1] ** (self.rank / 2.0)))
             if obj < best_obj:
                 best, best_obj = centers, obj
         return best
@@ -686,6 +713,7 @@ default="k-means++"
         try:
             for it in range(1, self.max_iter + 1):
                 total = 0.0
+                pass_steps, pass_clipped = 0, 0
                 if not chunked:
                     # gathering the permuted rows into a contiguous block keeps the kernel's
                     # reads sequential (measured: ~2x faster than indexing rows in the loop)
@@ -694,11 +722,13 @@ default="k-means++"
                         block = (
                             X[start:stop] if perm is None else np.take(X, perm[start:stop], axis=0)
                         )
-                        state, loss, steps = run_block(
+                        state, loss, steps, clipped = run_block(
                             block, state, args, state.t, None, start, check=False
                         )  # validated by _check_X
                         total += loss
                         n_steps += steps
+                        pass_steps += steps
+                        pass_clipped += clipped
                         on_block(b, loss, stop - start)
                 else:
                     # random block order, and a seeded permutation inside each block: the same
@@ -715,15 +745,19 @@ default="k-means++"
                         )
                         total += loss
                         n_steps += steps
+                        pass_steps += steps
+                        pass_clipped += dask_passes.clipped
                     else:
                         for b in order:
                             start, stop = bounds[b]
                             seed = None if seeds is None else int(seeds[b])
-                            state, loss, steps = run_block(
+                            state, loss, steps, clipped = run_block(
                                 row_block(X, start, stop), state, args, state.t, seed, start
                             )
                             total += loss
                             n_steps += steps
+                            pass_steps += steps
+                            pass_clipped += clipped
                             on_block(b, loss, stop - start)
                 estimate = total * unit / n
                 if self.verbose:
@@ -741,10 +775,56 @@ default="k-means++"
                 if prev is not None and (prev - estimate) < self.tol * abs(prev):
                     break
                 prev = estimate
+            else:
+                if self.tol > 0 and self.max_iter > 1:
+                    warnings.warn(
+                        f"SQ did not converge in max_iter={self.max_iter} passes (the last "
+                        f"pass improved the objective estimate by more than tol={self.tol:g}); "
+                        "raise max_iter, or raise learning_rate if the objective falls slowly",
+                        ConvergenceWarning,
+                        stacklevel=3,
+                    )
         finally:
             if progress is not None:
                 progress.close()
-        return state, curve, it, n_steps
+        return state, curve, it, n_steps, (pass_clipped, pass_steps)
+
+    def _check_converged(self, centers, clipped, steps, seeding, p) -> None:
+        """Never hand back non-finite centers; warn (naming the cure) when the steps were too
+        large for Algorithm 1: the safeguard shortened many of them, or the fit ended worse
+        than its seeding on the initialisation sample."""
+        lr, r = p["lr"], float(self.rank)
+        cure = (
+            f"lower learning_rate (now {lr:g}; try {lr / 10:g}), or use optimizer='adagrad' "
+            "whose steps adapt to the gradient's size"
+        )
+        if not np.all(np.isfinite(centers)):
+            raise FloatingPointError(
+                f"SQ diverged: non-finite centers with learning_rate={lr:g}, rank={r:g}, "
+                f"optimizer={self.optimizer!r}; {cure}"
+            )
+        if steps and clipped > _CLIP_WARN * steps:
+            warnings.warn(
+                f"learning_rate={lr:g} is too large for rank={r:g} and optimizer="
+                f"{self.optimizer!r}: the step safeguard shortened {clipped} of {steps} steps in "
+                f"the last pass (each would have overshot its sample), so the centers may not "
+                f"have converged; {cure}",
+                ConvergenceWarning,
+                stacklevel=3,
+            )
+            return
+        if seeding is not None:
+            sample, centers0 = seeding
+            before = float(np.mean(nearest(sample, centers0)[1] ** (r / 2.0)))
+            after = float(np.mean(nearest(sample, centers)[1] ** (r / 2.0)))
+            if after > before * (1.0 + 1e-6):
+                warnings.warn(
+                    f"SQ ended with a higher objective than its seeding on the initialisation "
+                    f"sample ({after:.6g} > {before:.6g}; optimizer={self.optimizer!r}, "
+                    f"rank={r:g}): the steps were too large; {cure}",
+                    ConvergenceWarning,
+                    stacklevel=3,
+                )
 
     def _objective(self, X, centers, chunked, bounds, keep_labels):
         """Exact mean of min_k ||x - y_k||^r (and the labels if asked) in one pass."""
@@ -753,7 +833,7 @@ default="k-means++"
         labels = np.empty(X.shape[0], dtype=np.int64) if keep_labels else None
         blocks = iter_blocks(X, bounds) if chunked else [(0, X.shape[0], X)]
         for start, stop, block in blocks:
-            lab, d2 = _kernels.nearest(block, centers)
+            lab, d2 = nearest(block, centers)
             total += float(np.sum(d2 ** (r / 2.0)))
             if labels is not None:
                 labels[start:stop] = lab

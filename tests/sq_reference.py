@@ -68,6 +68,7 @@ class ReferenceSQ:
         self.lo = [min(c[j] for c in self.y) for j in range(d)]
         self.hi = [max(c[j] for c in self.y) for j in range(d)]
         self.t = 0
+        self.clipped = 0
 
     def _proj(self, y):
         if not self.project:
@@ -78,7 +79,7 @@ class ReferenceSQ:
         self.lo = [min(a, b) for a, b in zip(self.lo, x)]
         self.hi = [max(a, b) for a, b in zip(self.hi, x)]
 
-    def _update(self, k, g, step):
+    def _update(self, k, g, step, cap):
         y = self.y[k]
         self.tk[k] += 1
         if self.opt == "sgd":
@@ -113,6 +114,11 @@ class ReferenceSQ:
             new = [yj - step * mh / (math.sqrt(vh) + self.eps) for yj, mh, vh in zip(y, mhat, vhat)]
         else:
             raise ValueError(self.opt)
+        # safeguard: a step never moves a center further than its sample(s) (mean distance)
+        length = math.sqrt(sum((nj - yj) ** 2 for nj, yj in zip(new, y)))
+        if length > cap:
+            new = [yj + cap / length * (nj - yj) for nj, yj in zip(new, y)]
+            self.clipped += 1
         self.y[k] = self._proj(new)
 
     def step(self, x):
@@ -120,23 +126,24 @@ class ReferenceSQ:
         x = list(map(float, x))
         self._see(x)
         k = nearest(x, self.y)
-        g, _ = generalized_gradient(x, self.y[k], self.r)
-        self._update(k, g, rho(self.t, self.lr, self.schedule, self.t0, self.power))
+        g, dist = generalized_gradient(x, self.y[k], self.r)
+        self._update(k, g, rho(self.t, self.lr, self.schedule, self.t0, self.power), dist)
         self.t += 1
 
     def batch_step(self, batch):
         """Mini-batch: assign against the batch-start centers, mean gradient per winning center."""
-        sums, counts = {}, {}
+        sums, counts, dists = {}, {}, {}
         for x in batch:
             x = list(map(float, x))
             self._see(x)
             k = nearest(x, self.y)
-            g, _ = generalized_gradient(x, self.y[k], self.r)
+            g, dist = generalized_gradient(x, self.y[k], self.r)
             sums[k] = [a + b for a, b in zip(sums.get(k, [0.0] * len(x)), g)]
             counts[k] = counts.get(k, 0) + 1
+            dists[k] = dists.get(k, 0.0) + dist
         step = rho(self.t, self.lr, self.schedule, self.t0, self.power)
         for k in sorted(sums):
-            self._update(k, [s / counts[k] for s in sums[k]], step)
+            self._update(k, [s / counts[k] for s in sums[k]], step, dists[k] / counts[k])
         self.t += len(batch)
 
     @property

@@ -15,8 +15,8 @@ from sklearn.datasets import make_blobs
 
 from sqflow import StochasticQuantization
 from sqflow.assign import assign_store, model_hash
-from sqflow.distributed import combine
-from sqflow.optimizers import OptimizerState
+from sqflow.distributed import KernelArgs, TaskResult, combine, run_task
+from sqflow.optimizers import OPTIMIZER_CODES, OptimizerState
 from sqflow.store import StoreContractError, create_store, open_assignments
 
 
@@ -24,6 +24,12 @@ from sqflow.store import StoreContractError, create_store, open_assignments
 def data():
     X, y = make_blobs(60_000, n_features=8, centers=12, random_state=3)
     return X.astype(np.float32), y
+
+
+@pytest.fixture(scope="module")
+def small_blobs():
+    X, _ = make_blobs(16_000, n_features=8, centers=8, random_state=7)
+    return X.astype(np.float32)
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +57,7 @@ def _cluster(n_workers):
         n_workers=n_workers,
         threads_per_worker=1,
         processes=True,
-        dashboard_address=":0",
+        dashboard_address=None,
         host="127.0.0.1",
     )
 
@@ -89,17 +95,103 @@ def test_two_workers_objective_within_half_percent_of_serial(data, two_workers):
         assert not hasattr(dist, "labels_")
 
 
-def test_combine_weights_by_update_count_and_copies_single_movers():
-    start = OptimizerState.start(np.zeros((3, 2)), "sgd")
+def _args(opt="sgd", rank=2.0, lr=1e-3):
+    return KernelArgs(
+        OPTIMIZER_CODES[opt], lr, 0, 1000.0, 1.0, rank, 0.9, 0.9, 0.999, 0.9, 1e-8, 1.0, 1, False
+    )
+
+
+@pytest.mark.parametrize("stale", [False, True])
+def test_combine_composes_tasks_as_the_serial_run(stale):
+    """sgd, r = 2, one center: a task's map is affine in the center, so composing the tasks'
+    results (from the round's start, or one round stale) is the serial run, to rounding."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(3200, 4)) + 5.0
+    start = OptimizerState.start(np.zeros((1, 4)), "sgd")
+    args = _args()
+    serial = run_task([X], start, args, 0, [None], [0]).state
+    half = run_task([X[:1600]], start, args, 0, [None], [0]).state
+    base = start if stale else half  # stale: the second task starts where the first did
+    second = run_task([X[1600:]], base, args, 1600, [None], [1600])
+    first = run_task([X[:1600]], start, args, 0, [None], [0])
+    out = combine(start, [first, second], [start, base], args)
+    np.testing.assert_allclose(out.centers, serial.centers, rtol=1e-12)
+    assert out.count.tolist() == [3200]
+    # a center moved by one task only takes its values bit for bit
+    one = combine(start, [first], [start], args)
+    assert one.centers.tolist() == first.state.centers.tolist()
+
+
+def test_combine_sums_adagrad_and_decays_moments_as_serially():
+    start = OptimizerState.start(np.zeros((2, 2)), "adagrad")
+    start.v[:] = 1.0
     a, b = start.copy(), start.copy()
-    a.centers[0], a.count[0] = [1.0, 1.0], 1
-    b.centers[0], b.count[0] = [4.0, 4.0], 3
-    b.centers[1], b.count[1] = [0.1234567, 7.0], 2
-    out = combine(start, [a, b], rows=10)
-    np.testing.assert_allclose(out.centers[0], [0.25 * 1 + 0.75 * 4] * 2)
-    assert out.centers[1].tolist() == [0.1234567, 7.0]  # bit for bit
-    assert out.centers[2].tolist() == [0.0, 0.0]
-    assert out.count.tolist() == [4, 2, 0] and out.t == 10
+    a.v[0], a.count[0] = [3.0, 5.0], 2
+    b.v[0], b.count[0] = [2.0, 2.0], 1
+    keep = np.zeros((4, 2, 2))
+    keep[0] = keep[3] = 1.0
+    res = [TaskResult(s, keep, 0.0, 0, 0, []) for s in (a, b)]
+    out = combine(start, res, [start, start], _args("adagrad"))
+    np.testing.assert_allclose(out.v[0], [1.0 + 2.0 + 1.0, 1.0 + 4.0 + 1.0])  # summed
+    np.testing.assert_allclose(out.v[1], [1.0, 1.0])
+    out = combine(start, res, [start, start], _args("rmsprop"))
+    # serial order: v after a, then b's own part with v decayed over b's single update
+    np.testing.assert_allclose(out.v[0], [0.9 * 3.0 + (2.0 - 0.9), 0.9 * 5.0 + (2.0 - 0.9)])
+
+
+@pytest.mark.parametrize("W", [1, 2, 4, 8, 16, 32])
+def test_single_center_move_matches_serial_at_every_W(W, two_workers):
+    """The issue's experiment: one center pulled toward one cluster, the same rows split over
+    W tasks. Averaging end points gave move ratios 1, 0.60, 0.33, 0.17 for W = 1, 2, 4, 8."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(32 * 300, 8)) + 5.0
+    kw = dict(n_clusters=1, init=np.zeros((1, 8)), max_iter=1, tol=0.0, shuffle=False, scale=1.0)
+    for rank, tol in ((2.0, 1e-9), (3.0, 0.03)):
+        serial = StochasticQuantization(rank=rank, **kw).fit(X)
+        dist = StochasticQuantization(rank=rank, n_parallel=W, **kw).fit(
+            da.from_array(X, chunks=(300, 8))
+        )
+        ratio = np.linalg.norm(dist.cluster_centers_) / np.linalg.norm(serial.cluster_centers_)
+        assert ratio == pytest.approx(1.0, abs=tol), (rank, W)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "nag", "adagrad", "rmsprop", "adam"])
+def test_objective_within_half_percent_of_serial_at_W_2_8_32(optimizer, small_blobs, two_workers):
+    X = small_blobs
+    serial = StochasticQuantization(8, optimizer=optimizer, random_state=1).fit(X)
+    for W in (2, 8, 32):
+        dist = StochasticQuantization(8, optimizer=optimizer, random_state=1, n_parallel=W).fit(
+            da.from_array(X, chunks=(500, 8))
+        )
+        assert dist.objective_ <= 1.005 * serial.objective_, (optimizer, W)
+
+
+def test_all_workers_gone_fails_within_the_timeout(zarr_store):
+    from sqflow.store import open_store
+
+    D = open_store(zarr_store).to_dask()
+    est = StochasticQuantization(12, random_state=5, max_iter=50, tol=0.0, dask_timeout=3.0)
+    box = {}
+    with _cluster(2) as cluster, Client(cluster):
+
+        def fit():
+            try:
+                est.fit(D)
+            except BaseException as exc:  # noqa: BLE001 - the test inspects it
+                box["error"] = exc
+
+        runner = threading.Thread(target=fit)
+        runner.start()
+        time.sleep(2.0)
+        assert runner.is_alive(), "fit finished before the workers left: make it longer"
+        t0 = time.monotonic()
+        cluster.scale(0)  # every worker leaves mid-fit and none comes back
+        runner.join(timeout=60)
+        waited = time.monotonic() - t0
+    assert not runner.is_alive(), "the fit hangs with no worker"
+    assert isinstance(box.get("error"), TimeoutError), box
+    assert "dask_timeout" in str(box["error"]) and waited < 30
+    assert not hasattr(est, "cluster_centers_")  # nothing half-fitted
 
 
 def test_killed_worker_changes_nothing(zarr_store):
