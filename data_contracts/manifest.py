@@ -136,6 +136,11 @@ class ManifestMeta(BaseModel):
     n_labeled: int = Field(ge=0)
     manifest_hash: str = Field(min_length=1, description="SHA-256 of the manifest rows.")
     created_at: AwareDatetime
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="Source-level warnings of the scan (e.g. a labels CSV matching no item, "
+        "text columns left out of the features); the run went on.",
+    )
 
 
 class QuarantineRecord(BaseModel):

@@ -110,7 +110,8 @@ def test_npy_npz_parquet_vectors(tmp_path):
     res = open_source(SourceSpec(kind="parquet", path=str(tmp_path / "v.parquet"))).scan()
     assert dict(res.rejected) == {
         "v.parquet#5": "value is NaN or infinite",
-        "v.parquet#49": "label 2.5 is not an integer >= -1",
+        "v.parquet#49": "label not an integer: 2.5; valid: -1 (unlabeled) or an integer "
+        "0..9223372036854775807",
     }
     assert res.item_shape == (8,) and res.items["sample_id"].iloc[0] == "row0"
 
