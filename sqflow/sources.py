@@ -97,7 +97,13 @@ def parse_label(value: object) -> int:
         try:
             iv = int(text)
         except ValueError:
-            raise ValueError(f"label not an integer: {value!r}; {_LABEL_RULE}") from None
+            try:  # "3.0" (a float column written as text) is 3; "1e30" is out of range
+                number = float(text)
+            except ValueError:
+                raise ValueError(f"label not an integer: {value!r}; {_LABEL_RULE}") from None
+            if not np.isfinite(number) or number != np.floor(number):
+                raise ValueError(f"label not an integer: {value!r}; {_LABEL_RULE}") from None
+            iv = int(number)
     elif isinstance(value, int):
         iv = value
     elif isinstance(value, float):
