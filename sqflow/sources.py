@@ -84,7 +84,7 @@ def parse_label(value: object) -> int:
     Raises ``ValueError`` with the reason (``label not an integer: ...`` or ``label out of
     range: ...``) for anything else that is not an integer in -1..2**63-1.
     """
-    if value is None:
+    if value is None or value is pd.NA:  # pd.NA: missing cell of a nullable column
         return -1
     if isinstance(value, np.generic):
         value = value.item()

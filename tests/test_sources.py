@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from data_contracts.manifest import SampleSpec, SourceSpec, check_manifest
-from sqflow.sources import SourceError, manifest_hash, open_source, select
+from sqflow.sources import SourceError, manifest_hash, open_source, parse_labels, select
 
 
 def _png(path, arr, mode="L"):
@@ -290,6 +290,11 @@ def test_array_sources_quarantine_bad_labels_and_text_cells(tmp_path):
         "f.npz#7": f"label out of range: -3.0; {_RANGE}",
     }
     assert (res.items["label"] == -1).sum() == 7
+    nullable = pd.array([3, None, -3], dtype="Int64").to_numpy(
+        dtype=object
+    )  # pd.NA for the missing cell
+    assert parse_labels(nullable)[0].tolist() == [3, -1, -1]
+    assert parse_labels(nullable)[1] == {2: f"label out of range: -3; {_RANGE}"}
     np.save(tmp_path / "x.npy", x)
     np.save(tmp_path / "u.npy", np.full(20, 2**64 - 1, dtype=np.uint64))
     res = open_source(
