@@ -141,9 +141,10 @@ def _apply_config(args) -> None:
 
     if args.config:
         os.environ["SQFLOW_CONFIG"] = args.config
+    _prefect_env()  # before the cron check below imports Prefect (it reads the environment)
     from flows.settings import load_settings
 
-    load_settings()  # bad settings fail here, naming field and file, before Prefect starts
+    load_settings()  # bad settings fail here, naming field and file, before a flow starts
 
 
 def _demo(argv: list[str]) -> int:

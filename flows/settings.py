@@ -33,7 +33,6 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from prefect.client.schemas.schedules import CronSchedule
 from pydantic import ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
@@ -95,6 +94,8 @@ class SqflowSettings(BaseSettings, PipelineSettings):
     @field_validator("cron")
     @classmethod
     def _cron(cls, v: str) -> str:
+        from prefect.client.schemas.schedules import CronSchedule  # imported when needed
+
         try:
             CronSchedule(cron=v)
         except ValidationError:
