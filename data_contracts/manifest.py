@@ -14,9 +14,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 MANIFEST_CONTRACT_VERSION: Literal["1"] = "1"
 
@@ -37,6 +45,18 @@ QUARANTINE_COLUMNS: dict[str, str] = {
     "reason": "str",
     "detected_at": "datetime64[us, UTC]",
 }
+
+
+def no_bool(value: Any) -> Any:
+    """Before-validator of numeric settings: refuse a boolean (pydantic would read ``true`` as 1)."""
+    if isinstance(value, bool):
+        raise ValueError(f"{str(value).lower()} is a boolean; valid: a number")
+    return value
+
+
+#: an int or float setting: TOML/JSON ``true`` is refused instead of read as 1
+Int = Annotated[int, BeforeValidator(no_bool)]
+Float = Annotated[float, BeforeValidator(no_bool)]
 
 
 class ManifestContractError(ValueError):
@@ -60,23 +80,30 @@ class SourceSpec(BaseModel):
       ``id_column``.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     kind: SourceKind = Field(description="Type of the source; see the class docstring.")
     path: str | None = Field(default=None, description="File or folder of the data.")
     labels_path: str | None = Field(default=None, description="Optional labels file.")
     split: str = Field(default="train", description="For kind='mnist': train, test or all.")
     name: str | None = Field(default=None, description="Dataset name (default from the source).")
-    image_size: tuple[int, int] | None = Field(
+    image_size: tuple[Annotated[Int, Field(ge=1)], Annotated[Int, Field(ge=1)]] | None = Field(
         default=None, description="Expected (H, W) of images; None: the most common size."
     )
     feature_columns: list[str] | None = Field(default=None, description="Parquet features.")
     label_column: str | None = Field(default="label", description="Parquet label column.")
     id_column: str | None = Field(default="sample_id", description="Parquet id column.")
-    value_range: tuple[float, float] | None = Field(
+    value_range: tuple[Float, Float] | None = Field(
         default=None,
         description="Allowed [min, max] of values; None: 0..255 for images, finite for vectors.",
     )
+
+    @field_validator("value_range")
+    @classmethod
+    def _range_not_empty(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not v[0] < v[1]:
+            raise ValueError(f"[{v[0]:g}, {v[1]:g}] is empty; valid: [min, max] with min < max")
+        return v
 
     @model_validator(mode="after")
     def _path_needed(self) -> SourceSpec:
@@ -104,12 +131,12 @@ class SampleSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     mode: SampleMode = Field(default="all", description="all, uniform, stratified, incremental")
-    n: int | None = Field(
+    n: Int | None = Field(
         default=None,
         gt=0,
         description="Items to draw (uniform/stratified; optional cap for incremental).",
     )
-    seed: int = Field(default=0, description="Seed of the draw.")
+    seed: Int = Field(default=0, ge=0, description="Seed of the draw (>= 0).")
 
     @model_validator(mode="after")
     def _n_needed(self) -> SampleSpec:
@@ -136,6 +163,11 @@ class ManifestMeta(BaseModel):
     n_labeled: int = Field(ge=0)
     manifest_hash: str = Field(min_length=1, description="SHA-256 of the manifest rows.")
     created_at: AwareDatetime
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="Source-level warnings of the scan (e.g. a labels CSV matching no item, "
+        "text columns left out of the features); the run went on.",
+    )
 
 
 class QuarantineRecord(BaseModel):

@@ -6,26 +6,37 @@ typed (no config dicts, no repeated defaults: the defaults live here, once). Loa
 TOML file and ``SQFLOW_*`` environment variables is the flows' business
 (:mod:`flows.settings`, ``SqflowSettings``), because this layer reads no environment.
 
+Validation happens when the settings are built, naming the field: numbers are finite and in
+range, a boolean is never taken for a number (``n_clusters = true``), ``device`` and
+``timezone`` are checked here. The ``cron`` expression is checked by Prefect's own cron parser
+when the flows load the settings (:mod:`flows.settings`), because this layer may not import
+Prefect and Prefect is what runs the schedule.
+
 This module imports nothing of sqflow (layer rule).
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .manifest import SampleSpec, SourceSpec
+from .manifest import Float, Int, SampleSpec, SourceSpec
 
 #: settings that schedule the flow rather than shape a run (not flow parameters)
 SCHEDULE_FIELDS = frozenset({"cron", "timezone"})
+
+#: torch devices a run may ask for
+DEVICE_PATTERN = re.compile(r"cpu|cuda(:\d+)?|mps")
 
 
 class PipelineSettings(BaseModel):
     """Everything a run needs that is not data; nothing hard-coded to one machine."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     # where things live
     output_dir: Path = Field(Path("sqflow-output"), description="Root of all outputs.")
@@ -35,41 +46,67 @@ class PipelineSettings(BaseModel):
     sample: SampleSpec = Field(default_factory=SampleSpec)
     # encoder (trained when no model is registered, on the labeled part of the source)
     train_if_missing: bool = True
-    latent_dim: int = Field(3, ge=1)
-    encoder_epochs: int = Field(3, ge=1)
-    encoder_train_rows: int = Field(6000, ge=100, description="Labeled rows used to train.")
-    encoder_batch_size: int = Field(500, ge=2)
+    latent_dim: Int = Field(3, ge=1)
+    encoder_epochs: Int = Field(3, ge=1)
+    encoder_train_rows: Int = Field(6000, ge=100, description="Labeled rows used to train.")
+    encoder_batch_size: Int = Field(500, ge=2)
     encoder_augment: bool = Field(
         False,
         description="Images: random rotation (+-10 deg) and shift (+-8 %) of training "
         "batches; reached >= 99 % F1 from 25 % labels on MNIST (README). Ignored for vectors.",
     )
-    reference_rows: int = Field(10000, ge=10, description="Rows of the reference embedding set.")
-    device: str | None = Field(None, description="torch device; None = CUDA when present.")
-    embed_batch_size: int = Field(4096, ge=1)
-    store_chunk_rows: int = Field(8192, ge=1, description="Rows per Zarr chunk / Dask block.")
+    reference_rows: Int = Field(10000, ge=10, description="Rows of the reference embedding set.")
+    device: str | None = Field(
+        None, description="torch device: cpu, cuda, cuda:N or mps; None = CUDA when present."
+    )
+    embed_batch_size: Int = Field(4096, ge=1)
+    store_chunk_rows: Int = Field(8192, ge=1, description="Rows per Zarr chunk / Dask block.")
     # clustering
-    n_clusters: int = Field(10, ge=1)
+    # n_clusters is validated here and only here (its type says what is valid)
+    n_clusters: Int = Field(10, ge=1)
     optimizer: Literal["sgd", "momentum", "nag", "adagrad", "rmsprop", "adam"] = "sgd"
-    rank: float = Field(3.0, ge=1.0)
-    sq_batch_size: int = Field(1, ge=1)
-    max_iter: int = Field(10, ge=1)
-    seed: int = 0
+    rank: Float = Field(3.0, ge=1.0)
+    sq_batch_size: Int = Field(1, ge=1)
+    max_iter: Int = Field(10, ge=1)
+    seed: Int = Field(
+        0, ge=0, le=2**32 - 1, description="Seed of clustering and training (numpy's range)."
+    )
     warm_start: bool = True
     # Dask
     dask_address: str | None = Field(None, description="Scheduler address; None: LocalCluster.")
-    dask_workers: int = Field(2, ge=1)
+    dask_workers: Int = Field(2, ge=1)
     dask_processes: bool = Field(False, description="LocalCluster with worker processes.")
     # schedule and concurrency
     cron: str = "0 2 * * *"
     timezone: str = "UTC"
-    lock_timeout_s: float = Field(0.0, ge=0, description="Wait for another run's lock.")
+    lock_timeout_s: Float = Field(0.0, ge=0, description="Wait for another run's lock.")
 
     postgres_secret_block: str | None = Field(
         None,
         description="Name of a Prefect Secret block holding the PostgreSQL URL (used when "
         "SQFLOW_POSTGRES_URL is not set); None: no PostgreSQL unless the variable is set.",
     )
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str | None) -> str | None:
+        if v is not None and not DEVICE_PATTERN.fullmatch(v):
+            raise ValueError(
+                f"device {v!r} is not valid; valid: cpu, cuda, cuda:N (N = 0, 1, ...), mps"
+            )
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"timezone {v!r} is not an IANA time zone; valid: e.g. UTC, Europe/Kyiv, "
+                "America/New_York"
+            ) from None
+        return v
 
     def flow_parameters(self) -> dict[str, Any]:
         """The JSON-able ``config`` of a flow run (the schedule fields left out)."""

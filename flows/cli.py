@@ -141,6 +141,10 @@ def _apply_config(args) -> None:
 
     if args.config:
         os.environ["SQFLOW_CONFIG"] = args.config
+    _prefect_env()  # before the cron check below imports Prefect (it reads the environment)
+    from flows.settings import load_settings
+
+    load_settings()  # bad settings fail here, naming field and file, before a flow starts
 
 
 def _demo(argv: list[str]) -> int:
@@ -384,7 +388,13 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"sqflow: unknown command {name!r}; valid: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
-    return COMMANDS[name](rest)
+    from flows.settings import SettingsError
+
+    try:
+        return COMMANDS[name](rest)
+    except SettingsError as exc:
+        print(f"sqflow {name}: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -18,14 +18,22 @@ Example ``sqflow.toml``::
     labels_path = "/data/inspection/labels.csv"
     [sample]
     mode = "incremental"
+
+Every value is validated when the settings load; a bad one raises :class:`SettingsError`
+naming the field, the value and where it came from (the TOML file, an ``SQFLOW_*`` variable or
+an argument). A TOML syntax error names the file. The cron expression is checked here with
+Prefect's own cron parser (what runs the schedule); every other rule lives in the model.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import tomllib
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -36,8 +44,25 @@ from pydantic_settings import (
 from data_contracts.settings import PipelineSettings
 
 
+class SettingsError(ValueError):
+    """Settings that do not validate, or a settings file that cannot be read; the message names
+    each field, its value and where it came from."""
+
+
 def _config_file() -> Path:
     return Path(os.environ.get("SQFLOW_CONFIG", "sqflow.toml")).expanduser()
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    """The TOML file's table; a syntax or encoding error names the file."""
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"settings file {str(path)!r} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise SettingsError(
+            f"settings file {str(path)!r} is not UTF-8 text (offset {exc.start})"
+        ) from None
 
 
 class SqflowSettings(BaseSettings, PipelineSettings):
@@ -62,13 +87,73 @@ class SqflowSettings(BaseSettings, PipelineSettings):
             raise FileNotFoundError(f"SQFLOW_CONFIG={str(path)!r} does not exist")
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         if path.is_file():
+            _read_toml(path)  # a syntax error names the file (the TOML source's does not)
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
         return tuple(sources)
 
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, v: str) -> str:
+        from prefect.client.schemas.schedules import CronSchedule  # imported when needed
+
+        try:
+            CronSchedule(cron=v)
+        except ValidationError:
+            raise ValueError(
+                f"cron {v!r} is not a cron expression; valid: 5 fields 'minute hour day month "
+                "weekday', e.g. '0 2 * * *' (02:00 every day)"
+            ) from None
+        return v
+
+
+def _origin(loc: tuple[Any, ...], overrides: dict[str, Any], toml: dict[str, Any]) -> str:
+    """Where the value at ``loc`` came from: every source that set it (or a part of it, for
+    an error about a whole table such as ``source``), highest precedence first."""
+    keys = [str(k) for k in loc if isinstance(k, str)]
+    if not keys:
+        return ""
+    out = []
+    if keys[0] in overrides:
+        out.append("given as an argument / flow config")
+    full = "SQFLOW_" + "__".join(keys).upper()
+    names = {"SQFLOW_" + "__".join(keys[:n]).upper() for n in range(1, len(keys) + 1)}
+    out.extend(
+        f"from environment variable {k}"
+        for k in sorted(os.environ)
+        if k.upper() in names or k.upper().startswith(full + "__")
+    )
+    if keys[0] in toml:
+        out.append(f"from {str(_config_file())!r}")
+    return "; ".join(out) or "default"
+
+
+def _settings_error(exc: ValidationError, overrides: dict[str, Any]) -> SettingsError:
+    path = _config_file()
+    toml = _read_toml(path) if path.is_file() else {}
+    lines = []
+    for err in exc.errors():
+        loc = err["loc"]
+        field = ".".join(str(k) for k in loc) or "settings"
+        msg = err["msg"].removeprefix("Value error, ")
+        value = err.get("input")
+        if isinstance(value, float):
+            shown = f" = {value!r}"  # inf / nan as TOML writes them (JSON would say Infinity)
+        else:
+            shown = "" if isinstance(value, dict) else f" = {json.dumps(value, default=str)}"
+        where = _origin(loc, overrides, toml)
+        lines.append(f"  {field}{shown} ({where}): {msg}" if where else f"  {field}: {msg}")
+    return SettingsError("invalid settings:\n" + "\n".join(lines))
+
 
 def load_settings(**overrides: Any) -> SqflowSettings:
-    """Settings from TOML + environment, with ``overrides`` (e.g. CLI flags) on top."""
-    return SqflowSettings(**{k: v for k, v in overrides.items() if v is not None})
+    """Settings from TOML + environment, with ``overrides`` (e.g. CLI flags) on top.
+
+    Raises :class:`SettingsError` naming each bad field and where its value came from."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return SqflowSettings(**given)
+    except ValidationError as exc:
+        raise _settings_error(exc, given) from None
 
 
 def flow_settings(config: dict[str, Any] | None = None) -> PipelineSettings:

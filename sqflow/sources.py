@@ -7,7 +7,13 @@ A :class:`Source` (built from a :class:`data_contracts.manifest.SourceSpec`) doe
   manifest frame plus a ``(sample_ref, reason)`` list of the refused ones (quarantine);
 * :meth:`Source.load` returns the data of accepted items by their ``source_ref``, in order.
 
-A source that does not exist, or has no readable item, raises :class:`SourceError` naming it.
+A fault of ONE item (undecodable file name, label out of range or not an integer, a text cell in a
+numeric feature column, a special file, a symlink leaving the image folder, ...) quarantines that
+item with a reason naming it; the run goes on. A fault of the SOURCE (missing, unreadable, a
+configured column that does not exist, a labels CSV that is not UTF-8, no valid item at all)
+raises :class:`SourceError` naming the file. Source-level oddities a run can live with (a labels
+CSV matching no image, text columns left out of the features) are returned as
+``ScanResult.warnings`` and logged. README "Sources, quarantine and settings" has the table.
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ from __future__ import annotations
 import csv
 import hashlib
 import logging
+import os
+import stat
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -32,8 +40,26 @@ _NPZ_X = ("x", "X", "data", "images")
 _NPZ_Y = ("y", "labels", "label")
 
 
+_I64_MAX = int(np.iinfo(np.int64).max)
+_LABEL_RULE = f"valid: -1 (unlabeled) or an integer 0..{_I64_MAX}"
+
+
 class SourceError(RuntimeError):
     """The source as a whole cannot be used (missing, unreadable, or no valid item)."""
+
+
+def printable(text: str) -> str:
+    """``text`` as valid UTF-8: bytes of a file name that is not UTF-8 (Python keeps them as
+    lone surrogates) are shown as ``\\xNN`` escapes, so refs and reasons can be written to
+    Parquet and logs."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        try:
+            return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:  # a lone surrogate that did not come from a file name
+            return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 @dataclass
@@ -44,6 +70,91 @@ class ScanResult:
     rejected: list[tuple[str, str]] = field(default_factory=list)  # (sample_ref, reason)
     item_shape: tuple[int, ...] = ()
     n_scanned: int = 0
+    warnings: list[str] = field(default_factory=list)  # source-level, the run goes on
+
+    def __post_init__(self) -> None:
+        # the quarantine is written to Parquet: every ref and reason must be valid UTF-8
+        self.rejected = [(printable(r), printable(why)) for r, why in self.rejected]
+        self.warnings = [printable(w) for w in self.warnings]
+
+
+def parse_label(value: object) -> int:
+    """One raw label as int64: ``None``, NaN and empty text are -1 (unlabeled).
+
+    Raises ``ValueError`` with the reason (``label not an integer: ...`` or ``label out of
+    range: ...``) for anything else that is not an integer in -1..2**63-1.
+    """
+    if value is None or value is pd.NA:  # pd.NA: missing cell of a nullable column
+        return -1
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, bool):
+        raise ValueError(f"label not an integer: {value!r}; {_LABEL_RULE}")
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            return -1
+        try:
+            iv = int(text)
+        except ValueError:
+            try:  # "3.0" (a float column written as text) is 3; "1e30" is out of range
+                number = float(text)
+            except ValueError:
+                raise ValueError(f"label not an integer: {value!r}; {_LABEL_RULE}") from None
+            if not np.isfinite(number) or number != np.floor(number):
+                raise ValueError(f"label not an integer: {value!r}; {_LABEL_RULE}") from None
+            iv = int(number)
+    elif isinstance(value, int):
+        iv = value
+    elif isinstance(value, float):
+        if np.isnan(value):
+            return -1
+        if not np.isfinite(value) or value != np.floor(value):
+            raise ValueError(f"label not an integer: {value!r}; {_LABEL_RULE}")
+        iv = int(value)
+    else:
+        raise ValueError(
+            f"label not an integer: {printable(repr(value))[:80]} ({type(value).__name__}); "
+            f"{_LABEL_RULE}"
+        )
+    if iv < -1 or iv > _I64_MAX:
+        raise ValueError(f"label out of range: {value!r}; {_LABEL_RULE}")
+    return iv
+
+
+def parse_labels(values: np.ndarray) -> tuple[np.ndarray, dict[int, str]]:
+    """Labels (N,) of any dtype -> (int64 labels with -1 where missing or bad, {row: reason}).
+
+    Integer and float arrays are checked vectorized; text/object arrays value by value.
+    """
+    values = np.asarray(values)
+    n = len(values)
+    out = np.full(n, -1, dtype=np.int64)
+    if values.dtype.kind == "b":
+        suspects = np.arange(n)  # every value: "not an integer"
+    elif values.dtype.kind in "iu":
+        ok = values >= -1 if values.dtype.kind == "i" else values <= _I64_MAX
+        out[ok] = values[ok].astype(np.int64)
+        suspects = np.flatnonzero(~ok)
+    elif values.dtype.kind == "f":
+        with np.errstate(invalid="ignore"):
+            fine = (
+                np.isfinite(values)
+                & (values == np.floor(values))
+                & (values >= -1)
+                & (values < 2.0**63)
+            )
+        out[fine] = values[fine].astype(np.int64)
+        suspects = np.flatnonzero(~fine & ~np.isnan(values))
+    else:
+        suspects = np.arange(n)
+    bad: dict[int, str] = {}
+    for i in suspects:
+        try:
+            out[i] = parse_label(values[i])
+        except ValueError as exc:
+            bad[int(i)] = str(exc)
+    return out, bad
 
 
 def _frame(ids: Iterable[str], refs: Iterable[str], labels: Iterable[int], split) -> pd.DataFrame:
@@ -104,6 +215,8 @@ class _ArraySource(Source):
         self._y: np.ndarray | None = None
         self._ids: np.ndarray | None = None
         self._split: np.ndarray | str = "all"
+        self._bad: dict[int, str] = {}  # row -> reason, found while reading (labels, cells)
+        self._warnings: list[str] = []
 
     def _read(self) -> None:  # pragma: no cover - interface
         raise NotImplementedError
@@ -127,7 +240,8 @@ class _ArraySource(Source):
         x, y = self._arrays()
         n = len(x)
         ok = np.ones(n, dtype=bool)
-        reasons: dict[int, str] = {}
+        reasons: dict[int, str] = dict(self._bad)
+        ok[list(reasons)] = False
         if x.dtype.kind not in "uif":
             raise SourceError(
                 f"source {self.spec.path!r}: dtype {x.dtype} is not numeric; valid: uint8 "
@@ -142,7 +256,7 @@ class _ArraySource(Source):
                 finite = np.isfinite(block).all(axis=1)
                 for i in np.flatnonzero(~finite):
                     ok[lo + i] = False
-                    reasons[lo + i] = "value is NaN or infinite"
+                    reasons.setdefault(lo + i, "value is NaN or infinite")
             if rng is not None:
                 with np.errstate(invalid="ignore"):
                     out = ((block < rng[0]) | (block > rng[1])).any(axis=1)
@@ -161,6 +275,9 @@ class _ArraySource(Source):
             if not sid:
                 ok[i] = False
                 reasons.setdefault(i, "empty sample id")
+            elif printable(sid) != sid:
+                ok[i] = False
+                reasons.setdefault(i, f"sample id is not valid UTF-8: {printable(sid)!r}")
             elif sid in seen:
                 ok[i] = False
                 reasons.setdefault(i, f"duplicate sample id {sid!r}")
@@ -171,8 +288,13 @@ class _ArraySource(Source):
         split = self._split if isinstance(self._split, str) else np.asarray(self._split)[idx]
         items = _frame((str(s) for s in ids[idx]), refs, labels[idx], split)
         rejected = [(f"{self.ref_base}#{i}", r) for i, r in sorted(reasons.items())]
+        for w in self._warnings:
+            log.warning("%s", w)
         return _fail_if_empty(
-            self.spec, ScanResult(items, rejected, tuple(int(s) for s in x.shape[1:]), n)
+            self.spec,
+            ScanResult(
+                items, rejected, tuple(int(s) for s in x.shape[1:]), n, list(self._warnings)
+            ),
         )
 
     @property
@@ -250,7 +372,7 @@ class NpySource(_ArraySource):
             )
         if self.spec.labels_path:
             lp = _need_path(self.spec.labels_path, "NPY label file")
-            self._y = _check_labels(np.load(lp, allow_pickle=False), len(self._x), lp)
+            self._y, self._bad = _check_labels(np.load(lp, allow_pickle=False), len(self._x), lp)
         self.prefix = f"{path.stem}-"
 
 
@@ -276,7 +398,7 @@ class NpzSource(_ArraySource):
             )
         yk = next((k for k in _NPZ_Y if k in z.files), None)
         if yk is not None:
-            self._y = _check_labels(z[yk], len(self._x), path)
+            self._y, self._bad = _check_labels(z[yk], len(self._x), path)
         if "ids" in z.files:
             ids = z["ids"]
             if ids.shape != (len(self._x),):
@@ -289,7 +411,15 @@ class NpzSource(_ArraySource):
 
 
 class ParquetSource(_ArraySource):
-    """Feature vectors in Parquet (a file or a folder of files)."""
+    """Feature vectors in Parquet (a file or a folder of files).
+
+    Feature columns: ``feature_columns``, or every column but ``label_column``/``id_column``.
+    A column is numeric when its Parquet type is numeric (or boolean), or when it holds text of
+    which most non-empty cells parse as numbers; a cell of such a column that does not parse
+    quarantines its row. A column that is mostly text is a schema problem: listed in
+    ``feature_columns`` it fails the source naming the column; found by auto-detection it is
+    left out of the features with a warning naming it.
+    """
 
     def _read(self) -> None:
         path = _need_path(self.spec.path, "Parquet source")
@@ -298,6 +428,14 @@ class ParquetSource(_ArraySource):
         except Exception as exc:  # noqa: BLE001 - any reader failure: name the file
             raise SourceError(f"Parquet source {str(path)!r} is unreadable: {exc}") from exc
         lab, idc = self.spec.label_column, self.spec.id_column
+        for what, col, default in (("label_column", lab, "label"), ("id_column", idc, "sample_id")):
+            # the default names may be absent (unlabeled data, row-number ids); a name the user
+            # configured must exist, or every row would silently lose its label or id
+            if col and col != default and col not in df.columns:
+                raise SourceError(
+                    f"Parquet source {str(path)!r} has no column {col!r} (source.{what}); "
+                    f"it has {list(df.columns)}"
+                )
         if self.spec.feature_columns:
             missing = [c for c in self.spec.feature_columns if c not in df.columns]
             if missing:
@@ -307,84 +445,168 @@ class ParquetSource(_ArraySource):
                 )
             cols = list(self.spec.feature_columns)
         else:
-            cols = [
-                c
-                for c in df.columns
-                if c not in (lab, idc) and pd.api.types.is_numeric_dtype(df[c])
-            ]
-        if not cols:
+            cols = [c for c in df.columns if c not in (lab, idc)]
+        features, text = [], {}
+        for c in cols:
+            values, bad_rows = _numeric_column(df[c])
+            if values is None:
+                text[c] = bad_rows
+                continue
+            features.append(values)
+            for i, cell in bad_rows.items():
+                self._bad.setdefault(
+                    i, f"feature not a number: column {c!r} holds {printable(repr(cell))[:80]}"
+                )
+        if text and self.spec.feature_columns:
+            c, example = next(iter(text.items()))
+            raise SourceError(
+                f"Parquet source {str(path)!r}: feature column {c!r} holds text "
+                f"(e.g. {example!r}), not numbers; fix the data or leave the column out of "
+                "source.feature_columns"
+            )
+        if text:
+            self._warnings.append(
+                f"Parquet source {str(path)!r}: columns {list(text)} are not numeric (e.g. "
+                f"{next(iter(text.values()))!r}) and are left out of the features; list the "
+                "features in source.feature_columns to make this explicit"
+            )
+        if not features:
             raise SourceError(
                 f"Parquet source {str(path)!r} has no numeric feature column "
                 f"(columns: {list(df.columns)})"
             )
-        self._x = df[cols].to_numpy(dtype=np.float32, na_value=np.nan)
-        self._bad_label: dict[int, str] = {}
+        self._x = np.stack(features, axis=1)
         if lab and lab in df.columns:
-            raw = df[lab]
-            y = np.full(len(df), -1, dtype=np.int64)
-            for i, v in enumerate(raw.tolist()):
-                if v is None or (isinstance(v, float) and np.isnan(v)):
-                    continue
-                try:
-                    fv = float(v)
-                    if fv != int(fv) or fv < -1:
-                        raise ValueError
-                    y[i] = int(fv)
-                except (TypeError, ValueError):
-                    self._bad_label[i] = f"label {v!r} is not an integer >= -1"
-            self._y = y
+            self._y, bad = parse_labels(df[lab].to_numpy())
+            for i, why in bad.items():
+                self._bad.setdefault(i, why)
         if idc and idc in df.columns:
             self._ids = np.asarray(
                 ["" if v is None else str(v) for v in df[idc].tolist()], dtype=object
             )
         self.prefix = f"{path.stem}-"
 
-    def scan(self) -> ScanResult:
-        res = super().scan()
-        if getattr(self, "_bad_label", None):
-            bad = {f"{self.ref_base}#{i}": r for i, r in self._bad_label.items()}
-            keep = ~res.items["source_ref"].isin(list(bad))
-            res.rejected.extend(
-                (ref, r) for ref, r in bad.items() if ref in set(res.items["source_ref"])
-            )
-            res.items = res.items[keep].reset_index(drop=True)
-            res = _fail_if_empty(self.spec, res)
-        return res
+
+def _numeric_column(col: pd.Series) -> tuple[np.ndarray | None, dict]:
+    """(float32 values, {row: cell that is not a number}) of a feature column, or
+    ``(None, example)`` when the column is text rather than numbers (see :class:`ParquetSource`).
+    """
+    if pd.api.types.is_bool_dtype(col) or pd.api.types.is_numeric_dtype(col):
+        return col.to_numpy(dtype=np.float32, na_value=np.nan), {}
+    if not (pd.api.types.is_object_dtype(col) or pd.api.types.is_string_dtype(col)):
+        return None, str(col.dtype)  # dates, lists, categories: not a feature
+    try:
+        num = pd.to_numeric(col, errors="coerce")
+    except (TypeError, ValueError):  # nested values (lists, dicts)
+        return None, printable(repr(col.dropna().iloc[0]))[:40] if col.notna().any() else ""
+    present = col.notna() & (col.astype(str).str.strip() != "")
+    bad = present & num.isna()
+    if not present.any() or bad.sum() * 2 > present.sum():
+        return None, printable(repr(col[bad].iloc[0] if bad.any() else ""))[:40]
+    rows = np.flatnonzero(bad.to_numpy())
+    cells = col.to_numpy()
+    return num.to_numpy(dtype=np.float32, na_value=np.nan), {int(i): cells[i] for i in rows}
 
 
-def _check_labels(y: np.ndarray, n: int, path: Path) -> np.ndarray:
-    if y.shape != (n,) or not np.issubdtype(y.dtype, np.integer):
+def _check_labels(y: np.ndarray, n: int, path: Path) -> tuple[np.ndarray, dict[int, str]]:
+    """A label array of the source: its shape is a source-level fault, a bad value a row's."""
+    if y.shape != (n,) or y.dtype.kind not in "biufUSO":
         raise SourceError(
             f"labels in {str(path)!r} have shape {y.shape} dtype {y.dtype}; "
             f"expected ({n},) integers (-1 = unlabeled)"
         )
-    return y.astype(np.int64)
+    return parse_labels(y)
 
 
 # ---------------------------------------------------------------------------- image folder
 class ImageFolderSource(Source):
-    """PNG/JPEG files under a folder (recursive), with an optional labels CSV."""
+    """PNG/JPEG files under a folder (recursive), with an optional labels CSV.
+
+    Every entry whose name ends in an image suffix is an item. It is quarantined when its
+    name is not valid UTF-8, when it is not a regular file (a FIFO, socket, device, or a folder
+    named like an image), when it is a dangling symlink or a symlink whose target lies outside
+    the image folder (a source must not publish files from elsewhere), and when it does not
+    decode or has another size/channel count. Symlinked folders are not descended into.
+    """
 
     def __init__(self, spec: SourceSpec) -> None:
         self.spec = spec
         self.root = _need_path(spec.path, "image folder")
         if not self.root.is_dir():
             raise SourceError(f"image folder {str(self.root)!r} is not a folder")
+        self._real_root = self.root.resolve()
 
     def _labels(self) -> dict[str, tuple[str, str]]:
         """sample_id -> (raw label, split) from the CSV."""
         if not self.spec.labels_path:
             return {}
         path = _need_path(self.spec.labels_path, "labels CSV")
-        with open(path, newline="") as fh:
-            reader = csv.DictReader(fh)
-            cols = reader.fieldnames or []
-            if "sample_id" not in cols or "label" not in cols:
-                raise SourceError(
-                    f"labels CSV {str(path)!r} has columns {cols}; expected at least "
-                    "'sample_id' and 'label' (optional 'split')"
-                )
-            return {row["sample_id"]: (row["label"], row.get("split") or "all") for row in reader}
+        try:
+            # utf-8-sig: a byte-order mark (spreadsheet exports) is not part of the first column
+            with open(path, newline="", encoding="utf-8-sig") as fh:
+                reader = csv.DictReader(fh)
+                cols = reader.fieldnames or []
+                if "sample_id" not in cols or "label" not in cols:
+                    raise SourceError(
+                        f"labels CSV {str(path)!r} has columns {cols}; expected at least "
+                        "'sample_id' and 'label' (optional 'split')"
+                    )
+                return {
+                    row["sample_id"]: (row.get("label") or "", row.get("split") or "all")
+                    for row in reader
+                    if row.get("sample_id")
+                }
+        except UnicodeDecodeError as exc:
+            raise SourceError(
+                f"labels CSV {str(path)!r} is not UTF-8 text (byte {exc.object[exc.start]:#04x} "
+                f"at offset {exc.start}); save it as UTF-8"
+            ) from exc
+        except csv.Error as exc:
+            raise SourceError(f"labels CSV {str(path)!r} is not a valid CSV: {exc}") from exc
+
+    def _refusal(self, p: Path) -> str | None:
+        """Why the entry ``p`` (named like an image) is not a readable image file, or None."""
+        try:
+            st = os.lstat(p)
+            if stat.S_ISLNK(st.st_mode):
+                target = os.readlink(p)
+                try:
+                    real = p.resolve(strict=True)
+                except FileNotFoundError:
+                    return f"dangling symlink: its target {target!r} does not exist"
+                except (OSError, RuntimeError) as exc:  # a loop of links
+                    return f"symlink cannot be resolved: {target!r} ({exc})"
+                if not real.is_relative_to(self._real_root):
+                    return f"symlink leaves the image folder: it points to {str(real)!r}"
+                st = os.stat(real)
+        except OSError as exc:
+            return f"cannot read file: {type(exc).__name__}: {exc}"
+        mode = st.st_mode
+        if stat.S_ISREG(mode):
+            return None
+        if stat.S_ISDIR(mode):
+            what = "a folder named like an image"
+        elif stat.S_ISFIFO(mode):
+            what = "a FIFO (named pipe)"
+        elif stat.S_ISSOCK(mode):
+            what = "a socket"
+        elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+            what = "a device"
+        else:
+            what = f"file type {stat.S_IFMT(mode):o}"
+        return f"not a regular file: {what}"
+
+    def _entries(self) -> list[Path]:
+        """Every entry under the root whose name ends in an image suffix, sorted by path."""
+        out = []
+        for dirpath, dirnames, filenames in os.walk(self.root, followlinks=False):
+            dirnames.sort()
+            out.extend(
+                Path(dirpath) / name
+                for name in dirnames + filenames
+                if Path(name).suffix.lower() in IMAGE_SUFFIXES
+            )
+        return sorted(out)
 
     @staticmethod
     def _decode(path: Path) -> np.ndarray:
@@ -400,16 +622,37 @@ class ImageFolderSource(Source):
                 im = im.convert("L")
             return np.asarray(im, dtype=np.uint8)
 
-    def scan(self) -> ScanResult:
-        files = sorted(
-            p for p in self.root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+    def _labels_warning(self, labels: dict[str, tuple[str, str]], sids: set[str]) -> str | None:
+        if not labels or labels.keys() & sids:
+            return None
+        hint = ""
+        stripped = {str(Path(k).with_suffix("")) for k in labels}
+        if stripped & sids:
+            hint = " (its ids carry a file extension; write them without it, e.g. 'line1/img7')"
+        example = next(iter(labels))
+        return (
+            f"labels CSV {str(self.spec.labels_path)!r}: none of its {len(labels)} sample ids "
+            f"(e.g. {example!r}) matches an image in {str(self.root)!r}; every image is "
+            f"unlabeled{hint}. Sample ids are paths relative to the folder without the extension"
         )
+
+    def scan(self) -> ScanResult:
+        entries = self._entries()
         labels = self._labels()
         decoded: list[tuple[str, str, np.ndarray]] = []
         rejected: list[tuple[str, str]] = []
         seen: set[str] = set()
-        for p in files:
+        for p in entries:
             ref = p.relative_to(self.root).as_posix()
+            if printable(ref) != ref:
+                rejected.append(
+                    (ref, "file name is not valid UTF-8 (shown with \\x escapes); rename it")
+                )
+                continue
+            why = self._refusal(p)
+            if why is not None:
+                rejected.append((ref, why))
+                continue
             sid = str(Path(ref).with_suffix(""))
             if sid in seen:
                 rejected.append(
@@ -427,9 +670,13 @@ class ImageFolderSource(Source):
                 rejected.append((ref, f"cannot decode image: {type(exc).__name__}: {exc}"))
                 continue
             decoded.append((sid, ref, arr))
+        warnings = [w for w in [self._labels_warning(labels, seen)] if w]
+        for w in warnings:
+            log.warning("%s", w)
         if not decoded:
             return _fail_if_empty(
-                self.spec, ScanResult(_frame([], [], [], "all"), rejected, (), len(files))
+                self.spec,
+                ScanResult(_frame([], [], [], "all"), rejected, (), len(entries), warnings),
             )
         shapes = Counter(a.shape for _, _, a in decoded)
         if self.spec.image_size is not None:
@@ -447,31 +694,39 @@ class ImageFolderSource(Source):
                 )
                 continue
             raw, split = labels.get(sid, ("", "all"))
-            lab = -1
-            if raw.strip():
-                try:
-                    lab = int(raw)
-                    if lab < -1:
-                        raise ValueError
-                except ValueError:
-                    rejected.append(
-                        (ref, f"label {raw!r} in the labels CSV is not an integer >= -1")
-                    )
-                    continue
+            try:
+                lab = parse_label(raw)
+            except ValueError as exc:
+                rejected.append((ref, f"{exc} (labels CSV)"))
+                continue
             ids.append(sid)
             refs.append(ref)
             labs.append(lab)
             splits.append(split)
         res = ScanResult(
-            _frame(ids, refs, labs, splits), rejected, tuple(int(s) for s in want), len(files)
+            _frame(ids, refs, labs, splits),
+            rejected,
+            tuple(int(s) for s in want),
+            len(entries),
+            warnings,
         )
         return _fail_if_empty(self.spec, res)
 
     def load(self, refs: Sequence[str]) -> np.ndarray:
-        """Images (N, H, W) for grayscale, (N, C, H, W) for colour (channels first)."""
+        """Images (N, H, W) for grayscale, (N, C, H, W) for colour (channels first).
+
+        Each file is checked again as in the scan (a file replaced by a FIFO or an outside
+        symlink since then raises :class:`SourceError` naming it rather than hang or leak)."""
         if not len(refs):
             return np.empty((0,), dtype=np.uint8)
-        x = np.stack([self._decode(self.root / r) for r in refs])
+        arrays = []
+        for r in refs:
+            p = self.root / r
+            why = self._refusal(p)
+            if why is not None:
+                raise SourceError(f"image {str(p)!r} changed since the scan: {why}")
+            arrays.append(self._decode(p))
+        x = np.stack(arrays)
         return np.ascontiguousarray(x.transpose(0, 3, 1, 2)) if x.ndim == 4 else x
 
 

@@ -57,6 +57,10 @@ def sample_stage(settings: PipelineSettings, run_id: str) -> dict[str, Any]:
     check_frame(quarantine, QUARANTINE_COLUMNS, "quarantine")
     for ref, why in scan.rejected[:20]:
         log.warning("quarantined %s: %s", ref, why)
+    if len(scan.rejected) > 20:
+        log.warning(
+            "... and %d more quarantined items (quarantine.parquet)", len(scan.rejected) - 20
+        )
     mhash = manifest_hash(manifest)
     meta = ManifestMeta(
         run_id=run_id,
@@ -71,6 +75,7 @@ def sample_stage(settings: PipelineSettings, run_id: str) -> dict[str, Any]:
         n_labeled=int((manifest["label"] >= 0).sum()),
         manifest_hash=mhash,
         created_at=datetime.now(UTC),
+        warnings=scan.warnings,
     )
     atomic_write_parquet(manifest, rd / "manifest.parquet")
     atomic_write_parquet(quarantine, rd / "quarantine.parquet")
