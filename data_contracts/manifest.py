@@ -28,7 +28,7 @@ from pydantic import (
 
 MANIFEST_CONTRACT_VERSION: Literal["1"] = "1"
 
-SourceKind = Literal["mnist", "idx", "image_folder", "npy", "npz", "parquet"]
+SourceKind = Literal["mnist", "idx", "image_folder", "npy", "npz", "parquet", "timeseries"]
 SampleMode = Literal["all", "uniform", "stratified", "incremental"]
 
 #: Columns of manifest.parquet and their dtypes (pandas names).
@@ -78,6 +78,8 @@ class SourceSpec(BaseModel):
       ``parquet``: ``path`` = Parquet file or folder; feature columns ``feature_columns`` (or
       every numeric column but ``label_column``/``id_column``); optional ``label_column`` and
       ``id_column``.
+      ``timeseries``: ``path`` = .npy/.npz array (N, T, C) or long-format Parquet
+      (``series_id, t, channel..., [label]``); see ``sqflow.sources_timeseries``.
     """
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)

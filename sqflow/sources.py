@@ -744,6 +744,10 @@ def open_source(spec: SourceSpec | dict) -> Source:
     """A :class:`Source` for ``spec``; raises :class:`SourceError` when its path is missing."""
     if isinstance(spec, dict):
         spec = SourceSpec.model_validate(spec)
+    if spec.kind == "timeseries":
+        from .sources_timeseries import TimeSeriesSource
+
+        return TimeSeriesSource(spec)
     return _KINDS[spec.kind](spec)
 
 

@@ -85,6 +85,10 @@ def augment_ranges(augment: bool | dict[str, float] | None, ndim: int) -> dict[s
 def view_ranges(views: dict[str, float] | None, kind: str) -> dict[str, float]:
     """Validated ranges of the two views of the label-free objective for ``kind`` "image" or
     "vector" (None: the defaults above)."""
+    if kind == "timeseries":
+        from .augment_1d import SIGNAL_VIEWS_DEFAULT, signal_ranges
+
+        return signal_ranges(views or True, SIGNAL_VIEWS_DEFAULT, "views")
     if kind == "image":
         r = _merge(views or {}, IMAGE_VIEWS_DEFAULT, "views")
         return _check_image_ranges(r, "views")
@@ -136,4 +140,8 @@ def make_views(
     """One random view of the batch ``x`` for preprocessing ``kind`` ("image" or "vector")."""
     if kind == "image":
         return affine_views(x, gen, **ranges)
+    if kind == "timeseries":
+        from .augment_1d import signal_views
+
+        return signal_views(x, gen, **ranges)
     return tabular_views(x, gen, **ranges)

@@ -32,8 +32,10 @@ import torch
 from torch import nn
 
 from .augment import affine_views, augment_ranges, make_views, view_ranges
+from .augment_1d import SIGNAL_AUGMENT_DEFAULT, signal_ranges, signal_views
 from .mining import semi_hard_triplet_loss
 from .networks import build_network
+from .networks_1d import default_arch_1d, preprocess_series, series_preprocessing
 from .selfsup import nt_xent_loss
 
 __all__ = [
@@ -67,13 +69,37 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
-def _infer_preprocessing(x: np.ndarray) -> dict[str, Any]:
+INPUT_KINDS = ("image", "vector", "timeseries")
+
+
+def input_kind_of(x: np.ndarray) -> str:
+    """The input kind that the shape and dtype of ``x`` call for: ``(N, D)`` -> "vector";
+    ``(N, C, H, W)`` and integer ``(N, H, W)`` -> "image"; floating ``(N, T, C)`` ->
+    "timeseries" (float grayscale images must come as ``(N, 1, H, W)`` or with
+    ``input_kind="image"``)."""
+    if x.ndim == 3 and np.issubdtype(x.dtype, np.floating):
+        return "timeseries"
+    return "vector" if x.ndim == 2 else "image"
+
+
+def _infer_preprocessing(x: np.ndarray, input_kind: str | None = None) -> dict[str, Any]:
     """Preprocessing description for training inputs ``x``.
 
     * images ``(N, H, W)`` or ``(N, C, H, W)``: pixels scaled to [0, 1] (integers / 255; floats
       must already lie in [0, 1]) - the paper's only normalisation;
-    * feature vectors ``(N, D)``: standardised with the training mean and std per column.
+    * feature vectors ``(N, D)``: standardised with the training mean and std per column;
+    * time series ``(N, T, C)``: resampled to the training T, standardised per channel
+      (:func:`sqflow.embedding.networks_1d.series_preprocessing`).
+
+    ``input_kind`` None: :func:`input_kind_of`.
     """
+    kind = input_kind or input_kind_of(x)
+    if kind not in INPUT_KINDS:
+        raise ValueError(
+            f"input_kind={input_kind!r}; valid: None (from the shape) or {INPUT_KINDS}"
+        )
+    if kind == "timeseries":
+        return series_preprocessing(x)
     if x.ndim in (3, 4):
         shape = (1, *x.shape[1:]) if x.ndim == 3 else tuple(x.shape[1:])
         return {"kind": "image", "input_shape": [int(s) for s in shape]}
@@ -126,10 +152,14 @@ def preprocess(x: np.ndarray, spec: dict[str, Any]) -> torch.Tensor:
         mean = np.asarray(spec["mean"], dtype=np.float64)
         std = np.asarray(spec["std"], dtype=np.float64)
         return torch.from_numpy(((x.astype(np.float64) - mean) / std).astype(np.float32))
+    if spec["kind"] == "timeseries":
+        return preprocess_series(x, spec)
     raise ValueError(f"preprocessing kind {spec['kind']!r} is not known")
 
 
 def _default_arch(spec: dict[str, Any], latent_dim: int) -> dict[str, Any]:
+    if spec["kind"] == "timeseries":
+        return default_arch_1d(spec, latent_dim)
     if spec["kind"] == "image":
         c, h, w = spec["input_shape"]
         return {
@@ -417,6 +447,7 @@ def train_encoder(
     temperature: float = 0.5,
     views: dict[str, float] | None = None,
     max_val_unlabeled: int = 2000,
+    input_kind: str | None = None,
 ) -> TripletEncoder:
     """Train an encoder on every row: triplets on the labeled rows, NT-Xent on all rows.
 
@@ -495,6 +526,11 @@ def train_encoder(
         default 0.2, 0.1.
     max_val_unlabeled:
         Cap on the held-out unlabeled validation rows (default 2000).
+    input_kind:
+        "image", "vector" or "timeseries"; None (default) infers it from the shape and dtype
+        (:func:`input_kind_of`: floating ``(N, T, C)`` -> time series, 1-D convolutional
+        encoder of :mod:`.networks_1d`; for time series ``augment`` and ``views`` take the signal
+        ranges of :mod:`.augment_1d`: ``{"jitter", "scaling", "shift", "crop"}``).
 
     Returns
     -------
@@ -539,7 +575,11 @@ def train_encoder(
         ("max_val_unlabeled", max_val_unlabeled, max_val_unlabeled >= 0),
     ):
         _check_finite_arg(name, value, ok)
-    aug = augment_ranges(augment, images.ndim)
+    spec = _infer_preprocessing(images, input_kind)
+    if spec["kind"] == "timeseries":
+        aug = signal_ranges(augment, SIGNAL_AUGMENT_DEFAULT, "augment")
+    else:
+        aug = augment_ranges(augment, images.ndim)
     mode = training_mode(labels)
     labeled_rows = np.flatnonzero(labels >= 0)
     unlabeled_rows = np.flatnonzero(labels < 0)
@@ -562,7 +602,6 @@ def train_encoder(
         raise ValueError(f"the label-free objective needs at least 4 rows; got {len(images)}")
 
     dev = resolve_device(device)
-    spec = _infer_preprocessing(images)
     arch = dict(arch) if arch is not None else _default_arch(spec, latent_dim)
     arch.setdefault("latent_dim", latent_dim)
     view_r = view_ranges(views, spec["kind"]) if selfsup else None
@@ -585,9 +624,9 @@ def train_encoder(
         train_unl = unlabeled_rows if selfsup else np.array([], dtype=np.int64)
     # rows of the label-free term: every training row, labeled or not
     ssl_rows = np.sort(np.concatenate([train_rows, train_unl])) if selfsup else train_rows
-    if spec["kind"] == "vector":
+    if spec["kind"] in ("vector", "timeseries"):
         # standardise with the training rows only, so validation stays held out
-        spec = _infer_preprocessing(images[ssl_rows])
+        spec = _infer_preprocessing(images[ssl_rows], spec["kind"])
 
     x_train = preprocess(images[train_rows], spec)
     y_train = torch.from_numpy(labels[train_rows].astype(np.int64))
@@ -656,7 +695,8 @@ def train_encoder(
     def _triplet_step(idx: torch.Tensor) -> tuple[torch.Tensor, float]:
         xb = x_train[idx].to(dev)
         if aug is not None:
-            xb = affine_views(xb, aug_gen, **aug)
+            views_of = signal_views if spec["kind"] == "timeseries" else affine_views
+            xb = views_of(xb, aug_gen, **aug)
         loss, stats = semi_hard_triplet_loss(net(xb), y_train[idx].to(dev), margin)
         return loss, stats["fraction_active"]
 

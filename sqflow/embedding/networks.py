@@ -102,4 +102,8 @@ def build_network(arch: dict[str, Any]) -> nn.Module:
             latent_dim=int(arch["latent_dim"]),
             hidden=tuple(int(h) for h in arch.get("hidden", (128, 64))),
         )
-    raise ValueError(f"architecture name {name!r} is not known; use 'paper_cnn' or 'mlp'")
+    if name == "conv1d":  # time series (N, C, T): see networks_1d
+        from .networks_1d import build_conv1d
+
+        return build_conv1d(arch)
+    raise ValueError(f"architecture name {name!r} is not known; use 'paper_cnn', 'mlp' or 'conv1d'")

@@ -159,6 +159,8 @@ def train_encoder_stage(settings: PipelineSettings) -> dict[str, Any]:
         device=settings.device,
         progress=True,
         augment=settings.encoder_augment and x.ndim > 2,
+        # the source kind decides, not the shape: float (N, H, W) images stay images
+        input_kind="timeseries" if spec.kind == "timeseries" else None if x.ndim == 2 else "image",
     )
     train_s = time.perf_counter() - t0
     record = {

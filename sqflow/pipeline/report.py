@@ -280,6 +280,7 @@ def _build(
         sample_ids=ids,
         labels=labels if (labels >= 0).any() else None,
         thumbnails=thumbnails if images else None,
+        item_kind="timeseries" if meta.source.kind == "timeseries" else "image",
         heldout=heldout,
         previous=_previous_runs(lay, run_id, rec.started_at, health.encoder_version, len(centers)),
         health=health,

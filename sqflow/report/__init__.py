@@ -146,6 +146,7 @@ def build_report(
     previous: Sequence[PreviousRun] = (),
     health: RunHealth | None = None,
     title: str | None = None,
+    item_kind: str = "image",
     **options: Any,
 ) -> ReportResult:
     """Compute the report of one run and write it into ``out_dir``:
@@ -156,7 +157,8 @@ def build_report(
 
     Arguments are those of :func:`sqflow.report.compute.compute_report` (``options`` are passed
     on to it) plus ``thumbnails(ids) -> images`` (None for vector data: members are shown as a
-    table of their embedding coordinates). Files are written atomically.
+    table of their embedding coordinates) and ``item_kind`` ("timeseries": the members are drawn
+    as line plots). Files are written atomically.
     """
     data = compute_report(
         run_id,
@@ -172,7 +174,12 @@ def build_report(
         **options,
     )
     page = render_html(
-        data, thumbnails=thumbnails, embeddings=embeddings, labels=labels, title=title
+        data,
+        thumbnails=thumbnails,
+        embeddings=embeddings,
+        labels=labels,
+        title=title,
+        item_kind=item_kind,
     )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -89,6 +89,56 @@ def image_to_png(img: np.ndarray, max_side: int = 96) -> bytes:
     return buf.getvalue()
 
 
+#: colours of the channels in a series thumbnail (cycled past the tenth channel)
+SERIES_COLOURS = (
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+    (188, 189, 34),
+    (23, 190, 207),
+)
+
+
+def series_to_png(series: np.ndarray, size: tuple[int, int] = (112, 56)) -> bytes:
+    """PNG bytes of a small line plot of one time series ``(T, C)`` (or ``(T,)``): one line per
+    channel (at most 12), each channel scaled to the plot height on its own (the shape is what a
+    reader compares; the values are in the data). ``size`` = (width, height) in pixels."""
+    from PIL import Image, ImageDraw
+
+    a = np.asarray(series, dtype=np.float64)
+    if a.ndim == 1:
+        a = a[:, None]
+    if a.ndim != 2 or a.shape[0] < 1:
+        raise ValueError(f"a series thumbnail must be (T, C) or (T,); got shape {a.shape}")
+    w, h = size
+    im = Image.new("RGB", (w, h), (255, 255, 255))
+    draw = ImageDraw.Draw(im)
+    t = a.shape[0]
+    xs = np.linspace(1, w - 2, t) if t > 1 else np.array([w / 2])
+    for c in range(min(a.shape[1], 12)):
+        v = np.nan_to_num(a[:, c])
+        lo, hi = float(v.min()), float(v.max())
+        ys = (
+            (h - 3) - (v - lo) / (hi - lo if hi > lo else 1.0) * (h - 5)
+            if hi > lo
+            else v * 0 + h / 2
+        )
+        pts = list(zip(xs.tolist(), ys.tolist(), strict=True))
+        colour = SERIES_COLOURS[c % len(SERIES_COLOURS)]
+        if len(pts) > 1:
+            draw.line(pts, fill=colour, width=1)
+        else:
+            draw.point(pts, fill=colour)
+    buf = io.BytesIO()
+    im.save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
 def _fig_png(fig: Any) -> bytes:
     import matplotlib.pyplot as plt
 
@@ -272,6 +322,7 @@ def render_html(
     title: str | None = None,
     quality_alert: float = 0.02,
     k_selection: dict[str, Any] | None = None,
+    item_kind: str = "image",
 ) -> str:
     """The report page as one HTML string.
 
@@ -281,8 +332,11 @@ def render_html(
     each member. ``quality_alert`` is the change of a quality figure (0.02 = 2 points) beyond
     which the page calls it better or worse. ``k_selection``: when K was chosen from the data,
     ``KSelection.as_dict()`` of :func:`sqflow.model_selection.select_n_clusters`; the page then
-    shows the criterion's curve under Run health.
+    shows the criterion's curve under Run health. ``item_kind="timeseries"``: ``thumbnails``
+    returns series ``(T, C)``, drawn as small line plots (:func:`series_to_png`).
     """
+    if item_kind not in ("image", "timeseries"):
+        raise ValueError(f"item_kind={item_kind!r}; valid: 'image' or 'timeseries'")
     h = data.health
     member_rows = sorted({r for c in data.clusters for r in c.nearest_rows + c.farthest_rows})
     member_ids = [s for c in data.clusters for s in c.nearest_ids + c.farthest_ids]
@@ -302,7 +356,8 @@ def render_html(
         imgs = thumbnails(uniq)
         if len(imgs) != len(uniq):
             raise ValueError(f"thumbnails returned {len(imgs)} images for {len(uniq)} ids")
-        thumbs = {s: image_to_png(im) for s, im in zip(uniq, imgs, strict=True)}
+        to_png = series_to_png if item_kind == "timeseries" else image_to_png
+        thumbs = {s: to_png(im) for s, im in zip(uniq, imgs, strict=True)}
     elif embeddings is not None and member_rows:
         z = take_rows(embeddings, np.asarray(member_rows))
         by_row = dict(zip(member_rows, z, strict=True))
@@ -336,5 +391,6 @@ def render_html(
             vectors=vectors,
             labels=lab_map,
             k_selection=k_selection,
+            item_kind=item_kind,
         )
     )
