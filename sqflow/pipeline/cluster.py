@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 def dask_client(settings: PipelineSettings) -> Iterator[tuple[Any, float]]:
     """A ``distributed.Client``: to ``dask_address`` when set, else a LocalCluster that lives
     for the ``with`` block. Yields (client, seconds it took to start)."""
+    import dask
     from distributed import Client, LocalCluster
 
     for name in (
@@ -44,12 +45,16 @@ def dask_client(settings: PipelineSettings) -> Iterator[tuple[Any, float]]:
             n_workers=settings.dask_workers,
             threads_per_worker=1,
             processes=settings.dask_processes,
-            dashboard_address=":0",
+            dashboard_address="127.0.0.1:0",  # loopback only: the dashboard has no auth
             silence_logs=logging.WARNING,
         )
         client = Client(cluster)
+    # the dashboard listens on 127.0.0.1 only; an in-process cluster's link would otherwise
+    # name the machine's public address, where nothing answers
+    link = {"distributed.dashboard.link": "http://127.0.0.1:{port}/status"} if cluster else {}
     try:
-        yield client, time.perf_counter() - t
+        with dask.config.set(link):
+            yield client, time.perf_counter() - t
     finally:
         client.close()
         if cluster is not None:
