@@ -408,7 +408,10 @@ class ImageFolderSource(Source):
         decoded: list[tuple[str, str, np.ndarray]] = []
         rejected: list[tuple[str, str]] = []
         seen: set[str] = set()
-        for p in files:
+        from tqdm.auto import tqdm
+
+        # decoding every file is the slow part of a scan: a terminal bar for big folders
+        for p in tqdm(files, desc="scan", unit="file", disable=len(files) < 1000):
             ref = p.relative_to(self.root).as_posix()
             sid = str(Path(ref).with_suffix(""))
             if sid in seen:

@@ -171,41 +171,53 @@ def test_deploy_two_nights_drift_retrain_history_and_ui(server, tmp_path):
     assert auto["trigger"]["expect"] == ["sqflow.drift.detected"]
     assert auto["trigger"]["match"]["sqflow.retrain-deployment"] == "retrain/sqflow-retrain"
 
-    # two nights of one dataset ("digits"): MNIST test images, then 1,000 rotated ones
+    # an encoder trained on 2,000 MNIST training images (as tests/test_monitor_flow.py does),
+    # then two nights of one dataset ("digits"): 1,000 test images, then 1,000 rotated ones
+    import torch
+
+    from flows.settings import flow_settings
+    from sqflow.pipeline.encoder import train_encoder_stage
+
+    torch.set_num_threads(1)
     data = tmp_path / "data"
     data.mkdir()
     xt, yt = load_mnist("test")
-    rot = ndimage.rotate(xt[5000:6000], 90, axes=(1, 2), reshape=False, order=1)
+    np.save(data / "clean.npy", xt[:1000])
+    np.save(data / "clean_y.npy", yt[:1000].astype(np.int64))
+    rot = ndimage.rotate(xt[1000:2000], 90, axes=(1, 2), reshape=False, order=1)
     np.save(data / "rot.npy", rot.astype(np.uint8))
-    np.save(data / "rot_y.npy", yt[5000:6000].astype(np.int64))
+    np.save(data / "rot_y.npy", yt[1000:2000].astype(np.int64))
     out = tmp_path / "out"
     common = {
         "output_dir": str(out),
-        "encoder_train_rows": 1000,
+        "encoder_train_rows": 2000,
         "encoder_epochs": 2,
-        "reference_rows": 800,
+        "encoder_batch_size": 250,
+        "reference_rows": 1500,
         "n_clusters": 10,
+        "seed": 0,
         "max_iter": 4,
         "store_chunk_rows": 512,
         "device": "cpu",
+        "train_if_missing": False,
+        # a night waits for a retrain that holds the output lock
+        "lock_timeout_s": 900,
     }
-    nights = [
-        common
-        | {
-            "source": {"kind": "mnist", "split": "test", "name": "digits"},
-            "sample": {"mode": "uniform", "n": 1000},
-        },
-        common
-        | {
+    train = flow_settings(common | {"source": {"kind": "mnist", "split": "train"}})
+    assert train_encoder_stage(train)["version"] == "triplet-v0001"
+
+    def npy(name: str) -> dict:
+        return {
             "source": {
                 "kind": "npy",
-                "path": str(data / "rot.npy"),
-                "labels_path": str(data / "rot_y.npy"),
+                "path": str(data / f"{name}.npy"),
+                "labels_path": str(data / f"{name}_y.npy"),
                 "name": "digits",
             },
             "sample": {"mode": "all"},
-        },
-    ]
+        }
+
+    nights = [common | npy("clean"), common | npy("rot")]
     wlog = server["tmp"] / "worker.log"
     worker = subprocess.Popen(
         [PREFECT, "worker", "start", "--pool", "sqflow-process", "--type", "process"],
