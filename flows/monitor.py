@@ -22,8 +22,9 @@ How the retrain happens then (``retrain["status"]`` in the monitor's result says
   skips (another retrain already replaced it): retrains never pile up.
 * **No server / no such deployment** (ephemeral ``sqflow demo``, tests): the fallback is an
   in-process ``retrain`` subflow. The standalone ``monitor`` flow runs it at once; the nightly
-  asks for ``retrain="after-run"`` (status ``pending``) and runs it after its report, before
-  publishing (so the run's outcome includes it), under the lock it already holds. Either way
+  asks for ``retrain="after-run"`` (status ``pending``) and runs it after publishing (the
+  retrain re-embeds the run's store, which publish reads), under the lock it already holds;
+  its outcome goes into run.json and the run's state, not into the BI tables of the night. Either way
   tonight's clusters use the encoder the night started with; the new one serves from the next
   night on.
 

@@ -171,7 +171,7 @@ def nightly(config: dict[str, Any] | None = None) -> dict[str, Any]:
             rec.encoder_version = embed["encoder_version"]
             # the full drift report stays in drift_report.json; the record keeps the decision
             # on drift the monitor emits the event; a retrain deployment's trigger retrains
-            # (this run does not wait); without one the retrain runs below, after the report
+            # (this run does not wait); without one the retrain runs below, after publish
             monitor = rec.add_stage(
                 "monitor",
                 _recorded_stage(
@@ -194,8 +194,12 @@ def nightly(config: dict[str, Any] | None = None) -> dict[str, Any]:
                     "report", lambda: report_task(settings, run_id, rec), drop=("rows",)
                 ),
             )
+            rec.degraded_reasons = _degraded_reasons(rec)
+            rec.add_stage("publish", publish_task(settings, run_id, rec))
             retrain = monitor.get("retrain") or {}
-            if retrain.get("status") == "pending":  # no retrain deployment: in-process now
+            if retrain.get("status") == "pending":
+                # no retrain deployment: retrain in-process, after publish (the retrain
+                # re-embeds this run's store, which publish reads the assignments from)
                 retrain.update(
                     retrain_in_process(
                         settings,
@@ -205,8 +209,7 @@ def nightly(config: dict[str, Any] | None = None) -> dict[str, Any]:
                         hold_lock=False,  # this run holds it
                     )
                 )
-            rec.degraded_reasons = _degraded_reasons(rec)
-            rec.add_stage("publish", publish_task(settings, run_id, rec))
+                rec.degraded_reasons = _degraded_reasons(rec)
             rec.status = "completed"
         except BaseException as exc:
             rec.status = "failed"

@@ -304,13 +304,22 @@ def test_deploy_two_nights_drift_retrain_history_and_ui(server, tmp_path):
     assert runs[1]["name"] in dom and "nightly" in dom and "Completed" in dom
     assert "Can't connect to Server API" not in dom
     assert shot.stat().st_size > 20_000
+    # the key's page lists its versions, one per night, by flow run (named after the run id)
     dom = _chromium(
         f"{server['ui']}/artifacts/key/sqflow-trend-digits",
         tmp_path,
         ARTIFACTS / "e2e_trend_history.png",
     )
     assert "sqflow-trend-digits" in dom
-    assert all(r["run_id"] in dom for r in recs) and "objective" in dom
+    assert all(f"nightly-{r['run_id']}" in dom for r in recs)
+    # the latest version: the trend table, one row per night
+    dom = _chromium(
+        f"{server['ui']}/artifacts/artifact/{trend['id']}",
+        tmp_path,
+        ARTIFACTS / "e2e_trend_table.png",
+    )
+    assert all(r["run_id"] in dom for r in recs)
+    assert "objective" in dom and "knn_accuracy" in dom and "mmd" in dom
     dom = _chromium(
         f"{server['ui']}/artifacts/artifact/{summary['id']}",
         tmp_path,

@@ -235,7 +235,7 @@ def test_drift_event_starts_the_retrain_deployment_through_its_trigger(
 
 
 def test_nightly_whose_retrain_fails_ends_degraded(prefect_harness, base, tmp_path, monkeypatch):
-    """Without a retrain deployment the nightly retrains in-process after its report (the
+    """Without a retrain deployment the nightly retrains in-process after publishing (the
     documented fallback); when that retrain fails the run still publishes its clusters and
     ends in the named state Completed("Degraded"), and run.json says why."""
     import sqflow.pipeline.monitor as tm
@@ -267,3 +267,39 @@ def test_nightly_whose_retrain_fails_ends_degraded(prefect_harness, base, tmp_pa
     with get_client(sync_client=True) as client:
         fr = client.read_flow_run(state.state_details.flow_run_id)
     assert fr.name == f"nightly-{rec['run_id']}" and fr.state.name == "Degraded"
+    # the embed and cluster tasks left progress artifacts, finished at 100 %
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterType
+
+    with get_client(sync_client=True) as client:
+        prog = client.read_artifacts(
+            artifact_filter=ArtifactFilter(type=ArtifactFilterType(any_=["progress"]))
+        )
+    mine = {a.description.split(" (")[0]: a for a in prog if a.flow_run_id == fr.id}
+    assert {"embed: chunks written", "cluster: SQ passes", "assignment: chunks written"} <= set(
+        mine
+    ), [a.description for a in prog]
+    assert all(float(a.data) == 100.0 for a in mine.values())
+
+
+def test_nightly_without_a_server_retrains_in_process_after_publishing(
+    prefect_harness, base, tmp_path
+):
+    """The fallback's success path: drift, the night's clusters published with the encoder the
+    night started with, then the in-process retrain makes the new version current."""
+    from flows.nightly import nightly
+
+    cfg = _copy(base, tmp_path, "rot") | {"train_if_missing": False, "max_iter": 3}
+    state = nightly(config=cfg, return_state=True)
+    assert state.is_completed() and state.name == "Completed", state
+    rec = state.result()
+    r = rec["monitor"]["retrain"]
+    assert r["status"] == "completed" and r["mode"] == "in-process subflow", r
+    assert rec["outcome"] == "ok" and rec["encoder_version"] == "triplet-v0001"
+    assert current_version(tmp_path / "out" / "models") == "triplet-v0002"
+    asg = pd.concat(
+        pd.read_parquet(p)
+        for p in (tmp_path / "out" / "published" / "assignments").glob("*/*.parquet")
+    )
+    assert len(asg) == 1000
+    saved = json.loads((tmp_path / "out" / "runs" / rec["run_id"] / "run.json").read_text())
+    assert saved["monitor"]["retrain"]["new_version"] == "triplet-v0002"
