@@ -135,6 +135,19 @@ def _post(api: str, path: str, body: dict) -> list[dict]:
     return res.json()
 
 
+def _create_run(api: str, deployment_id: str, parameters: dict) -> dict | None:
+    """A flow run of the deployment (None while a busy server answers 503: try again)."""
+    res = httpx.post(
+        f"{api}/deployments/{deployment_id}/create_flow_run",
+        json={"parameters": parameters},
+        timeout=30,
+    )
+    if res.status_code == 503:
+        return None
+    res.raise_for_status()
+    return res.json()
+
+
 def _final_run(api: str, flow_run_id: str) -> dict | None:
     r = httpx.get(f"{api}/flow_runs/{flow_run_id}", timeout=30).json()
     return r if r["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") else None
@@ -230,11 +243,11 @@ def test_deploy_two_nights_drift_retrain_history_and_ui(server, tmp_path):
     runs = []
     try:
         for config in nights:
-            fr = httpx.post(
-                f"{api}/deployments/{dep['id']}/create_flow_run",
-                json={"parameters": {"config": config}},
-                timeout=30,
-            ).json()
+            fr = _wait(
+                lambda config=config: _create_run(api, dep["id"], {"config": config}),
+                120,
+                "create the nightly flow run",
+            )
             run = _wait(lambda fr=fr: _final_run(api, fr["id"]), 600, "nightly run", worker, wlog)
             assert run["state"]["type"] == "COMPLETED", wlog.read_text()[-4000:]
             runs.append(run)
@@ -348,7 +361,9 @@ def test_serve_next_to_deploy_keeps_both_schedules(server, tmp_path):
     slog = server["tmp"] / "serve.log"
     serve = subprocess.Popen(
         [
-            str(Path(sys.executable).with_name("sqflow")),
+            sys.executable,
+            "-m",
+            "flows.cli",  # this checkout's code (an installed `sqflow` may be another's)
             "serve",
             "--cron",
             "30 3 * * *",
@@ -357,7 +372,7 @@ def test_serve_next_to_deploy_keeps_both_schedules(server, tmp_path):
             "--output",
             str(tmp_path / "served"),
         ],
-        env=env,
+        env=env | {"PYTHONPATH": str(REPO)},
         cwd=tmp_path,
         stdout=open(slog, "w"),
         stderr=subprocess.STDOUT,
