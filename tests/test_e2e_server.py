@@ -380,21 +380,18 @@ def test_serve_next_to_deploy_keeps_both_schedules(server, tmp_path):
     )
     try:
 
-        def served():
-            d = httpx.get(f"{api}/deployments/name/nightly/nightly-served", timeout=30)
-            if d.status_code != 200:
+        def served():  # serve registers its deployments one after the other
+            names = {x["name"] for x in _post(api, "/deployments/filter", {})}
+            if not {"nightly-served", "sqflow-retrain-served"} <= names:
                 return None
-            d = d.json()
+            d = httpx.get(f"{api}/deployments/name/nightly/nightly-served", timeout=30).json()
             s = d["schedules"][0]["schedule"] if d.get("schedules") else {}
-            return d if s.get("cron") == "30 3 * * *" else None
+            return (d, names) if s.get("cron") == "30 3 * * *" else None
 
-        d = _wait(served, 180, "sqflow serve", serve, slog)
+        d, names = _wait(served, 180, "sqflow serve", serve, slog)
         assert d["schedules"][0]["schedule"]["timezone"] == "Europe/Kyiv"
         assert d["parameters"]["config"]["output_dir"] == str(tmp_path / "served")
-        names = {
-            x["name"] for x in httpx.post(f"{api}/deployments/filter", json={}, timeout=30).json()
-        }
-        assert {"nightly-served", "sqflow-retrain-served", "nightly", "sqflow-retrain"} <= names
+        assert {"nightly", "sqflow-retrain", "train-encoder-served", "monitor-served"} <= names
         rdep = httpx.get(f"{api}/deployments/name/retrain/sqflow-retrain-served", timeout=30)
         autos = [
             a
