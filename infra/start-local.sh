@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Single machine, real Prefect server: starts `prefect server start` on 127.0.0.1, creates the
 # process work pool, deploys every flow of prefect.yaml (nightly on its 02:00 cron) and runs a
-# worker (Ctrl-C or SIGTERM stops the worker and the server within seconds).
+# worker (Ctrl-C or SIGTERM stops the worker and the server within about 10 s).
 #   bash infra/start-local.sh              UI at http://127.0.0.1:4200
 #   SQFLOW_PREFECT_PORT=4300 bash infra/start-local.sh
 # Runs read their settings from ./sqflow.toml and SQFLOW_* variables of this shell.
