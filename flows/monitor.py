@@ -300,9 +300,7 @@ def run_monitor(
     ``seconds``."""
     t0 = time.perf_counter()
     log = get_run_logger()
-    mode = (
-        {True: "auto", False: "off"}.get(retrain, retrain) if isinstance(retrain, bool) else retrain
-    )
+    mode = ("auto" if retrain else "off") if isinstance(retrain, bool) else retrain
     if mode not in ("auto", "after-run", "off"):
         raise ValueError(f"retrain={retrain!r}: valid are 'auto', 'after-run', 'off'")
     mon = monitor_task(settings, run_id, policy)
