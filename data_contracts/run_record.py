@@ -70,6 +70,13 @@ class RunRecord(BaseModel):
     publish: dict[str, Any] | None = None
     error: str | None = None
     traceback: str | None = None
+    degraded_reasons: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Why a completed run is degraded (monitor, retrain or report failed; the clusters "
+            "were still published). Empty: a clean run."
+        ),
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -99,6 +106,14 @@ class RunRecord(BaseModel):
     @property
     def completed(self) -> bool:
         return self.status == "completed"
+
+    @property
+    def outcome(self) -> str:
+        """``ok``, ``degraded`` (completed, but ``degraded_reasons``), ``failed`` or
+        ``running``: what the Prefect state's name and the summary say."""
+        if self.status == "completed":
+            return "degraded" if self.degraded_reasons else "ok"
+        return self.status
 
     @property
     def clusters(self) -> list[dict[str, Any]]:

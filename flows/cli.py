@@ -25,12 +25,19 @@ def _cluster(argv: list[str]) -> int:
         default="mnist",
         help="built-in MNIST training pixels (60,000 x 784) or 100,000 3-D blobs",
     )
-    ap.add_argument("--n-clusters", type=int, default=10)
-    ap.add_argument("--optimizer", choices=sorted(OPTIMIZER_CODES), default="sgd")
+    ap.add_argument("--n-clusters", type=int, default=10, help="number of clusters K (default 10)")
+    ap.add_argument(
+        "--optimizer",
+        choices=sorted(OPTIMIZER_CODES),
+        default="sgd",
+        help="SQ update rule (default sgd)",
+    )
     ap.add_argument("--rank", type=float, default=3.0, help="exponent r of the distance (>= 1)")
-    ap.add_argument("--batch-size", type=int, default=1)
-    ap.add_argument("--max-iter", type=int, default=10)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--batch-size", type=int, default=1, help="rows per SQ step (default 1: the paper's SQ)"
+    )
+    ap.add_argument("--max-iter", type=int, default=10, help="passes over the data (default 10)")
+    ap.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     args = ap.parse_args(argv)
 
     if args.data == "mnist":
@@ -164,7 +171,7 @@ def _demo(argv: list[str]) -> int:
         default=6000,
         help="labeled training images for the encoder if one is trained",
     )
-    ap.add_argument("--n-clusters", type=int, default=10)
+    ap.add_argument("--n-clusters", type=int, default=10, help="number of clusters K (default 10)")
     args = ap.parse_args(argv)
     _apply_config(args)
     _prefect_env()
@@ -191,15 +198,30 @@ def _demo(argv: list[str]) -> int:
     t = time.perf_counter()
     rec = nightly(config=config)
     _print_run(rec, time.perf_counter() - t)
-    print(
-        "\nSee the run in the Prefect UI: run `sqflow ui` (or `prefect server start`) and open "
-        f"http://127.0.0.1:4200/runs/flow-run/{rec['flow_run_id']}"
-    )
+    print("\n" + _ui_hint(rec["flow_run_id"]))
     return 0
 
 
+def _ui_hint(flow_run_id: str | None) -> str:
+    """Where to see a flow run in the Prefect UI, with the real address: the server this
+    process talked to (``PREFECT_UI_URL`` / ``PREFECT_API_URL``), else how to start one on the
+    database the ephemeral run wrote to."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
+
+    api = PREFECT_API_URL.value()
+    if api:
+        ui = (PREFECT_UI_URL.value() or api.removesuffix("/api")).rstrip("/")
+        return f"See the run in the Prefect UI: {ui}/runs/flow-run/{flow_run_id}"
+    return (
+        "This run used an ephemeral Prefect API (no server). To see it in the Prefect UI run "
+        "`sqflow ui --port PORT` (default 4200; it serves the same database, PREFECT_HOME) and "
+        f"open http://127.0.0.1:PORT/runs/flow-run/{flow_run_id}"
+    )
+
+
 def _nightly(argv: list[str]) -> int:
-    """Run the nightly flow once with the settings (sqflow.toml, SQFLOW_* variables, flags)."""
+    """Run the nightly flow once with the settings (sqflow.toml, SQFLOW_* variables, --output;
+    see `sqflow config`)."""
     ap = argparse.ArgumentParser(prog="sqflow nightly", description=_nightly.__doc__)
     _common_flags(ap)
     args = ap.parse_args(argv)
@@ -210,6 +232,7 @@ def _nightly(argv: list[str]) -> int:
     t = time.perf_counter()
     rec = nightly(config={"output_dir": args.output} if args.output else None)
     _print_run(rec, time.perf_counter() - t)
+    print("\n" + _ui_hint(rec["flow_run_id"]))
     return 0
 
 
@@ -231,7 +254,8 @@ def _train(argv: list[str]) -> int:
 
 
 def _serve(argv: list[str]) -> int:
-    """Serve the nightly schedule (cron, timezone from settings) from this one process."""
+    """Serve the nightly schedule and the drift-triggered retrain from this one process
+    (deployments named *-served; `prefect deploy --all` keeps its own)."""
     ap = argparse.ArgumentParser(prog="sqflow serve", description=_serve.__doc__)
     _common_flags(ap)
     ap.add_argument("--cron", default=None, help="cron of the nightly run (default '0 2 * * *')")
@@ -254,8 +278,15 @@ def _ui(argv: list[str]) -> int:
     from pathlib import Path
 
     ap = argparse.ArgumentParser(prog="sqflow ui", description=_ui.__doc__)
-    ap.add_argument("--port", type=int, default=4200)
-    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument(
+        "--port", type=int, default=4200, help="port of the server and UI (default 4200)"
+    )
+    ap.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1; the server has no auth unless "
+        "PREFECT_SERVER_API_AUTH_STRING is set)",
+    )
     args = ap.parse_args(argv)
     _prefect_env()
     env = dict(os.environ)
@@ -363,6 +394,40 @@ def _verify(argv: list[str]) -> int:
     return 0 if ok else 1
 
 
+def _config(argv: list[str]) -> int:
+    """Print the effective settings, where each comes from (default, TOML, environment) and
+    the SQFLOW_* variable that sets it."""
+    from flows.settings import _config_file, settings_sources
+
+    ap = argparse.ArgumentParser(prog="sqflow config", description=_config.__doc__)
+    ap.add_argument("--config", default=None, help="TOML settings file (default ./sqflow.toml)")
+    ap.add_argument("--json", action="store_true", help="print the rows as JSON")
+    args = ap.parse_args(argv)
+    _apply_config(args)
+    try:
+        rows = settings_sources()
+    except (ValueError, FileNotFoundError) as exc:  # invalid settings: say which and why
+        print(f"sqflow config: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    path = _config_file()
+    print(f"settings file: {path} ({'found' if path.is_file() else 'absent'}; SQFLOW_CONFIG)")
+    print("precedence: flags > SQFLOW_* environment > TOML > default\n")
+    w = max(len(r["name"]) for r in rows)
+    print(f"{'setting':<{w}}  {'value':<28} {'source':<12} variable")
+    for r in rows:
+        value = json.dumps(r["value"])
+        source = "TOML" if r["source"].startswith("TOML") else r["source"]
+        print(f"{r['name']:<{w}}  {value:<28} {source:<12} {r['env']}")
+    print(
+        "\nalso read: SQFLOW_POSTGRES_URL (PostgreSQL URL for the BI tables; never printed), "
+        "SQFLOW_CONFIG (the settings file)"
+    )
+    return 0
+
+
 COMMANDS = {
     "cluster": _cluster,
     "demo": _demo,
@@ -373,16 +438,24 @@ COMMANDS = {
     "paper": _paper,
     "report": _report,
     "schemas": _schemas,
+    "config": _config,
     "verify": _verify,
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("-V", "--version"):
+        from importlib.metadata import version
+
+        print(f"sqflow {version('sqflow')}")
+        return 0
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: sqflow COMMAND [options]\n\ncommands:")
+        print("usage: sqflow [--version] COMMAND [options]   (sqflow COMMAND --help for its flags)")
+        print("\ncommands:")
         for name, fn in COMMANDS.items():
-            print(f"  {name:<14} {(fn.__doc__ or '').strip().splitlines()[0]}")
+            summary = " ".join((fn.__doc__ or "").strip().split("\n\n")[0].split())
+            print(f"  {name:<14} {summary}")
         return 0 if argv else 2
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:

@@ -1,67 +1,186 @@
-"""Prefect flows of the drift monitor (issue 7): ``monitor`` and ``retrain``.
+"""Prefect flows of the drift monitor: ``monitor`` and ``retrain``, and how drift reaches a
+retrain (issue 16: through a Prefect deployment trigger; the nightly never waits for it).
 
-``monitor`` compares a run's new embeddings (``runs/<run_id>/embeddings.zarr``) with the reference
-set recorded with the current encoder, writes the report (Markdown + table artifacts, the
-``drift_reports`` Parquet table, ``drift_report.json`` in the run folder), emits the Prefect event
-``sqflow.drift.detected`` with the statistics as payload when the policy says drift (so Prefect
-Automations can act on it too), and then triggers ``retrain``:
+``monitor`` compares a run's new embeddings (``runs/<run_id>/embeddings.zarr``) with the
+reference set recorded with the current encoder, writes the report (Markdown + table
+artifacts, the ``drift_reports`` Parquet table, ``drift_report.json`` in the run folder) and,
+when the policy says drift, emits the Prefect event ``sqflow.drift.detected``:
 
-- with a registered deployment named ``retrain_deployment`` (a Prefect server with a worker or
-  ``serve``): through ``prefect.deployments.run_deployment`` (waits for it, ``retrain_timeout_s``);
-- otherwise (ephemeral mode, tests): ``retrain`` runs in-process as a subflow.
+* resource ``sqflow.dataset.<dataset>`` with the labels ``sqflow.dataset``,
+  ``sqflow.encoder-version`` (the version that drifted) and ``sqflow.retrain-deployment`` (the
+  retrain deployment meant to act on it); related resource ``sqflow.run.<run_id>``;
+* payload ``run_id``, ``reason``, ``config`` (the run's settings), the statistics.
 
-``retrain`` trains a new encoder version, records its reference set and centers, re-embeds the
-run's batch and records the lineage (old -> new version, reason); if it fails, the old version
-stays current and the monitor's result and artifact say so (the monitor itself completes, so the
-nightly run goes on with the old model).
+How the retrain happens then (``retrain["status"]`` in the monitor's result says which):
 
-From the ``nightly`` flow, after ``embed`` and before ``cluster``::
+* **A Prefect server with the retrain deployment** (``prefect deploy --all`` or ``sqflow
+  serve``): the deployment carries a trigger (:func:`retrain_trigger`) on that event for its own
+  ``sqflow.retrain-deployment`` label; the automation starts a ``retrain`` flow run with the
+  run id, reason, config and drifted version from the event. The monitor does not wait
+  (status ``requested``). The deployment runs one retrain at a time and cancels a new one
+  that collides (``CANCEL_NEW``), and a retrain whose ``from_version`` is no longer current
+  skips (another retrain already replaced it): retrains never pile up.
+* **No server / no such deployment** (ephemeral ``sqflow demo``, tests): the fallback is an
+  in-process ``retrain`` subflow. The standalone ``monitor`` flow runs it at once; the nightly
+  asks for ``retrain="after-run"`` (status ``pending``) and runs it after publishing (the
+  retrain re-embeds the run's store, which publish reads), under the lock it already holds;
+  its outcome goes into run.json and the run's state, not into the BI tables of the night. Either way
+  tonight's clusters use the encoder the night started with; the new one serves from the next
+  night on.
 
-    mon = monitor_flow(run_id=run_id, config=settings.flow_parameters())  # or run_monitor(settings, run_id)
-    rec["monitor"] = mon
-    rec["encoder_version"] = mon["encoder_version"]   # changes when a retrain succeeded
+``retrain`` takes the output lock (waiting up to ``lock_timeout_s`` for a nightly run that
+holds it), trains a new encoder version, records its reference set and centers, re-embeds the
+run's batch and records the lineage (see :func:`sqflow.pipeline.monitor.retrain_stage`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
-from typing import Any
+from typing import Any, Literal
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.states import Completed
 
 from data_contracts.settings import PipelineSettings
-from sqflow.layout import OutputLayout, current_version
+from sqflow.layout import OutputLayout, current_version, output_lock
 from tasks.artifacts import artifact_key
 from tasks.monitor import monitor_task, retrain_task
 
 from .settings import flow_settings
 
 DRIFT_EVENT = "sqflow.drift.detected"
+#: the retrain deployment of ``prefect.yaml`` (``prefect deploy --all``)
 DEFAULT_RETRAIN_DEPLOYMENT = "retrain/sqflow-retrain"
+#: the retrain deployment that ``sqflow serve`` registers (its own name: no takeover)
+SERVED_RETRAIN_DEPLOYMENT = "retrain/sqflow-retrain-served"
+#: how long a retrain waits for a nightly run holding the output lock (seconds)
+RETRAIN_LOCK_TIMEOUT_S = 4 * 3600.0
+
+RetrainMode = Literal["auto", "after-run", "off"]
 
 __all__ = [
-    "DRIFT_EVENT",
     "DEFAULT_RETRAIN_DEPLOYMENT",
+    "DRIFT_EVENT",
+    "SERVED_RETRAIN_DEPLOYMENT",
     "monitor_flow",
     "retrain_flow",
+    "retrain_in_process",
+    "retrain_trigger",
     "run_monitor",
 ]
 
 
-@flow(name="retrain", log_prints=True)
+def retrain_trigger(deployment: str = DEFAULT_RETRAIN_DEPLOYMENT) -> dict[str, Any]:
+    """The deployment trigger of the retrain deployment ``deployment`` ("flow/name"), as the
+    dict that ``prefect.yaml`` holds under ``triggers:`` (and ``sqflow serve`` passes to
+    ``DeploymentEventTrigger``): one retrain per ``sqflow.drift.detected`` event labelled for
+    this deployment, evaluated per dataset and drifted encoder version, with the run id, the
+    reason, the run's settings and the drifted version taken from the event."""
+    return {
+        "type": "event",
+        "name": f"sqflow: retrain on drift ({deployment})",
+        "description": "sqflow.drift.detected -> retrain the encoder of that dataset",
+        "enabled": True,
+        "expect": [DRIFT_EVENT],
+        "match": {
+            "prefect.resource.id": "sqflow.dataset.*",
+            "sqflow.retrain-deployment": deployment,
+        },
+        "for_each": ["prefect.resource.id", "sqflow.encoder-version"],
+        "posture": "Reactive",
+        "threshold": 1,
+        "within": 0,
+        "parameters": {
+            "run_id": "{{ event.payload.run_id }}",
+            "reason": "{{ event.payload.reason }}",
+            "config": "{{ event.payload.config }}",
+            "from_version": "{{ event.resource['sqflow.encoder-version'] }}",
+        },
+    }
+
+
+@flow(name="retrain", flow_run_name="retrain-{run_id}", log_prints=True)
 def retrain_flow(
     run_id: str,
     reason: str,
     config: dict[str, Any] | None = None,
     policy: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """New encoder version after drift (see :func:`sqflow.pipeline.monitor.retrain_stage`); fails (old
-    version kept current) when any step fails."""
-    return retrain_task(flow_settings(config), run_id, reason, policy)
+    from_version: str | None = None,
+    lock_timeout_s: float = RETRAIN_LOCK_TIMEOUT_S,
+    hold_lock: bool = True,
+) -> Any:
+    """New encoder version after drift in run ``run_id`` (see
+    :func:`sqflow.pipeline.monitor.retrain_stage`); fails (old version kept current) when any
+    step fails. Holds the output lock (waits up to ``lock_timeout_s`` seconds for a nightly
+    run). ``from_version``: the version that drifted; when another version is current by the
+    time the lock is ours, nothing is retrained (state Completed, named "Skipped").
+    ``hold_lock=False``: the caller (a nightly run's in-process fallback) holds it."""
+    settings = flow_settings(config)
+    lay = OutputLayout.of(settings)
+    with (
+        output_lock(lay, f"retrain-{run_id}", timeout_s=lock_timeout_s)
+        if hold_lock
+        else contextlib.nullcontext()
+    ):
+        now = current_version(lay.models_dir)
+        if from_version and now != from_version:
+            msg = (
+                f"skipped: the drift was against {from_version} but {now} is current "
+                "(already retrained)"
+            )
+            get_run_logger().info(msg)
+            _retrain_artifact(settings, run_id, f"**Retrain {msg}.**")
+            return Completed(
+                name="Skipped", message=msg, data={"status": "skipped", "message": msg}
+            )
+        try:
+            out = retrain_task(settings, run_id, reason, policy)
+        except Exception as exc:
+            _retrain_artifact(
+                settings, run_id, f"**Retrain FAILED**: {exc}", reason=reason, old=now
+            )
+            raise
+    _retrain_artifact(
+        settings,
+        run_id,
+        f"**Retrained: encoder `{out['old_version']}` -> `{out['new_version']}`.**",
+        reason=reason,
+        old=out["old_version"],
+        new=out["new_version"],
+        after=(out.get("after") or {}).get("status"),
+    )
+    return out
+
+
+def _retrain_artifact(
+    settings: PipelineSettings,
+    run_id: str,
+    headline: str,
+    reason: str | None = None,
+    old: str | None = None,
+    new: str | None = None,
+    after: str | None = None,
+) -> None:
+    """The ``retrain`` artifact of the dataset (a new version per retrain)."""
+    facts = (
+        ("reason", reason),
+        ("from version", old),
+        ("new version", new),
+        ("batch against the new reference", after),
+    )
+    lines = [f"# Retrain after drift in run `{run_id}`", "", headline, ""]
+    lines += [f"- {k}: {v}" for k, v in facts if v]
+    create_markdown_artifact(
+        "\n".join(lines) + "\n",
+        key=artifact_key("retrain", settings.source.dataset),
+        description=f"retrain after drift in run {run_id}",
+    )
 
 
 def _deployment_exists(name: str) -> bool:
+    """Whether the API this process talks to knows deployment ``name`` (no API: False)."""
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
 
@@ -71,25 +190,36 @@ def _deployment_exists(name: str) -> bool:
         return True
     except ObjectNotFound:
         return False
-    except Exception as exc:  # noqa: BLE001 - no API reachable: run in-process
-        get_run_logger().warning(
-            "could not look up deployment %r (%s): retraining in-process", name, exc
-        )
+    except Exception as exc:  # noqa: BLE001 - no API reachable: the in-process fallback
+        get_run_logger().warning("could not look up deployment %r (%s)", name, exc)
         return False
 
 
-def _emit(run_id: str, mon: dict[str, Any]) -> str | None:
+def _emit(
+    run_id: str, dataset: str, reason: str, mon: dict[str, Any], config: dict, deployment: str
+) -> str | None:
     from prefect.events import emit_event
 
     ev = emit_event(
         event=DRIFT_EVENT,
         resource={
-            "prefect.resource.id": f"sqflow.run.{run_id}",
-            "prefect.resource.name": f"sqflow run {run_id}",
+            "prefect.resource.id": f"sqflow.dataset.{dataset}",
+            "prefect.resource.name": f"sqflow dataset {dataset}",
+            "sqflow.dataset": dataset,
             "sqflow.encoder-version": mon["reference_version"],
+            "sqflow.retrain-deployment": deployment,
         },
+        related=[
+            {
+                "prefect.resource.id": f"sqflow.run.{run_id}",
+                "prefect.resource.role": "sqflow-run",
+                "prefect.resource.name": f"sqflow run {run_id}",
+            }
+        ],
         payload={
             "run_id": run_id,
+            "reason": reason,
+            "config": config,
             "reference_version": mon["reference_version"],
             "status": mon["status"],
             "flagged": mon["flagged"],
@@ -100,42 +230,38 @@ def _emit(run_id: str, mon: dict[str, Any]) -> str | None:
     return str(ev.id) if ev is not None else None
 
 
-def _retrain(
+def retrain_in_process(
     settings: PipelineSettings,
     run_id: str,
     reason: str,
-    policy: dict[str, Any] | None,
-    deployment: str | None,
-    timeout_s: float,
+    from_version: str | None,
+    policy: dict[str, Any] | None = None,
+    hold_lock: bool = True,
 ) -> dict[str, Any]:
-    log = get_run_logger()
+    """The fallback without a retrain deployment: ``retrain`` as a subflow of the calling flow
+    (``hold_lock=False`` when the caller holds the output lock). Returns ``status`` (completed / skipped / failed),
+    ``mode``, ``old_version``, ``new_version``, ``current_version``, ``state``, ``message``."""
     lay = OutputLayout.of(settings)
     old = current_version(lay.models_dir)
-    params = {
-        "run_id": run_id,
-        "reason": reason,
-        "config": settings.flow_parameters(),
-        "policy": policy,
-    }
-    if deployment and _deployment_exists(deployment):
-        from prefect.deployments import run_deployment
-
-        log.info("drift: triggering deployment %r", deployment)
-        fr = run_deployment(deployment, parameters=params, timeout=timeout_s)
-        mode, state = f"deployment {deployment} (flow run {fr.id})", fr.state
-    else:
-        log.info("drift: retraining in-process (subflow; no deployment %r registered)", deployment)
-        state = retrain_flow(**params, return_state=True)
-        mode = "subflow"
+    state = retrain_flow(
+        run_id=run_id,
+        reason=reason,
+        config=settings.flow_parameters(),
+        policy=policy,
+        from_version=from_version,
+        hold_lock=hold_lock,
+        return_state=True,
+    )
     now = current_version(lay.models_dir)
-    ok = state is not None and state.is_completed()
-    out = {
-        "mode": mode,
+    out: dict[str, Any] = {
+        "mode": "in-process subflow",
         "old_version": old,
         "current_version": now,
         "state": state.name if state is not None else "unknown",
     }
-    if ok:
+    if state is not None and state.is_completed() and state.name == "Skipped":
+        out.update(status="skipped", new_version=None, message=state.message)
+    elif state is not None and state.is_completed():
         out.update(
             status="completed",
             new_version=now,
@@ -148,7 +274,7 @@ def _retrain(
             new_version=None,
             message=f"retrain FAILED ({msg}); encoder {now} stays current",
         )
-        log.error(out["message"])
+        get_run_logger().error(out["message"])
     return out
 
 
@@ -156,29 +282,72 @@ def run_monitor(
     settings: PipelineSettings,
     run_id: str,
     *,
+    dataset: str | None = None,
     policy: dict[str, Any] | None = None,
-    retrain: bool = True,
-    retrain_deployment: str | None = DEFAULT_RETRAIN_DEPLOYMENT,
-    retrain_timeout_s: float = 3600.0,
+    retrain: RetrainMode | bool = "auto",
+    retrain_deployment: str = DEFAULT_RETRAIN_DEPLOYMENT,
 ) -> dict[str, Any]:
-    """The monitor stage inside a running flow (``settings``: the run's typed settings, as the
-    nightly flow holds them). Returns the monitor task's dict plus ``event_id`` (None unless
-    drift), ``retrain`` (``status`` one of completed / failed / not needed / disabled / no
-    decision, ``old_version``, ``new_version``, ``message``), ``encoder_version`` (current after
-    the stage), ``artifacts`` and ``seconds``."""
+    """The monitor stage inside a running flow (``settings``: the run's typed settings).
+
+    ``retrain``: ``"auto"`` (True) asks the retrain deployment through the drift event when the
+    API knows it, else retrains in-process now; ``"after-run"`` (the nightly, which holds the
+    output lock) also goes through the deployment when there is one, else leaves the retrain
+    to the caller (status ``pending``, see :func:`retrain_in_process`); ``"off"`` (False) only
+    reports. Returns the monitor task's dict plus ``dataset``, ``event_id`` (None unless
+    drift), ``retrain`` (``status``: requested / pending / completed / skipped / failed / not
+    needed / disabled / no decision; ``mode``, ``message``, ``reason``, ``from_version``,
+    ``deployment``), ``encoder_version`` (current after the stage), ``artifacts``,
+    ``seconds``."""
     t0 = time.perf_counter()
     log = get_run_logger()
+    mode = ("auto" if retrain else "off") if isinstance(retrain, bool) else retrain
+    if mode not in ("auto", "after-run", "off"):
+        raise ValueError(f"retrain={retrain!r}: valid are 'auto', 'after-run', 'off'")
     mon = monitor_task(settings, run_id, policy)
-    mon["event_id"] = _emit(run_id, mon) if mon["drifted"] else None
-    if mon["drifted"] and retrain:
+    dataset = dataset or settings.source.dataset
+    mon["dataset"] = dataset
+    mon["event_id"] = None
+    if mon["drifted"]:
         reason = f"drift in run {run_id}: " + "; ".join(
             r for r in mon["reasons"][1:] if "flags drift" in r
         )
-        mon["retrain"] = _retrain(
-            settings, run_id, reason, policy, retrain_deployment, retrain_timeout_s
+        deployed = mode != "off" and _deployment_exists(retrain_deployment)
+        mon["event_id"] = _emit(
+            run_id, dataset, reason, mon, settings.flow_parameters(), retrain_deployment
         )
-    elif mon["drifted"]:
-        mon["retrain"] = {"status": "disabled", "message": "drift detected; retrain=False"}
+        base = {"reason": reason, "from_version": mon["reference_version"]}
+        if mode == "off":
+            mon["retrain"] = {
+                **base,
+                "status": "disabled",
+                "message": "drift detected; retrain off",
+            }
+        elif deployed:
+            mon["retrain"] = {
+                **base,
+                "status": "requested",
+                "mode": "deployment trigger",
+                "deployment": retrain_deployment,
+                "message": (
+                    f"drift event emitted; the trigger of deployment {retrain_deployment} "
+                    "starts the retrain (this run does not wait for it)"
+                ),
+            }
+        elif mode == "after-run":
+            mon["retrain"] = {
+                **base,
+                "status": "pending",
+                "mode": "in-process after the run",
+                "message": (
+                    f"no deployment {retrain_deployment} on this API: retraining in-process "
+                    "after the run"
+                ),
+            }
+        else:
+            mon["retrain"] = {
+                **base,
+                **retrain_in_process(settings, run_id, reason, mon["reference_version"], policy),
+            }
     elif mon["drifted"] is None:
         mon["retrain"] = {"status": "no decision", "message": "insufficient data: no decision"}
     else:
@@ -192,7 +361,9 @@ def run_monitor(
     mon["artifacts"] = {
         "report": str(
             create_markdown_artifact(
-                md, key=artifact_key(run_id, "drift"), description=f"drift report of run {run_id}"
+                md,
+                key=artifact_key("drift", dataset),
+                description=f"drift report of run {run_id}",
             )
         ),
         "table": str(
@@ -201,7 +372,7 @@ def run_monitor(
                     {"run_id": run_id, "reference_version": mon["reference_version"], **r}
                     for r in mon["statistics"]
                 ],
-                key=artifact_key(run_id, "drift-statistics"),
+                key=artifact_key("drift-statistics", dataset),
                 description=f"drift statistics of run {run_id}",
             )
         ),
@@ -211,22 +382,23 @@ def run_monitor(
     return mon
 
 
-@flow(name="monitor", log_prints=True)
+@flow(name="monitor", flow_run_name="monitor-{run_id}", log_prints=True)
 def monitor_flow(
     run_id: str,
     config: dict[str, Any] | None = None,
     policy: dict[str, Any] | None = None,
-    retrain: bool = True,
-    retrain_deployment: str | None = DEFAULT_RETRAIN_DEPLOYMENT,
-    retrain_timeout_s: float = 3600.0,
+    retrain: RetrainMode | bool = "auto",
+    retrain_deployment: str = DEFAULT_RETRAIN_DEPLOYMENT,
+    dataset: str | None = None,
 ) -> dict[str, Any]:
-    """Drift check of an embedded run against the current encoder's reference; retrain on
-    drift (see the module docstring). ``policy``: fields of ``DriftPolicy`` (None: defaults)."""
+    """Drift check of an embedded run against the current encoder's reference; on drift, the
+    event and the retrain (see the module docstring). ``policy``: fields of ``DriftPolicy``
+    (None: defaults)."""
     return run_monitor(
         flow_settings(config),
         run_id,
+        dataset=dataset,
         policy=policy,
         retrain=retrain,
         retrain_deployment=retrain_deployment,
-        retrain_timeout_s=retrain_timeout_s,
     )

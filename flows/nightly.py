@@ -18,10 +18,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.runtime import flow_run
+from prefect.runtime import deployment, flow_run
+from prefect.states import Completed
 
 from data_contracts.run_record import RunRecord
-from flows.monitor import monitor_flow
+from flows.monitor import (
+    DEFAULT_RETRAIN_DEPLOYMENT,
+    SERVED_RETRAIN_DEPLOYMENT,
+    monitor_flow,
+    retrain_in_process,
+)
 from flows.settings import flow_settings
 from sqflow.atomic_files import atomic_write_text
 from sqflow.layout import OutputLayout, current_version, new_run_id, output_lock
@@ -80,7 +86,47 @@ def _recorded_stage(
     return {k: v for k, v in out.items() if k not in drop}
 
 
-@flow(name="nightly", log_prints=True)
+def _nightly_run_name() -> str:
+    """The flow run's name: ``nightly-<run id>`` (the run id is taken back from it)."""
+    return "nightly-" + new_run_id(_flow_run_id())
+
+
+def _this_run_id(started: datetime) -> str:
+    """The run id in this flow run's name (:func:`_nightly_run_name`), else a new one."""
+    name = flow_run.get_name() or ""
+    return (
+        name.removeprefix("nightly-")
+        if name.startswith("nightly-")
+        else new_run_id(_flow_run_id(), started)
+    )
+
+
+def _retrain_deployment() -> str:
+    """The retrain deployment of this nightly's family: ``sqflow serve`` registers
+    ``nightly-served`` next to ``retrain/sqflow-retrain-served``; ``prefect deploy --all`` (and
+    a run without a deployment) uses ``retrain/sqflow-retrain``."""
+    name = deployment.get_name() if deployment.get_id() else None
+    return (
+        SERVED_RETRAIN_DEPLOYMENT
+        if (name or "").endswith("-served")
+        else (DEFAULT_RETRAIN_DEPLOYMENT)
+    )
+
+
+def _degraded_reasons(rec: RunRecord) -> list[str]:
+    """What went wrong in a completed run (non-fatal stages), for the state and run.json."""
+    out = []
+    if rec.stage_error("monitor"):
+        out.append(f"monitor failed: {rec.stage_error('monitor')}")
+    retrain = (rec.monitor or {}).get("retrain") if isinstance(rec.monitor, dict) else None
+    if retrain and retrain.get("status") == "failed":
+        out.append(f"retrain failed: {retrain.get('message')}")
+    if rec.stage_error("report"):
+        out.append(f"report failed: {rec.stage_error('report')}")
+    return out
+
+
+@flow(name="nightly", flow_run_name=_nightly_run_name, log_prints=True)
 def nightly(config: dict[str, Any] | None = None) -> dict[str, Any]:
     """The nightly run: sample -> embed -> monitor -> cluster -> report -> publish.
 
@@ -99,7 +145,7 @@ def nightly(config: dict[str, Any] | None = None) -> dict[str, Any]:
     settings = flow_settings(config)
     lay = OutputLayout.of(settings)
     started = datetime.now(UTC)
-    run_id = new_run_id(_flow_run_id(), started)
+    run_id = _this_run_id(started)
     with output_lock(lay, run_id, timeout_s=settings.lock_timeout_s):
         t_all = time.perf_counter()
         rec = RunRecord(
@@ -124,16 +170,22 @@ def nightly(config: dict[str, Any] | None = None) -> dict[str, Any]:
             embed = rec.add_stage("embed", embed_task(settings, run_id))
             rec.encoder_version = embed["encoder_version"]
             # the full drift report stays in drift_report.json; the record keeps the decision
+            # on drift the monitor emits the event; a retrain deployment's trigger retrains
+            # (this run does not wait); without one the retrain runs below, after publish
             monitor = rec.add_stage(
                 "monitor",
                 _recorded_stage(
                     "monitor",
-                    lambda: monitor_flow(run_id=run_id, config=settings.flow_parameters()),
+                    lambda: monitor_flow(
+                        run_id=run_id,
+                        config=settings.flow_parameters(),
+                        retrain="after-run",
+                        retrain_deployment=_retrain_deployment(),
+                        dataset=rec.dataset,
+                    ),
                     drop=("report", "markdown"),
                 ),
             )
-            # a successful retrain made a new version current and re-embedded the batch
-            rec.encoder_version = monitor.get("encoder_version") or rec.encoder_version
             cluster = rec.add_stage("cluster", cluster_task(settings, run_id))
             rec.add_stage("plots", plots_task(settings, run_id, cluster["loss_curve"]))
             rec.add_stage(
@@ -142,7 +194,22 @@ def nightly(config: dict[str, Any] | None = None) -> dict[str, Any]:
                     "report", lambda: report_task(settings, run_id, rec), drop=("rows",)
                 ),
             )
+            rec.degraded_reasons = _degraded_reasons(rec)
             rec.add_stage("publish", publish_task(settings, run_id, rec))
+            retrain = monitor.get("retrain") or {}
+            if retrain.get("status") == "pending":
+                # no retrain deployment: retrain in-process, after publish (the retrain
+                # re-embeds this run's store, which publish reads the assignments from)
+                retrain.update(
+                    retrain_in_process(
+                        settings,
+                        run_id,
+                        retrain["reason"],
+                        retrain["from_version"],
+                        hold_lock=False,  # this run holds it
+                    )
+                )
+                rec.degraded_reasons = _degraded_reasons(rec)
             rec.status = "completed"
         except BaseException as exc:
             rec.status = "failed"
@@ -164,4 +231,12 @@ def nightly(config: dict[str, Any] | None = None) -> dict[str, Any]:
             atomic_write_text(rd / "run.json", rec.to_json())  # a failed run leaves its record too
         md = run_summary_markdown(rec)
         atomic_write_text(rd / "summary.md", md)
-    return rec.model_dump(mode="json") | {"artifacts": create_run_artifacts(rec, md)}
+    result = rec.model_dump(mode="json") | {
+        "outcome": rec.outcome,
+        "artifacts": create_run_artifacts(rec, md, lay.run_records()),
+    }
+    if rec.degraded_reasons:
+        # a named state the runs list shows: clusters published, but something failed
+        log.warning("run %s is DEGRADED: %s", run_id, "; ".join(rec.degraded_reasons))
+        return Completed(name="Degraded", message="; ".join(rec.degraded_reasons), data=result)
+    return result

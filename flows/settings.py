@@ -163,3 +163,43 @@ def flow_settings(config: dict[str, Any] | None = None) -> PipelineSettings:
     environment)."""
     s = load_settings(**(config or {}))
     return PipelineSettings.model_validate(s.model_dump()).resolved()
+
+
+def settings_sources(environ: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """The effective settings, one row per field (nested fields as ``source.kind``): ``name``,
+    ``value`` (JSON-able), ``source`` (``environment``, ``TOML <path>`` or ``default``) and
+    ``env`` (the ``SQFLOW_*`` variable that sets it). What ``sqflow config`` prints."""
+    import tomllib
+
+    from pydantic import BaseModel
+
+    env = {k.upper(): v for k, v in (os.environ if environ is None else environ).items()}
+    path = _config_file()
+    toml: dict[str, Any] = tomllib.loads(path.read_text()) if path.is_file() else {}
+    values = load_settings().model_dump(mode="json")
+    rows: list[dict[str, Any]] = []
+    for name, field in PipelineSettings.model_fields.items():
+        sub = field.annotation if isinstance(field.annotation, type) else None
+        if sub is not None and issubclass(sub, BaseModel):
+            whole = f"SQFLOW_{name.upper()}"
+            for child in sub.model_fields:
+                var = f"{whole}__{child.upper()}"
+                if var in env or whole in env:
+                    src = "environment"
+                elif isinstance(toml.get(name), dict) and child in toml[name]:
+                    src = f"TOML {path}"
+                else:
+                    src = "default"
+                rows.append(
+                    {
+                        "name": f"{name}.{child}",
+                        "value": (values.get(name) or {}).get(child),
+                        "source": src,
+                        "env": var,
+                    }
+                )
+            continue
+        var = f"SQFLOW_{name.upper()}"
+        src = "environment" if var in env else (f"TOML {path}" if name in toml else "default")
+        rows.append({"name": name, "value": values.get(name), "source": src, "env": var})
+    return rows

@@ -10,6 +10,7 @@ import numpy as np
 from sklearn.utils.validation import check_is_fitted
 
 from .distances import nearest
+from .progress import ProgressArg, progress_bar
 from .store import AssignmentStore, EmbeddingStore, open_assignment_writer, open_store
 
 
@@ -37,7 +38,7 @@ def assign_store(
     name: str = "default",
     target: Any = None,
     max_in_flight: int | None = None,
-    progress: bool = False,
+    progress: ProgressArg = False,
     storage_options: dict | None = None,
     if_exists: str = "resume",
 ) -> AssignmentStore:
@@ -80,11 +81,7 @@ def assign_store(
         if_exists=if_exists,
     )
     pending = writer.pending_chunks()
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(pending), desc="assign", unit="chunk")
+    bar = progress_bar(progress, len(pending), "assign", "chunk") if progress else None
     try:
         if client is None:
             for k in pending:

@@ -955,7 +955,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="stratified subset of N test images (quick runs only; the table uses all)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="random seed of the label split and the models (default 0)",
+    )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: CUDA if present)")
     p.add_argument(
         "--sq-param",

@@ -642,7 +642,10 @@ class ImageFolderSource(Source):
         decoded: list[tuple[str, str, np.ndarray]] = []
         rejected: list[tuple[str, str]] = []
         seen: set[str] = set()
-        for p in entries:
+        from tqdm.auto import tqdm
+
+        # decoding every file is the slow part of a scan: a terminal bar for big folders
+        for p in tqdm(entries, desc="scan", unit="file", disable=len(entries) < 1000):
             ref = p.relative_to(self.root).as_posix()
             if printable(ref) != ref:
                 rejected.append(

@@ -1,24 +1,50 @@
 """The Prefect artifacts of the pipeline (what the UI shows of a run) and their keys.
 
-* :func:`artifact_key`: the one spelling of an artifact key (``sqflow-<what>-<run id>``);
+Keys are stable per kind and dataset (:func:`artifact_key`: ``sqflow-<kind>-<dataset>``), so
+every night is a new version of the same artifact and the UI's artifact page shows the
+history of each one. The kinds (``KINDS``): ``summary``, ``clusters``, ``plots``, ``trend``
+(one row per night: headline figures), ``drift``, ``drift-statistics``, ``report``,
+``report-clusters``, ``bi``, ``retrain``.
+
 * :func:`run_summary_markdown` / :func:`create_run_artifacts`: the nightly run's summary, its
-  clusters table and its plots (PNG embedded as data URIs, full-size files linked);
+  clusters table, its plots (PNG embedded as data URIs; no ``file://`` links, which a browser
+  on another machine cannot open) and the trend table (:func:`trend_rows`);
 * :func:`report_markdown` / :func:`create_report_artifacts`: the cluster report's;
 * :func:`create_bi_artifact`: what the publish step wrote.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from data_contracts.run_record import RunRecord
 
+#: the artifact kinds of a dataset (one key each)
+KINDS = (
+    "summary",
+    "clusters",
+    "plots",
+    "trend",
+    "drift",
+    "drift-statistics",
+    "report",
+    "report-clusters",
+    "bi",
+    "retrain",
+)
 
-def artifact_key(run_id: str, what: str) -> str:
-    """Artifact keys: lowercase letters, digits and dashes only (``sqflow-<what>-<run id>``)."""
-    return f"sqflow-{what}-" + "".join(c if c.isalnum() else "-" for c in run_id.lower())
+
+def artifact_key(kind: str, dataset: str | None) -> str:
+    """The key of artifact ``kind`` of ``dataset``: ``sqflow-<kind>-<dataset>``, lowercase
+    letters, digits and dashes only (Prefect's rule). Stable over nights: each run adds a
+    version. ``dataset`` None (a run that stopped before sampling): ``unknown``."""
+    if kind not in KINDS:
+        raise ValueError(f"artifact kind {kind!r}; valid: {', '.join(KINDS)}")
+    slug = "".join(c if c.isalnum() else "-" for c in (dataset or "unknown").lower()).strip("-")
+    return f"sqflow-{kind}-{slug or 'unknown'}"
 
 
 def run_summary_markdown(rec: RunRecord) -> str:
@@ -27,7 +53,9 @@ def run_summary_markdown(rec: RunRecord) -> str:
     lines = [
         f"# sqflow nightly run `{rec.run_id}`",
         "",
-        f"**Status:** {rec.status}  ",
+        f"**Status:** {rec.status}"
+        + (f" (**DEGRADED**: {'; '.join(rec.degraded_reasons)})" if rec.degraded_reasons else "")
+        + "  ",
         f"**Dataset:** {rec.dataset}  **Encoder:** {rec.encoder_version}  ",
         f"**Started:** {rec.started_at}  **Finished:** {rec.finished_at}",
         "",
@@ -68,8 +96,9 @@ def run_summary_markdown(rec: RunRecord) -> str:
     if rec.plots:
         lines += [
             "",
-            "Plots (PNG files on the run's machine): "
-            + ", ".join(f"[{k}](file://{v})" for k, v in rec.plots.items() if k != "seconds"),
+            f"Plots: artifact `{artifact_key('plots', rec.dataset)}` (embedded); full-size PNG "
+            "files on the run's machine: "
+            + ", ".join(f"`{v}`" for k, v in rec.plots.items() if k != "seconds"),
         ]
     lines += ["", f"Embedding: {e.get('n_rows')} rows x {e.get('dim')} on {e.get('device')}."]
     return "\n".join(lines) + "\n"
@@ -97,17 +126,76 @@ def _monitor_md(mon: dict[str, Any] | str | None) -> list[str]:
     return lines
 
 
-def create_run_artifacts(rec: RunRecord, md: str) -> dict[str, str]:
-    """The nightly run's artifacts: the summary ``md``, the clusters table, links to the PNG
-    plots and the plots embedded as Markdown. Returns artifact ids by name."""
-    run_id = rec.run_id
+def _num(v: Any, digits: int = 6) -> float | None:
+    """A plain float rounded for a table cell (None for missing / NaN)."""
+    if v is None:
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(f) else round(f, digits)
+
+
+def trend_row(rec: RunRecord) -> dict[str, Any]:
+    """One night's headline figures: sizes, quarantine, the SQ objective, the drift decision
+    and statistics, the quality checks of the report, the outcome."""
+    s, c = rec.sample or {}, rec.cluster or {}
+    mon = rec.monitor if isinstance(rec.monitor, dict) else {}
+    stats = {r.get("statistic"): r for r in mon.get("statistics") or []}
+    q = (rec.report or {}).get("quality") or {}
+    return {
+        "run_id": rec.run_id,
+        "started_at": rec.started_at,
+        "status": rec.status,
+        "outcome": rec.outcome,
+        "encoder": rec.encoder_version,
+        "rows": s.get("n_selected"),
+        "quarantined": s.get("n_quarantined"),
+        "objective": _num(c.get("objective")),
+        "passes": c.get("n_iter"),
+        "drift": mon.get("status") or ("monitor failed" if mon.get("error") else None),
+        "mmd": _num((stats.get("mmd") or {}).get("value")),
+        "ks": _num((stats.get("ks") or {}).get("value")),
+        "distortion": _num((stats.get("distortion") or {}).get("value")),
+        "occupancy": _num((stats.get("occupancy") or {}).get("value")),
+        "retrain": (mon.get("retrain") or {}).get("status"),
+        "knn_accuracy": _num(q.get("knn_accuracy"), 4),
+        "majority_agreement": _num(q.get("majority_agreement"), 4),
+        "trustworthiness": _num(q.get("trustworthiness"), 4),
+        "seconds": _num(rec.timings.get("total"), 1),
+    }
+
+
+def trend_rows(records: list[RunRecord], last: int = 60) -> list[dict[str, Any]]:
+    """The trend table: :func:`trend_row` of the ``last`` records, oldest first."""
+    return [trend_row(r) for r in sorted(records, key=lambda r: r.run_id)[-last:]]
+
+
+def create_run_artifacts(
+    rec: RunRecord, md: str, history: list[RunRecord] | None = None
+) -> dict[str, str]:
+    """The nightly run's artifacts, each a new version of its dataset's key: the summary
+    ``md``, the clusters table, the plots embedded as Markdown, and the trend table over
+    ``history`` (earlier records of the dataset; this run is added). Returns ids by kind."""
+    run_id, ds = rec.run_id, rec.dataset
     ids = {
         "summary": str(
             create_markdown_artifact(
-                md, key=artifact_key(run_id, "summary"), description=f"sqflow nightly run {run_id}"
+                md, key=artifact_key("summary", ds), description=f"sqflow nightly run {run_id}"
             )
         )
     }
+    others = [r for r in history or [] if r.run_id != run_id and r.dataset == ds]
+    ids["trend"] = str(
+        create_table_artifact(
+            trend_rows([*others, rec]),
+            key=artifact_key("trend", ds),
+            description=f"headline figures per night of {ds} (latest: run {run_id})",
+        )
+    )
+    if rec.cluster is None:  # stopped before clustering: nothing more to show
+        return ids
     table = [
         {
             "cluster_id": int(c["cluster_id"]),
@@ -122,23 +210,16 @@ def create_run_artifacts(rec: RunRecord, md: str) -> dict[str, str]:
     ids["clusters"] = str(
         create_table_artifact(
             table,
-            key=artifact_key(run_id, "clusters"),
+            key=artifact_key("clusters", ds),
             description=f"cluster sizes and centers, run {run_id}",
         )
     )
-    for name in ("latent", "convergence"):
-        ids[name] = str(
-            create_link_artifact(
-                f"file://{rec.plots[name]}",
-                link_text=f"{name} plot (PNG)",
-                key=artifact_key(run_id, name),
-                description=f"{name} plot of run {run_id}",
-            )
-        )
+    if not rec.plots:
+        return ids
     ids["plots"] = str(
         create_markdown_artifact(
             _plots_md(rec),
-            key=artifact_key(run_id, "plots"),
+            key=artifact_key("plots", ds),
             description=f"latent space and convergence plots of run {run_id} (embedded PNG)",
         )
     )
@@ -174,7 +255,7 @@ def _plots_md(rec: RunRecord, max_side: int = 520) -> str:
     return "\n".join(parts)
 
 
-def report_markdown(run_id: str, info: dict[str, Any]) -> str:
+def report_markdown(run_id: str, info: dict[str, Any], dataset: str | None = None) -> str:
     """The report artifact's Markdown: a link to the page and the embedding-quality table."""
     q = info["quality"]
 
@@ -187,8 +268,9 @@ def report_markdown(run_id: str, info: dict[str, Any]) -> str:
     lines = [
         f"# Cluster report, run `{run_id}`",
         "",
-        f"[Open the report page (self-contained HTML)](file://{info['html']})  ",
-        f"`{info['html']}`",
+        "The report page (self-contained HTML, opens offline in a browser) on the run's "
+        f"machine: `{info['html']}`; its per-cluster table is the artifact "
+        f"`{artifact_key('report-clusters', dataset)}`.",
         "",
         "| embedding quality (labeled hold-out) | this run | previous run |",
         "|---|---:|---:|",
@@ -211,29 +293,30 @@ def report_markdown(run_id: str, info: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def create_report_artifacts(run_id: str, info: dict[str, Any]) -> dict[str, str]:
-    """The report stage's artifacts: Markdown with a link to the page, and the per-cluster
-    table (``info``: :func:`sqflow.pipeline.report.report_stage`'s dict)."""
-    key = artifact_key(run_id, "report")
+def create_report_artifacts(
+    run_id: str, info: dict[str, Any], dataset: str | None = None
+) -> dict[str, str]:
+    """The report stage's artifacts: Markdown with the page's path and the quality table, and
+    the per-cluster table (``info``: :func:`sqflow.pipeline.report.report_stage`'s dict)."""
     return {
         "report": str(
             create_markdown_artifact(
-                report_markdown(run_id, info),
-                key=key,
+                report_markdown(run_id, info, dataset),
+                key=artifact_key("report", dataset),
                 description=f"cluster report of run {run_id}",
             )
         ),
         "clusters": str(
             create_table_artifact(
                 info["rows"],
-                key=key + "-clusters",
+                key=artifact_key("report-clusters", dataset),
                 description=f"cluster_report table of run {run_id}",
             )
         ),
     }
 
 
-def create_bi_artifact(result: Any) -> str | None:
+def create_bi_artifact(result: Any, dataset: str | None = None) -> str | None:
     """Markdown artifact of a :class:`sqflow.bi.publish.PublishResult` (None outside a run)."""
     from prefect.context import FlowRunContext, TaskRunContext
 
@@ -242,7 +325,7 @@ def create_bi_artifact(result: Any) -> str | None:
     return str(
         create_markdown_artifact(
             result.to_markdown(),
-            key=artifact_key(result.run_id, "bi"),
+            key=artifact_key("bi", dataset),
             description=f"BI tables of run {result.run_id}",
         )
     )

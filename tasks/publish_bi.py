@@ -91,7 +91,11 @@ def publish(settings: PipelineSettings, run_id: str, record: RunRecord) -> dict[
     logged), leaving a Markdown artifact of what was written."""
     url = resolve_postgres_url(None, settings.postgres_secret_block)
     return publish_stage(
-        settings, run_id, record, postgres_url=url, on_published=create_bi_artifact
+        settings,
+        run_id,
+        record,
+        postgres_url=url,
+        on_published=lambda result: create_bi_artifact(result, record.dataset),
     )
 
 

@@ -25,7 +25,9 @@ def report_with_artifacts(
     """:func:`report_stage`'s dict plus ``artifacts`` (ids of the Markdown link artifact and the
     table artifact)."""
     info = report_stage(settings, run_id, record)
-    info["artifacts"] = create_report_artifacts(run_id, info)
+    info["artifacts"] = create_report_artifacts(
+        run_id, info, record.dataset if record is not None else None
+    )
     return info
 
 

@@ -137,10 +137,24 @@ def test_nightly_publishes_bi_tables_that_match_the_run(
         recs[0]["run_id"]: 700,
         recs[1]["run_id"]: 400,
     }
-    # the publish step left a readable artifact without the password
-    for rec in recs:
-        key = "sqflow-bi-" + "".join(c if c.isalnum() else "-" for c in rec["run_id"].lower())
-        art = Artifact.get(key)
-        assert art is not None and "| assignments | v1 |" in art.data
+    # the publish step left a readable artifact without the password: one version per run
+    # under the dataset's key
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from tasks.artifacts import artifact_key
+
+    key = artifact_key("bi", recs[0]["dataset"])
+    assert recs[1]["dataset"] == recs[0]["dataset"] and Artifact.get(key) is not None
+    with get_client(sync_client=True) as client:
+        versions = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key]))
+        )
+    assert sorted(r["run_id"] for r in recs) == sorted(
+        next(r["run_id"] for r in recs if r["run_id"] in a.data) for a in versions
+    )
+    for art in versions:
+        assert "| assignments | v1 |" in art.data
         assert "pw-never-logged" not in art.data and "***" in art.data
+    for rec in recs:
         assert rec["publish"]["postgres"] and "pw-never-logged" not in rec["publish"]["postgres"]

@@ -117,15 +117,15 @@ def test_nightly_two_runs_mnist(prefect_harness, registry, tmp_path):
     for row in report_rows.itertuples():
         assert sizes.get(row.cluster_id, 0) == row.size
     # artifacts a person reads in the UI
-    md = Artifact.get(artifact_key(run_id, "summary"))
+    md = Artifact.get(artifact_key("summary", rec["dataset"]))
     assert md is not None and "## Monitor (drift)" in md.data and "**Decision: " in md.data
     assert "| 70000 | 70000 | 0 | 1500 | 1500 |" in md.data
-    table = Artifact.get(artifact_key(run_id, "clusters"))
+    table = Artifact.get(artifact_key("clusters", rec["dataset"]))
     rows = json.loads(table.data) if isinstance(table.data, str) else table.data
     assert sum(r["size"] for r in rows) == 1500
     for name in ("latent", "convergence"):
         assert Path(rec["plots"][name]).stat().st_size > 1000
-    plots = Artifact.get(artifact_key(run_id, "plots"))
+    plots = Artifact.get(artifact_key("plots", rec["dataset"]))
     assert plots.data.count("](data:image/png;base64,") == 2
 
     # second run: incremental (only unseen items), warm-started from the first run's centers
@@ -229,7 +229,7 @@ def test_failed_monitor_is_reported_and_the_clusters_still_published(
     rec = nightly(config=_config(out, models, sample={"mode": "uniform", "n": 600}))
     assert rec["status"] == "completed"
     assert "no reference set for encoder 'triplet-v0001'" in rec["monitor"]["error"]
-    md = Artifact.get(artifact_key(rec["run_id"], "summary")).data
+    md = Artifact.get(artifact_key("summary", rec["dataset"])).data
     assert "**The monitor stage FAILED** (FileNotFoundError: no reference set" in md
     runs = _published(out, "runs")
     assert not runs["monitor_ran"].any() and runs["drift_detected"].isna().all()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 
 import numpy as np
 import pandas as pd
@@ -113,7 +114,8 @@ def test_drift_triggers_retrain_with_new_version_and_reference(prefect_harness, 
     assert "mmd" in mon["flagged"]
     assert mon["event_id"]  # sqflow.drift.detected was emitted
     r = mon["retrain"]
-    assert r["status"] == "completed" and r["mode"] == "subflow", r
+    # no retrain deployment on this API: the documented fallback, an in-process subflow
+    assert r["status"] == "completed" and r["mode"] == "in-process subflow", r
     assert r["old_version"] == "triplet-v0001" and r["new_version"] == "triplet-v0002"
     assert current_version(out / "models") == "triplet-v0002"
     assert mon["encoder_version"] == "triplet-v0002"
@@ -167,20 +169,32 @@ def test_failed_retrain_keeps_the_old_version_current(prefect_harness, base, tmp
     assert "FAILED" in mon["markdown"]
 
 
-def test_drift_retrains_through_the_retrain_deployment_when_one_is_served(
+def test_drift_event_starts_the_retrain_deployment_through_its_trigger(
     prefect_harness, base, tmp_path
 ):
-    """With a registered ``retrain`` deployment (served here by a real Prefect Runner that runs
-    the flow run in a subprocess), the monitor goes through ``run_deployment``."""
+    """With a retrain deployment that carries the drift trigger (served here by a real Prefect
+    Runner that runs flow runs in a subprocess), the monitor only emits the event and returns;
+    the server's automation starts the retrain flow run with the event's run id, reason,
+    config and drifted version, and that run makes the new version current."""
     import asyncio
     import threading
 
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+    from prefect.events import DeploymentEventTrigger
     from prefect.runner import Runner
 
-    from flows.monitor import monitor_flow, retrain_flow
+    from flows.deployments import RETRAIN_CONCURRENCY
+    from flows.monitor import monitor_flow, retrain_flow, retrain_trigger
 
+    dep = "retrain/sqflow-retrain-test"
     runner = Runner(name="sqflow-retrain-test", query_seconds=1)
-    runner.add_flow(retrain_flow, name="sqflow-retrain-test")
+    runner.add_flow(
+        retrain_flow,
+        name="sqflow-retrain-test",
+        concurrency_limit=RETRAIN_CONCURRENCY,
+        triggers=[DeploymentEventTrigger(**retrain_trigger(dep))],
+    )
     stop = threading.Event()
 
     def serve() -> None:
@@ -192,17 +206,100 @@ def test_drift_retrains_through_the_retrain_deployment_when_one_is_served(
     th.start()
     try:
         cfg = _copy(base, tmp_path, "rot")
-        mon = monitor_flow(
-            run_id="run-rot",
-            config=cfg,
-            retrain_deployment="retrain/sqflow-retrain-test",
-            retrain_timeout_s=900,
-        )
+        mon = monitor_flow(run_id="run-rot", config=cfg, retrain_deployment=dep)
+        r = mon["retrain"]
+        # the monitor did not wait: the retrain is requested, the old version still current
+        assert r["status"] == "requested" and r["deployment"] == dep, r
+        assert mon["encoder_version"] == "triplet-v0001"
+        with get_client(sync_client=True) as client:
+            deadline = time.monotonic() + 600
+            while time.monotonic() < deadline:
+                runs = client.read_flow_runs(
+                    deployment_filter=DeploymentFilter(
+                        name=DeploymentFilterName(any_=["sqflow-retrain-test"])
+                    )
+                )
+                if runs and runs[0].state is not None and runs[0].state.is_final():
+                    break
+                time.sleep(2)
     finally:
         stop.set()
         th.join(timeout=60)
-    r = mon["retrain"]
-    assert r["mode"].startswith("deployment retrain/sqflow-retrain-test"), r
-    assert r["status"] == "completed", r
-    assert r["new_version"] == "triplet-v0002"
+    (fr,) = runs  # exactly one retrain for one event
+    assert fr.state.is_completed(), fr.state
+    assert fr.name == "retrain-run-rot"
+    assert fr.parameters["run_id"] == "run-rot" and fr.parameters["from_version"] == "triplet-v0001"
+    assert fr.parameters["config"]["output_dir"] == str(tmp_path / "out")
+    assert "drift in run run-rot" in fr.parameters["reason"]
     assert current_version(tmp_path / "out" / "models") == "triplet-v0002"
+
+
+def test_nightly_whose_retrain_fails_ends_degraded(prefect_harness, base, tmp_path, monkeypatch):
+    """Without a retrain deployment the nightly retrains in-process after publishing (the
+    documented fallback); when that retrain fails the run still publishes its clusters and
+    ends in the named state Completed("Degraded"), and run.json says why."""
+    import sqflow.pipeline.monitor as tm
+    from flows.nightly import nightly
+
+    def broken(*args, **kwargs):
+        raise OSError("no space left on device (injected by the test)")
+
+    monkeypatch.setattr(tm, "_reembed_run", broken)
+    cfg = _copy(base, tmp_path, "rot") | {"train_if_missing": False, "max_iter": 3}
+    state = nightly(config=cfg, return_state=True)
+    assert state.is_completed() and state.name == "Degraded", state
+    assert "retrain failed" in state.message
+    rec = state.result()
+    assert rec["outcome"] == "degraded" and rec["monitor"]["retrain"]["status"] == "failed"
+    saved = json.loads((tmp_path / "out" / "runs" / rec["run_id"] / "run.json").read_text())
+    assert saved["status"] == "completed"
+    assert saved["degraded_reasons"] and "retrain failed" in saved["degraded_reasons"][0]
+    # the clusters were published all the same, with the encoder the night started with
+    asg = pd.concat(
+        pd.read_parquet(p)
+        for p in (tmp_path / "out" / "published" / "assignments").glob("*/*.parquet")
+    )
+    assert len(asg) == 1000
+    assert current_version(tmp_path / "out" / "models") == "triplet-v0001"
+    # the flow run is named after the run id
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        fr = client.read_flow_run(state.state_details.flow_run_id)
+    assert fr.name == f"nightly-{rec['run_id']}" and fr.state.name == "Degraded"
+    # the embed and cluster tasks left progress artifacts, finished at 100 %
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterType
+
+    with get_client(sync_client=True) as client:
+        prog = client.read_artifacts(
+            artifact_filter=ArtifactFilter(type=ArtifactFilterType(any_=["progress"]))
+        )
+    mine = {a.description.split(" (")[0]: a for a in prog if a.flow_run_id == fr.id}
+    assert {"embed: chunks written", "cluster: SQ passes", "assignment: chunks written"} <= set(
+        mine
+    ), [a.description for a in prog]
+    assert all(float(a.data) == 100.0 for a in mine.values())
+
+
+def test_nightly_without_a_server_retrains_in_process_after_publishing(
+    prefect_harness, base, tmp_path
+):
+    """The fallback's success path: drift, the night's clusters published with the encoder the
+    night started with, then the in-process retrain makes the new version current."""
+    from flows.nightly import nightly
+
+    cfg = _copy(base, tmp_path, "rot") | {"train_if_missing": False, "max_iter": 3}
+    state = nightly(config=cfg, return_state=True)
+    assert state.is_completed() and state.name == "Completed", state
+    rec = state.result()
+    r = rec["monitor"]["retrain"]
+    assert r["status"] == "completed" and r["mode"] == "in-process subflow", r
+    assert rec["outcome"] == "ok" and rec["encoder_version"] == "triplet-v0001"
+    assert current_version(tmp_path / "out" / "models") == "triplet-v0002"
+    asg = pd.concat(
+        pd.read_parquet(p)
+        for p in (tmp_path / "out" / "published" / "assignments").glob("*/*.parquet")
+    )
+    assert len(asg) == 1000
+    saved = json.loads((tmp_path / "out" / "runs" / rec["run_id"] / "run.json").read_text())
+    assert saved["monitor"]["retrain"]["new_version"] == "triplet-v0002"

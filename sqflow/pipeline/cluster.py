@@ -16,6 +16,7 @@ from data_contracts.settings import PipelineSettings
 from ..atomic_files import atomic_save_npy
 from ..cluster_labels import majority_and_purity
 from ..layout import OutputLayout
+from ..progress import ProgressArg
 from .encoder import open_run_store
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 def dask_client(settings: PipelineSettings) -> Iterator[tuple[Any, float]]:
     """A ``distributed.Client``: to ``dask_address`` when set, else a LocalCluster that lives
     for the ``with`` block. Yields (client, seconds it took to start)."""
+    import dask
     from distributed import Client, LocalCluster
 
     for name in (
@@ -44,12 +46,16 @@ def dask_client(settings: PipelineSettings) -> Iterator[tuple[Any, float]]:
             n_workers=settings.dask_workers,
             threads_per_worker=1,
             processes=settings.dask_processes,
-            dashboard_address=":0",
+            dashboard_address="127.0.0.1:0",  # loopback only: the dashboard has no auth
             silence_logs=logging.WARNING,
         )
         client = Client(cluster)
+    # the dashboard listens on 127.0.0.1 only; an in-process cluster's link would otherwise
+    # name the machine's public address, where nothing answers
+    link = {"distributed.dashboard.link": "http://127.0.0.1:{port}/status"} if cluster else {}
     try:
-        yield client, time.perf_counter() - t
+        with dask.config.set(link):
+            yield client, time.perf_counter() - t
     finally:
         client.close()
         if cluster is not None:
@@ -84,9 +90,16 @@ def _warm_start(
     return None, None
 
 
-def cluster_stage(settings: PipelineSettings, run_id: str) -> dict[str, Any]:
+def cluster_stage(
+    settings: PipelineSettings,
+    run_id: str,
+    fit_progress: ProgressArg = False,
+    assign_progress: ProgressArg = True,
+) -> dict[str, Any]:
     """SQ over the run's embedding store on a Dask cluster, checkpointing the centers after
-    each pass, then the assignment (cluster id, distance) of every row into the store."""
+    each pass, then the assignment (cluster id, distance) of every row into the store.
+    ``fit_progress`` (passes of ``max_iter``) and ``assign_progress`` (chunks): see
+    :mod:`sqflow.progress` (the SQ passes log a line each in any case)."""
     from sqflow import StochasticQuantization
     from sqflow.assign import assign_store
     from sqflow.store import StoreContractError
@@ -114,6 +127,8 @@ def cluster_stage(settings: PipelineSettings, run_id: str) -> dict[str, Any]:
             info["pass"],
             info["objective_estimate"],
         )
+        if callable(fit_progress):
+            fit_progress(int(info["pass"]), settings.max_iter)
 
     with dask_client(settings) as (client, dask_start_s):
         log.info(
@@ -141,14 +156,19 @@ def cluster_stage(settings: PipelineSettings, run_id: str) -> dict[str, Any]:
         centers = np.asarray(est.cluster_centers_)
         t_assign = time.perf_counter()
         try:  # an interrupted assignment of this very model resumes
-            out = assign_store(est, store, client=client, name=run_id, progress=True)
+            out = assign_store(est, store, client=client, name=run_id, progress=assign_progress)
         except StoreContractError as exc:
             # a retried stage refitted the centers: the earlier attempt's rows are another model's
             log.info(
                 "assignments %s belong to an earlier attempt (%s): rewriting them", run_id, exc
             )
             out = assign_store(
-                est, store, client=client, name=run_id, progress=True, if_exists="overwrite"
+                est,
+                store,
+                client=client,
+                name=run_id,
+                progress=assign_progress,
+                if_exists="overwrite",
             )
         assign_s = time.perf_counter() - t_assign
     atomic_save_npy(rd / "centers.npy", centers)

@@ -16,6 +16,7 @@ from data_contracts.manifest import ManifestMeta, SampleSpec, check_manifest
 from data_contracts.settings import PipelineSettings
 
 from ..layout import OutputLayout, current_version, model_record, register_encoder
+from ..progress import ProgressArg
 from ..sources import Source, manifest_hash, open_source, select
 
 log = logging.getLogger(__name__)
@@ -34,11 +35,13 @@ def embed_manifest(
     chunk_rows: int,
     batch_size: int,
     if_exists: Literal["resume", "overwrite"],
+    progress: ProgressArg = True,
 ) -> tuple[Any, int, float]:
     """Embed every row of ``manifest`` (columns sample_id, source_ref, label) with ``encoder``
     into the embedding store at ``path``, chunk by committed chunk (``if_exists="resume"``
     continues after the last committed chunk). Returns (store, chunks written by this call,
-    seconds spent loading items from the source)."""
+    seconds spent loading items from the source). ``progress``: see :mod:`sqflow.progress`
+    (default a terminal bar; chunks)."""
     from sqflow.store import create_store, write_embeddings
 
     store = create_store(
@@ -64,7 +67,7 @@ def embed_manifest(
         t_load += time.perf_counter() - t
         return encoder.embed(x, batch_size=batch_size), ids[lo:hi], labs[lo:hi]
 
-    written = write_embeddings(store, produce, progress=True)
+    written = write_embeddings(store, produce, progress=progress)
     return store, written, t_load
 
 
@@ -77,6 +80,7 @@ def embed_run(
     path: str | os.PathLike[str],
     *,
     if_exists: Literal["resume", "overwrite"],
+    progress: ProgressArg = True,
 ) -> tuple[Any, int, float, pd.DataFrame, dict[str, Any]]:
     """Embed run ``run_id``'s manifest (``manifest.parquet`` + ``.json``) with ``encoder``
     (registered as ``version``) into the store at ``path`` (:func:`embed_manifest`). Returns
@@ -98,6 +102,7 @@ def embed_run(
         chunk_rows=settings.store_chunk_rows,
         batch_size=settings.embed_batch_size,
         if_exists=if_exists,
+        progress=progress,
     )
     return store, written, load_s, manifest, rec
 
@@ -226,15 +231,18 @@ def load_current_encoder(settings: PipelineSettings):
     return enc, version, model_record(lay.models_dir, version)
 
 
-def embed_stage(settings: PipelineSettings, run_id: str) -> dict[str, Any]:
+def embed_stage(
+    settings: PipelineSettings, run_id: str, progress: ProgressArg = True
+) -> dict[str, Any]:
     """Embed the run's manifest with the current encoder into ``runs/<id>/embeddings.zarr``
-    (chunk-committed: a retried or resumed task continues after the last committed chunk)."""
+    (chunk-committed: a retried or resumed task continues after the last committed chunk).
+    ``progress``: chunks written, see :mod:`sqflow.progress`."""
     t0 = time.perf_counter()
     lay = OutputLayout.of(settings)
     enc, version, _ = load_current_encoder(settings)
     path = lay.run_dir(run_id) / "embeddings.zarr"
     store, written, load_s, manifest, rec = embed_run(
-        settings, lay, run_id, enc, version, path, if_exists="resume"
+        settings, lay, run_id, enc, version, path, if_exists="resume", progress=progress
     )
     log.info(
         "embedded %d rows (%d chunks written, %d already committed) with %s on %s",

@@ -27,10 +27,10 @@ from typing import Any, Literal
 
 import numpy as np
 import zarr
-from tqdm.auto import tqdm
 
 from data_contracts.store import STORE_CONTRACT_VERSION, EmbeddingStoreMetadata
 
+from ..progress import ProgressArg, progress_bar
 from ._rows import ArraySpec, RowGroup, create_or_resume
 from ._zarr_io import (
     PathLike,
@@ -519,12 +519,13 @@ def write_embeddings(
     *,
     worker: int = 0,
     n_workers: int = 1,
-    progress: bool = False,
+    progress: ProgressArg = False,
 ) -> int:
     """Resumable write loop: for every uncommitted chunk owned by ``worker`` (of ``n_workers``),
     call ``produce(start, stop)`` -> ``(embedding (rows, dim), sample_id (rows,), label (rows,)
     or None)`` and commit it. Chunks already committed are skipped without calling ``produce``.
-    Returns the number of chunks written by this call."""
+    ``progress``: a terminal bar (True) or ``report(chunks done, chunks pending)`` (see
+    :mod:`sqflow.progress`). Returns the number of chunks written by this call."""
     pending = store.pending_chunks(worker, n_workers)
     log.info(
         "writing %d pending chunks of %s (worker %d of %d)",
@@ -533,10 +534,15 @@ def write_embeddings(
         worker,
         n_workers,
     )
-    for k in tqdm(pending, desc="embedding store", unit="chunk", disable=not progress):
-        lo, hi = store.chunk_bounds(k)
-        embedding, sample_id, label = produce(lo, hi)
-        store.write_chunk(k, embedding, sample_id, label)
+    bar = progress_bar(progress, len(pending), "embedding store", "chunk")
+    try:
+        for k in pending:
+            lo, hi = store.chunk_bounds(k)
+            embedding, sample_id, label = produce(lo, hi)
+            store.write_chunk(k, embedding, sample_id, label)
+            bar.update(1)
+    finally:
+        bar.close()
     # Chunks committed by other writers after our last commit are not in our last summary.
     store.refresh_summary()
     return len(pending)
