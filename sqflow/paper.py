@@ -1,21 +1,31 @@
 """The paper's semi-supervised MNIST protocol (PAPER.md sections 4-5), reproduced end to end.
 
-For each labeled fraction f:
+For each setting - a labeled fraction f of every class (0 = label-free) or an exact number of
+labels (``label_counts``, e.g. 100 = 10 per class):
 
-1. draw a stratified labeled subset (share f of every class) of the training set (optionally a
-   stratified ``train_limit`` subset of the 60,000 images, for quick runs);
-2. train the triplet encoder on the labeled part only (validation split carved from it);
-3. embed all training images (labeled and unlabeled) and the 10,000 test images;
-4. fit SQ (K=10, r=3, init="labels") with each optimizer on all training embeddings (labels of
-   the unlabeled part hidden as -1); classify each test image by its nearest center
-   (center index = class, because ``init="labels"`` seeds center c from class c);
+1. draw a stratified labeled subset of the training set (optionally a stratified
+   ``train_limit`` subset of the 60,000 images, for quick runs); the rest is unlabeled (-1);
+2. train the encoder on ALL training images (``train_encoder``: triplet loss on the labeled
+   rows, NT-Xent between two augmented views on every row; the mode - "label-free",
+   "semi-supervised", "supervised" - follows the labels). Its validation split comes from the
+   training images: labeled rows for the triplet loss, held-out unlabeled rows for the label-free
+   criterion (NT-Xent of fixed views);
+3. embed all training images and the 10,000 test images;
+4. fit SQ (K=10, r=3) with each optimizer on all training embeddings: with labels,
+   ``init="labels"`` and each test image takes the class of its nearest center (center index =
+   class, because ``init="labels"`` seeds center c from class c); label-free, ``init="k-means++"``
+   and the clusters are matched to classes on the test set by the Hungarian method
+   (``clustering_accuracy``, the usual clustering score; ``nmi`` needs no matching);
 5. references on the same embeddings: KMeans (best of 10 k-means++ starts; clusters named by the
-   majority label of their labeled training points) and a k-NN classifier fitted on the labeled
-   training embeddings (the "upper reference").
+   majority label of their labeled training points, or Hungarian-matched when label-free) and a
+   k-NN classifier fitted on the labeled training embeddings (the "upper reference"; none
+   label-free).
 
 Scores are weighted F1 and accuracy on the test set. Nothing is tuned on the test set: every
-choice (epochs, batch, early stopping on a labeled validation split, k of k-NN, which optimizer's
-confusion matrix is drawn = lowest TRAINING objective) is fixed before or made on training data.
+choice (epochs, batch, early stopping on a validation split of the training images, k of k-NN,
+which optimizer's confusion matrix is drawn = lowest TRAINING objective) is fixed before or made
+on training data. The Hungarian matching of the label-free rows uses test labels only to NAME the
+clusters for scoring (the standard clustering accuracy), never to choose anything.
 
 The encoder and embeddings of each fraction are cached (``cache_dir``), keyed by every setting
 that affects them, so the SQ stage can be rerun without retraining.
@@ -47,6 +57,10 @@ __all__ = [
     "labeled_mask",
     "quantization_objective",
     "ALL_OPTIMIZERS",
+    "Setting",
+    "settings_of",
+    "hungarian_mapping",
+    "clustering_scores",
 ]
 
 log = logging.getLogger(__name__)
@@ -65,6 +79,7 @@ class PaperConfig:
     """
 
     fractions: tuple[float, ...] = DEFAULT_FRACTIONS
+    label_counts: tuple[int, ...] = ()
     optimizers: tuple[str, ...] = ALL_OPTIMIZERS
     epochs: int = 50
     batch_size: int = 1000
@@ -76,6 +91,8 @@ class PaperConfig:
     patience: int = 5
     lr_plateau_factor: float | None = None
     augment: bool = False
+    selfsup_weight: float | None = None
+    temperature: float = 0.5
     encoder_max_seconds: float | None = None
     train_limit: int | None = None
     test_limit: int | None = None
@@ -92,11 +109,20 @@ class PaperConfig:
     progress: bool = True
 
     def validate(self) -> None:
-        if not self.fractions:
-            raise ValueError("fractions is empty; give at least one labeled fraction in (0, 1]")
+        if not self.fractions and not self.label_counts:
+            raise ValueError(
+                "fractions and label_counts are both empty; give a labeled fraction in [0, 1] "
+                "(0 = label-free) or a number of labels"
+            )
         for f in self.fractions:
-            if not 0 < f <= 1:
-                raise ValueError(f"fraction {f!r} in fractions must lie in (0, 1]")
+            if not 0 <= f <= 1:
+                raise ValueError(f"fraction {f!r} in fractions must lie in [0, 1] (0 = label-free)")
+        for n in self.label_counts:
+            if not (isinstance(n, int) and n >= 2 * self.n_clusters):
+                raise ValueError(
+                    f"label count {n!r} in label_counts must be an int >= 2 per class "
+                    f"(>= {2 * self.n_clusters})"
+                )
         bad = [o for o in self.optimizers if o not in ALL_OPTIMIZERS]
         if bad:
             raise ValueError(f"optimizers {bad} are not known; use any of {list(ALL_OPTIMIZERS)}")
@@ -109,6 +135,74 @@ class PaperConfig:
 
 
 # --------------------------------------------------------------------------- splits & scores
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One column of the table: a labeled ``fraction`` of every class, or ``count`` labels in
+    all (stratified); ``fraction == 0`` and no count = label-free."""
+
+    fraction: float
+    count: int | None = None
+
+    @property
+    def tag(self) -> str:
+        """Short name for files and cache folders: ``f0.01``, ``n100``."""
+        return f"n{self.count}" if self.count is not None else f"f{self.fraction:g}"
+
+    @property
+    def label(self) -> str:
+        """Column title: ``label-free``, ``100 labels``, ``1% labeled``."""
+        if self.count is not None:
+            return f"{self.count} labels"
+        return "label-free" if self.fraction == 0 else f"{self.fraction:.0%} labeled"
+
+
+def settings_of(cfg: PaperConfig) -> list[Setting]:
+    """The table's columns in order: label-free first, then label counts, then fractions."""
+    out = [Setting(0.0)] if 0 in cfg.fractions else []
+    out += [Setting(0.0, int(n)) for n in cfg.label_counts]
+    out += [Setting(float(f)) for f in cfg.fractions if f != 0]
+    return out
+
+
+def setting_mask(labels: np.ndarray, setting: Setting, rng: np.random.Generator) -> np.ndarray:
+    """Boolean mask of the labeled rows of ``setting`` (all False when label-free)."""
+    mask = np.zeros(len(labels), dtype=bool)
+    if setting.count is not None:
+        mask[stratified_subset(labels, setting.count, rng)] = True
+    elif setting.fraction > 0:
+        mask = labeled_mask(labels, setting.fraction, rng)
+    return mask
+
+
+def hungarian_mapping(clusters: np.ndarray, y_true: np.ndarray, n_clusters: int) -> np.ndarray:
+    """Class of each cluster under the one-to-one matching that maximises agreement with
+    ``y_true`` (``scipy.optimize.linear_sum_assignment``); unmatched clusters get -1."""
+    from scipy.optimize import linear_sum_assignment
+
+    n_classes = int(max(y_true.max(initial=-1) + 1, n_clusters))
+    counts = np.zeros((n_clusters, n_classes), dtype=np.int64)
+    np.add.at(counts, (clusters, y_true), 1)
+    rows, cols = linear_sum_assignment(-counts)
+    mapping = np.full(n_clusters, -1)
+    mapping[rows] = cols
+    return mapping
+
+
+def clustering_scores(clusters: np.ndarray, y_true: np.ndarray, n_clusters: int) -> dict:
+    """Label-free scores of cluster ids on labeled test rows: ``clustering_accuracy``
+    (Hungarian), ``nmi`` (sklearn, arithmetic normalisation), and weighted F1 / accuracy of the
+    Hungarian-named clusters (so the row keeps the fields of the labeled modes)."""
+    from sklearn.metrics import normalized_mutual_info_score
+
+    mapping = hungarian_mapping(clusters, y_true, n_clusters)
+    pred = mapping[clusters]
+    return {
+        **_scores(y_true, pred),
+        "clustering_accuracy": float(np.mean(pred == y_true)),
+        "nmi": float(normalized_mutual_info_score(y_true, clusters)),
+    }
 
 
 def stratified_subset(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -168,7 +262,7 @@ def _majority_names(assign: np.ndarray, y_semi: np.ndarray, centers: np.ndarray)
 # --------------------------------------------------------------------------- stages
 
 
-def _cache_key(cfg: PaperConfig, fraction: float, data_hash: str) -> str:
+def _cache_key(cfg: PaperConfig, setting: Setting, data_hash: str, mode: str) -> str:
     keep = {
         k: getattr(cfg, k)
         for k in (
@@ -189,41 +283,50 @@ def _cache_key(cfg: PaperConfig, fraction: float, data_hash: str) -> str:
         keep["lr_plateau_factor"] = cfg.lr_plateau_factor
     if cfg.augment:
         keep["augment"] = True
+    if mode != "supervised" or cfg.selfsup_weight is not None:
+        # the label-free term (PaperConfig: selfsup_weight None = train_encoder's default)
+        keep.update(mode=mode, selfsup_weight=cfg.selfsup_weight, temperature=cfg.temperature)
+    fraction = setting.fraction if setting.count is None else f"n{setting.count}"
     keep.update(fraction=fraction, data=data_hash)
     return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def embed_fraction(
     cfg: PaperConfig,
-    fraction: float,
+    setting: Setting | float,
     x: np.ndarray,
     y: np.ndarray,
     xt: np.ndarray,
     data_hash: str,
 ) -> dict[str, Any]:
-    """Train (or load from cache) the encoder for one fraction and embed train and test.
+    """Train (or load from cache) the encoder for one setting and embed train and test.
 
-    Returns ``{"z_train", "z_test", "mask", "encoder": {...summary...}}``.
+    ``setting``: a :class:`Setting` or a labeled fraction. Returns ``{"z_train", "z_test",
+    "mask", "encoder": {...summary...}}``.
     """
-    from .embedding import TripletEncoder, train_encoder
+    from .embedding import TripletEncoder, train_encoder, training_mode
 
-    rng = np.random.default_rng([cfg.seed, int(round(fraction * 1e6))])
-    mask = labeled_mask(y, fraction, rng)
+    if not isinstance(setting, Setting):
+        setting = Setting(float(setting))
+    key = setting.fraction if setting.count is None else 1.0 + setting.count
+    rng = np.random.default_rng([cfg.seed, int(round(key * 1e6))])
+    mask = setting_mask(y, setting, rng)
+    y_semi = np.where(mask, y, -1)
+    mode = training_mode(y_semi)
     cache = None
     if cfg.cache_dir:
-        cache = Path(cfg.cache_dir) / f"f{fraction:g}_{_cache_key(cfg, fraction, data_hash)}"
+        cache = Path(cfg.cache_dir) / f"{setting.tag}_{_cache_key(cfg, setting, data_hash, mode)}"
         if (cache / "embeddings.npz").is_file() and (cache / "encoder.pt").is_file():
             enc = TripletEncoder.load(cache / "encoder.pt", device=cfg.device)  # hash-verified
             npz = np.load(cache / "embeddings.npz")
             if np.array_equal(npz["mask"], mask):
-                log.info("fraction %g: encoder and embeddings reused from %s", fraction, cache)
+                log.info("%s: encoder and embeddings reused from %s", setting.label, cache)
                 return {
                     "z_train": npz["z_train"],
                     "z_test": npz["z_test"],
                     "mask": mask,
                     "encoder": _encoder_summary(enc, float(npz["embed_seconds"]), cache),
                 }
-    y_semi = np.where(mask, y, -1)
     if cfg.threads:
         import torch
 
@@ -246,6 +349,8 @@ def embed_fraction(
         max_seconds=cfg.encoder_max_seconds,
         lr_plateau_factor=cfg.lr_plateau_factor,
         augment=cfg.augment,
+        selfsup_weight=cfg.selfsup_weight,
+        temperature=cfg.temperature,
     )
     t0 = time.perf_counter()
     z_train, z_test = enc.embed(x), enc.embed(xt)
@@ -272,8 +377,13 @@ def _encoder_summary(enc: Any, embed_seconds: float, cache: Path | None) -> dict
     m = enc.metadata
     met = m["metrics"]
     val = [v for v in met["val_knn1_accuracy"] if v is not None and not math.isnan(v)]
+    sel = m["params"].get("selfsup") or {}
     return {
+        "mode": m.get("mode", "supervised"),
         "n_labeled": m["n_labeled"],
+        "n_unlabeled": m.get("n_unlabeled", 0),
+        "selfsup_weight": sel.get("weight", 0.0),
+        "temperature": sel.get("temperature"),
         "n_train": m["n_train"],
         "n_val": m["n_val"],
         "epochs_run": met["epochs_run"],
@@ -282,17 +392,26 @@ def _encoder_summary(enc: Any, embed_seconds: float, cache: Path | None) -> dict
         "train_seconds": met["seconds"],
         "mean_epoch_seconds": float(np.mean(met["epoch_seconds"])),
         "val_knn1_accuracy_last": val[-1] if val else None,
+        "val_selfsup_loss_best": _at_best(met.get("val_selfsup_loss"), met["best_epoch"]),
         "embed_seconds": embed_seconds,
         "device": m["params"]["device"],
         "checkpoint": str(cache / "encoder.pt") if cache else None,
     }
 
 
+def _at_best(values: list | None, best_epoch: int) -> float | None:
+    if not values or not 1 <= best_epoch <= len(values):
+        return None
+    v = values[best_epoch - 1]
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+
+
 def fit_sq(
     cfg: PaperConfig, optimizer: str, z: np.ndarray, y_semi: np.ndarray, rank: float | None = None
 ):
-    """Fit ``StochasticQuantization`` (K, r, init="labels") with one optimizer; (model, seconds).
+    """Fit ``StochasticQuantization`` (K, r) with one optimizer; (model, seconds).
 
+    ``init="labels"`` when ``y_semi`` has labels, ``"k-means++"`` when it is all -1 (label-free).
     ``rank`` overrides ``cfg.rank`` (used for the r = 2 comparison with KMeans)."""
     from . import StochasticQuantization  # the lead's estimator
 
@@ -300,7 +419,7 @@ def fit_sq(
         "n_clusters": cfg.n_clusters,
         "optimizer": optimizer,
         "rank": cfg.rank if rank is None else rank,
-        "init": "labels",
+        "init": "labels" if (y_semi >= 0).any() else "k-means++",
         "random_state": cfg.seed,
         **cfg.sq_params,
     }
@@ -338,6 +457,8 @@ def run_paper(
     from .embedding.encoder import data_sha256
 
     cfg.validate()
+    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    t_run = time.perf_counter()
     x, y = load_mnist("train")
     xt, yt = load_mnist("test")
     if cfg.train_limit is not None and cfg.train_limit < len(x):
@@ -354,22 +475,40 @@ def run_paper(
     encoders: list[dict[str, Any]] = []
     comparison: list[dict[str, Any]] = []
     plots: list[str] = []
-    for fraction in cfg.fractions:
-        emb = embed_fraction(cfg, fraction, x, y, xt, data_hash)
+    settings = settings_of(cfg)
+    for setting in settings:
+        emb = embed_fraction(cfg, setting, x, y, xt, data_hash)
         z, zt, mask = emb["z_train"], emb["z_test"], emb["mask"]
         y_semi = np.where(mask, y, -1)
-        encoders.append({"fraction": fraction, **emb["encoder"]})
-        log.info("fraction %g: encoder %s", fraction, emb["encoder"])
+        label_free = not mask.any()
+        mode = emb["encoder"]["mode"]
+        # count settings: the exact share of labeled training rows
+        fraction = setting.fraction if setting.count is None else float(mask.mean())
+        tags = {
+            "fraction": fraction,
+            "setting": setting.label,
+            "n_labeled": int(mask.sum()),
+            "mode": mode,
+        }
+        encoders.append({**tags, **emb["encoder"]})
+        log.info("%s: encoder %s", setting.label, emb["encoder"])
 
         curves, fitted = {}, {}
         for opt in cfg.optimizers:
             est, secs = fit_sq(cfg, opt, z, y_semi)
             centers = np.asarray(est.cluster_centers_, dtype=np.float64)
-            pred = _center_classes(est, cfg.n_clusters)[nearest(zt, centers)[0]]
+            if label_free:
+                # clusters have no class: matched to classes on the test set (scoring only)
+                clusters = nearest(zt, centers)[0]
+                scores = clustering_scores(clusters, yt, cfg.n_clusters)
+                pred = hungarian_mapping(clusters, yt, cfg.n_clusters)[clusters]
+            else:
+                pred = _center_classes(est, cfg.n_clusters)[nearest(zt, centers)[0]]
+                scores = _scores(yt, pred)
             row = {
-                "fraction": fraction,
+                **tags,
                 "optimizer": opt,
-                **_scores(yt, pred),
+                **scores,
                 "objective": quantization_objective(z, centers, cfg.rank),
                 "objective_r2": quantization_objective(z, centers, 2.0),
                 "objective_estimator": float(getattr(est, "objective_", float("nan"))),
@@ -389,13 +528,17 @@ def run_paper(
         ).fit(z)
         km_secs = time.perf_counter() - t0
         kc = km.cluster_centers_.astype(np.float64)
-        names = _majority_names(km.labels_, y_semi, kc)
+        if label_free:
+            km_scores = clustering_scores(nearest(zt, kc)[0], yt, cfg.n_clusters)
+        else:
+            names = _majority_names(km.labels_, y_semi, kc)
+            km_scores = _scores(yt, names[nearest(zt, kc)[0]])
         references.append(
             {
-                "fraction": fraction,
+                **tags,
                 "method": "kmeans",
                 "optimizer": "kmeans",
-                **_scores(yt, names[nearest(zt, kc)[0]]),
+                **km_scores,
                 "objective": quantization_objective(z, kc, cfg.rank),
                 "objective_r2": quantization_objective(z, kc, 2.0),
                 "train_seconds": km_secs,
@@ -410,11 +553,11 @@ def run_paper(
             sq_r = next(
                 r["objective"]
                 for r in results
-                if r["fraction"] == fraction and r["optimizer"] == opt
+                if r["setting"] == setting.label and r["optimizer"] == opt
             )
             comparison.append(
                 {
-                    "fraction": fraction,
+                    **tags,
                     "optimizer": opt,
                     "sq_objective_r": sq_r,
                     "kmeans_objective_r": km_r,
@@ -424,23 +567,25 @@ def run_paper(
                     "gap_r2": (sq_r2 - km_r2) / km_r2,
                 }
             )
-        t0 = time.perf_counter()
-        knn = KNeighborsClassifier(n_neighbors=cfg.knn_k).fit(z[mask], y[mask])
-        knn_pred = knn.predict(zt)
-        references.append(
-            {
-                "fraction": fraction,
-                "method": f"knn{cfg.knn_k}",
-                "optimizer": "knn",
-                **_scores(yt, knn_pred),
-                "objective": None,
-                "objective_r2": None,
-                "train_seconds": time.perf_counter() - t0,
-            }
-        )
+        if not label_free:  # no labeled training row to fit a k-NN on
+            t0 = time.perf_counter()
+            k = min(cfg.knn_k, int(mask.sum()))
+            knn = KNeighborsClassifier(n_neighbors=k).fit(z[mask], y[mask])
+            knn_pred = knn.predict(zt)
+            references.append(
+                {
+                    **tags,
+                    "method": f"knn{cfg.knn_k}",
+                    "optimizer": "knn",
+                    **_scores(yt, knn_pred),
+                    "objective": None,
+                    "objective_r2": None,
+                    "train_seconds": time.perf_counter() - t0,
+                }
+            )
 
         if plots_dir is not None and cfg.plots:
-            plots += _fraction_plots(Path(plots_dir), fraction, z, y_semi, zt, yt, curves, fitted)
+            plots += _fraction_plots(Path(plots_dir), setting, z, y_semi, zt, yt, curves, fitted)
         report = {
             "config": _config_json(cfg, len(x), len(xt)),
             "results": results,
@@ -448,17 +593,19 @@ def run_paper(
             "encoders": encoders,
             "plots": plots,
             "objective_vs_kmeans": comparison,
-            "complete": fraction == cfg.fractions[-1],
+            "complete": setting == settings[-1],
+            "started_at": started,
+            "wall_seconds": time.perf_counter() - t_run,
         }
         if on_fraction is not None:
             on_fraction(report)
     return report
 
 
-def _fraction_plots(out: Path, fraction: float, z, y_semi, zt, yt, curves, fitted) -> list[str]:
+def _fraction_plots(out: Path, setting: Setting, z, y_semi, zt, yt, curves, fitted) -> list[str]:
     from .plots import plot_confusion, plot_convergence, plot_latent
 
-    tag = f"f{fraction:g}"
+    tag, what = setting.tag, setting.label
     paths = []
     # the optimizer shown is chosen on the TRAINING objective, never on test scores
     best_opt = min(fitted, key=lambda o: fitted[o][2]) if fitted else None
@@ -469,8 +616,7 @@ def _fraction_plots(out: Path, fraction: float, z, y_semi, zt, yt, curves, fitte
             y_semi,
             out / f"{tag}_latent_train.png",
             centers=centers,
-            title=f"train embeddings, {fraction:.0%} labeled (grey = unlabeled); "
-            f"x = SQ-{best_opt} centers",
+            title=f"train embeddings, {what} (grey = unlabeled); x = SQ-{best_opt} centers",
         )
     )
     paths.append(
@@ -479,7 +625,7 @@ def _fraction_plots(out: Path, fraction: float, z, y_semi, zt, yt, curves, fitte
             yt,
             out / f"{tag}_latent_test.png",
             centers=centers,
-            title=f"test embeddings ({fraction:.0%} labeled encoder)",
+            title=f"test embeddings ({what} encoder)",
         )
     )
     if any(len(c) for c in curves.values()):
@@ -487,7 +633,7 @@ def _fraction_plots(out: Path, fraction: float, z, y_semi, zt, yt, curves, fitte
             plot_convergence(
                 curves,
                 out / f"{tag}_convergence.png",
-                title=f"SQ loss curves, {fraction:.0%} labeled",
+                title=f"SQ loss curves, {what}",
             )
         )
     if best_opt:
@@ -496,7 +642,7 @@ def _fraction_plots(out: Path, fraction: float, z, y_semi, zt, yt, curves, fitte
                 yt,
                 fitted[best_opt][1],
                 out / f"{tag}_confusion.png",
-                title=f"SQ-{best_opt}, {fraction:.0%} labeled, MNIST test",
+                title=f"SQ-{best_opt}, {what}, MNIST test",
             )
         )
     return [str(p) for p in paths]
@@ -521,6 +667,7 @@ def _config_json(cfg: PaperConfig, n_train: int, n_test: int) -> dict[str, Any]:
             "sklearn": sklearn.__version__,
         },
         torch_threads=cfg.threads or torch.get_num_threads(),
+        hardware=_hardware(),
         classification="nearest SQ center; center index = class (init='labels')",
         kmeans="sklearn KMeans, k-means++, best of kmeans_n_init starts; clusters named by "
         "majority label of labeled training members",
@@ -530,34 +677,68 @@ def _config_json(cfg: PaperConfig, n_train: int, n_test: int) -> dict[str, Any]:
     return d
 
 
+def _hardware() -> dict[str, Any]:
+    """Where the run happened: CPU model and count, CUDA device name when one is visible."""
+    import os
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next(
+                (ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), cpu
+            )
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
 # --------------------------------------------------------------------------- output
 
 
 def markdown_table(report: dict[str, Any]) -> str:
-    """Weighted F1 (%) per method and fraction, then accuracy and objectives."""
-    fr = list(dict.fromkeys(r["fraction"] for r in report["results"] + report["references"]))
-    rows: dict[str, dict[float, dict]] = {}
+    """Weighted F1 (%) per method and setting, then clustering scores, objectives, encoders."""
+    fr = list(dict.fromkeys(_col(r) for r in report["results"] + report["references"]))
+    rows: dict[str, dict[str, dict]] = {}
     for r in report["results"]:
-        rows.setdefault(f"Triplet + SQ-{r['optimizer']}", {})[r["fraction"]] = r
+        rows.setdefault(f"Triplet + SQ-{r['optimizer']}", {})[_col(r)] = r
     for r in report["references"]:
         name = (
             "Triplet + KMeans (best of 10 k-means++)"
             if r["method"] == "kmeans"
             else f"Triplet + {r['method'].upper()} (labeled train, upper reference)"
         )
-        rows.setdefault(name, {})[r["fraction"]] = r
+        rows.setdefault(name, {})[_col(r)] = r
     if not report.get("complete", True):
         fr_note = "**Partial run: fractions still missing from the requested list.**\n\n"
     else:
         fr_note = ""
-    head = "| method | " + " | ".join(f"{f:.0%} labeled" for f in fr) + " |"
+    head = "| method | " + " | ".join(fr) + " |"
     sep = "|---|" + "---|" * len(fr)
+    first = {}
+    for r in report["results"]:
+        first.setdefault(_col(r), r)
     out = [
         fr_note
-        + f"Weighted F1 on {report['config']['n_test']:,} MNIST test images, percent (accuracy in brackets).",
+        + f"Weighted F1 on {report['config']['n_test']:,} MNIST test images, percent (accuracy "
+        "in brackets). Label-free columns: clusters named by Hungarian matching on the test set.",
         "",
         head,
         sep,
+        "| labels (mode) | "
+        + " | ".join(
+            f"{first[f].get('n_labeled', '?')} ({first[f].get('mode', 'supervised')})"
+            if f in first
+            else "-"
+            for f in fr
+        )
+        + " |",
     ]
     for name, cells in rows.items():
         vals = [
@@ -567,6 +748,26 @@ def markdown_table(report: dict[str, Any]) -> str:
             for f in fr
         ]
         out.append(f"| {name} | " + " | ".join(vals) + " |")
+    lf = [f for f in fr if any("nmi" in c.get(f, {}) for c in rows.values())]
+    if lf:
+        out += [
+            "",
+            "Label-free: clustering accuracy (Hungarian matching of clusters to classes on the "
+            "test set), percent, and NMI:",
+            "",
+            "| method | " + " | ".join(lf) + " |",
+            "|---|" + "---|" * len(lf),
+        ]
+        for name, cells in rows.items():
+            if not any(f in cells and "nmi" in cells[f] for f in lf):
+                continue
+            vals = [
+                f"{100 * cells[f]['clustering_accuracy']:.2f}, NMI {cells[f]['nmi']:.3f}"
+                if f in cells and "nmi" in cells[f]
+                else "-"
+                for f in lf
+            ]
+            out.append(f"| {name} | " + " | ".join(vals) + " |")
     out += [
         "",
         f"Objective F = mean min_k ||z - c_k||^{report['config']['rank']:g} on all "
@@ -597,7 +798,7 @@ def markdown_table(report: dict[str, Any]) -> str:
         ]
         by = {}
         for c in report["objective_vs_kmeans"]:
-            by.setdefault(c["optimizer"], {})[c["fraction"]] = c
+            by.setdefault(c["optimizer"], {})[_col(c)] = c
         for opt, cells in by.items():
             vals = [
                 f"r: {100 * cells[f]['gap_r']:+.2f}, r=2: {100 * cells[f]['gap_r2']:+.2f}"
@@ -610,14 +811,15 @@ def markdown_table(report: dict[str, Any]) -> str:
         "",
         "Encoders:",
         "",
-        "| fraction | labeled | epochs run (best) | stop | train s | "
+        "| setting | mode | labeled | epochs run (best) | stop | train s | "
         "s/epoch | val 1-NN acc | embed s |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for e in report["encoders"]:
         va = e["val_knn1_accuracy_last"]
         out.append(
-            f"| {e['fraction']:g} | {e['n_labeled']} | {e['epochs_run']} ({e['best_epoch']})"
+            f"| {_col(e)} | {e.get('mode', 'supervised')} | {e['n_labeled']} | "
+            f"{e['epochs_run']} ({e['best_epoch']})"
             f" | {e['stop_reason']} | {e['train_seconds']:.0f} | "
             f"{e['mean_epoch_seconds']:.1f} | {'-' if va is None else f'{va:.4f}'} | "
             f"{e['embed_seconds']:.1f} |"
@@ -626,11 +828,26 @@ def markdown_table(report: dict[str, Any]) -> str:
     out += [
         "",
         f"Config: epochs={c['epochs']}, batch={c['batch_size']}, lr={c['lr']}, "
-        f"patience={c['patience']}, lr_plateau={c.get('lr_plateau_factor')}, augment={c.get('augment', False)}, encoder_max_seconds={c['encoder_max_seconds']}, "
+        f"patience={c['patience']}, lr_plateau={c.get('lr_plateau_factor')}, augment={c.get('augment', False)}, "
+        f"selfsup_weight={c.get('selfsup_weight')} (None: 1 with unlabeled rows, else 0), temperature={c.get('temperature')}, encoder_max_seconds={c['encoder_max_seconds']}, "
         f"train_limit={c['train_limit']} (n_train={c['n_train']}), n_test={c['n_test']}, seed={c['seed']}, "
         f"sq_params={c['sq_params']}, torch threads={c['torch_threads']}.",
     ]
+    hw = c.get("hardware")
+    if hw:
+        dev = sorted({e.get("device", "?") for e in report["encoders"]})
+        out.append(
+            f"Ran on: encoder device {', '.join(dev)}; CPU {hw['cpu']} x {hw['cpu_count']}"
+            f"{'; GPU ' + hw['cuda_device'] if hw.get('cuda_device') else ''}; started "
+            f"{report.get('started_at', '?')}, {report.get('wall_seconds', 0):.0f} s wall "
+            "for the whole table."
+        )
     return "\n".join(out) + "\n"
+
+
+def _col(r: dict[str, Any]) -> str:
+    """Column of a result row: its setting, or (older reports) its labeled fraction."""
+    return r.get("setting") or f"{r['fraction']:.0%} labeled"
 
 
 def _json_clean(obj: Any) -> Any:
@@ -678,10 +895,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--fractions",
         type=float,
-        nargs="+",
+        nargs="*",
         default=list(DEFAULT_FRACTIONS),
-        help="labeled fractions of the training set (default: 0.25 0.5 0.75 1.0)",
+        help="labeled fractions of the training set, 0 = label-free (default: 0.25 0.5 0.75 1.0)",
     )
+    p.add_argument(
+        "--label-counts",
+        type=int,
+        nargs="+",
+        default=[],
+        metavar="N",
+        help="exact numbers of labels, stratified (e.g. 100 = 10 per class)",
+    )
+    p.add_argument(
+        "--selfsup-weight",
+        type=float,
+        default=None,
+        help="weight of the label-free NT-Xent term (default: 1 with unlabeled rows, else 0)",
+    )
+    p.add_argument("--temperature", type=float, default=0.5, help="NT-Xent temperature")
     p.add_argument(
         "--optimizers",
         nargs="+",
@@ -755,6 +987,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     cfg = PaperConfig(
         fractions=tuple(args.fractions),
+        label_counts=tuple(args.label_counts),
+        selfsup_weight=args.selfsup_weight,
+        temperature=args.temperature,
         optimizers=tuple(args.optimizers),
         epochs=args.epochs,
         batch_size=args.batch_size,

@@ -31,10 +31,20 @@ import numpy as np
 import torch
 from torch import nn
 
+from .augment import affine_views, augment_ranges, make_views, view_ranges
 from .mining import semi_hard_triplet_loss
 from .networks import build_network
+from .selfsup import nt_xent_loss
 
-__all__ = ["TripletEncoder", "train_encoder", "preprocess", "resolve_device", "CHECKPOINT_FORMAT"]
+__all__ = [
+    "TripletEncoder",
+    "train_encoder",
+    "training_mode",
+    "MODES",
+    "preprocess",
+    "resolve_device",
+    "CHECKPOINT_FORMAT",
+]
 
 log = logging.getLogger(__name__)
 
@@ -339,52 +349,9 @@ def _deterministic(device: torch.device) -> Iterator[None]:
         torch.use_deterministic_algorithms(was)
 
 
-def _augment_ranges(augment: bool | dict[str, float], ndim: int) -> dict[str, float] | None:
-    """Validated augmentation ranges (None: off)."""
-    if augment is False or augment is None:
-        return None
-    if ndim == 2:
-        raise ValueError(
-            "augment applies to images (N, H, W) / (N, C, H, W), not to feature "
-            "vectors; pass augment=False"
-        )
-    ranges = {"rotation": 10.0, "shift": 0.08}
-    if isinstance(augment, dict):
-        unknown = set(augment) - set(ranges)
-        if unknown:
-            raise ValueError(
-                f"augment has unknown keys {sorted(unknown)}; valid: "
-                "'rotation' (degrees), 'shift' (fraction of the size)"
-            )
-        ranges.update({k: float(v) for k, v in augment.items()})
-    elif augment is not True:
-        raise ValueError(f"augment={augment!r}; use False, True or a dict of ranges")
-    if not (0 <= ranges["rotation"] <= 180 and 0 <= ranges["shift"] < 0.5):
-        raise ValueError(
-            f"augment ranges {ranges} out of range: rotation in [0, 180] degrees, shift in [0, 0.5)"
-        )
-    return ranges
-
-
-def _augment_batch(
-    x: torch.Tensor, gen: torch.Generator, rotation: float, shift: float
-) -> torch.Tensor:
-    """Random rotation and translation per image (bilinear, zero = background fill).
-
-    The random parameters come from the CPU generator ``gen``, so a seed gives the same
-    augmentations on any device."""
-    n = x.shape[0]
-    ang = (torch.rand(n, generator=gen) * 2 - 1) * math.radians(rotation)
-    # affine_grid works in [-1, 1] coordinates: a shift of f of the size is 2 f there
-    off = (torch.rand(n, 2, generator=gen) * 2 - 1) * (2 * shift)
-    cos, sin = torch.cos(ang), torch.sin(ang)
-    theta = torch.stack(
-        [torch.stack([cos, -sin, off[:, 0]], 1), torch.stack([sin, cos, off[:, 1]], 1)], 1
-    ).to(x.device, x.dtype)
-    grid = nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
-    return nn.functional.grid_sample(
-        x, grid, mode="bilinear", padding_mode="zeros", align_corners=False
-    )
+# the old private names stay importable (tests and benches use them)
+_augment_ranges = augment_ranges
+_augment_batch = affine_views
 
 
 def _stratified_split(
@@ -409,6 +376,23 @@ def _knn1_accuracy(z_ref: np.ndarray, y_ref: np.ndarray, z_q: np.ndarray, y_q: n
     return float((y_ref[d.argmin(1)] == y_q).mean())
 
 
+MODES = ("label-free", "semi-supervised", "supervised")
+
+
+def training_mode(labels: np.ndarray) -> str:
+    """The mode the labels call for: all -1 -> "label-free", some -> "semi-supervised",
+    none -1 -> "supervised"."""
+    n_lab = int((np.asarray(labels) >= 0).sum())
+    if n_lab == 0:
+        return "label-free"
+    return "supervised" if n_lab == len(labels) else "semi-supervised"
+
+
+def _check_finite_arg(name: str, value: Any, ok: bool) -> None:
+    if not ok:
+        raise ValueError(f"{name}={value!r} is out of range")
+
+
 def train_encoder(
     images: np.ndarray,
     labels: np.ndarray,
@@ -429,8 +413,25 @@ def train_encoder(
     progress: bool = True,
     max_seconds: float | None = None,
     augment: bool | dict[str, float] = False,
+    selfsup_weight: float | None = None,
+    temperature: float = 0.5,
+    views: dict[str, float] | None = None,
+    max_val_unlabeled: int = 2000,
 ) -> TripletEncoder:
-    """Train a triplet encoder on the labeled rows (PAPER.md section 4).
+    """Train an encoder on every row: triplets on the labeled rows, NT-Xent on all rows.
+
+    The mode follows the labels (see :func:`training_mode`):
+
+    * ``"supervised"`` (no -1): the paper's triplet network (PAPER.md section 4), as before;
+      the label-free term is off unless ``selfsup_weight`` is given.
+    * ``"semi-supervised"`` (some -1): per step, a batch of ``batch_size`` rows drawn from ALL
+      training rows gives two random views and the NT-Xent loss (:mod:`.selfsup`), and a batch of
+      up to ``batch_size`` labeled training rows (cycled) gives the semi-hard triplet loss;
+      loss = triplet + ``selfsup_weight`` * NT-Xent. One epoch = one pass over all training rows.
+    * ``"label-free"`` (all -1): NT-Xent only.
+
+    Every row passed is used, for training or for validation: evaluation rows must be held out by
+    the caller before calling.
 
     Parameters
     ----------
@@ -438,13 +439,14 @@ def train_encoder(
         Images ``(N, H, W)`` / ``(N, C, H, W)`` (uint8 0-255, or float in [0, 1]) for the
         paper's CNN, or feature vectors ``(N, D)`` for the MLP.
     labels:
-        ``(N,)`` integer class ids >= 0, or -1 for unlabeled rows (not used for training).
+        ``(N,)`` integer class ids >= 0, or -1 for unlabeled rows.
     latent_dim:
         Embedding dimension n (paper: 3).
     epochs:
-        Maximum number of passes over the labeled training rows (paper: 50).
+        Maximum number of passes over the training rows (paper: 50).
     batch_size:
-        Rows per batch; triplets are mined inside each batch (paper: 1000).
+        Rows per batch; triplets are mined inside each labeled batch (paper: 1000), and NT-Xent
+        negatives are the other rows of the batch.
     margin:
         Triplet margin alpha (paper: 1.0).
     lr, weight_decay:
@@ -452,12 +454,15 @@ def train_encoder(
     device:
         ``None`` = CUDA when available, else CPU.
     seed:
-        Seeds weight init, the validation split and batch order.
+        Seeds weight init, the validation splits, batch order and the random views.
     val_fraction:
-        Share of each class of the LABELED rows held out for validation and early stopping
-        (0 disables both). Never touches any test set.
+        Share of each class of the LABELED rows held out for validation and early stopping, and
+        (label-free term on) share of the UNLABELED rows, at most ``max_val_unlabeled``, held out
+        for the label-free criterion: the NT-Xent loss of fixed views of those rows. 0 disables
+        validation and early stopping. Never touches any test set.
     patience:
-        Stop after this many epochs without a validation-loss improvement larger than
+        Stop after this many epochs without an improvement of the monitored validation loss
+        (triplet + ``selfsup_weight`` * NT-Xent, the parts that have held-out rows) larger than
         ``min_delta``; the best epoch's weights are kept.
     lr_plateau_factor:
         When set (e.g. 0.3), multiply the learning rate by it after ``max(1, patience // 2)``
@@ -471,17 +476,33 @@ def train_encoder(
     max_seconds:
         Optional wall-clock budget; training stops after the epoch that exceeds it.
     augment:
-        Images only. True: every training batch is randomly rotated (uniform in +-10 degrees)
-        and shifted (uniform in +-8 % of the width and height, about 2 px on 28x28) per image,
-        background-filled: the placement and camera jitter of an inspection line, so the
-        embedding learns to ignore it. A dict ``{"rotation": degrees, "shift": fraction}``
-        sets the ranges. Validation batches are never augmented. Seeded by ``seed``.
+        Images only, the labeled (triplet) batches. True: every labeled batch is randomly rotated
+        (uniform in +-10 degrees) and shifted (uniform in +-8 % of the width and height) per image,
+        background-filled. A dict ``{"rotation": degrees, "shift": fraction}`` sets the ranges.
+        Validation batches are never augmented. Seeded by ``seed``.
+    selfsup_weight:
+        Weight of the NT-Xent term. None (default): 1.0 when any row is unlabeled, 0 (off) when
+        all rows are labeled. 0 with unlabeled rows: they are ignored (the pre-semi-supervised
+        behaviour). Must be > 0 in label-free mode.
+    temperature:
+        NT-Xent temperature T > 0 (default 0.5).
+    views:
+        Ranges of the two random views of the label-free term. Images: ``{"rotation": degrees,
+        "shift": fraction of the size, "scale": +-fraction}``, default 15, 0.1, 0.15. Feature
+        vectors: ``{"mask": share of features zeroed, "noise": std in standardised units}``,
+        default 0.2, 0.1.
+    max_val_unlabeled:
+        Cap on the held-out unlabeled validation rows (default 2000).
 
     Returns
     -------
     TripletEncoder
-        With ``metadata`` holding the data hash, labeled fraction, per-epoch metrics
-        (``train_loss``, ``val_loss``, ``val_knn1_accuracy``), best epoch, seconds and versions.
+        ``metadata``: ``mode``, ``data_sha256``, ``n_rows``, ``n_labeled``, ``n_unlabeled``,
+        ``labeled_fraction``, ``n_train``/``n_val`` (labeled rows), ``n_train_unlabeled``/
+        ``n_val_unlabeled``, ``params`` (every argument, plus ``selfsup``: objective, weight,
+        temperature, views), per-epoch ``metrics`` (``train_loss``, ``train_triplet_loss``,
+        ``train_selfsup_loss``, ``val_loss``, ``val_triplet_loss``, ``val_selfsup_loss``,
+        ``val_knn1_accuracy``, ...), best epoch, stop reason, seconds and versions.
     """
     from tqdm.auto import tqdm
 
@@ -491,6 +512,8 @@ def train_encoder(
         raise ValueError(f"labels must have shape (N,) = ({len(images)},); got {labels.shape}")
     if not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"labels must be integers (-1 = unlabeled); got dtype {labels.dtype}")
+    if labels.size and int(labels.min()) < -1:
+        raise ValueError(f"labels must be class ids >= 0 or -1 (unlabeled); found {labels.min()}")
     for name, value, ok in (
         ("epochs", epochs, epochs >= 1),
         ("batch_size", batch_size, batch_size >= 2),
@@ -505,29 +528,64 @@ def train_encoder(
             lr_plateau_factor is None or 0 < lr_plateau_factor < 1,
         ),
         ("latent_dim", latent_dim, latent_dim >= 1),
+        ("temperature", temperature, temperature > 0),
+        (
+            "selfsup_weight",
+            selfsup_weight,
+            selfsup_weight is None or (math.isfinite(selfsup_weight) and selfsup_weight >= 0),
+        ),
+        ("max_val_unlabeled", max_val_unlabeled, max_val_unlabeled >= 0),
     ):
-        if not ok:
-            raise ValueError(f"{name}={value!r} is out of range")
-    aug = _augment_ranges(augment, images.ndim)
+        _check_finite_arg(name, value, ok)
+    aug = augment_ranges(augment, images.ndim)
+    mode = training_mode(labels)
     labeled_rows = np.flatnonzero(labels >= 0)
+    unlabeled_rows = np.flatnonzero(labels < 0)
     y_lab = labels[labeled_rows]
-    if len(np.unique(y_lab)) < 2:
-        raise ValueError("labels must contain at least two classes (>= 0) to form triplets")
+    if selfsup_weight is None:
+        selfsup_weight = 0.0 if mode == "supervised" else 1.0
+    selfsup = selfsup_weight > 0
+    if mode == "label-free" and not selfsup:
+        raise ValueError(
+            "selfsup_weight=0 with no labeled row (labels all -1) leaves nothing to learn; "
+            "use selfsup_weight > 0 (default) or give labels"
+        )
+    if mode != "label-free" and len(np.unique(y_lab)) < 2:
+        raise ValueError(
+            f"labels must contain at least two classes (>= 0) to form triplets; found "
+            f"{len(np.unique(y_lab))} class(es) in {len(labeled_rows)} labeled rows (or pass "
+            "all -1 for label-free training)"
+        )
+    if selfsup and len(images) < 4:
+        raise ValueError(f"the label-free objective needs at least 4 rows; got {len(images)}")
 
     dev = resolve_device(device)
     spec = _infer_preprocessing(images)
     arch = dict(arch) if arch is not None else _default_arch(spec, latent_dim)
     arch.setdefault("latent_dim", latent_dim)
+    view_r = view_ranges(views, spec["kind"]) if selfsup else None
 
     rng = np.random.default_rng(seed)
-    if val_fraction > 0:
+    if val_fraction > 0 and len(labeled_rows):
         tr_local, va_local = _stratified_split(y_lab, val_fraction, rng)
     else:
         tr_local, va_local = np.arange(len(y_lab)), np.array([], dtype=np.int64)
     train_rows, val_rows = labeled_rows[tr_local], labeled_rows[va_local]
+    # unlabeled rows: a held-out share for the label-free criterion (only with the term on)
+    if selfsup and val_fraction > 0 and len(unlabeled_rows) >= 8:
+        n_vu = min(int(round(val_fraction * len(unlabeled_rows))), max_val_unlabeled)
+        n_vu = max(n_vu, 4) if n_vu > 0 else 0
+        pick = rng.permutation(len(unlabeled_rows))
+        val_unl = np.sort(unlabeled_rows[pick[:n_vu]])
+        train_unl = np.sort(unlabeled_rows[pick[n_vu:]])
+    else:
+        val_unl = np.array([], dtype=np.int64)
+        train_unl = unlabeled_rows if selfsup else np.array([], dtype=np.int64)
+    # rows of the label-free term: every training row, labeled or not
+    ssl_rows = np.sort(np.concatenate([train_rows, train_unl])) if selfsup else train_rows
     if spec["kind"] == "vector":
         # standardise with the training rows only, so validation stays held out
-        spec = _infer_preprocessing(images[train_rows])
+        spec = _infer_preprocessing(images[ssl_rows])
 
     x_train = preprocess(images[train_rows], spec)
     y_train = torch.from_numpy(labels[train_rows].astype(np.int64))
@@ -535,12 +593,22 @@ def train_encoder(
     y_val = torch.from_numpy(labels[val_rows].astype(np.int64))
     # a fixed reference sample of training rows for the validation 1-NN metric
     ref = torch.from_numpy(rng.permutation(len(train_rows))[: min(len(train_rows), 2000)])
+    x_ssl = preprocess(images[ssl_rows], spec) if selfsup else None
 
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
         torch.manual_seed(seed)
         net = build_network(arch).to(dev)
     gen = torch.Generator().manual_seed(seed)
     aug_gen = torch.Generator().manual_seed(seed + 1)  # its own stream: batch order unchanged
+    view_gen = torch.Generator().manual_seed(seed + 2)
+    lab_gen = torch.Generator().manual_seed(seed + 3)
+    # fixed views of the held-out unlabeled rows, so the criterion compares like with like
+    xvu1 = xvu2 = None
+    if len(val_unl):
+        xvu = preprocess(images[val_unl], spec)
+        fixed = torch.Generator().manual_seed(seed + 4)
+        xvu1 = make_views(xvu, fixed, spec["kind"], view_r)
+        xvu2 = make_views(xvu, fixed, spec["kind"], view_r)
     opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=weight_decay)
     plateau = None
     if lr_plateau_factor is not None:
@@ -555,7 +623,11 @@ def train_encoder(
 
     history: dict[str, list[float]] = {
         "train_loss": [],
+        "train_triplet_loss": [],
+        "train_selfsup_loss": [],
         "val_loss": [],
+        "val_triplet_loss": [],
+        "val_selfsup_loss": [],
         "val_knn1_accuracy": [],
         "fraction_active": [],
         "epoch_seconds": [],
@@ -566,41 +638,73 @@ def train_encoder(
     bad_epochs = 0
     t_start = time.perf_counter()
     stop_reason = "max_epochs"
+    has_val = x_val is not None or xvu1 is not None
 
     def _embed(x: torch.Tensor) -> torch.Tensor:
         outs = [net(x[i : i + 4096].to(dev)) for i in range(0, len(x), 4096)]
         return torch.cat(outs) if outs else torch.empty(0, arch["latent_dim"], device=dev)
 
-    bar = tqdm(range(epochs), desc="triplet encoder", unit="epoch", disable=not progress)
+    def _labeled_batches() -> Iterator[torch.Tensor]:
+        """Endless labeled batches (index tensors into x_train), reshuffled at each pass."""
+        size = min(batch_size, len(train_rows))
+        while True:
+            perm = torch.randperm(len(train_rows), generator=lab_gen)
+            for s in range(0, len(perm) - size + 1, size):
+                yield perm[s : s + size]
+
+    def _triplet_step(idx: torch.Tensor) -> tuple[torch.Tensor, float]:
+        xb = x_train[idx].to(dev)
+        if aug is not None:
+            xb = affine_views(xb, aug_gen, **aug)
+        loss, stats = semi_hard_triplet_loss(net(xb), y_train[idx].to(dev), margin)
+        return loss, stats["fraction_active"]
+
+    bar = tqdm(range(epochs), desc=f"encoder ({mode})", unit="epoch", disable=not progress)
+    lab_iter = _labeled_batches() if selfsup and len(train_rows) >= 2 else None
     with _deterministic(dev):
         for epoch in bar:
             t0 = time.perf_counter()
             net.train()
-            perm = torch.randperm(len(x_train), generator=gen)
-            tot, n_seen, act = 0.0, 0, 0.0
+            tot, tot_t, tot_s, n_seen, act = 0.0, 0.0, 0.0, 0, 0.0
+            n_pool = len(ssl_rows) if selfsup else len(train_rows)
+            perm = torch.randperm(n_pool, generator=gen)
             for start in range(0, len(perm), batch_size):
                 idx = perm[start : start + batch_size]
                 if len(idx) < 2:
                     continue
-                xb = x_train[idx].to(dev)
-                if aug is not None:
-                    xb = _augment_batch(xb, aug_gen, **aug)
-                z = net(xb)
-                loss, stats = semi_hard_triplet_loss(z, y_train[idx].to(dev), margin)
+                if not selfsup:
+                    loss, frac = _triplet_step(idx)
+                    lt, ls = float(loss.detach()), 0.0
+                else:
+                    xb = x_ssl[idx]
+                    v1 = make_views(xb, view_gen, spec["kind"], view_r).to(dev)
+                    v2 = make_views(xb, view_gen, spec["kind"], view_r).to(dev)
+                    l_s = nt_xent_loss(net(v1), net(v2), temperature)
+                    loss = selfsup_weight * l_s
+                    ls, lt, frac = float(l_s.detach()), 0.0, 0.0
+                    if lab_iter is not None:
+                        l_t, frac = _triplet_step(next(lab_iter))
+                        loss = loss + l_t
+                        lt = float(l_t.detach())
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 tot += float(loss.detach()) * len(idx)
-                act += stats["fraction_active"] * len(idx)
+                tot_t += lt * len(idx)
+                tot_s += ls * len(idx)
+                act += frac * len(idx)
                 n_seen += len(idx)
-            train_loss = tot / max(n_seen, 1)
+            n_seen = max(n_seen, 1)
+            train_loss = tot / n_seen
             history["train_loss"].append(train_loss)
-            history["fraction_active"].append(act / max(n_seen, 1))
+            history["train_triplet_loss"].append(tot_t / n_seen if mode != "label-free" else None)
+            history["train_selfsup_loss"].append(tot_s / n_seen if selfsup else None)
+            history["fraction_active"].append(act / n_seen)
 
             net.eval()
-            val_loss, val_acc = math.nan, math.nan
-            if x_val is not None:
-                with torch.no_grad():
+            val_t, val_s, val_acc = math.nan, math.nan, math.nan
+            with torch.no_grad():
+                if x_val is not None:
                     zv = _embed(x_val)
                     # validation loss is mined in batch-sized blocks, as in training
                     vl, vn = 0.0, 0
@@ -611,12 +715,31 @@ def train_encoder(
                         k = min(batch_size, len(zv) - s)
                         vl += float(lv) * k
                         vn += k
-                    val_loss = vl / max(vn, 1)
+                    val_t = vl / max(vn, 1)
                     zr = _embed(x_train[ref]).cpu().numpy()
                     val_acc = _knn1_accuracy(
                         zr, y_train[ref].numpy(), zv.cpu().numpy(), y_val.numpy()
                     )
+                if xvu1 is not None:
+                    z1, z2 = _embed(xvu1), _embed(xvu2)
+                    sl, sn = 0.0, 0
+                    for s in range(0, len(z1), batch_size):
+                        k = min(batch_size, len(z1) - s)
+                        if k < 2:
+                            continue
+                        ls_v = nt_xent_loss(z1[s : s + k], z2[s : s + k], temperature)
+                        sl += float(ls_v) * k
+                        sn += k
+                    val_s = sl / max(sn, 1)
+            parts = []
+            if x_val is not None:
+                parts.append(val_t)
+            if xvu1 is not None:
+                parts.append(selfsup_weight * val_s)
+            val_loss = float(sum(parts)) if parts else math.nan
             history["val_loss"].append(val_loss)
+            history["val_triplet_loss"].append(val_t)
+            history["val_selfsup_loss"].append(val_s)
             history["val_knn1_accuracy"].append(val_acc)
             history["epoch_seconds"].append(time.perf_counter() - t0)
             history["lr"].append(float(opt.param_groups[0]["lr"]))
@@ -624,15 +747,18 @@ def train_encoder(
                 loss=f"{train_loss:.4f}", val_loss=f"{val_loss:.4f}", val_acc=f"{val_acc:.4f}"
             )
             log.info(
-                "epoch %d: train_loss=%.4f val_loss=%.4f val_knn1=%.4f (%.1fs)",
+                "epoch %d (%s): train_loss=%.4f val_loss=%.4f val_selfsup=%.4f val_knn1=%.4f "
+                "(%.1fs)",
                 epoch + 1,
+                mode,
                 train_loss,
                 val_loss,
+                val_s,
                 val_acc,
                 history["epoch_seconds"][-1],
             )
 
-            monitored = val_loss if x_val is not None else train_loss
+            monitored = val_loss if has_val else train_loss
             if plateau is not None:
                 plateau.step(monitored)
             if monitored < best[0] - min_delta:
@@ -641,7 +767,7 @@ def train_encoder(
                 bad_epochs = 0
             else:
                 bad_epochs += 1
-                if x_val is not None and bad_epochs >= patience:
+                if has_val and bad_epochs >= patience:
                     stop_reason = "early_stopping"
                     break
             if max_seconds is not None and time.perf_counter() - t_start > max_seconds:
@@ -652,12 +778,16 @@ def train_encoder(
         net.load_state_dict(best_state)
 
     metadata = {
+        "mode": mode,
         "data_sha256": data_sha256(images, labels),
         "n_rows": int(len(images)),
         "n_labeled": int(len(labeled_rows)),
+        "n_unlabeled": int(len(unlabeled_rows)),
         "labeled_fraction": float(len(labeled_rows) / max(len(images), 1)),
         "n_train": int(len(train_rows)),
         "n_val": int(len(val_rows)),
+        "n_train_unlabeled": int(len(train_unl)),
+        "n_val_unlabeled": int(len(val_unl)),
         "params": {
             "latent_dim": latent_dim,
             "epochs": epochs,
@@ -671,11 +801,21 @@ def train_encoder(
             "device": str(dev),
             "lr_plateau_factor": lr_plateau_factor,
             "augment": aug,
+            "triplet_weight": 1.0 if mode != "label-free" else 0.0,
+            "selfsup": {
+                "objective": "nt-xent" if selfsup else None,
+                "weight": float(selfsup_weight),
+                "temperature": temperature if selfsup else None,
+                "views": {"kind": spec["kind"], **view_r} if selfsup else None,
+                "max_val_unlabeled": max_val_unlabeled,
+            },
+            "pseudo_labels": None,
         },
         "metrics": {
             **history,
             "best_epoch": best[1] + 1,
             "best_monitored": best[0],
+            "monitored": "val_loss" if has_val else "train_loss",
             "epochs_run": len(history["train_loss"]),
             "stop_reason": stop_reason,
             "seconds": time.perf_counter() - t_start,
