@@ -32,6 +32,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from data_contracts.settings import PipelineSettings
 from sqflow.layout import OutputLayout, current_version
+from sqflow.pipeline.monitor import retrain_outcome
 from tasks.artifacts import artifact_key
 from tasks.monitor import monitor_task, retrain_task
 
@@ -129,13 +130,26 @@ def _retrain(
         mode = "subflow"
     now = current_version(lay.models_dir)
     ok = state is not None and state.is_completed()
+    done = retrain_outcome(settings, run_id)  # from the lineage: subflow or deployment alike
     out = {
         "mode": mode,
         "old_version": old,
         "current_version": now,
         "state": state.name if state is not None else "unknown",
+        "outcome": done["outcome"] if ok else "failed",
+        "gate": done["gate"],
     }
-    if ok:
+    if ok and done["outcome"] == "refused":
+        g = done["gate"] or {}
+        out.update(
+            status="completed",
+            new_version=done["new_version"],
+            message=f"retrain REFUSED: {done['new_version']} not better than {old} on held-out "
+            f"data ({g.get('criterion')}: {g.get('new', float('nan')):.4f} vs "
+            f"{g.get('old', float('nan')):.4f}); encoder {now} stays current",
+        )
+        log.warning(out["message"])
+    elif ok:
         out.update(
             status="completed",
             new_version=now,
@@ -145,7 +159,7 @@ def _retrain(
         msg = (state.message if state is not None else None) or "no final state"
         out.update(
             status="failed",
-            new_version=None,
+            new_version=done["new_version"] if done["outcome"] == "failed" else None,
             message=f"retrain FAILED ({msg}); encoder {now} stays current",
         )
         log.error(out["message"])

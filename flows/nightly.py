@@ -132,7 +132,8 @@ def nightly(config: dict[str, Any] | None = None) -> dict[str, Any]:
                     drop=("report", "markdown"),
                 ),
             )
-            # a successful retrain made a new version current and re-embedded the batch
+            rec.record_retrain(monitor)  # retrain_outcome / new_encoder_version
+            # a promoted retrain made a new version current and re-embedded the batch
             rec.encoder_version = monitor.get("encoder_version") or rec.encoder_version
             cluster = rec.add_stage("cluster", cluster_task(settings, run_id))
             rec.add_stage("plots", plots_task(settings, run_id, cluster["loss_curve"]))

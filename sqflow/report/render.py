@@ -259,6 +259,12 @@ def _change(now: float | None, before: float | None, alert: float) -> str:
 def _glance(data: ReportData, alert: float) -> str:
     h, q = data.health, data.quality
     items = []
+    if not data.labeled:
+        items.append(
+            '<span class="warn" data-field="no_labels">No labels in this run.</span> '
+            "Clusters have no majority label or purity, and no accuracy is measured; "
+            "the figures below are label-free."
+        )
     if h.drift is None:
         items.append(
             '<span class="warn">Drift: not checked.</span> '
@@ -332,7 +338,7 @@ def _quality_table(data: ReportData, alert: float) -> str:
     note = f'<p class="muted">{_e(q.note)}.</p>' if q.note else ""
     return (
         f'<p>Measured on <b data-field="n_heldout">{fmt_int(q.n_heldout)}</b> labeled items '
-        "that the encoder never saw during training.</p>"
+        "that the encoder never saw in training or validation (checked on sample ids).</p>"
         '<table><tr><th>figure</th><th class="num">this run</th>'
         f'<th class="num">previous run{prev_name}</th><th>change</th></tr>'
         + "".join(rows)
