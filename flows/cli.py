@@ -112,6 +112,10 @@ def _print_run(result: dict, wall: float) -> None:
         f"  SQ objective {c['objective']:.6g} after {c['n_iter']} passes; "
         f"warm start: {c['warm_start_from'] or 'no (k-means++)'}"
     )
+    if not s["n_labeled"]:
+        print("  no labels in this run: no majority label, purity or accuracy")
+    if rec.retrain_outcome not in (None, "none"):
+        print(f"  retrain: {rec.retrain_outcome} (version {rec.new_encoder_version})")
     print("  cluster  size   majority label (purity)")
     for row in rec.clusters:
         maj = (
@@ -158,7 +162,7 @@ def _demo(argv: list[str]) -> int:
         "--train-rows",
         type=int,
         default=6000,
-        help="labeled training images for the encoder if one is trained",
+        help="training images (labeled or not) for the encoder if one is trained",
     )
     ap.add_argument("--n-clusters", type=int, default=10)
     args = ap.parse_args(argv)

@@ -3,7 +3,9 @@ recorded with the current encoder, write the report, and retrain when asked.
 
 Files (under the pipeline's output folder, see :mod:`sqflow.layout`)::
 
-    models/reference/<version>/centers.npy SQ centers fitted on that version's reference set
+    models/reference/<version>/centers.npy SQ centers fitted on half of that version's reference
+    models/reference/<version>/centers_fit_rows.npy   that half (row indices): the drift check
+                                           leaves it out of its center-based tests
     runs/<run_id>/drift_report.json        the full DriftReport (+ reference version, paths)
     runs/<run_id>/drift_report.md          the same as Markdown
     runs/<run_id>/embeddings-<old>.zarr    after a retrain: the run's store from the old encoder
@@ -11,10 +13,14 @@ Files (under the pipeline's output folder, see :mod:`sqflow.layout`)::
     models/lineage.jsonl                   one line per retrain: old -> new version, reason, status
     models/<new>/lineage.json              the same record beside the new version
     models/<new>/FAILED.json               a version whose retrain failed (never made current)
+    models/<new>/REFUSED.json              a version the promotion gate refused (not current)
 
 The model registry (``models/CURRENT``, ``register_encoder``) and the encoder training with its
-reference set are the pipeline's (:func:`sqflow.pipeline.encoder.train_encoder_stage`); this module only
-adds the steps around them and rolls ``CURRENT`` back when a retrain fails.
+reference set are the pipeline's (:func:`sqflow.pipeline.encoder.fit_register_and_reference`);
+this module decides what a retrain learns from (:func:`retrain_rows`), whether its version is
+promoted (:func:`promotion_gate`), and rolls ``CURRENT`` back when a retrain fails. Whoever
+triggers a retrain (the monitor's subflow, a deployment, an automation) calls
+:func:`retrain_stage` and reads the outcome with :func:`retrain_outcome`.
 """
 
 from __future__ import annotations
