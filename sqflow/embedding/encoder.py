@@ -463,7 +463,9 @@ def train_encoder(
     patience:
         Stop after this many epochs without an improvement of the monitored validation loss
         (triplet + ``selfsup_weight`` * NT-Xent, the parts that have held-out rows) larger than
-        ``min_delta``; the best epoch's weights are kept.
+        ``min_delta``; the best epoch's weights are kept. A labeled validation split that forms
+        no triplet (one row per class) gives no triplet criterion; with no criterion at all the
+        training loss is monitored and training runs to ``epochs`` / ``max_seconds``.
     lr_plateau_factor:
         When set (e.g. 0.3), multiply the learning rate by it after ``max(1, patience // 2)``
         epochs without a validation improvement (``ReduceLROnPlateau``); None keeps the paper's
@@ -638,7 +640,6 @@ def train_encoder(
     bad_epochs = 0
     t_start = time.perf_counter()
     stop_reason = "max_epochs"
-    has_val = x_val is not None or xvu1 is not None
 
     def _embed(x: torch.Tensor) -> torch.Tensor:
         outs = [net(x[i : i + 4096].to(dev)) for i in range(0, len(x), 4096)]
@@ -707,15 +708,18 @@ def train_encoder(
                 if x_val is not None:
                     zv = _embed(x_val)
                     # validation loss is mined in batch-sized blocks, as in training
-                    vl, vn = 0.0, 0
+                    vl, vn, n_trip = 0.0, 0, 0
                     for s in range(0, len(zv), batch_size):
-                        lv, _ = semi_hard_triplet_loss(
+                        lv, st = semi_hard_triplet_loss(
                             zv[s : s + batch_size], y_val[s : s + batch_size].to(dev), margin
                         )
                         k = min(batch_size, len(zv) - s)
                         vl += float(lv) * k
                         vn += k
-                    val_t = vl / max(vn, 1)
+                        n_trip += st["n_triplets"]
+                    # no triplet (e.g. one validation row per class): no triplet criterion,
+                    # rather than a constant 0 that would stop training after `patience` epochs
+                    val_t = vl / max(vn, 1) if n_trip else math.nan
                     zr = _embed(x_train[ref]).cpu().numpy()
                     val_acc = _knn1_accuracy(
                         zr, y_train[ref].numpy(), zv.cpu().numpy(), y_val.numpy()
@@ -732,7 +736,7 @@ def train_encoder(
                         sn += k
                     val_s = sl / max(sn, 1)
             parts = []
-            if x_val is not None:
+            if x_val is not None and not math.isnan(val_t):
                 parts.append(val_t)
             if xvu1 is not None:
                 parts.append(selfsup_weight * val_s)
@@ -758,7 +762,8 @@ def train_encoder(
                 history["epoch_seconds"][-1],
             )
 
-            monitored = val_loss if has_val else train_loss
+            val_based = not math.isnan(val_loss)
+            monitored = val_loss if val_based else train_loss
             if plateau is not None:
                 plateau.step(monitored)
             if monitored < best[0] - min_delta:
@@ -767,7 +772,7 @@ def train_encoder(
                 bad_epochs = 0
             else:
                 bad_epochs += 1
-                if has_val and bad_epochs >= patience:
+                if val_based and bad_epochs >= patience:
                     stop_reason = "early_stopping"
                     break
             if max_seconds is not None and time.perf_counter() - t_start > max_seconds:
@@ -815,7 +820,9 @@ def train_encoder(
             **history,
             "best_epoch": best[1] + 1,
             "best_monitored": best[0],
-            "monitored": "val_loss" if has_val else "train_loss",
+            "monitored": "val_loss"
+            if any(not math.isnan(v) for v in history["val_loss"])
+            else "train_loss",
             "epochs_run": len(history["train_loss"]),
             "stop_reason": stop_reason,
             "seconds": time.perf_counter() - t_start,
