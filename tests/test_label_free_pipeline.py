@@ -166,3 +166,19 @@ def test_half_labeled_nightly_reports_on_held_out_rows_only(prefect_harness, mni
     html = Path(rec["report"]["html"]).read_text()
     assert "No labels in this run" not in html
     assert "never saw in training or validation" in html
+
+
+def test_sqflow_demo_without_labels(prefect_harness, tmp_path, capsys):
+    """``sqflow demo --no-labels``: the built-in MNIST with every label dropped, end to end."""
+    from flows.cli import main
+
+    out = tmp_path / "demo"
+    argv = ["demo", "--no-labels", "--output", str(out), "--sample-n", "600", "--epochs", "1"]
+    assert main([*argv, "--train-rows", "300", "--n-clusters", "5"]) == 0
+    text = capsys.readouterr().out
+    assert "every label dropped" in text and "(0 labeled)" in text
+    assert "no labels in this run: no majority label, purity or accuracy" in text
+    meta = json.loads((out / "models" / "triplet-v0001" / "model.json").read_text())
+    assert meta["mode"] == "label-free" and meta["n_train"] == 300
+    assert meta["n_reference"] == 10000  # reference drawn first, disjoint from training
+    _check_version_rows(out / "models", "triplet-v0001")
