@@ -3,6 +3,7 @@ gradual drift, for the default policy and for each statistic alone.
 
     python bench/drift_eval.py                      # full run (JSON + MD in bench/results/)
     python bench/drift_eval.py --n-null 20 --n-shift 10 --n-sequences 2 --out /tmp/x  # quick
+    python bench/drift_eval.py --distortion-null --repetitions 100   # p-value validity study
 
 Protocol
 --------
@@ -176,13 +177,20 @@ def _flags(rep: Any, alpha: float) -> dict[str, bool]:
 
 
 def run_batches(
-    ref: np.ndarray, centers: np.ndarray, batches: list[np.ndarray], seed0: int, policy: DriftPolicy
+    ref: np.ndarray,
+    centers: np.ndarray,
+    batches: list[np.ndarray],
+    seed0: int,
+    policy: DriftPolicy,
+    fit_rows: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
     from sqflow.drift import detect_drift
 
     rows = []
     for i, b in enumerate(batches):
-        rep = detect_drift(ref, b, centers=centers, policy=policy, seed=seed0 + i)
+        rep = detect_drift(
+            ref, b, centers=centers, policy=policy, seed=seed0 + i, centers_fit_rows=fit_rows
+        )
         rows.append(
             {
                 "drifted": bool(rep.drifted),
@@ -228,16 +236,120 @@ def setting(
     keep_train: np.ndarray,
     args: argparse.Namespace,
 ) -> dict[str, Any]:
-    """Reference (10,000 unlabeled training images of the kept classes), centers."""
+    """Reference (10,000 unlabeled training images of the kept classes), centers fitted on a
+    seeded half of it (as production does, ``reference_centers``); the center-based tests use
+    the other half."""
     from sqflow import StochasticQuantization
 
     rng = np.random.default_rng([args.seed, 7])
     pool = np.flatnonzero(~mask & keep_train)
     ref_idx = np.sort(rng.choice(pool, size=min(args.reference_rows, len(pool)), replace=False))
     ref = enc.embed(x[ref_idx])
-    centers = StochasticQuantization(10, rank=3.0, random_state=0).fit(ref).cluster_centers_
-    log.info("%s: reference %s embedded, centers fitted", name, ref.shape)
-    return {"ref": ref, "centers": np.asarray(centers, dtype=np.float64)}
+    fit = np.sort(rng.permutation(len(ref))[: len(ref) // 2])
+    centers = StochasticQuantization(10, rank=3.0, random_state=0).fit(ref[fit]).cluster_centers_
+    log.info("%s: reference %s embedded, centers fitted on %d rows", name, ref.shape, len(fit))
+    return {"ref": ref, "centers": np.asarray(centers, dtype=np.float64), "fit_rows": fit}
+
+
+def mixture(n: int, rng: np.random.Generator, k: int = 10, d: int = 3) -> np.ndarray:
+    """n rows of a fixed 3-D Gaussian mixture (k components, centers from seed 12345, unit
+    spread): the in-distribution data of the distortion null study."""
+    means = np.random.default_rng(12345).normal(scale=4.0, size=(k, d))
+    comp = rng.integers(0, k, size=n)
+    return means[comp] + rng.normal(size=(n, d))
+
+
+def distortion_null(
+    sizes: list[int], reps: int, batch_rows: int, seed: int, permutations: int
+) -> dict[str, Any]:
+    """False-alarm rate of the distortion test's p-value on in-distribution batches, centers fitted
+    in-sample (on the whole reference the test compares against: the old behaviour) or on a
+    seeded half of it with the test on the other half (``centers_fit_rows``: production now).
+    Each repetition: a fresh reference of ``n`` rows and a batch of ``batch_rows`` rows of
+    :func:`mixture`; SQ K = 10, r = 3. Rate = share of repetitions with p <= alpha."""
+    from sqflow import StochasticQuantization
+    from sqflow.drift import detect_drift
+
+    pol = DriftPolicy(
+        statistics=["distortion"],
+        distortion_permutations=permutations,
+        max_reference_rows=max(sizes),
+        min_reference_rows=min(100, min(sizes)),
+    )
+    out: dict[str, Any] = {}
+    for n in sizes:
+        p_in, p_split = [], []
+        t = time.perf_counter()
+        for r in range(reps):
+            rng = np.random.default_rng([seed, n, r])
+            ref, bat = mixture(n, rng), mixture(batch_rows, rng)
+            fit = np.sort(rng.permutation(n)[: n // 2])
+            for rows, acc in ((np.arange(n), p_in), (fit, p_split)):
+                c = StochasticQuantization(10, rank=3.0, random_state=r).fit(ref[rows])
+                rep = detect_drift(
+                    ref,
+                    bat,
+                    centers=np.asarray(c.cluster_centers_, dtype=np.float64),
+                    policy=pol,
+                    seed=r,
+                    centers_fit_rows=None if len(rows) == n else rows,
+                )
+                acc.append(rep.statistics[0].p_value)
+        p_in_a, p_split_a = np.array(p_in), np.array(p_split)
+        out[str(n)] = {
+            "reference_rows": n,
+            "repetitions": reps,
+            "in_sample": {f"alpha_{a}": float((p_in_a <= a).mean()) for a in (0.01, 0.05)},
+            "split": {f"alpha_{a}": float((p_split_a <= a).mean()) for a in (0.01, 0.05)},
+            "seconds": time.perf_counter() - t,
+        }
+        log.info("distortion null, reference %d: %s", n, out[str(n)])
+    return out
+
+
+def distortion_null_markdown(res: dict[str, Any]) -> str:
+    lines = [
+        "# Distortion test: false alarms on in-distribution data",
+        "",
+        f"3-D Gaussian mixture (10 components), batch {res['batch_rows']} rows, "
+        f"{res['repetitions']} repetitions per size, {res['permutations']} permutations, "
+        f"SQ K = 10, r = 3. Rate = share of batches with p <= alpha (should be <= alpha). "
+        f"{res['machine'].get('cpu')} x {res['machine'].get('logical_cores')}, commit "
+        f"{res['machine'].get('commit')}; {res['seconds']:.0f} s.",
+        "",
+        "| reference rows | in-sample a=0.01 | in-sample a=0.05 | split a=0.01 | split a=0.05 |",
+        "|---|---|---|---|---|",
+    ]
+    for r in res["sizes"].values():
+        lines.append(
+            f"| {r['reference_rows']:,} | {r['in_sample']['alpha_0.01']:.3f} | "
+            f"{r['in_sample']['alpha_0.05']:.3f} | {r['split']['alpha_0.01']:.3f} | "
+            f"{r['split']['alpha_0.05']:.3f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main_distortion_null(args: argparse.Namespace) -> int:
+    t0 = time.perf_counter()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    res = {
+        "study": "distortion p-value under the null (in-sample vs split centers)",
+        "batch_rows": args.batch_size,
+        "repetitions": args.repetitions,
+        "permutations": args.permutations,
+        "machine": machine(),
+        "sizes": distortion_null(
+            sizes, args.repetitions, args.batch_size, args.seed, args.permutations
+        ),
+    }
+    res["seconds"] = time.perf_counter() - t0
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(res, indent=2))
+    md = distortion_null_markdown(res)
+    out.with_suffix(".md").write_text(md)
+    print(md)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -263,8 +375,21 @@ def main(argv: list[str] | None = None) -> int:
         help="reuse the paper table's encoder of --fraction from here if present ('' = no)",
     )
     p.add_argument("--out", default="bench/results/drift_eval", help="output path without suffix")
+    p.add_argument(
+        "--distortion-null",
+        action="store_true",
+        help="only the distortion p-value study on synthetic 3-D mixture data (fast; writes "
+        "--out, default bench/results/drift_distortion_null)",
+    )
+    p.add_argument("--sizes", default="500,1000,2000,5000,10000", help="reference sizes")
+    p.add_argument("--repetitions", type=int, default=200, help="distortion null study")
+    p.add_argument("--permutations", type=int, default=500, help="distortion null study")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if args.distortion_null:
+        if args.out == "bench/results/drift_eval":
+            args.out = "bench/results/drift_distortion_null"
+        return main_distortion_null(args)
 
     import torch
 
@@ -304,7 +429,9 @@ def main(argv: list[str] | None = None) -> int:
     def run(name: str, setting_: dict[str, Any], batches: list[np.ndarray], kind: str) -> None:
         nonlocal seed
         t1 = time.perf_counter()
-        rows = run_batches(setting_["ref"], setting_["centers"], batches, seed, policy)
+        rows = run_batches(
+            setting_["ref"], setting_["centers"], batches, seed, policy, setting_["fit_rows"]
+        )
         seed += len(batches)
         scenarios[name] = {
             "kind": kind,
@@ -361,7 +488,14 @@ def main(argv: list[str] | None = None) -> int:
             idx = sample_batch(all_test, B, rng)
             n_sh = int(round(share * B))
             batch = np.concatenate([rot[idx[:n_sh]], clean[idx[n_sh:]]])
-            rep = detect_drift(A["ref"], batch, centers=A["centers"], policy=policy, seed=seed)
+            rep = detect_drift(
+                A["ref"],
+                batch,
+                centers=A["centers"],
+                policy=policy,
+                seed=seed,
+                centers_fit_rows=A["fit_rows"],
+            )
             seed += 1
             if rep.drifted and first["policy"] is None:
                 first["policy"] = night

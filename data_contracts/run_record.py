@@ -23,6 +23,12 @@ RUN_RECORD_VERSION = 1
 
 RunStatus = Literal["running", "completed", "failed"]
 
+#: what the drift monitor's retrain did in a run: none (no retrain: no drift, no decision,
+#: disabled, or the monitor did not run), promoted (new version made current), refused (trained
+#: but not better on held-out data: the old version stays), failed (error; old version stays)
+RetrainOutcome = Literal["none", "requested", "promoted", "refused", "failed"]
+RETRAIN_OUTCOMES: tuple[str, ...] = ("none", "requested", "promoted", "refused", "failed")
+
 #: stage fields of the record and the name each one's seconds get in ``timings``
 STAGE_TIMING_NAMES: dict[str, str] = {
     "sample": "sample",
@@ -58,6 +64,12 @@ class RunRecord(BaseModel):
     encoder_version: str | None = None
     n_clusters: int | None = None
     waited_for_lock_s: float | None = Field(None, description="Seconds spent waiting for the lock.")
+    retrain_outcome: RetrainOutcome | None = Field(
+        None, description="What the retrain did (None: the monitor stage was not reached)."
+    )
+    new_encoder_version: str | None = Field(
+        None, description="Version the retrain trained (promoted or refused), else None."
+    )
     timings: dict[str, float] = Field(default_factory=dict, description="Seconds per stage.")
     outputs: dict[str, str] = Field(default_factory=dict, description="Name -> path.")
     sample: dict[str, Any] | None = None
@@ -101,6 +113,21 @@ class RunRecord(BaseModel):
         setattr(self, stage, result)
         self.timings[STAGE_TIMING_NAMES[stage]] = float(result["seconds"])
         return result
+
+    def record_retrain(self, monitor: dict[str, Any]) -> None:
+        """Set ``retrain_outcome`` / ``new_encoder_version`` from the monitor stage's result
+        (its ``retrain`` dict carries ``outcome``; a failed monitor means no retrain ran)."""
+        r = monitor.get("retrain") if isinstance(monitor, dict) else None
+        outcome = (r or {}).get("outcome") or (
+            # asked for, not finished when this run published: a deployment trigger runs it
+            # (its outcome is in models/lineage.jsonl and the retrain artifact) or it runs in
+            # process after publish (run.json then holds the final outcome)
+            "requested" if (r or {}).get("status") in ("requested", "pending") else "none"
+        )
+        if outcome not in RETRAIN_OUTCOMES:
+            raise ValueError(f"retrain outcome {outcome!r}; valid: {list(RETRAIN_OUTCOMES)}")
+        self.retrain_outcome = outcome
+        self.new_encoder_version = (r or {}).get("new_version") if outcome != "none" else None
 
     # ------------------------------------------------------------------ reading
     @property

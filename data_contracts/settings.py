@@ -44,18 +44,33 @@ class PipelineSettings(BaseModel):
     # what to read
     source: SourceSpec = Field(default_factory=lambda: SourceSpec(kind="mnist", split="all"))
     sample: SampleSpec = Field(default_factory=SampleSpec)
-    # encoder (trained when no model is registered, on the labeled part of the source)
+    # encoder (trained when no model is registered, on labeled and unlabeled rows of the source)
     train_if_missing: bool = True
     latent_dim: Int = Field(3, ge=1)
     encoder_epochs: Int = Field(3, ge=1)
-    encoder_train_rows: Int = Field(6000, ge=100, description="Labeled rows used to train.")
+    encoder_train_rows: Int = Field(
+        6000, ge=100, description="Rows (labeled and unlabeled) the encoder trains on."
+    )
     encoder_batch_size: Int = Field(500, ge=2)
     encoder_augment: bool = Field(
         False,
         description="Images: random rotation (+-10 deg) and shift (+-8 %) of training "
         "batches; reached >= 99 % F1 from 25 % labels on MNIST (README). Ignored for vectors.",
     )
-    reference_rows: Int = Field(10000, ge=10, description="Rows of the reference embedding set.")
+    reference_rows: Int = Field(
+        10000,
+        ge=10,
+        description="Rows of the reference embedding set (at most half of the source's rows; "
+        "never trained on).",
+    )
+    retrain_min_gain: Float = Field(
+        0.0,
+        ge=-1.0,
+        le=1.0,
+        description="A retrained encoder is made current only when its held-out score (kNN "
+        "accuracy of held-out labeled rows, or 1 - normalised SQ objective without labels) is "
+        ">= the current one's + this margin; negative tolerates a small loss.",
+    )
     device: str | None = Field(
         None, description="torch device: cpu, cuda, cuda:N or mps; None = CUDA when present."
     )

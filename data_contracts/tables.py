@@ -202,6 +202,18 @@ class TableContract:
         i = 3 if dialect == "duckdb" else 4
         return [(c.name, _TYPES[c.type][i], c.nullable) for c in self.columns]
 
+    def added_columns(self, have: list[str], dialect: str) -> list[tuple[str, str]]:
+        """(name, SQL type) of the nullable columns a database table with columns ``have``
+        lacks at its end: the additive (non-breaking) change ``ALTER TABLE ADD COLUMN`` can
+        apply in place. Empty when ``have`` is not such a prefix of this contract's columns."""
+        names = self.column_names
+        if len(have) >= len(names) or have != names[: len(have)]:
+            return []
+        rest = self.sql_columns(dialect)[len(have) :]
+        if not all(nullable for _, _, nullable in rest):
+            return []
+        return [(n, t) for n, t, _ in rest]
+
     def json_schema(self) -> dict[str, Any]:
         props: dict[str, Any] = {}
         for c in self.columns:
@@ -376,6 +388,24 @@ RUNS = TableContract(
             "json",
             "The run's configuration as a JSON object (no secrets).",
             checks=(pa.Check(_valid_json, element_wise=False, name="valid_json"),),
+        ),
+        Col(
+            "retrain_outcome",
+            "str",
+            "What the drift monitor's retrain did: none (no retrain), requested (asked for, "
+            "not finished when the run published: see models/lineage.jsonl), promoted (new encoder "
+            "made current), refused (trained, not better on held-out data: old one kept), "
+            "failed (error: old one kept). Null for runs published before this column.",
+            nullable=True,
+            checks=(pa.Check.isin(["none", "requested", "promoted", "refused", "failed"]),),
+            json_extra={"enum": ["none", "requested", "promoted", "refused", "failed", None]},
+        ),
+        Col(
+            "new_encoder_version",
+            "str",
+            "Encoder version the retrain trained (promoted or refused; failed when it got "
+            "that far); null without a retrain.",
+            nullable=True,
         ),
     ),
 )

@@ -9,6 +9,8 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -119,6 +121,10 @@ def _print_run(result: dict, wall: float) -> None:
         f"  SQ objective {c['objective']:.6g} after {c['n_iter']} passes; "
         f"warm start: {c['warm_start_from'] or 'no (k-means++)'}"
     )
+    if not s["n_labeled"]:
+        print("  no labels in this run: no majority label, purity or accuracy")
+    if rec.retrain_outcome not in (None, "none"):
+        print(f"  retrain: {rec.retrain_outcome} (version {rec.new_encoder_version})")
     print("  cluster  size   majority label (purity)")
     for row in rec.clusters:
         maj = (
@@ -154,6 +160,19 @@ def _apply_config(args) -> None:
     load_settings()  # bad settings fail here, naming field and file, before a flow starts
 
 
+def _unlabeled_mnist(output: str) -> Path:
+    """The 70,000 MNIST images (train then test) as ``<output>/demo-unlabeled/mnist.npy``,
+    no labels (written once, atomically)."""
+    from sqflow.atomic_files import atomic_save_npy
+    from sqflow.datasets import load_mnist
+
+    path = Path(output).expanduser().resolve() / "demo-unlabeled" / "mnist.npy"
+    if not path.exists():
+        x = np.concatenate([load_mnist("train")[0], load_mnist("test")[0]])
+        atomic_save_npy(path, x)
+    return path
+
+
 def _demo(argv: list[str]) -> int:
     """Run the whole nightly flow on the built-in MNIST (trains the encoder first if needed)."""
     ap = argparse.ArgumentParser(prog="sqflow demo", description=_demo.__doc__)
@@ -169,14 +188,23 @@ def _demo(argv: list[str]) -> int:
         "--train-rows",
         type=int,
         default=6000,
-        help="labeled training images for the encoder if one is trained",
+        help="training images (labeled or not) for the encoder if one is trained",
     )
     ap.add_argument("--n-clusters", type=int, default=10, help="number of clusters K (default 10)")
+    ap.add_argument(
+        "--no-labels",
+        action="store_true",
+        help="drop every label: the 70,000 images are written to <output>/demo-unlabeled/"
+        "mnist.npy without a label file and read from there (label-free encoder and report)",
+    )
     args = ap.parse_args(argv)
     _apply_config(args)
     _prefect_env()
     from flows.nightly import nightly
 
+    source: dict[str, Any] = {"kind": "mnist", "split": "all"}
+    if args.no_labels:
+        source = {"kind": "npy", "path": str(_unlabeled_mnist(args.output or "sqflow-output"))}
     sample = (
         {"mode": "all"}
         if args.sample_n <= 0
@@ -184,7 +212,7 @@ def _demo(argv: list[str]) -> int:
     )
     config = {
         "output_dir": args.output or "sqflow-output",
-        "source": {"kind": "mnist", "split": "all"},
+        "source": source,
         "sample": sample,
         "encoder_epochs": args.epochs,
         "encoder_train_rows": args.train_rows,
@@ -192,8 +220,9 @@ def _demo(argv: list[str]) -> int:
         "train_if_missing": True,
     }
     print(
-        "sqflow demo: nightly flow on the built-in MNIST with ephemeral Prefect and a Dask "
-        "LocalCluster"
+        "sqflow demo: nightly flow on the built-in MNIST"
+        + (" with every label dropped" if args.no_labels else "")
+        + " with ephemeral Prefect and a Dask LocalCluster"
     )
     t = time.perf_counter()
     rec = nightly(config=config)

@@ -45,6 +45,7 @@ from prefect.states import Completed
 
 from data_contracts.settings import PipelineSettings
 from sqflow.layout import OutputLayout, current_version, output_lock
+from sqflow.pipeline.monitor import retrain_outcome
 from tasks.artifacts import artifact_key
 from tasks.monitor import monitor_task, retrain_task
 
@@ -253,15 +254,29 @@ def retrain_in_process(
         return_state=True,
     )
     now = current_version(lay.models_dir)
+    ok = state is not None and state.is_completed()
+    done = retrain_outcome(settings, run_id)  # from the lineage: subflow or deployment alike
     out: dict[str, Any] = {
         "mode": "in-process subflow",
         "old_version": old,
         "current_version": now,
         "state": state.name if state is not None else "unknown",
+        "outcome": done["outcome"] if ok else "failed",
+        "gate": done["gate"],
     }
-    if state is not None and state.is_completed() and state.name == "Skipped":
-        out.update(status="skipped", new_version=None, message=state.message)
-    elif state is not None and state.is_completed():
+    if ok and state.name == "Skipped":
+        out.update(status="skipped", outcome="none", new_version=None, message=state.message)
+    elif ok and done["outcome"] == "refused":
+        g = done["gate"] or {}
+        out.update(
+            status="completed",
+            new_version=done["new_version"],
+            message=f"retrain REFUSED: {done['new_version']} not better than {old} on held-out "
+            f"data ({g.get('criterion')}: {g.get('new', float('nan')):.4f} vs "
+            f"{g.get('old', float('nan')):.4f}); encoder {now} stays current",
+        )
+        get_run_logger().warning(out["message"])
+    elif ok:
         out.update(
             status="completed",
             new_version=now,
@@ -271,7 +286,7 @@ def retrain_in_process(
         msg = (state.message if state is not None else None) or "no final state"
         out.update(
             status="failed",
-            new_version=None,
+            new_version=done["new_version"] if done["outcome"] == "failed" else None,
             message=f"retrain FAILED ({msg}); encoder {now} stays current",
         )
         get_run_logger().error(out["message"])

@@ -186,6 +186,8 @@ def nightly(config: dict[str, Any] | None = None) -> dict[str, Any]:
                     drop=("report", "markdown"),
                 ),
             )
+            # "requested" while a retrain runs elsewhere (deployment trigger) or after publish
+            rec.record_retrain(monitor)
             cluster = rec.add_stage("cluster", cluster_task(settings, run_id))
             rec.add_stage("plots", plots_task(settings, run_id, cluster["loss_curve"]))
             rec.add_stage(
@@ -209,6 +211,7 @@ def nightly(config: dict[str, Any] | None = None) -> dict[str, Any]:
                         hold_lock=False,  # this run holds it
                     )
                 )
+                rec.record_retrain(monitor)  # the in-process retrain's outcome, for run.json
                 rec.degraded_reasons = _degraded_reasons(rec)
             rec.status = "completed"
         except BaseException as exc:

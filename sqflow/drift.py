@@ -185,10 +185,10 @@ def _as_array_like(x: Any, name: str) -> Any:
 
 def _stream_sample(
     x: Any, max_rows: int, rng: np.random.Generator, name: str
-) -> tuple[np.ndarray, int]:
+) -> tuple[np.ndarray, int, np.ndarray]:
     """Read ``x`` block by block (whole storage chunks, about 65,536 rows), check every value is
     finite, keep a uniform subsample of at most ``max_rows`` rows (without replacement, in row
-    order). Returns (sample float64, n_rows)."""
+    order). Returns (sample float64, n_rows, the kept row indices)."""
     n = int(x.shape[0])
     keep = np.arange(n) if n <= max_rows else np.sort(rng.choice(n, size=max_rows, replace=False))
     parts = []
@@ -197,7 +197,7 @@ def _stream_sample(
         if sel.size:
             parts.append(block[sel].astype(np.float64, copy=False))
     d = int(x.shape[1])
-    return (np.concatenate(parts) if parts else np.empty((0, d))), n
+    return (np.concatenate(parts) if parts else np.empty((0, d))), n, keep
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -333,6 +333,7 @@ def detect_drift(
     rank: float = 3.0,
     policy: DriftPolicy | dict[str, Any] | None = None,
     seed: int | None = None,
+    centers_fit_rows: Any = None,
 ) -> DriftReport:
     """Compare a batch of embeddings with the reference and decide whether it drifted.
 
@@ -344,8 +345,14 @@ def detect_drift(
         ``policy.max_batch_rows`` rows (uniform, without replacement) are used.
     centers : array-like (K, d) or None
         The current cluster centers (for ``distortion`` and ``occupancy``). None: SQ with
-        ``policy.n_clusters`` centers is fitted on the reference subsample (slower; the report
-        says so).
+        ``policy.n_clusters`` centers is fitted on one half of the reference subsample (seeded
+        split) and the two center-based tests use the other half (slower; the report says so).
+    centers_fit_rows : array-like of int or None
+        Row indices of ``reference`` that the given ``centers`` were fitted on. Those rows are
+        left out of the reference side of ``distortion`` and ``occupancy``: with centers fitted
+        on the very rows they are compared against, the reference distortion is biased low and
+        the permutation p-value is not valid (in-sample). None with given centers: the caller
+        asserts they were fitted on other data. ``mmd`` and ``ks`` use every sampled row.
     rank : float, default 3.0
         Exponent r of the distortion ``min_k ||z - c_k||^r`` (the SQ objective's r).
     policy : DriftPolicy, dict or None
@@ -385,8 +392,8 @@ def detect_drift(
             raise ValueError("centers hold NaN/inf values; pass the fitted cluster_centers_")
 
     rng = np.random.default_rng([seed, 1])
-    ref, n_ref = _stream_sample(ref_a, pol.max_reference_rows, rng, "reference")
-    bat, n_bat = _stream_sample(bat_a, pol.max_batch_rows, rng, "batch")
+    ref, n_ref, ref_rows = _stream_sample(ref_a, pol.max_reference_rows, rng, "reference")
+    bat, n_bat, _ = _stream_sample(bat_a, pol.max_batch_rows, rng, "batch")
     sizes = {
         "reference_rows": n_ref,
         "batch_rows": n_bat,
@@ -452,15 +459,36 @@ def detect_drift(
             )
         )
     if "distortion" in pol.statistics or "occupancy" in pol.statistics:
+        # the reference side of the center-based tests must not contain the rows the centers
+        # were fitted on, else its distortion is biased low (in-sample) and p is not valid
         if c is None:
-            c = _fit_centers(ref, pol.n_clusters, float(rank), seed)
+            half = np.random.default_rng([seed, 4]).permutation(len(ref))
+            fit, test = np.sort(half[: len(ref) // 2]), np.sort(half[len(ref) // 2 :])
+            c = _fit_centers(ref[fit], pol.n_clusters, float(rank), seed)
+            ref_c = ref[test]
             centers_source = (
-                f"fitted on the reference subsample (SQ, K={pol.n_clusters}, "
-                f"r={rank:g}, seed {seed})"
+                f"fitted on half of the reference subsample ({len(fit)} rows; SQ, "
+                f"K={pol.n_clusters}, r={rank:g}, seed {seed}); tests use the other "
+                f"{len(test)} rows"
+            )
+        elif centers_fit_rows is not None:
+            used = np.isin(ref_rows, np.asarray(centers_fit_rows, dtype=np.int64))
+            ref_c = ref[~used]
+            centers_source = (
+                f"given ({len(c)} centers, fitted on {int(used.sum())} of the sampled "
+                f"reference rows; tests use the other {len(ref_c)})"
             )
         else:
+            ref_c = ref
             centers_source = f"given ({len(c)} centers)"
-        k_ref, d_ref = nearest_distance(ref, c)
+        sizes["reference_center_tests"] = len(ref_c)
+        if len(ref_c) < 2:
+            raise ValueError(
+                f"only {len(ref_c)} reference rows are left for the center-based tests after "
+                "leaving out the rows the centers were fitted on: fit the centers on a part "
+                "of the reference (centers_fit_rows) or give a larger reference"
+            )
+        k_ref, d_ref = nearest_distance(ref_c, c)
         k_bat, d_bat = nearest_distance(bat, c)
         if "distortion" in pol.statistics:
             ratio, p, obj_r, obj_b = distortion_test(

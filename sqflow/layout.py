@@ -4,6 +4,8 @@ Layout under one output folder (``./sqflow-output`` by default)::
 
     models/CURRENT                       the current encoder version (one line)
     models/<version>/encoder.pt(.json)   checkpoint + verified sidecar; model.json = registry record
+    models/<version>/rows.parquet        sample ids the version trained on (role train: training
+                                         and its validation split) and its reference rows
     models/reference/<version>/          the reference set embedded with that version
                                          (embeddings.zarr) and its SQ centers (centers.npy): they
                                          belong to the version, so they live in the registry,
@@ -128,9 +130,25 @@ def current_version(models_dir: Path) -> str | None:
     return v
 
 
-def register_encoder(encoder: Any, models_dir: Path, record: dict[str, Any]) -> str:
-    """Save ``encoder`` as the next version (folder written aside, then renamed) and make it
-    current. Returns the version, e.g. ``triplet-v0003``."""
+#: roles of the rows of a version (``<models>/<version>/rows.parquet``)
+ROW_ROLES = ("train", "reference")
+ROWS_COLUMNS = ("sample_id", "role", "label", "source_ref", "source")
+
+
+def register_encoder(
+    encoder: Any,
+    models_dir: Path,
+    record: dict[str, Any],
+    rows: Any = None,
+    *,
+    make_current: bool = True,
+) -> str:
+    """Save ``encoder`` as the next version (folder written aside, then renamed) and, when
+    ``make_current``, make it current. ``rows``: the version's rows (a DataFrame with
+    :data:`ROWS_COLUMNS`), written as ``rows.parquet`` inside the folder before the rename, so a
+    registered version always has them. Returns the version, e.g. ``triplet-v0003``."""
+    if rows is not None:
+        check_version_rows(rows, "rows")
     models_dir = Path(models_dir)
     models_dir.mkdir(parents=True, exist_ok=True)
     nums = [int(m.group(1)) for p in models_dir.iterdir() if (m := _VERSION.match(p.name))]
@@ -148,6 +166,8 @@ def register_encoder(encoder: Any, models_dir: Path, record: dict[str, Any]) -> 
             "registered_at": datetime.now(UTC).isoformat(),
         }
         (tmp / "model.json").write_text(json.dumps(rec, indent=2, sort_keys=True, default=str))
+        if rows is not None:
+            rows.to_parquet(tmp / "rows.parquet", index=False)
         try:
             os.rename(tmp, models_dir / version)
             break
@@ -156,12 +176,54 @@ def register_encoder(encoder: Any, models_dir: Path, record: dict[str, Any]) -> 
                 raise
             shutil.rmtree(tmp, ignore_errors=True)
             nums.append(max(nums, default=0) + 1)
-    atomic_write_text(models_dir / "CURRENT", version + "\n")
+    if make_current:
+        set_current(models_dir, version)
     return version
+
+
+def set_current(models_dir: Path, version: str) -> None:
+    """Make ``version`` (a registered folder with ``encoder.pt``) the current encoder."""
+    if not (Path(models_dir) / version / "encoder.pt").exists():
+        raise FileNotFoundError(f"no encoder.pt for version {version!r} in {str(models_dir)!r}")
+    atomic_write_text(Path(models_dir) / "CURRENT", version + "\n")
 
 
 def model_record(models_dir: Path, version: str) -> dict[str, Any]:
     return json.loads((Path(models_dir) / version / "model.json").read_text())
+
+
+def check_version_rows(rows: Any, where: str) -> None:
+    """ValueError naming ``where`` unless ``rows`` has :data:`ROWS_COLUMNS`, known roles, unique
+    sample ids per role and no sample id in two roles (train and reference are disjoint)."""
+    missing = [c for c in ROWS_COLUMNS if c not in rows.columns]
+    if missing:
+        raise ValueError(f"{where}: columns {missing} missing; need {list(ROWS_COLUMNS)}")
+    bad = sorted(set(rows["role"]) - set(ROW_ROLES))
+    if bad:
+        raise ValueError(f"{where}: role values {bad}; valid: {list(ROW_ROLES)}")
+    if rows.duplicated(["sample_id", "role"]).any():
+        raise ValueError(f"{where}: a sample_id appears twice in one role")
+    if rows["sample_id"].duplicated().any():
+        raise ValueError(
+            f"{where}: a sample_id has two roles; a version's reference rows must be disjoint "
+            "from its training (and validation) rows"
+        )
+
+
+def version_rows(models_dir: Path, version: str) -> Any:
+    """``<models>/<version>/rows.parquet``: the sample ids a version was trained (role
+    ``train``: every row given to the encoder, its own validation split included) and
+    referenced (role ``reference``) on, with label (-1 = none), source_ref and the source spec
+    (JSON). FileNotFoundError for a version registered before rows were recorded."""
+    import pandas as pd
+
+    p = Path(models_dir) / version / "rows.parquet"
+    if not p.exists():
+        raise FileNotFoundError(
+            f"{str(p)!r} is missing: version {version!r} was registered before sqflow recorded "
+            "the rows of a version; its held-out set cannot be proven, retrain it"
+        )
+    return pd.read_parquet(p)
 
 
 # ------------------------------------------------------------------------------- lock

@@ -82,6 +82,8 @@ def run_frames(
                     "monitor_ran": True,
                     "drift_detected": drift > 0.5,
                     "config": json.dumps({"n_clusters": k, "seed": seed}),
+                    "retrain_outcome": "none",
+                    "new_encoder_version": None,
                 }
             ]
         ),

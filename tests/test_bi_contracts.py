@@ -224,3 +224,76 @@ def test_cluster_report_ids_must_be_a_json_array():
     df.loc[2, "representative_sample_ids"] = '{"not": "a list"}'
     msg = str(_violation("cluster_report", df))
     assert "'representative_sample_ids'" in msg and "json_array" in msg and "[2]" in msg
+
+
+def test_duckdb_runs_table_of_an_older_contract_gets_the_new_nullable_columns(tmp_path):
+    """A ``runs`` table created before ``retrain_outcome``/``new_encoder_version`` existed gets
+    them by ALTER TABLE ADD COLUMN (additive, contract version unchanged); old rows read NULL."""
+    import duckdb
+
+    from data_contracts.tables import get_contract
+    from sqflow.bi import write_duckdb
+
+    c = get_contract("runs")
+    old_cols = c.sql_columns("duckdb")[:-2]
+    assert [n for n, _, _ in c.sql_columns("duckdb")[-2:]] == [
+        "retrain_outcome",
+        "new_encoder_version",
+    ]
+    path = tmp_path / "bi.duckdb"
+    first = run_frames("20261124T020000Z-aaaaaaaa", started="2026-11-24T02:00:00Z")
+    write_duckdb(first, path)
+    con = duckdb.connect(str(path))  # turn the table back into the older layout
+    con.execute("DROP TABLE runs")
+    con.execute(
+        "CREATE TABLE runs ("
+        + ", ".join(f'"{n}" {t}' + ("" if nul else " NOT NULL") for n, t, nul in old_cols)
+        + ")"
+    )
+    con.close()
+    second = run_frames("20261125T020000Z-bbbbbbbb", started="2026-11-25T02:00:00Z")
+    second["runs"]["retrain_outcome"] = "refused"
+    second["runs"]["new_encoder_version"] = "triplet-v0002"
+    write_duckdb(second, path)
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        cols = [r[0] for r in con.execute("DESCRIBE runs").fetchall()]
+        got = con.execute("SELECT retrain_outcome, new_encoder_version FROM runs").fetchall()
+    finally:
+        con.close()
+    assert cols == c.column_names
+    assert got == [("refused", "triplet-v0002")]
+
+
+def test_postgres_runs_table_of_an_older_contract_gets_the_new_nullable_columns(pg_url):
+    """The same additive migration on PostgreSQL."""
+    import psycopg
+
+    from data_contracts.tables import get_contract
+    from sqflow.bi import write_postgres
+
+    c = get_contract("runs")
+    old_cols = c.sql_columns("postgresql")[:-2]
+    write_postgres(run_frames("20261124T020000Z-aaaaaaaa", started="2026-11-24T02:00:00Z"), pg_url)
+    with psycopg.connect(pg_url) as con:  # turn the table back into the older layout
+        con.execute("DROP TABLE runs")
+        con.execute(
+            "CREATE TABLE runs ("
+            + ", ".join(f'"{n}" {t}' + ("" if nul else " NOT NULL") for n, t, nul in old_cols)
+            + ")"
+        )
+    second = run_frames("20261125T020000Z-bbbbbbbb", started="2026-11-25T02:00:00Z")
+    second["runs"]["retrain_outcome"] = "promoted"
+    second["runs"]["new_encoder_version"] = "triplet-v0003"
+    write_postgres(second, pg_url)
+    with psycopg.connect(pg_url) as con:
+        cols = [
+            r[0]
+            for r in con.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = 'runs' "
+                "AND table_schema = current_schema() ORDER BY ordinal_position"
+            ).fetchall()
+        ]
+        got = con.execute("SELECT retrain_outcome, new_encoder_version FROM runs").fetchall()
+    assert cols == c.column_names
+    assert got == [("promoted", "triplet-v0003")]

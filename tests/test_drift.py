@@ -169,3 +169,23 @@ def test_policy_contract_validates_and_schema_is_current():
         DriftPolicy(unknown_field=1)
     with pytest.raises(TypeError, match="policy must be"):
         detect_drift(np.zeros((600, 2)), np.zeros((300, 2)), policy="strict")
+
+
+def test_center_based_tests_leave_out_the_rows_the_centers_were_fitted_on():
+    """The distortion p-value is valid only when the centers were not fitted on the reference
+    rows it compares with: given ``centers_fit_rows`` those rows are left out; without centers,
+    detect_drift fits on one half of its reference sample and tests on the other."""
+    from sqflow import StochasticQuantization
+
+    rng = np.random.default_rng(3)
+    ref, bat = rng.normal(size=(1000, 3)), rng.normal(size=(400, 3))
+    fit = np.sort(rng.permutation(1000)[:500])
+    c = StochasticQuantization(5, rank=3.0, random_state=0).fit(ref[fit]).cluster_centers_
+    pol = {"statistics": ["distortion", "occupancy"], "n_clusters": 5}
+    rep = detect_drift(ref, bat, centers=c, policy=pol, centers_fit_rows=fit)
+    assert rep.sizes["reference_center_tests"] == 500
+    assert "fitted on 500 of the sampled reference rows" in rep.centers_source
+    own = detect_drift(ref, bat, policy=pol)
+    assert own.sizes["reference_center_tests"] == 500 and "other 500 rows" in own.centers_source
+    with pytest.raises(ValueError, match="reference rows are left for the center-based tests"):
+        detect_drift(ref, bat, centers=c, policy=pol, centers_fit_rows=np.arange(999))

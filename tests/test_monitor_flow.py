@@ -107,7 +107,8 @@ def test_drift_triggers_retrain_with_new_version_and_reference(prefect_harness, 
     from flows.monitor import monitor_flow
     from sqflow.store import open_store
 
-    cfg = _copy(base, tmp_path, "rot")
+    # retrain_min_gain=-1: the gate accepts any new version (this test is about promotion)
+    cfg = {**_copy(base, tmp_path, "rot"), "retrain_min_gain": -1.0}
     out = tmp_path / "out"
     mon = monitor_flow(run_id="run-rot", config=cfg)
     assert mon["status"] == "drift" and mon["drifted"] is True, mon["markdown"]
@@ -117,8 +118,25 @@ def test_drift_triggers_retrain_with_new_version_and_reference(prefect_harness, 
     # no retrain deployment on this API: the documented fallback, an in-process subflow
     assert r["status"] == "completed" and r["mode"] == "in-process subflow", r
     assert r["old_version"] == "triplet-v0001" and r["new_version"] == "triplet-v0002"
+    assert r["outcome"] == "promoted" and r["gate"]["criterion"] == "heldout_knn5_accuracy"
     assert current_version(out / "models") == "triplet-v0002"
     assert mon["encoder_version"] == "triplet-v0002"
+    # the new version trained on the batch; its reference holds no row of it (disjoint sets)
+    from sqflow.layout import version_rows
+
+    batch_ids = set(pd.read_parquet(out / "runs" / "run-rot" / "manifest.parquet")["sample_id"])
+    rows = version_rows(out / "models", "triplet-v0002")
+    train_ids = set(rows.loc[rows["role"] == "train", "sample_id"])
+    ref_ids = set(rows.loc[rows["role"] == "reference", "sample_id"])
+    assert batch_ids <= train_ids and not ref_ids & train_ids
+    # the batch checked against the batch-free new reference: not compared with itself
+    after = {
+        s["statistic"]: s
+        for s in json.loads((out / "models" / "lineage.jsonl").read_text().splitlines()[-1])[
+            "after"
+        ]["statistics"]
+    }
+    assert after["mmd"]["value"] > 0.0
     # new reference, its centers, the batch re-embedded with the new version, old store kept
     ref = open_store(out / "models" / "reference" / "triplet-v0002" / "embeddings.zarr")
     assert ref.encoder_version == "triplet-v0002" and ref.is_complete
@@ -140,6 +158,31 @@ def test_drift_triggers_retrain_with_new_version_and_reference(prefect_harness, 
     assert "retrained: encoder triplet-v0001 -> triplet-v0002" in mon["markdown"]
 
 
+def test_retrain_not_better_on_held_out_labels_is_refused(prefect_harness, base, tmp_path):
+    """With the default gate (not worse), the version retrained on 2,000 labeled training images
+    plus 1,000 rotated ones (2 epochs) is worse on the held-out upright reference rows: it is
+    refused, stays in the registry marked REFUSED, and the old version stays current."""
+    from flows.monitor import monitor_flow
+    from sqflow.store import open_store
+
+    cfg = _copy(base, tmp_path, "rot")
+    out = tmp_path / "out"
+    mon = monitor_flow(run_id="run-rot", config=cfg)
+    r = mon["retrain"]
+    assert r["status"] == "completed" and r["outcome"] == "refused", r
+    assert r["new_version"] == "triplet-v0002" and r["gate"]["new"] < r["gate"]["old"]
+    assert r["gate"]["n_rows"] == 1500  # v0001's reference rows: neither version trained on them
+    assert "REFUSED" in r["message"] and "triplet-v0001 stays current" in r["message"]
+    assert current_version(out / "models") == "triplet-v0001"
+    assert mon["encoder_version"] == "triplet-v0001"
+    refused = json.loads((out / "models" / "triplet-v0002" / "REFUSED.json").read_text())
+    assert refused["current"] == "triplet-v0001"
+    store = open_store(out / "runs" / "run-rot" / "embeddings.zarr")
+    assert store.encoder_version == "triplet-v0001"  # the batch was not re-embedded
+    last = json.loads((out / "models" / "lineage.jsonl").read_text().splitlines()[-1])
+    assert last["outcome"] == "refused" and last["current_after"] == "triplet-v0001"
+
+
 def test_failed_retrain_keeps_the_old_version_current(prefect_harness, base, tmp_path, monkeypatch):
     import sqflow.pipeline.monitor as tm
     from flows.monitor import monitor_flow
@@ -149,12 +192,12 @@ def test_failed_retrain_keeps_the_old_version_current(prefect_harness, base, tmp
         raise OSError("no space left on device (injected by the test)")
 
     monkeypatch.setattr(tm, "_reembed_run", broken)
-    cfg = _copy(base, tmp_path, "rot")
+    cfg = {**_copy(base, tmp_path, "rot"), "retrain_min_gain": -1.0}  # promoted, then fails
     out = tmp_path / "out"
     mon = monitor_flow(run_id="run-rot", config=cfg)
     assert mon["status"] == "drift"
     r = mon["retrain"]
-    assert r["status"] == "failed", r
+    assert r["status"] == "failed" and r["outcome"] == "failed", r
     assert "triplet-v0001 stays current" in r["message"]
     assert current_version(out / "models") == "triplet-v0001"
     assert mon["encoder_version"] == "triplet-v0001"
@@ -205,7 +248,7 @@ def test_drift_event_starts_the_retrain_deployment_through_its_trigger(
     th = threading.Thread(target=serve, daemon=True)
     th.start()
     try:
-        cfg = _copy(base, tmp_path, "rot")
+        cfg = {**_copy(base, tmp_path, "rot"), "retrain_min_gain": -1.0}
         mon = monitor_flow(run_id="run-rot", config=cfg, retrain_deployment=dep)
         r = mon["retrain"]
         # the monitor did not wait: the retrain is requested, the old version still current

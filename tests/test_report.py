@@ -436,7 +436,7 @@ def test_report_of_pipeline_runs(tmp_path, capsys):
 
     from flows.cli import main as sqflow_cli
     from flows.settings import flow_settings
-    from sqflow.layout import OutputLayout
+    from sqflow.layout import OutputLayout, version_rows
     from sqflow.pipeline.encoder import train_encoder_stage
     from sqflow.pipeline.report import build_report_for_run, report_stage
     from sqflow.store import open_assignments, open_store
@@ -477,8 +477,13 @@ def test_report_of_pipeline_runs(tmp_path, capsys):
         table = pd.read_parquet(info["table"])
         np.testing.assert_array_equal(table["size"], np.bincount(cid, minlength=6))
         manifest = pd.read_parquet(rd / "manifest.parquet")
-        held = manifest[(manifest["label"] >= 0) & (manifest["split"] != "train")]
+        # held out = labeled items the encoder version neither trained nor validated on
+        vr = version_rows(lay.models_dir, store.encoder_version)
+        trained = set(vr.loc[vr["role"] == "train", "sample_id"])
+        held = manifest[(manifest["label"] >= 0) & ~manifest["sample_id"].isin(trained)]
         assert info["quality"]["n_heldout"] == len(held) > 0
+        used = set(pd.read_parquet(rd / "report" / "heldout.parquet")["sample_id"])
+        assert used == set(held["sample_id"]) and not used & trained
         ids = set(manifest["sample_id"])
         for rep in table["representative_sample_ids"]:
             assert set(json.loads(rep)) <= ids

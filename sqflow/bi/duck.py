@@ -90,6 +90,9 @@ def _ensure_table(con, table: str) -> None:
             [table],
         ).fetchall()
     ]
+    for name, sql_type in c.added_columns(have, "duckdb"):  # nullable columns added later
+        con.execute(f'ALTER TABLE "{table}" ADD COLUMN "{name}" {sql_type}')
+        have.append(name)
     if have != c.column_names:
         raise ContractVersionMismatch(
             f"DuckDB table {table!r} has columns {have}; contract v{c.version} wants "

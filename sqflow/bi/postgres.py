@@ -104,6 +104,9 @@ def _ensure_tables(cur, names: list[str]) -> None:
             (name,),
         )
         have = [r[0] for r in cur.fetchall()]
+        for col, sql_type in c.added_columns(have, "postgresql"):  # nullable, added later
+            cur.execute(f'ALTER TABLE "{name}" ADD COLUMN "{col}" {sql_type}')
+            have.append(col)
         if have != c.column_names:
             raise ContractVersionMismatch(
                 f"PostgreSQL table {name!r} has columns {have}; contract v{c.version} wants "

@@ -5,19 +5,21 @@ use it)."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
 from typing import Any, Literal
 
+import numpy as np
 import pandas as pd
 
-from data_contracts.manifest import ManifestMeta, SampleSpec, check_manifest
+from data_contracts.manifest import ManifestMeta, SampleSpec, SourceSpec, check_manifest
 from data_contracts.settings import PipelineSettings
 
-from ..layout import OutputLayout, current_version, model_record, register_encoder
+from ..layout import ROWS_COLUMNS, OutputLayout, current_version, model_record, register_encoder
 from ..progress import ProgressArg
-from ..sources import Source, manifest_hash, open_source, select
+from ..sources import Source, open_source, select
 
 log = logging.getLogger(__name__)
 
@@ -121,36 +123,114 @@ def open_run_store(lay: OutputLayout, run_id: str) -> Any:
     return store
 
 
-def train_encoder_stage(settings: PipelineSettings) -> dict[str, Any]:
-    """Train the triplet encoder on the labeled part of the source, register it as the next
-    version (made current) and embed the reference set into ``<models>/reference/<version>``."""
+class _RowsSource:
+    """Loads the rows of a version's ``rows`` frame, which may come from several sources (a
+    retrain trains on the registry's labeled pool and tonight's batch): ``load`` takes row
+    positions (as strings, the ``source_ref`` of :func:`_positional_manifest`)."""
+
+    def __init__(self, rows: pd.DataFrame) -> None:
+        self.rows = rows.reset_index(drop=True)
+        self._open: dict[str, Source] = {}
+
+    def _source(self, spec_json: str) -> Source:
+        if spec_json not in self._open:
+            self._open[spec_json] = open_source(SourceSpec.model_validate_json(spec_json))
+        return self._open[spec_json]
+
+    def load(self, refs: list[str]) -> np.ndarray:
+        pos = np.asarray([int(r) for r in refs], dtype=np.int64)
+        part = self.rows.iloc[pos]
+        out: np.ndarray | None = None
+        for spec_json, grp in part.groupby("source", sort=False):
+            x = self._source(str(spec_json)).load(grp["source_ref"].tolist())
+            if out is None:
+                out = np.empty((len(part), *x.shape[1:]), dtype=x.dtype)
+            elif x.shape[1:] != out.shape[1:]:
+                raise ValueError(
+                    f"items of source {spec_json} have shape {x.shape[1:]} but other rows "
+                    f"of this training set have {out.shape[1:]}: one encoder needs one shape"
+                )
+            out[np.flatnonzero(part["source"].to_numpy() == spec_json)] = x
+        return out if out is not None else np.empty((0,))
+
+
+def rows_hash(rows: pd.DataFrame) -> str:
+    """SHA-256 over version rows (sample_id, source_ref, label, source), in order."""
+    h = hashlib.sha256()
+    for col in ("sample_id", "source_ref", "label", "source"):
+        h.update(col.encode())
+        h.update("\x1f".join(map(str, rows[col].tolist())).encode())
+    return h.hexdigest()
+
+
+def _positional_manifest(rows: pd.DataFrame) -> pd.DataFrame:
+    """``rows`` as an embed manifest whose source_ref is the row position (see _RowsSource)."""
+    return pd.DataFrame(
+        {
+            "sample_id": rows["sample_id"].astype(str).to_numpy(),
+            "source_ref": [str(i) for i in range(len(rows))],
+            "label": rows["label"].to_numpy(np.int64),
+        }
+    )
+
+
+def version_rows_frame(items: pd.DataFrame, role: str, spec: SourceSpec) -> pd.DataFrame:
+    """The ``rows.parquet`` rows (:data:`sqflow.layout.ROWS_COLUMNS`) of ``items`` (a scan or
+    manifest frame: sample_id, source_ref, label) read from the source ``spec``."""
+    return pd.DataFrame(
+        {
+            "sample_id": items["sample_id"].astype(str).to_numpy(),
+            "role": role,
+            "label": items["label"].to_numpy(np.int64),
+            "source_ref": items["source_ref"].astype(str).to_numpy(),
+            "source": spec.model_dump_json(),
+        }
+    )
+
+
+def _input_kind(rows: pd.DataFrame, x: np.ndarray) -> str | None:
+    """The encoder's input kind from the rows' source kind, not from the shape: float
+    (N, H, W) images stay images, (N, T, C) series of a time-series source are series."""
+    kinds = {SourceSpec.model_validate_json(str(j)).kind for j in rows["source"].unique()}
+    if "timeseries" in kinds:
+        return "timeseries"
+    return None if x.ndim == 2 else "image"
+
+
+def fit_register_and_reference(
+    settings: PipelineSettings,
+    train_rows: pd.DataFrame,
+    reference_rows: pd.DataFrame,
+    record: dict[str, Any],
+    *,
+    make_current: bool,
+) -> dict[str, Any]:
+    """Train an encoder on ``train_rows`` (version rows, role ``train``; label -1 = unlabeled:
+    the mode follows the labels, see :func:`sqflow.embedding.train_encoder`), register it with
+    its rows (``rows.parquet``: train + reference, disjoint) and ``record`` merged into
+    ``model.json``, and embed ``reference_rows`` into ``<models>/reference/<version>``.
+    ``make_current``: also write ``models/CURRENT`` (a retrain decides after its gate).
+    Returns ``version``, ``encoder_hash``, ``reference_store``, ``n_train``, ``n_labeled``,
+    ``mode``, ``n_reference``, ``encoder`` (the trained object), ``seconds``."""
     from sqflow.embedding import train_encoder
 
     t0 = time.perf_counter()
     lay = OutputLayout.of(settings)
-    spec = settings.source
-    if spec.kind == "mnist":  # the encoder learns from the training images only
-        spec = spec.model_copy(update={"split": "train", "name": None})
-    source = open_source(spec)
-    items = source.scan().items
-    labeled = items[items["label"] >= 0]
-    if "train" in set(labeled["split"]):
-        labeled = labeled[labeled["split"] == "train"]
-    if labeled["label"].nunique() < 2:
+    overlap = set(train_rows["sample_id"]) & set(reference_rows["sample_id"])
+    if overlap:
         raise RuntimeError(
-            f"train-encoder needs labeled items of at least two classes in {spec.dataset}; "
-            f"found {len(labeled)} labeled rows of {labeled['label'].nunique()} classes"
+            f"{len(overlap)} sample ids are both training and reference rows (e.g. "
+            f"{sorted(overlap)[:3]}): the reference set must be disjoint from training"
         )
-    n_train = min(settings.encoder_train_rows, len(labeled))
-    train = select(
-        labeled.reset_index(drop=True),
-        SampleSpec(mode="stratified", n=n_train, seed=settings.seed),
-    )
-    x = source.load(train["source_ref"].tolist())
-    y = train["label"].to_numpy()
+    train_rows = train_rows.reset_index(drop=True)
+    x = _RowsSource(train_rows).load([str(i) for i in range(len(train_rows))])
+    y = train_rows["label"].to_numpy(np.int64)
+    n_lab = int((y >= 0).sum())
     log.info(
-        "training the encoder on %d labeled items (%d epochs, latent dim %d)",
+        "training the encoder on %d rows (%d labeled, %d unlabeled; %d epochs, latent dim %d)",
         len(x),
+        n_lab,
+        len(x) - n_lab,
         settings.encoder_epochs,
         settings.latent_dim,
     )
@@ -165,55 +245,111 @@ def train_encoder_stage(settings: PipelineSettings) -> dict[str, Any]:
         progress=True,
         augment=settings.encoder_augment and x.ndim > 2,
         # the source kind decides, not the shape: float (N, H, W) images stay images
-        input_kind="timeseries" if spec.kind == "timeseries" else None if x.ndim == 2 else "image",
+        input_kind=_input_kind(train_rows, x),
     )
-    train_s = time.perf_counter() - t0
-    record = {
-        "dataset": spec.dataset,
+    meta = enc.metadata
+    rows = pd.concat(
+        [train_rows.assign(role="train"), reference_rows.assign(role="reference")],
+        ignore_index=True,
+    )[list(ROWS_COLUMNS)]
+    full = {
+        **record,
         "n_train": len(x),
+        "n_labeled": n_lab,
+        "n_reference": len(reference_rows),
+        "mode": meta["mode"],
+        "selfsup": meta["params"].get("selfsup"),
         "epochs": settings.encoder_epochs,
         "latent_dim": settings.latent_dim,
-        "train_seconds": train_s,
-        "train_manifest_hash": manifest_hash(train),
-        "best_val": enc.metadata.get("metrics", {}).get("best_monitored"),
-        "augment": enc.metadata["params"]["augment"],
+        "train_seconds": time.perf_counter() - t0,
+        "train_manifest_hash": rows_hash(train_rows),
+        "best_val": meta.get("metrics", {}).get("best_monitored"),
+        "augment": meta["params"]["augment"],
     }
-    version = register_encoder(enc, lay.models_dir, record)
+    version = register_encoder(enc, lay.models_dir, full, rows, make_current=make_current)
     rec = model_record(lay.models_dir, version)
-    # reference set: labeled rows the monitor (drift issue) compares each night's batch with
-    n_ref = min(settings.reference_rows, len(labeled))
-    ref = select(
-        labeled.reset_index(drop=True),
-        SampleSpec(mode="stratified", n=n_ref, seed=settings.seed + 1),
-    )
     path = lay.reference_store(version)
+    ref = reference_rows.reset_index(drop=True)
     embed_manifest(
         enc,
-        source,
-        ref,
+        _RowsSource(ref),
+        _positional_manifest(ref),
         path,
-        dataset=spec.dataset,
+        dataset=str(record.get("dataset")),
         encoder_version=version,
         encoder_hash=rec["encoder_hash"],
-        source_manifest_hash=manifest_hash(ref),
+        source_manifest_hash=rows_hash(ref),
         chunk_rows=settings.store_chunk_rows,
         batch_size=settings.embed_batch_size,
         if_exists="overwrite",
     )
     log.info(
-        "registered encoder %s (%s); reference set of %d rows at %s",
+        "registered encoder %s (%s, %s); reference set of %d rows at %s%s",
         version,
         rec["encoder_hash"][:12],
+        meta["mode"],
         len(ref),
         path,
+        "" if make_current else " (not current yet)",
     )
     return {
         "version": version,
         "encoder_hash": rec["encoder_hash"],
         "reference_store": str(path),
         "n_train": len(x),
+        "n_labeled": n_lab,
+        "mode": meta["mode"],
+        "n_reference": len(ref),
+        "encoder": enc,
         "seconds": time.perf_counter() - t0,
     }
+
+
+def split_train_reference(
+    pool: pd.DataFrame, settings: PipelineSettings
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Disjoint (training rows, reference rows) of ``pool`` (scan rows; label -1 = unlabeled),
+    both stratified by label (unlabeled rows are their own stratum). The reference gets
+    ``reference_rows`` rows, at most half of the pool; training gets ``encoder_train_rows`` of
+    the rest."""
+    pool = pool.reset_index(drop=True)
+    n_ref = min(settings.reference_rows, len(pool) // 2)
+    ref = select(pool, SampleSpec(mode="stratified", n=n_ref, seed=settings.seed + 1))
+    rest = pool[~pool["sample_id"].isin(set(ref["sample_id"]))].reset_index(drop=True)
+    n_train = min(settings.encoder_train_rows, len(rest))
+    train = select(rest, SampleSpec(mode="stratified", n=n_train, seed=settings.seed))
+    return train, ref
+
+
+def train_encoder_stage(settings: PipelineSettings) -> dict[str, Any]:
+    """Train the encoder on the source's rows, labeled and unlabeled (label-free when none is
+    labeled, semi-supervised when some are), register it as the next version (made current)
+    with ``rows.parquet``, and embed its reference set into ``<models>/reference/<version>``.
+    The reference rows are drawn first and never trained on (:func:`split_train_reference`);
+    with a ``train`` split in the source only its rows are used."""
+    t0 = time.perf_counter()
+    spec = settings.source
+    if spec.kind == "mnist":  # the encoder learns from the training images only
+        spec = spec.model_copy(update={"split": "train", "name": None})
+    items = open_source(spec).scan().items
+    if "train" in set(items["split"]):
+        items = items[items["split"] == "train"]
+    if len(items) < 8:
+        raise RuntimeError(
+            f"train-encoder needs at least 8 items in {spec.dataset} (training and a disjoint "
+            f"reference set); found {len(items)}"
+        )
+    train, ref = split_train_reference(items, settings)
+    out = fit_register_and_reference(
+        settings,
+        version_rows_frame(train, "train", spec),
+        version_rows_frame(ref, "reference", spec),
+        {"dataset": spec.dataset},
+        make_current=True,
+    )
+    out.pop("encoder")
+    out["seconds"] = time.perf_counter() - t0
+    return out
 
 
 def load_current_encoder(settings: PipelineSettings):

@@ -3,7 +3,9 @@ recorded with the current encoder, write the report, and retrain when asked.
 
 Files (under the pipeline's output folder, see :mod:`sqflow.layout`)::
 
-    models/reference/<version>/centers.npy SQ centers fitted on that version's reference set
+    models/reference/<version>/centers.npy SQ centers fitted on half of that version's reference
+    models/reference/<version>/centers_fit_rows.npy   that half (row indices): the drift check
+                                           leaves it out of its center-based tests
     runs/<run_id>/drift_report.json        the full DriftReport (+ reference version, paths)
     runs/<run_id>/drift_report.md          the same as Markdown
     runs/<run_id>/embeddings-<old>.zarr    after a retrain: the run's store from the old encoder
@@ -11,10 +13,14 @@ Files (under the pipeline's output folder, see :mod:`sqflow.layout`)::
     models/lineage.jsonl                   one line per retrain: old -> new version, reason, status
     models/<new>/lineage.json              the same record beside the new version
     models/<new>/FAILED.json               a version whose retrain failed (never made current)
+    models/<new>/REFUSED.json              a version the promotion gate refused (not current)
 
 The model registry (``models/CURRENT``, ``register_encoder``) and the encoder training with its
-reference set are the pipeline's (:func:`sqflow.pipeline.encoder.train_encoder_stage`); this module only
-adds the steps around them and rolls ``CURRENT`` back when a retrain fails.
+reference set are the pipeline's (:func:`sqflow.pipeline.encoder.fit_register_and_reference`);
+this module decides what a retrain learns from (:func:`retrain_rows`), whether its version is
+promoted (:func:`promotion_gate`), and rolls ``CURRENT`` back when a retrain fails. Whoever
+triggers a retrain (the monitor's subflow, a deployment, an automation) calls
+:func:`retrain_stage` and reads the outcome with :func:`retrain_outcome`.
 """
 
 from __future__ import annotations
@@ -30,18 +36,29 @@ import numpy as np
 import pandas as pd
 
 from data_contracts.drift_policy import DRIFT_REPORT_COLUMNS, DriftPolicy
+from data_contracts.manifest import ManifestMeta, SampleSpec, check_manifest
 from data_contracts.settings import PipelineSettings
 from data_contracts.tables import validate_frame
 
 from ..atomic_files import atomic_save_npy, atomic_write_parquet, atomic_write_text
-from ..layout import OutputLayout, current_version
-from .encoder import embed_run, open_run_store, train_encoder_stage
+from ..layout import ROWS_COLUMNS, OutputLayout, current_version, set_current, version_rows
+from ..sources import select
+from .encoder import (
+    embed_run,
+    fit_register_and_reference,
+    open_run_store,
+    version_rows_frame,
+)
 
 __all__ = [
     "RetrainFailed",
     "drift_report_frame",
     "monitor_stage",
+    "normalised_objective",
+    "promotion_gate",
     "reference_centers",
+    "retrain_outcome",
+    "retrain_rows",
     "retrain_stage",
 ]
 
@@ -58,28 +75,44 @@ def _policy(policy: DriftPolicy | dict[str, Any] | None, settings: PipelineSetti
 
 
 # ------------------------------------------------------------------------------ centers
-def reference_centers(settings: PipelineSettings, version: str) -> tuple[np.ndarray, str]:
-    """SQ centers of ``version``'s reference set: ``<models>/reference/<version>/centers.npy``, fitted
-    (K = ``n_clusters``, r = ``rank``, ``seed``) and saved on first use. Returns (centers, path)."""
+def reference_centers(
+    settings: PipelineSettings, version: str
+) -> tuple[np.ndarray, str, np.ndarray]:
+    """SQ centers of ``version``'s reference set, fitted on a seeded half of its rows (K =
+    ``n_clusters``, r = ``rank``, ``seed``) and saved on first use as
+    ``<models>/reference/<version>/centers.npy`` with those row indices in
+    ``centers_fit_rows.npy``. The drift check leaves those rows out of the reference side of its
+    center-based tests (distortion, occupancy), so their p-values are not in-sample. Returns
+    (centers, path, fit row indices)."""
     from sqflow import StochasticQuantization
     from sqflow.store import open_store
 
     lay = OutputLayout.of(settings)
-    path = lay.reference_store(version).parent / "centers.npy"
+    folder = lay.reference_store(version).parent
+    path, rows_path = folder / "centers.npy", folder / "centers_fit_rows.npy"
     store = open_store(lay.reference_store(version))
     k = settings.n_clusters
-    if path.exists():
-        c = np.load(path)
+    if path.exists() and rows_path.exists():
+        c, fit = np.load(path), np.load(rows_path)
         if c.shape == (k, store.dim):
-            return c, str(path)
-    ref = store.read_embeddings()
+            return c, str(path), fit
+    n = store.n_rows
+    fit = np.sort(np.random.default_rng([settings.seed, 5]).permutation(n)[: n // 2])
+    ref = store.read_embeddings()[fit]
     est = StochasticQuantization(k, rank=settings.rank, random_state=settings.seed)
     c = np.asarray(est.fit(ref).cluster_centers_, dtype=np.float64)
+    atomic_save_npy(rows_path, fit.astype(np.int64))
     atomic_save_npy(path, c)
     log.info(
-        "fitted %d reference centers of %s (objective %.4g) -> %s", k, version, est.objective_, path
+        "fitted %d reference centers of %s on %d of its %d rows (objective %.4g) -> %s",
+        k,
+        version,
+        len(fit),
+        n,
+        est.objective_,
+        path,
     )
-    return c, str(path)
+    return c, str(path), fit
 
 
 # ------------------------------------------------------------------------------ monitor
@@ -159,8 +192,10 @@ def monitor_stage(
             "stage records it; re-run train-encoder"
         )
     reference = open_store(ref_path)
-    centers, centers_path = reference_centers(settings, version)
-    report = detect_drift(reference, batch, centers=centers, rank=settings.rank, policy=pol)
+    centers, centers_path, fit_rows = reference_centers(settings, version)
+    report = detect_drift(
+        reference, batch, centers=centers, rank=settings.rank, policy=pol, centers_fit_rows=fit_rows
+    )
     log.info("drift check of run %s against %s: %s", run_id, version, report.reasons[0])
     for r in report.reasons[1:]:
         log.info("  %s", r)
@@ -200,6 +235,74 @@ def monitor_stage(
     }
 
 
+# ------------------------------------------------------------------------------ gate
+#: neighbours of the labeled gate criterion (leave-one-out kNN accuracy, as in the report)
+GATE_KNN_K = 5
+#: fewest labeled held-out rows (of >= 2 classes) for the labeled criterion
+GATE_MIN_LABELED = 20
+
+
+def normalised_objective(z: np.ndarray, n_clusters: int, rank: float, seed: int) -> float:
+    """Label-free quality of an embedding ``z`` (m, d): SQ (K = ``n_clusters``, r = ``rank``)
+    fitted on a seeded half of the rows, its objective ``mean_i min_k ||z_i - c_k||^r`` on the
+    other half divided by ``mean_i ||z_i - mean||^r`` of that half (the spread, so that a mere
+    rescaling of the embedding changes nothing). 0 = every row on a center, 1 = no better than
+    one center at the mean. Lower is better."""
+    from sqflow import StochasticQuantization
+
+    from ..distances import nearest_distance
+
+    z = np.asarray(z, dtype=np.float64)
+    perm = np.random.default_rng([seed, 6]).permutation(len(z))
+    fit, test = z[perm[: len(z) // 2]], z[perm[len(z) // 2 :]]
+    k = max(1, min(n_clusters, len(fit)))
+    c = StochasticQuantization(k, rank=rank, random_state=seed).fit(fit).cluster_centers_
+    _, d = nearest_distance(test, np.asarray(c, dtype=np.float64))
+    spread = float(np.mean(np.linalg.norm(test - test.mean(0), axis=1) ** rank))
+    return float(np.mean(d**rank)) / spread if spread > 0 else 1.0
+
+
+def promotion_gate(
+    z_old: np.ndarray,
+    z_new: np.ndarray,
+    labels: np.ndarray,
+    *,
+    n_clusters: int,
+    rank: float,
+    seed: int,
+    min_gain: float = 0.0,
+) -> dict[str, Any]:
+    """Is the new encoder not worse than the old one on held-out rows (neither version trained
+    on them)? ``z_old``/``z_new``: (m, d_old)/(m, d_new) embeddings of the same rows;
+    ``labels`` (m,): -1 = unlabeled.
+
+    With >= ``GATE_MIN_LABELED`` labeled rows of >= 2 classes the criterion is the
+    leave-one-out kNN accuracy (k = ``GATE_KNN_K``) of the labeled rows (higher is better);
+    otherwise the label-free :func:`normalised_objective` (lower is better; the score compared
+    is ``1 - objective``). Promote when ``new score >= old score + min_gain``. Returns
+    ``criterion``, ``old``, ``new``, ``min_gain``, ``n_rows``, ``promote``."""
+    from sqflow.report.compute import knn_accuracy
+
+    y = np.asarray(labels, dtype=np.int64)
+    lab = np.flatnonzero(y >= 0)
+    if len(lab) >= GATE_MIN_LABELED and len(np.unique(y[lab])) >= 2:
+        crit, n = f"heldout_knn{GATE_KNN_K}_accuracy", len(lab)
+        old = knn_accuracy(np.asarray(z_old)[lab], y[lab], GATE_KNN_K)
+        new = knn_accuracy(np.asarray(z_new)[lab], y[lab], GATE_KNN_K)
+    else:
+        crit, n = "heldout_1_minus_normalised_sq_objective", len(y)
+        old = 1.0 - normalised_objective(z_old, n_clusters, rank, seed)
+        new = 1.0 - normalised_objective(z_new, n_clusters, rank, seed)
+    return {
+        "criterion": crit,
+        "old": old,
+        "new": new,
+        "min_gain": float(min_gain),
+        "n_rows": int(n),
+        "promote": bool(new >= old + min_gain),
+    }
+
+
 # ------------------------------------------------------------------------------ retrain
 class RetrainFailed(RuntimeError):
     """A retrain failed; the previous encoder version was kept (or put back) as current."""
@@ -214,6 +317,32 @@ def _append_lineage(lay: OutputLayout, rec: dict[str, Any]) -> None:
             lay.models_dir / rec["to_version"] / "lineage.json",
             json.dumps(rec, indent=2, sort_keys=True, default=str),
         )
+
+
+def retrain_outcome(settings: PipelineSettings, run_id: str) -> dict[str, Any]:
+    """The last retrain of run ``run_id`` as the lineage recorded it: ``outcome`` (promoted /
+    refused / failed; ``none`` when no retrain of this run is recorded), ``new_version`` (the
+    version trained, also when refused or failed; None if training did not get that far),
+    ``gate``, ``error``. Works the same after an in-process subflow and a deployment run."""
+    p = OutputLayout.of(settings).models_dir / "lineage.jsonl"
+    last = None
+    if p.exists():
+        for line in p.read_text().splitlines():
+            try:
+                r = json.loads(line)
+            except ValueError:
+                continue
+            if r.get("run_id") == run_id:
+                last = r
+    if last is None:
+        return {"outcome": "none", "new_version": None, "gate": None, "error": None}
+    outcome = last.get("outcome") or ("failed" if last.get("status") == "failed" else "promoted")
+    return {
+        "outcome": outcome,
+        "new_version": last.get("to_version"),
+        "gate": last.get("gate"),
+        "error": last.get("error"),
+    }
 
 
 def _reembed_run(
@@ -252,22 +381,78 @@ def _reembed_run(
     }
 
 
+def retrain_rows(
+    settings: PipelineSettings, run_id: str, old_version: str
+) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    """What a retrain after drift in ``run_id`` learns from and is judged on: (training rows,
+    reference rows, dataset). Training = the labeled rows the registry knows (role ``train``
+    of ``old_version``'s ``rows.parquet``, label >= 0) + tonight's batch (the run's manifest,
+    labeled or not; at most ``encoder_train_rows`` rows, seeded uniform). Reference = the old
+    version's reference rows minus every training row, so it holds no row of the batch and
+    no row either version trained on (the promotion gate's held-out set and the new
+    version's drift reference)."""
+    lay = OutputLayout.of(settings)
+    old_rows = version_rows(lay.models_dir, old_version)
+    rd = lay.run_dir(run_id)
+    meta = ManifestMeta.model_validate_json((rd / "manifest.json").read_text())
+    manifest = pd.read_parquet(rd / "manifest.parquet")
+    check_manifest(manifest)
+    if len(manifest) > settings.encoder_train_rows:
+        manifest = select(
+            manifest,
+            SampleSpec(mode="uniform", n=settings.encoder_train_rows, seed=settings.seed),
+        )
+    batch = version_rows_frame(manifest, "train", meta.source)
+    pool = old_rows[(old_rows["role"] == "train") & (old_rows["label"] >= 0)]
+    pool = pool[~pool["sample_id"].isin(set(batch["sample_id"]))]
+    train = pd.concat([pool, batch], ignore_index=True)[list(ROWS_COLUMNS)]
+    ref = old_rows[old_rows["role"] == "reference"]
+    ref = ref[~ref["sample_id"].isin(set(train["sample_id"]))].reset_index(drop=True)
+    if len(ref) < 2:
+        raise RuntimeError(
+            f"the reference rows of {old_version} minus tonight's batch leave {len(ref)} rows: "
+            "too few for a held-out comparison and a new reference set"
+        )
+    return train, ref, meta.dataset
+
+
+def _embeddings_by_id(store: Any, sample_ids: pd.Series) -> np.ndarray:
+    """Rows of ``store`` for ``sample_ids`` (in that order); KeyError naming a missing id."""
+    ids = [str(v) for v in store.read_sample_ids().tolist()]
+    pos = {s: i for i, s in enumerate(ids)}
+    missing = [s for s in sample_ids if str(s) not in pos]
+    if missing:
+        raise KeyError(f"{len(missing)} sample ids not in {store.location}, e.g. {missing[:3]}")
+    return store.read_embeddings()[[pos[str(s)] for s in sample_ids]]
+
+
 def retrain_stage(
     settings: PipelineSettings,
     run_id: str,
     reason: str,
     policy: DriftPolicy | dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Retrain after drift: a new encoder version on the labeled items of the configured source
-    (the pipeline's ``train_encoder_stage``: registers the version and embeds its reference
-    set), SQ centers on the new reference, the run's batch re-embedded with the new version, and
-    the lineage (old -> new, reason) recorded.
+    """Retrain after drift in ``run_id``, then promote the new version only if it is not worse.
 
-    If any step fails, ``models/CURRENT`` is put back to the old version, a half-made new
-    version is marked ``FAILED.json``, the lineage records the failure, and
-    :class:`RetrainFailed` is raised (its message says which version stays current).
-    Returns ``old_version``, ``new_version``, ``reference_store``, ``centers``, ``batch_store``,
-    ``after`` (the batch against the new reference: status and flagged statistics), ``seconds``.
+    1. Training rows and reference rows: :func:`retrain_rows` (the registry's labeled pool +
+       tonight's batch; the old reference minus those rows).
+    2. A new version is trained (mode from the labels), registered NOT current, with its rows
+       and its reference set embedded.
+    3. Gate (:func:`promotion_gate`) on the reference rows, which neither version trained on:
+       held-out labeled kNN accuracy, or with too few labels the normalised SQ objective;
+       ``settings.retrain_min_gain`` is the margin.
+    4. Promoted: ``models/CURRENT`` -> new, centers of the new reference, the run's batch
+       re-embedded (the old store kept), and the batch checked against the new reference
+       (informational; the reference holds no row of the batch). Refused: the new version
+       stays in the registry marked ``REFUSED.json``, the old one stays current, the batch
+       keeps its embeddings.
+
+    Every outcome is one line in ``models/lineage.jsonl`` (``outcome`` promoted / refused /
+    failed, ``gate``), readable with :func:`retrain_outcome`. If any step fails,
+    ``models/CURRENT`` is put back to the old version, a half-made new version is marked
+    ``FAILED.json``, and :class:`RetrainFailed` is raised (its message says which version
+    stays current). Returns ``outcome``, ``old_version``, ``new_version``, ``current_version``,
+    ``gate``, ``reference_store``, ``centers``, ``batch_store``, ``after``, ``seconds``.
     """
     from sqflow.drift import detect_drift
     from sqflow.store import open_store
@@ -282,14 +467,52 @@ def retrain_stage(
         "reason": reason,
         "started_at": datetime.now(UTC).isoformat(),
     }
+    centers_path = batch = None
     try:
-        train = train_encoder_stage(settings)
-        new = train["version"]
-        rec.update(
-            to_version=new, n_train=train["n_train"], reference_store=train["reference_store"]
+        if old is None:
+            raise FileNotFoundError(f"no current encoder in {str(lay.models_dir)!r} to retrain")
+        train_rows, ref_rows, dataset = retrain_rows(settings, run_id, old)
+        fit = fit_register_and_reference(
+            settings,
+            train_rows,
+            ref_rows,
+            {"dataset": dataset, "retrained_from": old, "retrain_run_id": run_id},
+            make_current=False,
         )
-        centers, centers_path = reference_centers(settings, new)
-        batch = _reembed_run(settings, lay, run_id, new, old)
+        new = fit["version"]
+        rec.update(
+            to_version=new,
+            n_train=fit["n_train"],
+            n_labeled=fit["n_labeled"],
+            mode=fit["mode"],
+            reference_store=fit["reference_store"],
+        )
+        z_old = _embeddings_by_id(open_store(lay.reference_store(old)), ref_rows["sample_id"])
+        z_new = _embeddings_by_id(open_store(lay.reference_store(new)), ref_rows["sample_id"])
+        gate = promotion_gate(
+            z_old,
+            z_new,
+            ref_rows["label"].to_numpy(np.int64),
+            n_clusters=settings.n_clusters,
+            rank=settings.rank,
+            seed=settings.seed,
+            min_gain=settings.retrain_min_gain,
+        )
+        rec["gate"] = gate
+        log.info(
+            "retrain gate (%s on %d held-out rows): %s %.4f, %s %.4f -> %s",
+            gate["criterion"],
+            gate["n_rows"],
+            old,
+            gate["old"],
+            new,
+            gate["new"],
+            "promote" if gate["promote"] else "refuse",
+        )
+        if gate["promote"]:
+            set_current(lay.models_dir, new)
+            _, centers_path, _ = reference_centers(settings, new)
+            batch = _reembed_run(settings, lay, run_id, new, old)
     except BaseException as exc:
         msg = f"{type(exc).__name__}: {exc}"
         now_current = None
@@ -318,6 +541,7 @@ def retrain_stage(
                 {
                     **rec,
                     "status": "failed",
+                    "outcome": "failed",
                     "error": msg,
                     "current_after": now_current,
                     "finished_at": datetime.now(UTC).isoformat(),
@@ -333,42 +557,66 @@ def retrain_stage(
             f"retrain failed ({msg}); encoder {now_current!r} stays current"
             + (f"; version {new!r} marked FAILED" if new else "")
         ) from exc
-    after: dict[str, Any]
-    try:  # informational: how the re-embedded batch looks against the new reference
-        rep = detect_drift(
-            open_store(lay.reference_store(new)),
-            open_store(batch["store"]),
-            centers=centers,
-            rank=settings.rank,
-            policy=_policy(policy, settings),
+    after: dict[str, Any] = {"status": "not computed", "reason": "refused: batch not re-embedded"}
+    if batch is not None:
+        try:  # informational: the re-embedded batch against the new reference (batch-free)
+            c, _, fit_rows = reference_centers(settings, new)
+            rep = detect_drift(
+                open_store(lay.reference_store(new)),
+                open_store(batch["store"]),
+                centers=c,
+                rank=settings.rank,
+                policy=_policy(policy, settings),
+                centers_fit_rows=fit_rows,
+            )
+            after = {
+                "status": rep.status,
+                "flagged": rep.flagged,
+                "reasons": rep.reasons,
+                "statistics": rep.rows(),
+            }
+        except Exception as exc:  # noqa: BLE001 - never undoes a finished retrain
+            after = {"status": "not computed", "error": f"{type(exc).__name__}: {exc}"}
+    else:
+        atomic_write_text(
+            lay.models_dir / new / "REFUSED.json",
+            json.dumps(
+                {"version": new, "run_id": run_id, "gate": gate, "current": old},
+                indent=2,
+                default=str,
+            ),
         )
-        after = {"status": rep.status, "flagged": rep.flagged, "reasons": rep.reasons}
-    except Exception as exc:  # noqa: BLE001 - never undoes a finished retrain
-        after = {"status": "not computed", "error": f"{type(exc).__name__}: {exc}"}
+    outcome = "promoted" if gate["promote"] else "refused"
     rec.update(
         status="completed",
+        outcome=outcome,
+        current_after=current_version(lay.models_dir),
         centers=centers_path,
-        batch_store=batch["store"],
-        previous_batch_store=batch["previous_store"],
+        batch_store=batch["store"] if batch else None,
+        previous_batch_store=batch["previous_store"] if batch else None,
         after=after,
         finished_at=datetime.now(UTC).isoformat(),
     )
     _append_lineage(lay, rec)
     log.info(
-        "retrained: encoder %s -> %s (%s); batch re-embedded; against the new reference: %s",
+        "retrain %s: encoder %s -> %s (%s); current: %s",
+        outcome.upper(),
         old,
         new,
         reason,
-        after.get("status"),
+        rec["current_after"],
     )
     return {
+        "outcome": outcome,
         "old_version": old,
         "new_version": new,
+        "current_version": rec["current_after"],
         "reason": reason,
-        "reference_store": train["reference_store"],
+        "gate": gate,
+        "reference_store": fit["reference_store"],
         "centers": centers_path,
-        "batch_store": batch["store"],
-        "previous_batch_store": batch["previous_store"],
+        "batch_store": rec["batch_store"],
+        "previous_batch_store": rec["previous_batch_store"],
         "after": after,
         "seconds": time.perf_counter() - t0,
     }

@@ -70,6 +70,8 @@ def publish_stage(
                     "objective": float(record.cluster["objective"]),
                     "drift_detected": None,
                     "monitor_ran": False,
+                    "retrain_outcome": record.retrain_outcome,
+                    "new_encoder_version": record.new_encoder_version,
                     "config": json.dumps(settings.flow_parameters(), sort_keys=True, default=str),
                 }
             ]

@@ -17,9 +17,11 @@ counts, quarantine reasons, objective, passes, timings), ``manifest.parquet`` / 
 assignments ``<run_id>`` inside, ``centers.npy``, ``drift_report.json`` when the monitor ran,
 and the ``report/cluster_report.parquet`` of earlier runs (trends, previous values).
 
-The labeled hold-out (embedding quality) is the labeled rows of the run whose split is not
-``train`` (the encoder trains on the ``train`` split); when the run has none, all labeled rows
-are used and the page says that they may include encoder training items.
+The labeled hold-out (embedding quality) is the labeled rows of the run whose sample ids are
+not among the rows the run's encoder version trained or validated on (its ``rows.parquet``,
+:func:`heldout_rows`); when there are none (or no labels, or a version without recorded rows)
+the page says why and shows no figure. The sample ids used are written to
+``report/heldout.parquet``.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from data_contracts.run_record import RunRecord
 from data_contracts.settings import PipelineSettings
 from data_contracts.tables import CLUSTER_REPORT, validate_frame
 
+from ..atomic_files import atomic_write_parquet
 from ..layout import OutputLayout
 
 __all__ = [
@@ -51,6 +54,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: sample ids of the items the embedding-quality figures were measured on (in the report folder)
+HELDOUT_FILE = "heldout.parquet"
 
 #: runs kept in the size trend (this run included)
 TREND_RUNS = 7
@@ -144,6 +150,38 @@ def _drift(rd: Path, rec: RunRecord) -> tuple[dict[str, Any] | None, str | None]
     )
 
 
+def heldout_rows(
+    lay: OutputLayout, encoder_version: str, sample_ids: np.ndarray, labels: np.ndarray
+) -> tuple[np.ndarray | None, str | None]:
+    """Rows of a run (``sample_ids``/``labels``, label -1 = none) that may judge the embedding
+    of ``encoder_version``: labeled, and not among the rows the version was trained or
+    validated on (``rows.parquet``, role ``train``; checked on sample ids). Returns (row
+    indices, None) when at least 2 such rows exist, else (None, the reason shown instead of
+    the figures)."""
+    from sqflow.layout import version_rows
+
+    lab_rows = np.flatnonzero(labels >= 0)
+    if len(lab_rows) == 0:
+        return None, "no labels in this run, so no embedding-quality figure can be measured"
+    try:
+        vr = version_rows(lay.models_dir, encoder_version)
+    except FileNotFoundError:
+        return None, (
+            f"encoder {encoder_version} was registered before sqflow recorded the rows it "
+            "trained on, so no labeled item can be shown to be held out; no figure"
+        )
+    trained = set(vr.loc[vr["role"] == "train", "sample_id"].astype(str))
+    held = lab_rows[~np.isin(sample_ids[lab_rows].astype(str), list(trained))]
+    if set(sample_ids[held].astype(str)) & trained:  # the promise of the page, enforced
+        raise RuntimeError("held-out rows overlap the encoder's training rows")
+    if len(held) < 2:
+        return None, (
+            f"all but {len(held)} of this run's {len(lab_rows)} labeled items were used to "
+            f"train or validate encoder {encoder_version}, so there is no held-out set; no figure"
+        )
+    return held, None
+
+
 def build_report_for_run(
     output_dir: str | os.PathLike[str],
     run_id: str,
@@ -222,29 +260,24 @@ def _build(
     def thumbnails(sample_ids: Sequence[str]) -> np.ndarray:
         return source.load([refs[row_of[s]] for s in sample_ids])
 
-    # labeled hold-out: labeled rows outside the encoder's training split
-    split = np.array(manifest["split"].astype(str).tolist(), dtype=object)
-    lab_rows = np.flatnonzero(labels >= 0)
-    held = lab_rows[split[lab_rows] != "train"]
-    caveat = None
-    if len(held) == 0 and len(lab_rows):
-        held = lab_rows
-        caveat = (
-            "this run has no labeled items outside the encoder's training split, so the "
-            "quality was measured on its labeled items, which may include items the "
-            "encoder was trained on (figures may look better than they are)"
-        )
+    held, heldout_note = heldout_rows(lay, store.encoder_version, ids, labels)
     heldout = None
-    if len(held) >= 2:
-        if len(held) > max_heldout:
-            held = np.sort(np.random.default_rng(0).choice(held, max_heldout, replace=False))
+    if held is not None and len(held) > max_heldout:
+        held = np.sort(np.random.default_rng(0).choice(held, max_heldout, replace=False))
+    if held is not None:
         heldout = HeldOut(
             embeddings=store.embedding.oindex[held],
             labels=labels[held],
             inputs=source.load(list(refs[held])),
             cluster_ids=cid[held],
-            note=caveat,
         )
+    out_dir = report_dir(lay, run_id)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # the audit trail of the quality figures: which items they were measured on
+    atomic_write_parquet(
+        pd.DataFrame({"sample_id": [] if held is None else ids[held].astype(str).tolist()}),
+        out_dir / HELDOUT_FILE,
+    )
     cl = rec.cluster or {}
     curve = cl.get("loss_curve")
     curve_label = "block of samples"
@@ -282,6 +315,7 @@ def _build(
         thumbnails=thumbnails if images else None,
         item_kind="timeseries" if meta.source.kind == "timeseries" else "image",
         heldout=heldout,
+        heldout_note=heldout_note,
         previous=_previous_runs(lay, run_id, rec.started_at, health.encoder_version, len(centers)),
         health=health,
         max_heldout=max_heldout,

@@ -235,6 +235,7 @@ def compute_report(
     sample_ids: Sequence[str] | np.ndarray,
     labels: Any | None = None,
     heldout: HeldOut | None = None,
+    heldout_note: str | None = None,
     previous: Sequence[PreviousRun] = (),
     health: RunHealth | None = None,
     n_nearest: int = 16,
@@ -259,6 +260,7 @@ def compute_report(
     sample_ids : (n,) item ids (shown under the thumbnails, kept in the BI table).
     labels : (n,) known labels, -1 for unlabeled; None when nothing is labeled.
     heldout : labeled items held out from encoder training (embedding quality); None to skip.
+    heldout_note : with ``heldout=None``, why there is no hold-out (shown instead of figures).
     previous : earlier runs, oldest first (trends, "previous value" beside each figure).
     health : run health (drift, quarantine, objective, convergence, timings).
     n_nearest, n_farthest : members shown per cluster (nearest to / farthest from the center).
@@ -346,7 +348,15 @@ def compute_report(
         centers, clusters, label_mix, labeled, closeness_limit, overlap_limit, max_pairs
     )
     quality = _quality(
-        heldout, centers, clusters, previous, knn_k, trust_k, max_heldout, random_state
+        heldout,
+        centers,
+        clusters,
+        previous,
+        knn_k,
+        trust_k,
+        max_heldout,
+        random_state,
+        heldout_note,
     )
 
     rng = np.random.default_rng(random_state)
@@ -443,6 +453,7 @@ def _quality(
     trust_k: int,
     max_heldout: int,
     random_state: int,
+    heldout_note: str | None = None,
 ) -> Quality:
     q = Quality(knn_k=knn_k, trust_k=trust_k)
     if previous:
@@ -450,7 +461,9 @@ def _quality(
         q.previous_run_id = last.run_id
         q.previous = {key: getattr(last, key) for key in QUALITY_KEYS}
     if heldout is None:
-        q.note = "no labeled hold-out was given, so the embedding quality was not measured"
+        q.note = heldout_note or (
+            "no labeled hold-out was given, so the embedding quality was not measured"
+        )
         return q
     q.note = heldout.note
     z = np.asarray(heldout.embeddings, dtype=np.float64)

@@ -1,0 +1,184 @@
+"""Issue 13 on real runs: the nightly flow on sources without labels (an MNIST image folder, a
+Parquet of numeric features) and half labeled, through to DuckDB under the Prefect test harness,
+with honest figures (report hold-out and reference set disjoint from the encoder's training
+rows, checked on sample ids). Tiny encoders (1 epoch, a few hundred rows) keep each test short.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from sqflow.layout import current_version, version_rows
+
+N_ITEMS = 600
+
+
+def _config(out, source, **kw):
+    return {
+        "output_dir": str(out),
+        "source": source,
+        "train_if_missing": True,
+        "encoder_epochs": 1,
+        "encoder_train_rows": 300,
+        "encoder_batch_size": 100,
+        "reference_rows": 200,
+        "n_clusters": 5,
+        "max_iter": 3,
+        "store_chunk_rows": 256,
+        "device": "cpu",
+        **kw,
+    }
+
+
+@pytest.fixture(scope="module")
+def mnist_test():
+    from sqflow.datasets import load_mnist
+
+    x, y = load_mnist("test")
+    return x[:N_ITEMS], y[:N_ITEMS].astype(np.int64)
+
+
+def _png_folder(root: Path, images: np.ndarray) -> Path:
+    root.mkdir(parents=True)
+    for i, img in enumerate(images):
+        Image.fromarray(img).save(root / f"img{i:04d}.png")
+    return root
+
+
+def _duck(out, sql):
+    con = duckdb.connect(str(Path(out) / "sqflow.duckdb"), read_only=True)
+    try:
+        return con.execute(sql).fetchdf()
+    finally:
+        con.close()
+
+
+def _check_version_rows(models: Path, version: str) -> pd.DataFrame:
+    rows = version_rows(models, version)
+    train = set(rows.loc[rows["role"] == "train", "sample_id"])
+    ref = set(rows.loc[rows["role"] == "reference", "sample_id"])
+    assert train and ref and not train & ref  # the reference is never trained on
+    from sqflow.store import open_store
+
+    stored = {
+        str(s)
+        for s in open_store(models / "reference" / version / "embeddings.zarr")
+        .read_sample_ids()
+        .tolist()
+    }
+    assert stored == ref  # the embedded reference set is exactly the recorded one
+    return rows
+
+
+def _assert_label_free_outputs(out: Path, rec: dict) -> None:
+    run_id = rec["run_id"]
+    models = out / "models"
+    version = current_version(models)
+    meta = json.loads((models / version / "model.json").read_text())
+    assert meta["mode"] == "label-free" and meta["n_labeled"] == 0
+    assert meta["selfsup"]["objective"] == "nt-xent"
+    _check_version_rows(models, version)
+    # no label anywhere: null, never a stand-in number
+    centers = _duck(out, f"SELECT * FROM cluster_centers WHERE run_id = '{run_id}'")
+    assert len(centers) == 5
+    assert centers["majority_label"].isna().all() and centers["label_purity"].isna().all()
+    report = _duck(out, f"SELECT * FROM cluster_report WHERE run_id = '{run_id}'")
+    assert report["purity"].isna().all() and report["knn_accuracy"].isna().all()
+    runs = _duck(out, f"SELECT * FROM runs WHERE run_id = '{run_id}'")
+    assert runs["retrain_outcome"].tolist() == ["none"]
+    assert runs["new_encoder_version"].isna().all()
+    saved = json.loads((out / "runs" / run_id / "run.json").read_text())
+    assert saved["retrain_outcome"] == "none"
+    assert saved["report"]["quality"]["knn_accuracy"] is None
+    html = Path(rec["report"]["html"]).read_text()
+    assert "No labels in this run" in html
+    assert "no labels in this run, so no embedding-quality figure" in html
+    held = pd.read_parquet(Path(rec["report"]["html"]).parent / "heldout.parquet")
+    assert len(held) == 0
+
+
+def test_label_free_nightly_on_an_image_folder(prefect_harness, mnist_test, tmp_path):
+    from flows.nightly import nightly
+
+    src = {"kind": "image_folder", "path": str(_png_folder(tmp_path / "imgs", mnist_test[0]))}
+    out = tmp_path / "out"
+    rec = nightly(config=_config(out, src))
+    assert rec["status"] == "completed", rec.get("error")
+    assert rec["train"]["mode"] == "label-free"
+    assert rec["sample"]["n_selected"] == N_ITEMS
+    _assert_label_free_outputs(out, rec)
+
+
+def test_label_free_nightly_on_parquet_features(prefect_harness, mnist_test, tmp_path):
+    """A Parquet of numeric features without a label column: 7 x 7 mean-pooled MNIST pixels."""
+    from flows.nightly import nightly
+
+    x = mnist_test[0].reshape(N_ITEMS, 7, 4, 7, 4).mean(axis=(2, 4)).reshape(N_ITEMS, 49)
+    df = pd.DataFrame(x.astype(np.float32), columns=[f"f{j:02d}" for j in range(49)])
+    df.insert(0, "sample_id", [f"row{i:04d}" for i in range(N_ITEMS)])
+    df.to_parquet(tmp_path / "features.parquet", index=False)
+    out = tmp_path / "out"
+    rec = nightly(
+        config=_config(out, {"kind": "parquet", "path": str(tmp_path / "features.parquet")})
+    )
+    assert rec["status"] == "completed", rec.get("error")
+    assert rec["train"]["mode"] == "label-free"
+    _assert_label_free_outputs(out, rec)
+
+
+def test_half_labeled_nightly_reports_on_held_out_rows_only(prefect_harness, mnist_test, tmp_path):
+    """Half of the images carry a label. The encoder learns from labeled and unlabeled rows
+    (semi-supervised); the report's figures use labeled items the encoder neither trained nor
+    validated on, and the reference set is disjoint from the training rows."""
+    from flows.nightly import nightly
+
+    images, labels = mnist_test
+    root = _png_folder(tmp_path / "imgs", images)
+    lines = ["sample_id,label"] + [f"img{i:04d},{labels[i]}" for i in range(0, N_ITEMS, 2)]
+    (tmp_path / "labels.csv").write_text("\n".join(lines) + "\n")
+    src = {"kind": "image_folder", "path": str(root), "labels_path": str(tmp_path / "labels.csv")}
+    out = tmp_path / "out"
+    rec = nightly(config=_config(out, src))
+    assert rec["status"] == "completed", rec.get("error")
+    models = out / "models"
+    version = current_version(models)
+    meta = json.loads((models / version / "model.json").read_text())
+    assert meta["mode"] == "semi-supervised" and 0 < meta["n_labeled"] < meta["n_train"]
+    rows = _check_version_rows(models, version)
+    trained = set(rows.loc[rows["role"] == "train", "sample_id"])
+    held = set(pd.read_parquet(Path(rec["report"]["html"]).parent / "heldout.parquet")["sample_id"])
+    labeled_ids = {f"img{i:04d}" for i in range(0, N_ITEMS, 2)}
+    # the hold-out: every labeled item of the run that the encoder did not train on, no other
+    assert held == labeled_ids - trained and len(held) >= 50
+    assert not held & trained
+    q = rec["report"]["quality"]
+    assert q["n_heldout"] == len(held) and 0.0 <= q["knn_accuracy"] <= 1.0
+    # with labels, purity is a number; the runs table says no retrain happened
+    centers = _duck(out, f"SELECT * FROM cluster_centers WHERE run_id = '{rec['run_id']}'")
+    assert centers["label_purity"].notna().any()
+    html = Path(rec["report"]["html"]).read_text()
+    assert "No labels in this run" not in html
+    assert "never saw in training or validation" in html
+
+
+def test_sqflow_demo_without_labels(prefect_harness, tmp_path, capsys):
+    """``sqflow demo --no-labels``: the built-in MNIST with every label dropped, end to end."""
+    from flows.cli import main
+
+    out = tmp_path / "demo"
+    argv = ["demo", "--no-labels", "--output", str(out), "--sample-n", "600", "--epochs", "1"]
+    assert main([*argv, "--train-rows", "300", "--n-clusters", "5"]) == 0
+    text = capsys.readouterr().out
+    assert "every label dropped" in text and "(0 labeled)" in text
+    assert "no labels in this run: no majority label, purity or accuracy" in text
+    meta = json.loads((out / "models" / "triplet-v0001" / "model.json").read_text())
+    assert meta["mode"] == "label-free" and meta["n_train"] == 300
+    assert meta["n_reference"] == 10000  # reference drawn first, disjoint from training
+    _check_version_rows(out / "models", "triplet-v0001")
