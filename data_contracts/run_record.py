@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 #: version of the run.json layout this code writes; files without one are version 0
 RUN_RECORD_VERSION = 1
 
-RunStatus = Literal["running", "completed", "failed"]
+RunStatus = Literal["running", "completed", "failed", "crashed"]
 
 #: stage fields of the record and the name each one's seconds get in ``timings``
 STAGE_TIMING_NAMES: dict[str, str] = {
