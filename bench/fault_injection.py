@@ -77,8 +77,11 @@ BI_TABLES = (
 class Workspace:
     """A tiny npy source, a trained tiny encoder, one output folder, one Prefect database."""
 
-    def __init__(self, root: Path, postgres_url: str | None = None) -> None:
+    def __init__(
+        self, root: Path, postgres_url: str | None = None, api_url: str | None = None
+    ) -> None:
         self.root = root
+        self.api_url = api_url  # a running Prefect server (None: each run starts its own)
         self.out = root / "out"
         self.models = root / "models"
         self.prefect_home = root / "prefect"
@@ -134,6 +137,9 @@ class Workspace:
             "SQFLOW_FAULT_TAG": self.tag,  # inherited by every process the run starts
             "PYTHONPATH": str(ROOT),
         }
+        env.pop("PREFECT_API_URL", None)
+        if self.api_url:
+            env["PREFECT_API_URL"] = self.api_url
         env.pop("SQFLOW_KILL_AT", None)
         env.pop("SQFLOW_POSTGRES_URL", None)
         if kill_at:
@@ -238,12 +244,14 @@ class Workspace:
             rows["postgres"] = pg
         return rows
 
-    def orphan_rows(self) -> dict[str, int]:
+    def orphan_rows(self, exclude: tuple[str, ...] = ()) -> dict[str, int]:
         """Rows in each sink that no committed run owns: rows of a run without a ``runs`` row
-        in that sink, plus every row of a run whose run.json is not completed."""
+        in that sink, plus every row of a run whose run.json is not completed (runs in
+        ``exclude``, e.g. one just killed and not yet cleaned up, are left out)."""
         import duckdb
 
         done = {r for r in self.run_ids() if self.run_record(r).get("status") == "completed"}
+        done |= set(exclude)
         out = {}
         pub = self.out / "published"
         marker = {p.stem for p in pub.glob("runs/run_date=*/*.parquet")}
@@ -296,9 +304,15 @@ class Workspace:
         return sorted(found)
 
     def prefect_state(self, flow_run_id: str | None) -> str | None:
-        """State of a flow run read from the Prefect database (SQLite under PREFECT_HOME)."""
+        """State of a flow run: from the server at ``api_url``, else read from the Prefect
+        database the runs' ephemeral servers share (SQLite under PREFECT_HOME)."""
         if not flow_run_id:
             return None
+        if self.api_url:  # ask the server
+            from prefect.client.orchestration import get_client
+
+            with get_client(sync_client=True) as client:
+                return client.read_flow_run(flow_run_id).state.name
         db = self.prefect_home / "prefect.db"
         if not db.exists():
             return None
@@ -461,6 +475,12 @@ def main() -> int:
     ap.add_argument("--points", default=",".join(KILL_POINTS))
     ap.add_argument("--no-postgres", action="store_true")
     ap.add_argument("--work", default=None, help="work folder (default: a temporary one)")
+    ap.add_argument(
+        "--report-only",
+        action="store_true",
+        help="no new runs: report the kill points already measured in --work (partial.json), "
+        "run the store-damage cases and write the results",
+    )
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     from bench._report import machine, print_table, write_results
@@ -469,7 +489,7 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     pg = None
     url = None
-    if not args.no_postgres:
+    if not args.no_postgres and not args.report_only:
         from tests._pg_server import PgServer, pg_bindir
 
         if pg_bindir():
@@ -479,11 +499,18 @@ def main() -> int:
     t0 = time.perf_counter()
     try:
         ws = Workspace(work, url)
-        ws.prepare()
-        first = ws.run_nightly(None)  # a completed run before the matrix: it must stay whole
-        assert first["rc"] == 0, first["log_tail"]
-        rows = []
-        for point in args.points.split(","):
+        if args.report_only:
+            rows = json.loads((work / "partial.json").read_text())
+            first = json.loads((work / "first.json").read_text())
+            todo = []
+        else:
+            ws.prepare()
+            first = ws.run_nightly(None)  # a completed run before the matrix: must stay whole
+            assert first["rc"] == 0, first["log_tail"]
+            (work / "first.json").write_text(json.dumps(first))
+            rows = []
+            todo = args.points.split(",")
+        for point in todo:
             row = kill_and_recover(ws, point)
             row["ok"] = row_ok(row)
             rows.append(row)
@@ -519,9 +546,11 @@ def main() -> int:
     md = ["## Kill matrix", "", print_table(table_rows, cols), ""]
     dcols = ["damage", "target", "read_error", "verify_status", "detected"]
     md += ["## Store damage", "", print_table(damage, dcols), ""]
+    measured = [r["point"] for r in rows]
     payload = {
         "machine": machine(),
-        "postgres": bool(url),
+        "postgres": any("postgres" in r["rows_after_kill"] for r in rows),
+        "kill_points_not_measured": [p for p in KILL_POINTS if p not in measured],
         "seconds": round(time.perf_counter() - t0, 1),
         "first_run_still_whole": first_whole,
         "kill_matrix": rows,

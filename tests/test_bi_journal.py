@@ -193,8 +193,20 @@ def test_identifiers_that_become_paths_are_checked(tmp_path):
 
     with pytest.raises(UnsafeIdentifier, match="run_id"):
         staged_table_path(OutputLayout.at(tmp_path), "../../etc", "drift_reports")
+    with pytest.raises(UnsafeIdentifier, match="run_id '../x'"):  # every stage writes under it
+        OutputLayout.at(tmp_path).run_dir("../x")
+    import numpy as np
+
+    from data_contracts.settings import PipelineSettings
+    from sqflow.pipeline.sample import sample_stage
+
+    np.save(tmp_path / "x.npy", np.zeros((4, 2, 2), dtype=np.float32))
+    src = {"kind": "npy", "path": str(tmp_path / "x.npy")}
+    with pytest.raises(UnsafeIdentifier, match="run_id"):
+        sample_stage(PipelineSettings(output_dir=tmp_path / "o", source=src), "../../x")
+    assert not (tmp_path / "o").exists() and not (tmp_path.parent / "x").exists()
     assert check_identifier("20261124T020000Z-aaaaaaaa", "run_id") == "20261124T020000Z-aaaaaaaa"
-    assert not any(tmp_path.iterdir())
+    assert [p.name for p in tmp_path.iterdir()] == ["x.npy"]
 
 
 def test_parquet_runs_file_is_written_last(tmp_path, monkeypatch):
