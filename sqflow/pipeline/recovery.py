@@ -5,9 +5,9 @@ of this output folder is alive).
 1. A publish that died half-way (a journal left in ``published/_sqflow_journal``) is finished
    when the run's record says completed, else rolled back from every sink
    (:func:`sqflow.bi.journal.recover`).
-2. A run folder whose ``run.json`` still says ``running`` (written at the start of every run),
-   or that has no ``run.json`` at all, is recorded as ``crashed`` with what is known (the
-   stages it recorded, when it was found); its Prefect flow run is the flow layer's business
+2. A run folder whose ``run.json`` still says ``running`` (written at the start of every
+   nightly, before any stage) is recorded as ``crashed`` with what is known (the stages it
+   recorded, when it was found); its Prefect flow run is the flow layer's business
    (:mod:`flows.nightly` marks it Crashed from the ``flow_run_id`` returned here).
 3. Parquet files of a run that has no ``runs`` file (the commit marker) are removed: rows no
    committed run owns (e.g. written by older versions that let stages write into
@@ -25,13 +25,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from data_contracts.run_record import RunRecord, RunRecordError
+from data_contracts.run_record import STAGE_TIMING_NAMES, RunRecord, RunRecordError
 from data_contracts.settings import PipelineSettings
 
 from ..atomic_files import atomic_write_text
 from ..bi import journal
 from ..bi.parquet import MARKER_TABLE, committed_run_ids
-from ..identifiers import SAFE_IDENTIFIER
 from ..layout import OutputLayout
 from .publish import journal_dir
 
@@ -41,7 +40,6 @@ __all__ = ["recover_output", "stray_temp_files"]
 
 #: names the atomic-write protocol gives its temporary files (sqflow.atomic_files)
 _TEMP = re.compile(r"^\..+\.(\d+)\.tmp(\.wal)?$")
-_RUN_ID_TIME = re.compile(r"^(\d{8}T\d{6}Z)-")
 
 
 def _alive(pid: int) -> bool:
@@ -80,24 +78,15 @@ def _crash_record(lay: OutputLayout, run_dir: Path) -> RunRecord | None:
             return None
         if rec.status != "running":
             return None
-        done = [s for s in ("sample", "train", "embed", "monitor", "cluster") if getattr(rec, s)]
+        done = [s for s in STAGE_TIMING_NAMES if getattr(rec, s)]
         rec.error = (
             "the run's process died before the run finished (killed or crashed); stages it "
             f"recorded: {', '.join(done) or 'none'}; found by the next run at {now}"
         )
     else:
-        m = _RUN_ID_TIME.match(run_dir.name)
-        if not m or not SAFE_IDENTIFIER.match(run_dir.name):
-            return None  # not a run folder of ours
-        started = datetime.strptime(m.group(1), "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
-        rec = RunRecord(
-            run_id=run_dir.name,
-            started_at=started.isoformat(),
-            error=(
-                "the run's process died before it wrote its run record (killed or crashed); "
-                f"found by the next run at {now}"
-            ),
-        )
+        # no record: not a nightly (those write run.json before any stage), e.g. a folder of
+        # the stand-alone sample/embed flows, which may still be continued: left alone
+        return None
     rec.status = "crashed"
     rec.finished_at = rec.finished_at or now
     rec.outputs = {"run folder": str(run_dir), **rec.outputs}
