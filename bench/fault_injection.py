@@ -156,21 +156,25 @@ class Workspace:
         )
         before = set(self.run_ids())
         t0 = time.perf_counter()
-        p = subprocess.run(
-            [sys.executable, "-c", code, json.dumps(self.config())],
-            env=self.env(kill_at),
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
+        # the log goes to a file, not a pipe: an orphan child holding a pipe open would block
+        # the wait for end-of-file (and hide the orphan from the measurement)
+        log_path = self.root / "nightly.log"
+        with open(log_path, "wb") as log:
+            p = subprocess.Popen(
+                [sys.executable, "-c", code, json.dumps(self.config())],
+                env=self.env(kill_at),
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+            rc = p.wait(timeout=timeout)
         new = sorted(set(self.run_ids()) - before)
         return {
-            "rc": p.returncode,
-            "killed": p.returncode == -signal.SIGKILL,
+            "rc": rc,
+            "killed": rc == -signal.SIGKILL,
             "seconds": round(time.perf_counter() - t0, 1),
             "run_id": new[-1] if new else None,
-            "log_tail": (p.stdout + p.stderr)[-3000:],
+            "log_tail": log_path.read_text(errors="replace")[-3000:],
         }
 
     # -------------------------------------------------------------------------- observing

@@ -11,7 +11,9 @@ runs (same pid AND same start time: never a recycled pid), waits up to 5 s, send
 rest and exits. When the guarded process exits normally its children are already gone and the
 watcher just exits. Linux only (``/proc``); elsewhere :func:`start_process_guard` does nothing.
 
-A child started less than ``poll_s`` before the guarded process died is not yet recorded (the
+The guarded process hands over the children it has when it starts the guard (written into the
+pipe, so nothing is lost if it dies a moment later); later children are found by polling. A
+child started less than ``poll_s`` before the guarded process died is not yet recorded (the
 only gap).
 """
 
@@ -63,32 +65,47 @@ def descendants(pid: int) -> dict[int, int]:
 
 
 def start_process_guard(poll_s: float = 1.0) -> int | None:
-    """Start the watcher of this process (once; later calls return the same pid). Returns the
-    watcher's pid, or None where ``/proc`` does not exist."""
+    """Start the watcher of this process (once; later calls only hand it the current children).
+    Returns the watcher's pid, or None where ``/proc`` does not exist.
+
+    The descendants this process has now (e.g. the ephemeral Prefect server started before the
+    flow body runs) are written into the pipe before this returns, so they are ended even if
+    this process is killed before the watcher has polled once."""
     global _guard
-    if _guard is not None and _guard.poll() is None:
-        return _guard.pid
     if not Path("/proc/self/stat").exists():
         return None
-    _guard = subprocess.Popen(
-        [sys.executable, "-m", "sqflow.process_guard", str(os.getpid()), str(poll_s)],
-        stdin=subprocess.PIPE,  # our end stays open until this process is gone
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,  # a signal to our process group does not reach the watcher
-        close_fds=True,
-    )
+    if _guard is None or _guard.poll() is not None:
+        _guard = subprocess.Popen(
+            [sys.executable, "-m", "sqflow.process_guard", str(os.getpid()), str(poll_s)],
+            stdin=subprocess.PIPE,  # our end stays open until this process is gone
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # a signal to our process group does not reach the watcher
+            close_fds=True,
+        )
+    known = {p: t for p, t in descendants(os.getpid()).items() if p != _guard.pid}
+    if known:
+        _guard.stdin.write("".join(f"{p} {t}\n" for p, t in known.items()).encode())
+        _guard.stdin.flush()
     return _guard.pid
 
 
 def _watch(pid: int, poll_s: float) -> None:
     me = os.getpid()
     seen: dict[int, int] = {}
-    stdin = sys.stdin.buffer
+    fd = sys.stdin.fileno()
+    buf = b""
     while True:
-        ready, _, _ = select.select([stdin], [], [], poll_s)
-        if ready and not os.read(stdin.fileno(), 4096):
-            break  # end of file: the guarded process is gone
+        ready, _, _ = select.select([fd], [], [], poll_s)
+        if ready:
+            data = os.read(fd, 65536)
+            if not data:
+                break  # end of file: the guarded process is gone
+            buf += data
+            *lines, buf = buf.split(b"\n")
+            for line in lines:  # children the guarded process handed over
+                p, t = line.split()
+                seen[int(p)] = int(t)
         seen.update({p: t for p, t in descendants(pid).items() if p != me})
     left = {p: t for p, t in seen.items() if (st := _stat(p)) is not None and st[1] == t}
     for p in left:

@@ -227,13 +227,14 @@ def test_parquet_runs_file_is_written_last(tmp_path, monkeypatch):
 def test_process_guard_ends_the_children_of_a_killed_process(tmp_path):
     """A process that starts the guard and a long-lived child, then dies by SIGKILL: the child
     (a stand-in for the ephemeral Prefect server) is ended by the guard within seconds."""
+    # the child exists before the guard starts (as the ephemeral Prefect server does) and the
+    # process dies at once, long before the guard's first poll: the hand-over must cover it
     code = (
         "import subprocess, sys, time, os\n"
         "from sqflow.process_guard import start_process_guard\n"
-        "start_process_guard(poll_s=0.2)\n"
         "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)'])\n"
         "print(child.pid, flush=True)\n"
-        "time.sleep(1.0)\n"
+        "start_process_guard(poll_s=30)\n"
         "os.kill(os.getpid(), 9)\n"
     )
     p = subprocess.run(
