@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 #: version of the run.json layout this code writes; files without one are version 0
 RUN_RECORD_VERSION = 1
 
-RunStatus = Literal["running", "completed", "failed"]
+RunStatus = Literal["running", "completed", "failed", "crashed"]
 
 #: what the drift monitor's retrain did in a run: none (no retrain: no drift, no decision,
 #: disabled, or the monitor did not run), promoted (new version made current), refused (trained

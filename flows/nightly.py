@@ -22,6 +22,7 @@ from prefect.runtime import deployment, flow_run
 from prefect.states import Completed
 
 from data_contracts.run_record import RunRecord
+from flows.crashed_runs import settle_flow_runs
 from flows.monitor import (
     DEFAULT_RETRAIN_DEPLOYMENT,
     SERVED_RETRAIN_DEPLOYMENT,
@@ -30,8 +31,13 @@ from flows.monitor import (
 )
 from flows.settings import flow_settings
 from sqflow.atomic_files import atomic_write_text
+from sqflow.fault_points import kill_point
 from sqflow.layout import OutputLayout, current_version, new_run_id, output_lock
+from sqflow.pipeline.publish import finish_publish
+from sqflow.pipeline.recovery import recover_output
+from sqflow.process_guard import start_process_guard
 from tasks.artifacts import create_run_artifacts, run_summary_markdown
+from tasks.publish_bi import resolve_postgres_url
 from tasks.report import report_task
 from tasks.stages import (
     cluster_task,
@@ -126,14 +132,43 @@ def _degraded_reasons(rec: RunRecord) -> list[str]:
     return out
 
 
+def _cleanup_after_killed_runs(settings: Any, lay: OutputLayout, run_id: str) -> str | None:
+    """Under the output lock, before this run writes anything: guard this process's children
+    (no orphan Prefect server or Dask workers if it is killed), finish or roll back a publish
+    that died half-way, record killed runs as crashed (run.json and their Prefect flow runs),
+    remove their stray temporary files. Returns the PostgreSQL URL (None: not configured)."""
+    log = get_run_logger()
+    start_process_guard()
+    try:
+        pg_url = resolve_postgres_url(None, settings.postgres_secret_block)
+    except Exception as exc:  # noqa: BLE001 - publish reports it; recovery skips PostgreSQL
+        log.warning("PostgreSQL URL not available for recovery: %s", exc)
+        pg_url = None
+    done = recover_output(settings, run_id, postgres_url=pg_url)
+    settled = settle_flow_runs(lay.run_records(), _flow_run_id())
+    if any(done.values()) or settled:
+        log.warning(
+            "cleaned up after killed runs: publishes %s, crashed %s, flow runs %s, "
+            "%d orphan Parquet files, %d temporary files",
+            done["publishes"],
+            [c["run_id"] for c in done["crashed"]],
+            settled,
+            len(done["orphan_files"]),
+            len(done["temp_files"]),
+        )
+    return pg_url
+
+
 @flow(name="nightly", flow_run_name=_nightly_run_name, log_prints=True)
 def nightly(config: dict[str, Any] | None = None) -> dict[str, Any]:
     """The nightly run: sample -> embed -> monitor -> cluster -> report -> publish.
 
     The monitor compares the run's embeddings with the current encoder's reference and, on
-    drift, retrains (a new encoder version; the run's batch is re-embedded with it before
-    clustering). The monitor and the report are recorded but not fatal: when either fails the
-    summary says so and the clusters are still published.
+    drift, emits ``sqflow.drift.detected``: the retrain deployment's trigger retrains (this run
+    does not wait), or, with no deployment, the retrain runs in process after publish. The
+    night is clustered with the encoder it started with. The monitor and the report are
+    recorded but not fatal: when either fails the run ends Completed named "Degraded" and the
+    clusters are still published.
 
     Holds ``<output>/.nightly.lock`` for the whole run (a second run on the same output waits
     ``lock_timeout_s`` and then fails with a clear message). Trains and registers an encoder
@@ -157,8 +192,12 @@ def nightly(config: dict[str, Any] | None = None) -> dict[str, Any]:
         )
         rd = lay.run_dir(run_id)
         log.info("nightly run %s -> %s", run_id, rd)
+        pg_url = _cleanup_after_killed_runs(settings, lay, run_id)
+        atomic_write_text(rd / "run.json", rec.to_json())  # "running": a killed run says so
+        kill_point("start")
         try:
             rec.dataset = rec.add_stage("sample", sample_task(settings, run_id))["dataset"]
+            kill_point("after-sample")
             if current_version(lay.models_dir) is None:
                 if not settings.train_if_missing:
                     raise FileNotFoundError(
@@ -169,6 +208,7 @@ def nightly(config: dict[str, Any] | None = None) -> dict[str, Any]:
                 rec.add_stage("train", train_encoder_task(settings))
             embed = rec.add_stage("embed", embed_task(settings, run_id))
             rec.encoder_version = embed["encoder_version"]
+            kill_point("after-embed")
             # the full drift report stays in drift_report.json; the record keeps the decision
             # on drift the monitor emits the event; a retrain deployment's trigger retrains
             # (this run does not wait); without one the retrain runs below, after publish
@@ -188,7 +228,9 @@ def nightly(config: dict[str, Any] | None = None) -> dict[str, Any]:
             )
             # "requested" while a retrain runs elsewhere (deployment trigger) or after publish
             rec.record_retrain(monitor)
+            kill_point("after-monitor")
             cluster = rec.add_stage("cluster", cluster_task(settings, run_id))
+            kill_point("after-cluster")
             rec.add_stage("plots", plots_task(settings, run_id, cluster["loss_curve"]))
             rec.add_stage(
                 "report",
@@ -196,8 +238,11 @@ def nightly(config: dict[str, Any] | None = None) -> dict[str, Any]:
                     "report", lambda: report_task(settings, run_id, rec), drop=("rows",)
                 ),
             )
+            kill_point("after-report")
             rec.degraded_reasons = _degraded_reasons(rec)
+            atomic_write_text(rd / "run.json", rec.to_json())  # still "running", stages so far
             rec.add_stage("publish", publish_task(settings, run_id, rec))
+            kill_point("after-publish")
             retrain = monitor.get("retrain") or {}
             if retrain.get("status") == "pending":
                 # no retrain deployment: retrain in-process, after publish (the retrain
@@ -232,6 +277,11 @@ def nightly(config: dict[str, Any] | None = None) -> dict[str, Any]:
             if (rec.report or {}).get("html"):
                 rec.outputs["cluster report"] = rec.report["html"]
             atomic_write_text(rd / "run.json", rec.to_json())  # a failed run leaves its record too
+            # the record decided: keep the published rows (completed) or remove them everywhere
+            try:
+                finish_publish(settings, run_id, committed=rec.completed, postgres_url=pg_url)
+            except Exception as exc:  # noqa: BLE001 - journal kept: the next run rolls it back
+                log.error("run %s: BI rollback incomplete: %s", run_id, exc)
         md = run_summary_markdown(rec)
         atomic_write_text(rd / "summary.md", md)
     result = rec.model_dump(mode="json") | {

@@ -15,8 +15,11 @@ Layout under one output folder (``./sqflow-output`` by default)::
         embeddings.zarr                  embedding store (assignments/<run_id> inside)
         checkpoints/pass-NNN.npy         SQ centers after each pass
         centers.npy, run.json, summary.md, plots/*.png
+        bi/<table>.parquet               BI rows of the monitor/report, private until publish
     published/<table>/run_date=YYYY-MM-DD/<run_id>.parquet   runs, cluster_centers, assignments,
-                                         quarantine (one file per run: re-publishing replaces it)
+                                         quarantine, drift_reports, cluster_report (one file per
+                                         run; the runs file, written last, commits the run)
+    published/_sqflow_journal/<run_id>.json  a publish in progress (sqflow.bi.journal)
     sqflow.duckdb                        the same tables as DuckDB tables for BI tools (sqflow.bi)
     .nightly.lock                        held by the running nightly flow
 """
@@ -42,6 +45,7 @@ from data_contracts.run_record import RunRecord, RunRecordError
 from data_contracts.settings import PipelineSettings
 
 from .atomic_files import atomic_write_text
+from .identifiers import check_identifier
 
 _VERSION = re.compile(r"^triplet-v(\d{4})$")
 
@@ -67,7 +71,9 @@ class OutputLayout:
         return cls.at(settings.output_dir, settings.models_dir)
 
     def run_dir(self, run_id: str) -> Path:
-        return self.root / "runs" / run_id
+        """``<root>/runs/<run_id>``; ``run_id`` must be a safe identifier (every stage writes
+        under it: ``../x`` would write outside the output folder)."""
+        return self.root / "runs" / check_identifier(run_id, "run_id")
 
     def reference_store(self, version: str) -> Path:
         return self.models_dir / "reference" / version / "embeddings.zarr"

@@ -571,12 +571,14 @@ def test_duckdb_publish_is_not_blocked_by_a_bi_reader(tmp_path):
 
 
 def test_the_monitors_drift_file_joins_the_published_run(tmp_path):
-    """When the monitor stage wrote the run's drift_reports Parquet, the publish step takes it
-    (moved to the run's date partition) and the runs row carries the decision; without it, the
-    runs row keeps drift_detected null."""
+    """When the monitor stage wrote the run's drift_reports Parquet (private, in the run
+    folder), the publish step takes it (into the run's date partition) and the runs row carries
+    the decision; without it, the runs row keeps drift_detected null."""
+    from sqflow.layout import OutputLayout
     from sqflow.pipeline.publish import attach_drift_reports
 
-    root = tmp_path / "published"
+    lay = OutputLayout.at(tmp_path)
+    root = lay.published
     frames = _frames(RUN_A)
     drift = frames.pop("drift_reports")
     drift = pd.concat(
@@ -584,11 +586,12 @@ def test_the_monitors_drift_file_joins_the_published_run(tmp_path):
     )
     frames["runs"]["monitor_ran"] = False
     frames["runs"]["drift_detected"] = pd.array([pd.NA], dtype="boolean")
-    assert attach_drift_reports(frames, root, RUN_A[0]) is frames  # monitor did not run
-    monitor_file = root / "drift_reports" / "run_date=2026-11-25" / f"{RUN_A[0]}.parquet"
+    assert attach_drift_reports(frames, lay, RUN_A[0]) is frames  # monitor did not run
+    monitor_file = lay.run_dir(RUN_A[0]) / "bi" / "drift_reports.parquet"
     monitor_file.parent.mkdir(parents=True)
     drift.to_parquet(monitor_file)
-    out = attach_drift_reports(frames, root, RUN_A[0])
+    assert not root.exists()  # nothing visible to BI before publish
+    out = attach_drift_reports(frames, lay, RUN_A[0])
     assert bool(out["runs"]["monitor_ran"].iloc[0]) and bool(out["runs"]["drift_detected"].iloc[0])
     write_parquet(out, root)
     files = sorted((root / "drift_reports").rglob("*.parquet"))

@@ -8,10 +8,15 @@
 
 Per-sink functions: :func:`write_parquet`, :func:`write_duckdb`, :func:`write_postgres`; all take
 either the frames or a :class:`PreparedRun` from :func:`prepare_run` (validated once).
+
+``publish_run`` is all or nothing: a failing sink rolls the others back, and
+:mod:`sqflow.bi.journal` lets a caller hold the commit until its own record says the run
+completed, and the next run finish or roll back a publish that died half-way.
 """
 
 from data_contracts.tables import CONTRACT_VERSION, TABLES, ContractViolation
 
+from . import journal
 from ._common import ContractVersionMismatch, PreparedRun, SinkError, mask_url, prepare_run
 from .duck import write_duckdb
 from .parquet import parquet_path, write_parquet
@@ -22,6 +27,7 @@ __all__ = [
     "CONTRACT_VERSION",
     "TABLES",
     "ContractViolation",
+    "journal",
     "ContractVersionMismatch",
     "PreparedRun",
     "PublishResult",

@@ -14,6 +14,8 @@ import pyarrow as pa
 
 from data_contracts.tables import TABLES, ContractViolation, get_contract, validate_frame
 
+from ..identifiers import check_identifier
+
 
 class SinkError(RuntimeError):
     """A sink could not write (the message names the sink and target, never a password)."""
@@ -66,6 +68,7 @@ def prepare_run(tables: Mapping[str, pd.DataFrame]) -> PreparedRun:
             "runs", f"expected exactly one row (the run being published), got {len(runs)}"
         )
     run_id = str(runs["run_id"].iloc[0])
+    check_identifier(run_id, "run_id")  # it becomes part of file paths in the sinks
     for name, df in frames.items():
         bad = df.index[df["run_id"] != run_id]
         if len(bad):

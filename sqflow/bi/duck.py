@@ -26,6 +26,7 @@ import pandas as pd
 from data_contracts.tables import TABLES, get_contract
 
 from ..atomic_files import atomic_path
+from ..identifiers import check_identifier
 from ._common import (
     ContractVersionMismatch,
     PreparedRun,
@@ -33,6 +34,8 @@ from ._common import (
     contract_record,
     ensure_prepared,
 )
+
+MARKER_TABLE = "runs"
 
 CONTRACTS_DDL = """CREATE TABLE IF NOT EXISTS sqflow_contracts (
     table_name VARCHAR PRIMARY KEY,
@@ -164,6 +167,17 @@ def write_duckdb(
         finally:
             con.close()
         return path
+    _swap(path, lambda con: _upsert(con, run))
+    return path
+
+
+def _swap(path: Path, change) -> None:
+    """Run ``change(con)`` on a copy of the DuckDB file at ``path`` (created when missing) and
+    move the copy onto ``path`` when it returns; publishers serialised by ``.<name>.lock``. A
+    failure (or a killed process) leaves ``path`` untouched; the copy is a ``.<name>.<pid>.tmp``
+    file that the next run's recovery removes."""
+    import duckdb
+
     with _flock(path.with_name(f".{path.name}.lock")), atomic_path(path) as tmp:
         tmp_wal = Path(f"{tmp}.wal")
         tmp.unlink(missing_ok=True)
@@ -175,9 +189,63 @@ def write_duckdb(
                 shutil.copyfile(path, tmp)
             con = duckdb.connect(str(tmp))
             try:
-                _upsert(con, run)
+                change(con)
             finally:
                 con.close()
         finally:
             tmp_wal.unlink(missing_ok=True)
-    return path
+
+
+def run_rows(duckdb_path: str | os.PathLike[str], run_id: str) -> dict[str, int]:
+    """Rows of ``run_id`` per published table in the DuckDB file (read-only; {} when the file
+    does not exist)."""
+    import duckdb
+
+    check_identifier(run_id, "run_id")
+    path = Path(duckdb_path)
+    if not path.exists():
+        return {}
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        have = {
+            r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()
+        }
+        return {
+            t: con.execute(f'SELECT count(*) FROM "{t}" WHERE run_id = ?', [run_id]).fetchone()[0]
+            for t in TABLES
+            if t in have
+        }
+    finally:
+        con.close()
+
+
+def delete_run(duckdb_path: str | os.PathLike[str], run_id: str) -> int:
+    """Remove every row of ``run_id`` from every published table of the DuckDB file, in one
+    transaction on a swapped copy (see :func:`write_duckdb`). Returns the rows removed (0 and
+    no write when the file does not exist or holds no row of the run)."""
+    check_identifier(run_id, "run_id")
+    path = Path(duckdb_path)
+    if sum(run_rows(path, run_id).values()) == 0:
+        return 0
+    removed = 0
+
+    def change(con) -> None:
+        nonlocal removed
+        have = {
+            r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()
+        }
+        con.execute("BEGIN TRANSACTION")
+        try:
+            for t in [MARKER_TABLE] + [t for t in TABLES if t != MARKER_TABLE]:
+                if t in have:
+                    n = con.execute(f'SELECT count(*) FROM "{t}" WHERE run_id = ?', [run_id])
+                    removed += n.fetchone()[0]
+                    con.execute(f'DELETE FROM "{t}" WHERE run_id = ?', [run_id])
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        con.execute("CHECKPOINT")
+
+    _swap(path, change)
+    return removed

@@ -20,6 +20,7 @@ import pandas as pd
 
 from data_contracts.tables import TABLES, get_contract
 
+from ..identifiers import check_identifier
 from ._common import (
     ContractVersionMismatch,
     PreparedRun,
@@ -166,6 +167,65 @@ def write_postgres(tables: Mapping[str, pd.DataFrame] | PreparedRun, url: Any) -
     return masked
 
 
+def _connect(url: Any):
+    """(engine, connection) to the database at ``url``; :class:`SinkError` naming the masked
+    URL when it cannot be reached."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.exc import DBAPIError
+    from sqlalchemy.pool import NullPool
+
+    u = engine_url(url)
+    eng = create_engine(u, poolclass=NullPool)
+    try:
+        return eng, eng.connect()
+    except DBAPIError as exc:
+        eng.dispose()
+        raise SinkError(
+            f"PostgreSQL sink: cannot connect to {mask_url(u)}: "
+            f"{type(exc.orig).__name__}: {str(exc.orig).strip()}"
+        ) from None
+
+
+def run_rows(url: Any, run_id: str) -> dict[str, int]:
+    """Rows of ``run_id`` per published table that exists in the database."""
+    check_identifier(run_id, "run_id")
+    eng, conn = _connect(url)
+    try:
+        with conn.begin():
+            with conn.connection.driver_connection.cursor() as cur:
+                out = {}
+                for t in TABLES:
+                    cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f'"{t}"',))
+                    if cur.fetchone()[0]:
+                        cur.execute(f'SELECT count(*) FROM "{t}" WHERE run_id = %s', (run_id,))
+                        out[t] = int(cur.fetchone()[0])
+                return out
+    finally:
+        conn.close()
+        eng.dispose()
+
+
+def delete_run(url: Any, run_id: str) -> int:
+    """Remove every row of ``run_id`` from every published table in ONE transaction (under the
+    publishers' advisory lock). Returns the rows removed."""
+    check_identifier(run_id, "run_id")
+    eng, conn = _connect(url)
+    removed = 0
+    try:
+        with conn.begin():
+            with conn.connection.driver_connection.cursor() as cur:
+                cur.execute("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_LOCK_KEY,))
+                for t in ["runs"] + [t for t in TABLES if t != "runs"]:
+                    cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f'"{t}"',))
+                    if cur.fetchone()[0]:
+                        cur.execute(f'DELETE FROM "{t}" WHERE run_id = %s', (run_id,))
+                        removed += cur.rowcount
+    finally:
+        conn.close()
+        eng.dispose()
+    return removed
+
+
 def read_contract_versions(url: Any) -> dict[str, str]:
     """``sqflow_contracts`` of the database (table -> contract version)."""
     from sqlalchemy import create_engine, text
@@ -179,4 +239,11 @@ def read_contract_versions(url: Any) -> dict[str, str]:
         eng.dispose()
 
 
-__all__ = ["write_postgres", "engine_url", "table_ddl", "read_contract_versions"]
+__all__ = [
+    "delete_run",
+    "engine_url",
+    "read_contract_versions",
+    "run_rows",
+    "table_ddl",
+    "write_postgres",
+]

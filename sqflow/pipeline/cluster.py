@@ -15,6 +15,7 @@ from data_contracts.settings import PipelineSettings
 
 from ..atomic_files import atomic_save_npy
 from ..cluster_labels import majority_and_purity
+from ..fault_points import kill_point
 from ..layout import OutputLayout
 from ..progress import ProgressArg
 from .encoder import open_run_store
@@ -115,6 +116,7 @@ def cluster_stage(
 
     def checkpoint(info: dict[str, Any]) -> None:
         atomic_save_npy(ck_dir / f"pass-{info['pass']:03d}.npy", info["centers"])
+        kill_point("cluster-pass")  # fault injection (tests, bench)
         passes.append(
             {
                 "pass": int(info["pass"]),

@@ -17,6 +17,7 @@ import pandas as pd
 from data_contracts.manifest import ManifestMeta, SampleSpec, SourceSpec, check_manifest
 from data_contracts.settings import PipelineSettings
 
+from ..fault_points import kill_point
 from ..layout import ROWS_COLUMNS, OutputLayout, current_version, model_record, register_encoder
 from ..progress import ProgressArg
 from ..sources import Source, open_source, select
@@ -64,6 +65,7 @@ def embed_manifest(
 
     def produce(lo: int, hi: int):
         nonlocal t_load
+        kill_point("embed-chunk")  # fault injection (tests, bench): chunks before are committed
         t = time.perf_counter()
         x = source.load(refs[lo:hi])
         t_load += time.perf_counter() - t

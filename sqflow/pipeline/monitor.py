@@ -9,7 +9,9 @@ Files (under the pipeline's output folder, see :mod:`sqflow.layout`)::
     runs/<run_id>/drift_report.json        the full DriftReport (+ reference version, paths)
     runs/<run_id>/drift_report.md          the same as Markdown
     runs/<run_id>/embeddings-<old>.zarr    after a retrain: the run's store from the old encoder
-    published/drift_reports/run_date=YYYY-MM-DD/<run_id>.parquet   the drift_reports table
+    runs/<run_id>/bi/drift_reports.parquet the run's drift_reports rows (contract-checked),
+                                           private to the run until the publish stage makes
+                                           them visible with the run's other BI tables
     models/lineage.jsonl                   one line per retrain: old -> new version, reason, status
     models/<new>/lineage.json              the same record beside the new version
     models/<new>/FAILED.json               a version whose retrain failed (never made current)
@@ -49,6 +51,7 @@ from .encoder import (
     open_run_store,
     version_rows_frame,
 )
+from .staged import staged_table_path
 
 __all__ = [
     "RetrainFailed",
@@ -205,10 +208,8 @@ def monitor_stage(
         + report.to_markdown()
     )
     frame = drift_report_frame(report, run_id, version)
-    run_date = datetime.now(UTC).strftime("%Y-%m-%d")
-    table = atomic_write_parquet(
-        frame, lay.published / "drift_reports" / f"run_date={run_date}" / f"{run_id}.parquet"
-    )
+    # private to the run until publish (a BI reader never sees drift rows of an unpublished run)
+    table = atomic_write_parquet(frame, staged_table_path(lay, run_id, "drift_reports"))
     full = {
         "run_id": run_id,
         "reference_version": version,

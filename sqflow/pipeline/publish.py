@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,9 +20,11 @@ import pandas as pd
 from data_contracts.run_record import RunRecord
 from data_contracts.settings import PipelineSettings
 
-from ..bi import mask_url, publish_run
+from ..bi import journal, mask_url, publish_run
+from ..bi.journal import JOURNAL_FOLDER
 from ..bi.publish import PublishResult
 from ..layout import OutputLayout
+from .staged import staged_table_path
 
 log = logging.getLogger(__name__)
 
@@ -108,16 +109,22 @@ def publish_stage(
     }
     frames["assignments"].loc[frames["assignments"]["label"] < 0, "label"] = pd.NA
     # contract-checked BI sinks: Parquet, DuckDB tables, PostgreSQL when configured
-    frames = attach_drift_reports(frames, lay.published, run_id)  # the monitor's, if it ran
-    frames = attach_cluster_report(frames, lay.published, run_id)  # the report's, if it ran
+    frames = attach_drift_reports(frames, lay, run_id)  # the monitor's, if it ran
+    frames = attach_cluster_report(frames, lay, run_id)  # the report's, if it ran
     log.info(
         "publishing BI tables: Parquet %s, DuckDB %s, PostgreSQL %s",
         lay.published,
         lay.duckdb_path,
         mask_url(postgres_url) if postgres_url else "not configured",
     )
+    # the run commits when its record says completed: the nightly then calls finish_publish
     res = publish_run(
-        frames, parquet_dir=lay.published, duckdb_path=lay.duckdb_path, postgres_url=postgres_url
+        frames,
+        parquet_dir=lay.published,
+        duckdb_path=lay.duckdb_path,
+        postgres_url=postgres_url,
+        journal_dir=journal_dir(lay),
+        hold_commit=True,
     )
     log.info(
         "BI tables of run %s published: %s",
@@ -136,34 +143,47 @@ def publish_stage(
     }
 
 
+def journal_dir(lay: OutputLayout) -> Path:
+    """The publish journal of an output folder (:mod:`sqflow.bi.journal`)."""
+    return lay.published / JOURNAL_FOLDER
+
+
+def finish_publish(
+    settings: PipelineSettings, run_id: str, *, committed: bool, postgres_url: str | None = None
+) -> dict[str, Any]:
+    """End the publish of ``run_id`` once its record is written: ``committed`` (run.json says
+    completed) keeps its BI rows, otherwise they are removed from every sink (the run failed
+    after publishing: it must not show as completed anywhere). Nothing to do when the run did
+    not reach publish."""
+    return journal.finish(
+        journal_dir(OutputLayout.of(settings)),
+        run_id,
+        committed=committed,
+        postgres_url=postgres_url,
+    )
+
+
 def attach_cluster_report(
-    frames: dict[str, pd.DataFrame], published_dir: str | os.PathLike[str], run_id: str
+    frames: dict[str, pd.DataFrame], lay: OutputLayout, run_id: str
 ) -> dict[str, pd.DataFrame]:
     """Add the run's ``cluster_report`` rows written by the report stage
-    (``<published>/cluster_report/run_date=*/<run_id>.parquet``, contract-typed) to ``frames``,
-    so DuckDB and PostgreSQL get them with the run's other tables. Unchanged when the report
-    did not run or failed."""
-    found = _stage_file(published_dir, "cluster_report", run_id)
-    if found is None or "cluster_report" in frames:
+    (``runs/<run_id>/bi/cluster_report.parquet``, contract-typed) to ``frames``, so every sink
+    gets them with the run's other tables. Unchanged when the report did not run or failed."""
+    found = staged_table_path(lay, run_id, "cluster_report")
+    if not found.exists() or "cluster_report" in frames:
         return frames
     return {**frames, "cluster_report": pd.read_parquet(found)}
 
 
-def _stage_file(published_dir: str | os.PathLike[str], table: str, run_id: str) -> Path | None:
-    """The Parquet file a stage wrote for ``run_id`` under ``<published>/<table>/``, if any."""
-    found = sorted(Path(published_dir).glob(f"{table}/run_date=*/{run_id}.parquet"))
-    return found[-1] if found else None
-
-
 def attach_drift_reports(
-    frames: dict[str, pd.DataFrame], published_dir: str | os.PathLike[str], run_id: str
+    frames: dict[str, pd.DataFrame], lay: OutputLayout, run_id: str
 ) -> dict[str, pd.DataFrame]:
     """Add the run's ``drift_reports`` rows written by the monitor stage
-    (``<published>/drift_reports/run_date=*/<run_id>.parquet``) to ``frames`` and set the
-    ``runs`` row's ``monitor_ran``/``drift_detected`` from its ``decision`` row. Without such a
-    file (the monitor did not run) ``frames`` is returned unchanged: no stand-in values."""
-    found = _stage_file(published_dir, "drift_reports", run_id)
-    if found is None or "drift_reports" in frames:
+    (``runs/<run_id>/bi/drift_reports.parquet``) to ``frames`` and set the ``runs`` row's
+    ``monitor_ran``/``drift_detected`` from its ``decision`` row. Without such a file (the
+    monitor did not run) ``frames`` is returned unchanged: no stand-in values."""
+    found = staged_table_path(lay, run_id, "drift_reports")
+    if not found.exists() or "drift_reports" in frames:
         return frames
     drift = pd.read_parquet(found)
     out = dict(frames)

@@ -4,11 +4,11 @@
   run's outputs from the pipeline's output folder (see :mod:`sqflow.layout`) and calls the engine
   :func:`sqflow.report.build_report`. It writes ``runs/<run_id>/report/report.html`` (the
   self-contained page), ``cluster_report.parquet`` and ``report.json`` beside it.
-* :func:`report_stage`: the same, plus the ``cluster_report`` BI Parquet file
-  ``published/cluster_report/run_date=YYYY-MM-DD/<run_id>.parquet`` (same layout and Arrow
-  schema as the BI Parquet sink) checked against the registered contract
-  :data:`data_contracts.tables.CLUSTER_REPORT` first. Like the monitor's ``drift_reports``
-  file, the publish step can attach it so DuckDB and PostgreSQL get the table too. (The
+* :func:`report_stage`: the same, plus the run's ``cluster_report`` BI rows in
+  ``runs/<run_id>/bi/cluster_report.parquet`` (the BI sink's Arrow schema), checked against
+  the registered contract :data:`data_contracts.tables.CLUSTER_REPORT` first. Like the
+  monitor's ``drift_reports`` rows they stay private to the run until the publish stage makes
+  them visible in Parquet, DuckDB and PostgreSQL with the run's other tables. (The
   Prefect task, :mod:`tasks.report`, adds the Markdown and table artifacts.)
 
 What is read (all written by ``nightly``): ``run.json`` (status, dataset, encoder version,
@@ -334,21 +334,17 @@ def report_stage(
     lay = OutputLayout.of(settings)
     res = _build(lay.root, run_id, models_dir=lay.models_dir, record=record)
     table = validate_cluster_report(res.table)
-    started = (
-        record if record is not None else RunRecord.load(lay.run_dir(run_id) / "run.json")
-    ).started_at
-    run_date = str(started)[:10] or time.strftime("%Y-%m-%d", time.gmtime())
-    from sqflow.bi.parquet import write_table_file
+    import pyarrow.parquet as pq
+
+    from ..atomic_files import atomic_path
+    from .staged import staged_table_path
 
     schema = CLUSTER_REPORT.arrow_schema()
     arrow = pa.Table.from_pandas(table, schema=schema, preserve_index=False)
-    bi_path = write_table_file(
-        lay.published,
-        "cluster_report",
-        run_date,
-        run_id,
-        arrow.replace_schema_metadata(schema.metadata),
-    )
+    # private to the run until publish (one commit per sink with the run's other tables)
+    bi_path = staged_table_path(lay, run_id, "cluster_report")
+    with atomic_path(bi_path) as tmp:
+        pq.write_table(arrow.replace_schema_metadata(schema.metadata), str(tmp), compression="zstd")
     q = res.data.quality
     log.info("cluster report of run %s: %s", run_id, res.html_path)
     return {

@@ -158,8 +158,8 @@ def _resolve(
     read_only: bool,
 ) -> tuple[EmbeddingStore, Any, str, str]:
     """-> (embedding store, zarr store object, group path inside it, location for messages)."""
-    if not _NAME.match(name):
-        raise ValueError(f"name={name!r}; valid: letters, digits, '_', '.', '-'")
+    if not _NAME.match(name) or name in (".", ".."):  # '..' would name the store's parent
+        raise ValueError(f"name={name!r}; valid: letters, digits, '_', '.', '-' (not '.' or '..')")
     emb = (
         store_or_path
         if isinstance(store_or_path, EmbeddingStore)

@@ -1,0 +1,41 @@
+"""Named points where a test or the fault-injection benchmark can make the process kill itself
+(``SIGKILL``, the same as ``kill -9`` from outside: no ``finally``, no ``atexit``).
+
+Set ``SQFLOW_KILL_AT=<point>`` (or ``<point>@<n>``: the n-th time the point is reached, 1 by
+default) in the environment of a nightly process; :func:`kill_point` does nothing when the
+variable is unset or names another point, so production code pays one dictionary look-up.
+
+Points (in the order a nightly reaches them): ``start`` (run.json "running" written),
+``after-sample``, ``embed-chunk@n`` (before embedding chunk n: chunks < n are committed),
+``after-embed``, ``after-monitor``, ``cluster-pass@n`` (after SQ pass n was checkpointed),
+``after-cluster``, ``after-report``, ``publish-parquet-data`` (the run's Parquet data files
+written, its ``runs`` file not yet), ``publish-parquet`` (Parquet committed, DuckDB not yet),
+``publish-duckdb`` (DuckDB committed, PostgreSQL not yet), ``after-publish`` (every sink
+written, run.json not yet "completed").
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections import Counter
+
+__all__ = ["ENV_KILL_AT", "kill_point"]
+
+ENV_KILL_AT = "SQFLOW_KILL_AT"
+
+_reached: Counter[str] = Counter()
+
+
+def kill_point(name: str) -> None:
+    """SIGKILL this process if ``SQFLOW_KILL_AT`` names ``name`` (and this is the n-th time
+    ``name`` is reached, for ``name@n``)."""
+    want = os.environ.get(ENV_KILL_AT)
+    if not want:
+        return
+    point, _, nth = want.partition("@")
+    if point != name:
+        return
+    _reached[name] += 1
+    if _reached[name] == int(nth or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
