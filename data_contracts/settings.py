@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .manifest import SampleSpec, SourceSpec
 
@@ -49,7 +49,21 @@ class PipelineSettings(BaseModel):
     embed_batch_size: int = Field(4096, ge=1)
     store_chunk_rows: int = Field(8192, ge=1, description="Rows per Zarr chunk / Dask block.")
     # clustering
-    n_clusters: int = Field(10, ge=1)
+    n_clusters: int | Literal["auto"] = Field(
+        10,
+        description="K (>= 1), or 'auto': chosen per run over k_range by the held-out "
+        "Calinski-Harabasz ratio (sqflow.model_selection); the choice and its curve are "
+        "recorded in the cluster stage result (n_clusters, k_selection).",
+    )
+    k_range: tuple[int, int] = Field((2, 30), description="K tried by n_clusters='auto'.")
+    forgetting_half_life: int | None = Field(
+        None,
+        ge=1,
+        description="Half-life in samples of the warm-started SQ fit (StochasticQuantization "
+        "forgetting): the step never decays below the rate at which a sample's weight halves "
+        "every this many samples of its center, so warm-started centers keep following drift. "
+        "None: no floor.",
+    )
     optimizer: Literal["sgd", "momentum", "nag", "adagrad", "rmsprop", "adam"] = "sgd"
     rank: float = Field(3.0, ge=1.0)
     sq_batch_size: int = Field(1, ge=1)
@@ -70,6 +84,28 @@ class PipelineSettings(BaseModel):
         description="Name of a Prefect Secret block holding the PostgreSQL URL (used when "
         "SQFLOW_POSTGRES_URL is not set); None: no PostgreSQL unless the variable is set.",
     )
+
+    @field_validator("n_clusters", mode="before")
+    @classmethod
+    def _n_clusters_not_bool(cls, v: Any) -> Any:
+        # int(True) == 1: a TOML/JSON boolean must not silently become one cluster
+        if isinstance(v, bool):
+            raise ValueError(f"n_clusters={v!r}: use an integer >= 1 or 'auto', not a boolean")
+        return v
+
+    @field_validator("n_clusters")
+    @classmethod
+    def _n_clusters_positive(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 1:
+            raise ValueError(f"n_clusters={v}: use an integer >= 1 or 'auto'")
+        return v
+
+    @field_validator("k_range")
+    @classmethod
+    def _k_range_ordered(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if not 2 <= v[0] <= v[1]:
+            raise ValueError(f"k_range={v}: use (k_min, k_max) with 2 <= k_min <= k_max")
+        return v
 
     def flow_parameters(self) -> dict[str, Any]:
         """The JSON-able ``config`` of a flow run (the schedule fields left out)."""

@@ -146,6 +146,7 @@ def build_report(
     previous: Sequence[PreviousRun] = (),
     health: RunHealth | None = None,
     title: str | None = None,
+    k_selection: dict[str, Any] | None = None,
     **options: Any,
 ) -> ReportResult:
     """Compute the report of one run and write it into ``out_dir``:
@@ -156,7 +157,9 @@ def build_report(
 
     Arguments are those of :func:`sqflow.report.compute.compute_report` (``options`` are passed
     on to it) plus ``thumbnails(ids) -> images`` (None for vector data: members are shown as a
-    table of their embedding coordinates). Files are written atomically.
+    table of their embedding coordinates). ``k_selection``: the ``KSelection.as_dict()`` of a
+    run with ``n_clusters="auto"`` (the page then plots the criterion's curve). Files are written
+    atomically.
     """
     data = compute_report(
         run_id,
@@ -172,7 +175,12 @@ def build_report(
         **options,
     )
     page = render_html(
-        data, thumbnails=thumbnails, embeddings=embeddings, labels=labels, title=title
+        data,
+        thumbnails=thumbnails,
+        embeddings=embeddings,
+        labels=labels,
+        title=title,
+        k_selection=k_selection,
     )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
