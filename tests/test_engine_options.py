@@ -373,3 +373,32 @@ def test_cluster_stage_records_the_chosen_k_and_warm_starts_with_forgetting(tmp_
     assert second["warm_start_from"] == "run 20260101T000000Z-aaaaaaaa"
     assert second["forgetting_half_life"] == 2000
     assert second["n_clusters"] == 4 and second["k_selection"] is None
+
+
+def test_build_report_plots_the_k_selection(tmp_path):
+    from sqflow.model_selection import select_n_clusters
+    from sqflow.report import RunHealth, build_report
+
+    rng = np.random.default_rng(0)
+    centers = np.array([[0.0, 0.0], [8.0, 0.0], [0.0, 8.0]])
+    z = np.concatenate([c + rng.normal(size=(200, 2)) for c in centers])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sel = select_n_clusters(z, (2, 5), sample_size=400, eval_size=200, random_state=0)
+    est = StochasticQuantization(sel.n_clusters, random_state=0, rank=2.0).fit(z)
+    cid = est.predict(z)
+    dist = np.linalg.norm(z - est.cluster_centers_[cid], axis=1)
+    common = dict(
+        embeddings=z,
+        cluster_ids=cid,
+        distances=dist,
+        centers=est.cluster_centers_,
+        sample_ids=[f"s{i}" for i in range(len(z))],
+        health=RunHealth(),
+    )
+    with_k = build_report("auto", tmp_path / "a", k_selection=sel.as_dict(), **common)
+    text = with_k.html_path.read_text()
+    assert 'data-field="k_selected">3<' in text
+    assert 'alt="choice of the number of clusters" src="data:image/png;base64,' in text
+    plain = build_report("fixed", tmp_path / "b", **common).html_path.read_text()
+    assert "choice of the number of clusters" not in plain
