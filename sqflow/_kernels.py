@@ -318,6 +318,9 @@ def sq_steps(
                     cT[j, best] = centers[best, j]
                 if sphere:
                     _to_sphere(centers, cT, best)
+                    if opt == MOMENTUM:  # the displacement is where the center actually went
+                        for j in range(d):
+                            m[best, j] = centers[best, j] - old[j]
         return t_start + n - skipped, loss_sum, n - skipped, n_clipped
 
     gsum = np.zeros((K, d))
@@ -387,6 +390,9 @@ def sq_steps(
                     cT[j, k] = centers[k, j]
                 if sphere:
                     _to_sphere(centers, cT, k)
+                    if opt == MOMENTUM:
+                        for j in range(d):
+                            m[k, j] = centers[k, j] - old[j]
         t += used
         if used > 0:
             n_steps += 1

@@ -402,3 +402,52 @@ def test_build_report_plots_the_k_selection(tmp_path):
     assert 'alt="choice of the number of clusters" src="data:image/png;base64,' in text
     plain = build_report("fixed", tmp_path / "b", **common).html_path.read_text()
     assert "choice of the number of clusters" not in plain
+
+
+# ---------------------------------------------------------------- against the float64 reference
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "nag", "adagrad", "rmsprop", "adam"])
+@pytest.mark.parametrize("batch_size", [1, 8])
+@pytest.mark.parametrize("option", ["weights", "cosine", "forgetting"])
+def test_options_match_float64_reference(optimizer, batch_size, option):
+    """Every rule, Algorithm 1 and mini-batches, with weights (0 included), on the sphere, and
+    with a step floor: the kernel equals tests/sq_reference.py step by step."""
+    from sqflow.optimizers import DEFAULT_LEARNING_RATES
+    from tests.sq_reference import ReferenceSQ
+
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(160, 3)) + np.repeat(np.eye(3) * 4, [60, 50, 50], axis=0)
+    init = X[[0, 70, 130]] + 0.3
+    lr = DEFAULT_LEARNING_RATES[optimizer] * 10
+    w = rng.choice([0.0, 0.5, 1.0, 2.5], size=len(X)) if option == "weights" else None
+    h = 40 if option == "forgetting" else None
+    cosine = option == "cosine"
+    start = init / np.linalg.norm(init, axis=1, keepdims=True) if cosine else init
+    rho_min = 0.0 if h is None else (1 - 0.5 ** (1 / h)) / 3.0
+    ref = ReferenceSQ(start, optimizer, lr, r=3.0, t0=100.0, rho_min=rho_min, sphere=cosine)
+    for a in range(0, len(X), batch_size):
+        ww = None if w is None else w[a : a + batch_size]
+        if batch_size == 1:
+            ref.step(X[a], 1.0 if ww is None else ww[0])
+        else:
+            ref.batch_step(X[a : a + batch_size], ww)
+    est = StochasticQuantization(
+        3,
+        init=init,
+        optimizer=optimizer,
+        learning_rate=lr,
+        rank=3.0,
+        batch_size=batch_size,
+        step_offset=100.0,
+        max_iter=1,
+        tol=0.0,
+        shuffle=False,
+        scale=None,
+        projection=None,
+        metric="cosine" if cosine else "euclidean",
+        forgetting=h,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est.fit(X, sample_weight=w)
+    np.testing.assert_allclose(est.cluster_centers_, ref.centers, rtol=1e-9, atol=1e-11)
+    assert not np.allclose(ref.centers, start)  # the comparison is not vacuous
