@@ -509,14 +509,22 @@ default="k-means++"
         """Validated sample weights (float64, (n_samples,), >= 0, not all 0), or None."""
         if sample_weight is None:
             return None
-        if is_chunked(X):
+        if is_dask_array(X):
             raise ValueError(
-                "sample_weight is supported for in-memory arrays only (numpy); X is a chunked "
-                f"array ({type(X).__module__}.{type(X).__name__}): load it with np.asarray, or "
-                "fit without weights (the distributed and streamed passes do not carry "
-                "per-row weights yet)"
+                "sample_weight is not supported with a Dask array X (the distributed pass does "
+                "not carry per-row weights yet): pass the data as a numpy or zarr array, or fit "
+                "without weights"
             )
-        w = _check_sample_weight(sample_weight, X, dtype=np.float64, ensure_non_negative=True)
+        if is_chunked(X):
+            w = np.asarray(sample_weight, dtype=np.float64)
+            if w.shape != (X.shape[0],):
+                raise ValueError(
+                    f"sample_weight.shape == {w.shape}, expected ({X.shape[0]},) (one per row)"
+                )
+            if (w < 0).any():
+                raise ValueError("Negative values in data passed to sample_weight")
+        else:
+            w = _check_sample_weight(sample_weight, X, dtype=np.float64, ensure_non_negative=True)
         if not np.all(np.isfinite(w)):
             raise ValueError("sample_weight holds NaN or infinite values; use finite weights >= 0")
         if not (w > 0).any():
@@ -579,7 +587,7 @@ default="k-means++"
         y : array-like (n_samples,) of int, optional
             Class id or -1 (unlabeled); used only by ``init="labels"``.
         sample_weight : array-like (n_samples,) of float >= 0, optional
-            Row weights (in-memory X only; chunked and Dask inputs are refused). A row of
+            Row weights (numpy, zarr or h5py X; Dask arrays are refused). A row of
             weight w moves its center by w times the step of an unweighted row (the safeguard
             still stops it at the sample), so in expectation over the visiting order a pass
             moves the centers as a pass over the data with that row repeated w times would,
@@ -788,8 +796,13 @@ default="k-means++"
             picks = sample_picks(n, size, rng)
             sample = as_float_rows(dask_passes.compute(X[picks]))
             check_block_finite(sample, 0, rows=picks)
-        elif chunked:
+        elif chunked and sw is None:
             sample = uniform_sample(X, size, rng, bounds)
+        elif chunked:
+            rows = np.flatnonzero(sw > 0)
+            if size < rows.size:
+                rows = np.sort(rng.choice(rows, size=size, replace=False))
+            sample, sample_w = uniform_sample(X, size, rng, bounds, picks=rows), sw[rows]
         elif sw is not None:
             rows = np.flatnonzero(sw > 0)
             if size < rows.size:
@@ -977,14 +990,21 @@ default="k-means++"
                         for b in order:
                             start, stop = bounds[b]
                             seed = None if seeds is None else int(seeds[b])
+                            wb = None if sw is None else sw[start:stop]
                             state, loss, steps, clipped = run_block(
-                                row_block(X, start, stop), state, args, state.t, seed, start
+                                row_block(X, start, stop),
+                                state,
+                                args,
+                                state.t,
+                                seed,
+                                start,
+                                weights=wb,
                             )
                             total += loss
                             n_steps += steps
                             pass_steps += steps
                             pass_clipped += clipped
-                            on_block(b, loss, stop - start)
+                            on_block(b, loss, stop - start if wb is None else float(wb.sum()))
                 estimate = total * unit / denom
                 if self.verbose:
                     logger.info("SQ pass %d: objective estimate %.6g", it, estimate)

@@ -123,13 +123,51 @@ def test_bad_sample_weight_is_refused_by_name(tmp_path):
         est.fit(X, sample_weight=np.zeros(50))
     with pytest.raises(ValueError, match="rows with sample_weight > 0=1"):
         est.fit(X, sample_weight=np.eye(50)[0])
+    import dask.array as da
+
+    with pytest.raises(ValueError, match="not supported with a Dask array"):
+        est.fit(da.from_array(X, chunks=(10, 2)), sample_weight=np.ones(50))
     z = zarr.open_array(
         str(tmp_path / "x.zarr"), mode="w", shape=X.shape, chunks=(10, 2), dtype="f8"
     )
     z[:] = X
-    with pytest.raises(ValueError, match="sample_weight is supported for in-memory arrays only"):
-        est.fit(z, sample_weight=np.ones(50))
+    with pytest.raises(ValueError, match="sample_weight.shape"):
+        est.fit(z, sample_weight=np.ones(49))
     assert not hasattr(est, "cluster_centers_")
+
+
+@pytest.mark.parametrize("batch_size", [1, 5])
+def test_weights_on_zarr_are_the_weights_on_numpy(tmp_path, batch_size):
+    """A chunked (zarr) input streams the weights with its blocks: in order, the same steps as
+    the in-memory fit; shuffled, the weighted objective and score agree with numpy's."""
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(400, 3)) + np.repeat(np.eye(3) * 5, [150, 150, 100], axis=0)
+    w = rng.choice([0.0, 0.5, 1.0, 3.0], size=400)
+    z = zarr.open_array(
+        str(tmp_path / "x.zarr"), mode="w", shape=X.shape, chunks=(50, 3), dtype="f8"
+    )
+    z[:] = X
+    kw = dict(
+        init=X[[0, 200, 399]] + 0.2,
+        scale=None,
+        shuffle=False,
+        max_iter=2,
+        tol=0,
+        batch_size=batch_size,
+        learning_rate=0.01,
+        chunk_size=50,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mem = StochasticQuantization(3, **kw).fit(X, sample_weight=w)
+        chk = StochasticQuantization(3, **kw).fit(z, sample_weight=w)
+        shuf = StochasticQuantization(3, random_state=0).fit(z, sample_weight=w)
+    np.testing.assert_allclose(chk.cluster_centers_, mem.cluster_centers_, rtol=1e-12)
+    assert chk.objective_ == pytest.approx(mem.objective_, rel=1e-12)
+    assert shuf.score(z, sample_weight=w) == pytest.approx(
+        shuf.score(X, sample_weight=w), rel=1e-12
+    )
+    assert shuf.objective_ == pytest.approx(-shuf.score(X, sample_weight=w), rel=1e-12)
 
 
 # ---------------------------------------------------------------- metric="cosine"
