@@ -62,7 +62,9 @@ class RunRecord(BaseModel):
     status: RunStatus = "running"
     dataset: str | None = None
     encoder_version: str | None = None
-    n_clusters: int | None = None
+    n_clusters: int | None = Field(
+        None, description="K of the run; None while n_clusters='auto' has not chosen yet."
+    )
     waited_for_lock_s: float | None = Field(None, description="Seconds spent waiting for the lock.")
     retrain_outcome: RetrainOutcome | None = Field(
         None, description="What the retrain did (None: the monitor stage was not reached)."
@@ -103,6 +105,8 @@ class RunRecord(BaseModel):
                 )
             if data.get("cluster") == {}:  # failed runs of version 0 wrote an empty dict
                 data["cluster"] = None
+            if data.get("n_clusters") == "auto":  # the setting: K is known after the cluster stage
+                data["n_clusters"] = None
         return data
 
     # ------------------------------------------------------------------ building
@@ -111,6 +115,8 @@ class RunRecord(BaseModel):
         if stage not in STAGE_TIMING_NAMES:
             raise ValueError(f"unknown stage {stage!r}; valid: {sorted(STAGE_TIMING_NAMES)}")
         setattr(self, stage, result)
+        if stage == "cluster" and result.get("n_clusters") is not None:
+            self.n_clusters = int(result["n_clusters"])  # the K used (chosen, for "auto")
         self.timings[STAGE_TIMING_NAMES[stage]] = float(result["seconds"])
         return result
 

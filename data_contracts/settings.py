@@ -77,8 +77,22 @@ class PipelineSettings(BaseModel):
     embed_batch_size: Int = Field(4096, ge=1)
     store_chunk_rows: Int = Field(8192, ge=1, description="Rows per Zarr chunk / Dask block.")
     # clustering
-    # n_clusters is validated here and only here (its type says what is valid)
-    n_clusters: Int = Field(10, ge=1)
+    # n_clusters is validated here and only here (its type and validators say what is valid)
+    n_clusters: Int | Literal["auto"] = Field(
+        10,
+        description="K (>= 1), or 'auto': chosen per run over k_range by the held-out "
+        "Calinski-Harabasz ratio (sqflow.model_selection); the choice and its curve are "
+        "recorded in the cluster stage result (n_clusters, k_selection).",
+    )
+    k_range: tuple[Int, Int] = Field((2, 30), description="K tried by n_clusters='auto'.")
+    forgetting_half_life: Int | None = Field(
+        None,
+        ge=1,
+        description="Half-life in samples of the warm-started SQ fit (StochasticQuantization "
+        "forgetting): the step never decays below the rate at which a sample's weight halves "
+        "every this many samples of its center, so warm-started centers keep following drift. "
+        "None: no floor.",
+    )
     optimizer: Literal["sgd", "momentum", "nag", "adagrad", "rmsprop", "adam"] = "sgd"
     rank: Float = Field(3.0, ge=1.0)
     sq_batch_size: Int = Field(1, ge=1)
@@ -121,6 +135,28 @@ class PipelineSettings(BaseModel):
                 f"timezone {v!r} is not an IANA time zone; valid: e.g. UTC, Europe/Kyiv, "
                 "America/New_York"
             ) from None
+        return v
+
+    @field_validator("n_clusters", mode="before")
+    @classmethod
+    def _n_clusters_not_bool(cls, v: Any) -> Any:
+        # int(True) == 1: a TOML/JSON boolean must not silently become one cluster
+        if isinstance(v, bool):
+            raise ValueError(f"n_clusters={v!r}: use an integer >= 1 or 'auto', not a boolean")
+        return v
+
+    @field_validator("n_clusters")
+    @classmethod
+    def _n_clusters_positive(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 1:
+            raise ValueError(f"n_clusters={v}: use an integer >= 1 or 'auto'")
+        return v
+
+    @field_validator("k_range")
+    @classmethod
+    def _k_range_ordered(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if not 2 <= v[0] <= v[1]:
+            raise ValueError(f"k_range={v}: use (k_min, k_max) with 2 <= k_min <= k_max")
         return v
 
     def flow_parameters(self) -> dict[str, Any]:

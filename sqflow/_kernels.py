@@ -201,6 +201,9 @@ def sq_steps(
     batch_size,
     project,
     keep,
+    w,
+    rho_min,
+    sphere,
 ):
     """Run SQ steps over the rows of ``X`` in order, updating centers and state in place.
 
@@ -216,10 +219,20 @@ def sq_steps(
     22) to record the linear part of the run's map on ``(y_k, m_k)`` for the distributed
     combination (see ``_apply_update``), or ``(0, 0, 0)`` to skip it.
 
+    ``w`` (length n, >= 0) weights the rows: a row of weight w moves its center by w times the
+    step of an unweighted row (the safeguard still caps it at the sample's distance) and adds
+    w times its loss; a row of weight 0 is skipped as if removed (no step, no tick of the
+    schedule's clock; in a batch it still occupies its slot). Length 0:
+    every row weighs 1. ``rho_min`` (>= 0) is a floor on the step size (forgetting: the step
+    never decays below it). ``sphere``: rows are read normalised to unit length and every
+    updated center is projected back onto the unit sphere (spherical SQ, ``metric="cosine"``;
+    replaces the bounding box).
+
     Returns
     -------
     t_end : int64
-        ``t_start`` + number of samples processed (the schedule's clock).
+        ``t_start`` + number of samples processed (the schedule's clock; rows of weight 0 are
+        not counted).
     loss_sum : float64
         Sum over processed samples of ``min_k ||z - y_k||**r`` measured before each step, in
         working units (multiply by ``scale**r`` for data units): a cheap running estimate of F.
@@ -236,19 +249,27 @@ def sq_steps(
     S = np.empty((4, d))
     dist2 = np.empty(K)
     track = keep.shape[0] > 0
+    weighted = w.shape[0] > 0
+    wi = 1.0
     # transposed copy of the centers: the distance loop then vectorises over K
     cT = np.ascontiguousarray(centers.T)
     loss_sum = 0.0
     n_clipped = 0
     if batch_size == 1:
         # Algorithm 1: the hot loop, kept free of the mini-batch bookkeeping
+        skipped = 0  # rows of weight 0: as if removed (no step, no tick of the clock)
         for i in range(n):
-            _load_sample(X, i, inv_scale, z, lo, hi, project)
+            if weighted:
+                wi = w[i]
+                if wi == 0.0:
+                    skipped += 1
+                    continue
+            _load_sample(X, i, inv_scale, z, lo, hi, project, sphere)
             best, best_d2 = _nearest_center(z, cT, dist2)
             dist = math.sqrt(best_d2)
-            loss_sum += _dist_pow(dist, best_d2, r)
-            coef = _grad_coef(dist, r)
-            rho = _rho(t_start + i, rho0, sched, t0, power)
+            loss_sum += wi * _dist_pow(dist, best_d2, r)
+            coef = _grad_coef(dist, r) * wi
+            rho = max(_rho(t_start + i - skipped, rho0, sched, t0, power), rho_min)
             if opt == SGD:
                 # the paper's rule, fused into one loop (the most common path); the step moves
                 # the center by step * dist toward z, so the safeguard is step <= 1
@@ -265,6 +286,8 @@ def sq_steps(
                     if track:
                         keep[0, best, j] *= 1.0 - step
                 count[best] += 1
+                if sphere:
+                    _to_sphere(centers, cT, best)
             else:
                 for j in range(d):
                     g[j] = coef * (centers[best, j] - z[j])
@@ -293,31 +316,45 @@ def sq_steps(
                 )
                 for j in range(d):
                     cT[j, best] = centers[best, j]
-        return t_start + n, loss_sum, n, n_clipped
+                if sphere:
+                    _to_sphere(centers, cT, best)
+                    if opt == MOMENTUM:  # the displacement is where the center actually went
+                        for j in range(d):
+                            m[best, j] = centers[best, j] - old[j]
+        return t_start + n - skipped, loss_sum, n - skipped, n_clipped
 
     gsum = np.zeros((K, d))
     gcnt = np.zeros(K, dtype=np.int64)
     csum = np.zeros(K)  # sum of the gradient coefficients of the samples each center won
     dsum = np.zeros(K)  # sum of their distances (the safeguard's cap is the mean)
+    wsum = np.zeros(K)  # sum of their weights
     t = t_start
     n_steps = 0
     i = 0
     while i < n:
         stop = min(i + batch_size, n)
+        used = stop - i  # rows of weight > 0 in the batch: they alone tick the clock
         for ii in range(i, stop):
-            _load_sample(X, ii, inv_scale, z, lo, hi, project)
+            if weighted:
+                wi = w[ii]
+                if wi == 0.0:
+                    used -= 1
+                    continue
+            _load_sample(X, ii, inv_scale, z, lo, hi, project, sphere)
             best, best_d2 = _nearest_center(z, cT, dist2)
             dist = math.sqrt(best_d2)
-            loss_sum += _dist_pow(dist, best_d2, r)
-            coef = _grad_coef(dist, r)
+            loss_sum += wi * _dist_pow(dist, best_d2, r)
+            coef = _grad_coef(dist, r) * wi
             gcnt[best] += 1
             csum[best] += coef
-            dsum[best] += dist
+            dsum[best] += wi * dist
+            wsum[best] += wi
             for j in range(d):
                 gsum[best, j] += coef * (centers[best, j] - z[j])
-        rho = _rho(t, rho0, sched, t0, power)
+        rho = max(_rho(t, rho0, sched, t0, power), rho_min)
         for k in range(K):
             if gcnt[k] > 0:
+                # the mean over the rows won, each counted w times (w = 1: the plain mean)
                 inv = 1.0 / gcnt[k]
                 for j in range(d):
                     g[j] = gsum[k, j] * inv
@@ -328,7 +365,7 @@ def sq_steps(
                     g,
                     csum[k] * inv,
                     rho,
-                    dsum[k] * inv,
+                    dsum[k] / wsum[k],
                     centers,
                     m,
                     v,
@@ -348,23 +385,51 @@ def sq_steps(
                 )
                 csum[k] = 0.0
                 dsum[k] = 0.0
+                wsum[k] = 0.0
                 for j in range(d):
                     cT[j, k] = centers[k, j]
-        t += stop - i
-        n_steps += 1
+                if sphere:
+                    _to_sphere(centers, cT, k)
+                    if opt == MOMENTUM:
+                        for j in range(d):
+                            m[k, j] = centers[k, j] - old[j]
+        t += used
+        if used > 0:
+            n_steps += 1
         i = stop
     return t, loss_sum, n_steps, n_clipped
 
 
 @njit(cache=True, nogil=True, error_model="numpy", fastmath=_FASTMATH, inline="always")
-def _load_sample(X, row, inv_scale, z, lo, hi, project):
-    """z = X[row] * inv_scale; grows the bounding box of seen data when projecting."""
+def _load_sample(X, row, inv_scale, z, lo, hi, project, sphere):
+    """z = X[row] * inv_scale (``sphere``: X[row] / ||X[row]||, a zero row stays zero); grows
+    the bounding box of seen data when projecting."""
+    if sphere:
+        norm2 = 0.0
+        for j in range(z.shape[0]):
+            norm2 += X[row, j] * X[row, j]
+        inv_scale = 1.0 / math.sqrt(norm2) if norm2 > 0.0 else 0.0
     for j in range(z.shape[0]):
         zj = X[row, j] * inv_scale
         z[j] = zj
         if project:
             lo[j] = min(lo[j], zj)
             hi[j] = max(hi[j], zj)
+
+
+@njit(cache=True, nogil=True, error_model="numpy", fastmath=_FASTMATH, inline="always")
+def _to_sphere(centers, cT, k):
+    """Project center k onto the unit sphere (left alone at the origin, which has no nearest
+    point on the sphere; a step never reaches it unless a row is exactly antipodal)."""
+    d = centers.shape[1]
+    norm2 = 0.0
+    for j in range(d):
+        norm2 += centers[k, j] * centers[k, j]
+    if norm2 > 0.0:
+        inv = 1.0 / math.sqrt(norm2)
+        for j in range(d):
+            centers[k, j] *= inv
+            cT[j, k] = centers[k, j]
 
 
 @njit(cache=True, nogil=True, error_model="numpy", fastmath=_FASTMATH, inline="always")

@@ -76,7 +76,7 @@ def assign_store(
         emb,
         name=name,
         target=target,
-        n_clusters=int(est.n_clusters),
+        n_clusters=int(est.cluster_centers_.shape[0]),  # the K used (also for "auto")
         model_hash=model_hash(est),
         if_exists=if_exists,
     )

@@ -89,13 +89,19 @@ def sample_picks(n: int, size: int, rng: np.random.RandomState) -> np.ndarray:
 
 
 def uniform_sample(
-    X, size: int, rng: np.random.RandomState, bounds: list[tuple[int, int]]
+    X,
+    size: int,
+    rng: np.random.RandomState,
+    bounds: list[tuple[int, int]],
+    picks: np.ndarray | None = None,
 ) -> np.ndarray:
     """A uniform sample of ``size`` distinct rows of a chunked array, read block by block.
 
     Only the blocks that hold sampled rows are read, and only the sampled rows are kept.
+    ``picks`` (sorted row indices) reads those rows instead of drawing a sample.
     """
-    picks = sample_picks(X.shape[0], size, rng)
+    if picks is None:
+        picks = sample_picks(X.shape[0], size, rng)
     out = []
     for start, stop in bounds:
         lo, hi = np.searchsorted(picks, [start, stop])

@@ -90,6 +90,8 @@ class KernelArgs:
     inv_scale: float
     batch_size: int
     project: bool
+    rho_min: float = 0.0  # floor of the step size (forgetting); 0: none
+    sphere: bool = False  # spherical SQ (metric="cosine"): unit rows, centers on the sphere
 
 
 @dataclass
@@ -104,7 +106,10 @@ class TaskResult:
     block_losses: list  # loss sum of each block, in task order
 
 
-def _steps(block, s: OptimizerState, args: KernelArgs, keep: np.ndarray):
+_UNWEIGHTED = np.empty(0)
+
+
+def _steps(block, s: OptimizerState, args: KernelArgs, keep: np.ndarray, weights=None):
     t, loss, steps, clipped = _kernels.sq_steps(
         block,
         s.centers,
@@ -129,18 +134,29 @@ def _steps(block, s: OptimizerState, args: KernelArgs, keep: np.ndarray):
         args.batch_size,
         args.project,
         keep,
+        _UNWEIGHTED if weights is None else weights,
+        args.rho_min,
+        args.sphere,
     )
     s.t = int(t)
     return float(loss), int(steps), int(clipped)
 
 
-def _prepare(block, seed: int | None, start_row: int, check: bool) -> np.ndarray:
+def _prepare(block, seed: int | None, start_row: int, check: bool, weights=None):
+    """The block as C-contiguous float rows, permuted by ``seed``; with ``weights`` (the
+    block's rows' weights) returns (block, weights) permuted alike."""
     block = as_float_rows(block)
     if check:
         check_block_finite(block, start_row)
     if seed is not None:
-        block = block[np.random.RandomState(seed).permutation(block.shape[0])]
-    return np.ascontiguousarray(block)
+        perm = np.random.RandomState(seed).permutation(block.shape[0])
+        block = block[perm]
+        if weights is not None:
+            weights = weights[perm]
+    block = np.ascontiguousarray(block)
+    if weights is None:
+        return block
+    return block, np.ascontiguousarray(weights, dtype=np.float64)
 
 
 def run_block(
@@ -151,18 +167,23 @@ def run_block(
     seed: int | None,
     start_row: int,
     check: bool = True,
+    weights: np.ndarray | None = None,
 ) -> tuple[OptimizerState, float, int, int]:
     """SQ steps over one block from a copy of ``state`` (the serial path).
 
     ``seed`` (None = keep row order) permutes the rows inside the block; it is chosen by the
     driver, so the call is a pure function of its arguments (safe to recompute). ``check``
-    rejects NaN/inf naming the row (skip it only for data validated already).
+    rejects NaN/inf naming the row (skip it only for data validated already). ``weights``
+    (n_rows,) are the rows' sample weights (None: all 1), permuted with the rows.
     Returns (new state, loss sum in working units, steps, steps the safeguard shortened).
     """
-    block = _prepare(block, seed, start_row, check)
+    if weights is not None:
+        block, weights = _prepare(block, seed, start_row, check, weights)
+    else:
+        block = _prepare(block, seed, start_row, check)
     s = state.copy()
     s.t = int(t_start)
-    loss, steps, clipped = _steps(block, s, args, np.empty((0, 0, 0)))
+    loss, steps, clipped = _steps(block, s, args, np.empty((0, 0, 0)), weights)
     return s, loss, steps, clipped
 
 

@@ -23,7 +23,12 @@ from sklearn.base import (
 )
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
-from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
+from sklearn.utils.validation import (
+    _check_sample_weight,
+    check_is_fitted,
+    column_or_1d,
+    validate_data,
+)
 
 from .chunks import (
     as_float_rows,
@@ -49,12 +54,20 @@ from .seeding import class_means, kmeans_plusplus, random_rows
 logger = logging.getLogger(__name__)
 
 _INITS = ("k-means++", "random", "labels")
+_METRICS = ("euclidean", "cosine")
 #: share of shortened steps in the last pass above which a fit warns that it may not converge
 _CLIP_WARN = 1e-3
 
 
-def _predict_block(block, centers):
-    return nearest(block, centers)[0]
+def _unit_rows(block: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit Euclidean length (float64); a zero row stays zero."""
+    block = np.asarray(block, dtype=np.float64)
+    norms = np.sqrt(np.einsum("ij,ij->i", block, block))
+    return block / np.where(norms > 0, norms, 1.0)[:, None]
+
+
+def _predict_block(block, centers, cosine=False):
+    return nearest(_unit_rows(block) if cosine else block, centers)[0]
 
 
 def _atomic(method):
@@ -85,8 +98,36 @@ class StochasticQuantization(
 
     Parameters
     ----------
-    n_clusters : int, default=8
-        Number of centers K (>= 1).
+    n_clusters : int or "auto", default=8
+        Number of centers K (>= 1). "auto": K is chosen from the data over ``k_range`` by
+        :func:`sqflow.model_selection.select_n_clusters` (held-out Calinski-Harabasz ratio of
+        SQ fits on a bounded sample; see that module), before the fit; the choice is in
+        ``n_clusters_`` and the curve in ``k_selection_``. ``partial_fit`` chooses on its first
+        chunk. The choice ignores ``sample_weight``.
+    k_range : (int, int), default=(2, 30)
+        Smallest and largest K tried by ``n_clusters="auto"`` (inclusive, 2 <= k_min <= k_max);
+        unused for an integer ``n_clusters``.
+    metric : {"euclidean", "cosine"}, default="euclidean"
+        "cosine" runs spherical SQ: every row is read scaled to unit length and every updated
+        center is projected back onto the unit sphere (instead of the bounding box, so
+        ``projection`` and ``scale`` are ignored: the working unit is the sphere's radius).
+        On unit rows ``||x - y||**2 = 2 (1 - cos(x, y))``, so the nearest center is the most
+        cosine-similar one; ``predict`` assigns by cosine similarity, ``transform`` returns
+        cosine distances ``1 - cos`` and the objective is ``mean min_k ||x/|x| - y_k||**rank``.
+        Convergence: the projection onto the sphere is not onto a convex set, so the
+        convex-projection argument of the paper does not apply; SQ on the sphere is projected
+        stochastic gradient on a smooth manifold and reaches a stationary point of F on the
+        sphere under the same step conditions (no global statement). Zero rows are rejected.
+    forgetting : float or None, default=None
+        Half-life in samples for streams (Spark StreamingKMeans' ``halfLife``): the step size
+        never falls below ``rho_min = (1 - 0.5 ** (1 / forgetting)) / rank``. With rank 2 and
+        sgd a center then moves by at least the fraction ``1 - 0.5 ** (1 / forgetting)`` of
+        its distance to each sample it wins, so the weight of a sample in the center halves
+        every ``forgetting`` later samples of that center (other ranks: exactly at unit working
+        distance). It applies to ``fit`` and ``partial_fit``. With a floor the Robbins-Monro
+        condition sum rho_t**2 < inf fails: the centers no longer converge to a minimiser of
+        F but track a drifting optimum, with a noise floor (a spread of order
+        ``sqrt(rho_min)`` around it) that is the price of following the drift. None: no floor.
     optimizer : {"sgd", "momentum", "nag", "adagrad", "rmsprop", "adam"}, default="sgd"
         Update rule; state (velocity, G, Adam moments, update counts) is kept per center and
         Adam is bias-corrected with each center's own update count.
@@ -184,13 +225,20 @@ default="k-means++"
 
     Attributes
     ----------
-    cluster_centers_ : ndarray (n_clusters, n_features), float64
+    cluster_centers_ : ndarray (n_clusters_, n_features), float64
+        (``metric="cosine"``: unit vectors)
+    n_clusters_ : int
+        The number of centers used: ``n_clusters``, or the K chosen by ``n_clusters="auto"``.
+    k_selection_ : dict or None
+        ``n_clusters="auto"``: the selection's ``KSelection.as_dict()`` (chosen K, candidate
+        K, the criterion's curve, the SQ objective per K, the sample sizes); None otherwise.
     labels_ : ndarray (n_samples,), int64
         Nearest center of each training row (in-memory ``fit`` only; chunked inputs are not
         materialised: call ``predict``).
     objective_ : float
         Exact mean of ``min_k ||x - y_k||**rank`` over the training data at the final centers
-        (after ``partial_fit``: over its last chunk).
+        (after ``partial_fit``: over its last chunk); with ``sample_weight`` the weighted mean
+        ``sum_i w_i min_k ||x_i - y_k||**rank / sum_i w_i``.
     n_iter_ : int
         Passes run by ``fit``.
     n_steps_ : int
@@ -207,6 +255,9 @@ default="k-means++"
         self,
         n_clusters=8,
         *,
+        k_range=(2, 30),
+        metric="euclidean",
+        forgetting=None,
         optimizer="sgd",
         learning_rate=None,
         rank=3.0,
@@ -236,6 +287,9 @@ default="k-means++"
         dask_timeout=60.0,
     ):
         self.n_clusters = n_clusters
+        self.k_range = k_range
+        self.metric = metric
+        self.forgetting = forgetting
         self.optimizer = optimizer
         self.learning_rate = learning_rate
         self.rank = rank
@@ -270,8 +324,11 @@ default="k-means++"
         return self.cluster_centers_.shape[0]
 
     # ------------------------------------------------------------------ validation
-    def _check_params(self, n_features: int) -> dict:
-        """Validate every parameter in one place; return the resolved values (self untouched)."""
+    def _check_params(self, n_features: int, K: int | None = None) -> dict:
+        """Validate every parameter in one place; return the resolved values (self untouched).
+
+        ``K`` is the resolved number of centers (needed for ``n_clusters="auto"``; None takes
+        ``n_clusters``, and 2 stands in while only validating before the selection)."""
 
         def need(cond: bool, name: str, valid: str) -> None:
             if not cond:
@@ -286,7 +343,20 @@ default="k-means++"
         def is_real(v) -> bool:
             return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
 
-        need(is_int(self.n_clusters) and self.n_clusters >= 1, "n_clusters", "an int >= 1")
+        need(
+            (is_int(self.n_clusters) and self.n_clusters >= 1)
+            or (isinstance(self.n_clusters, str) and self.n_clusters == "auto"),
+            "n_clusters",
+            "an int >= 1 or 'auto'",
+        )
+        if K is None:
+            K = self.n_clusters if is_int(self.n_clusters) else 2
+        need(self.metric in _METRICS, "metric", f"one of {list(_METRICS)}")
+        need(
+            self.forgetting is None or (is_real(self.forgetting) and self.forgetting > 0),
+            "forgetting",
+            "None or a half-life > 0 (samples)",
+        )
         need(self.optimizer in OPTIMIZER_CODES, "optimizer", f"one of {sorted(OPTIMIZER_CODES)}")
         need(
             self.learning_rate is None or (is_real(self.learning_rate) and self.learning_rate > 0),
@@ -358,10 +428,15 @@ default="k-means++"
             init_array = None
         else:
             init_array = np.asarray(self.init, dtype=np.float64)
-            if init_array.shape != (self.n_clusters, n_features):
+            if self.n_clusters == "auto":
+                raise ValueError(
+                    f"{type(self).__name__}: an init array fixes K; it cannot be combined with "
+                    "n_clusters='auto' (give an int n_clusters, or init='k-means++')"
+                )
+            if init_array.shape != (K, n_features):
                 raise ValueError(
                     f"{type(self).__name__}: init array has shape {init_array.shape}; valid: "
-                    f"(n_clusters, n_features) = ({self.n_clusters}, {n_features})"
+                    f"(n_clusters, n_features) = ({K}, {n_features})"
                 )
             if not np.isfinite(init_array).all():
                 raise ValueError(f"{type(self).__name__}: init array contains NaN or infinity")
@@ -371,7 +446,10 @@ default="k-means++"
             if self.learning_rate is None
             else float(self.learning_rate)
         )
-        t0 = 1000.0 * self.n_clusters if self.step_offset is None else float(self.step_offset)
+        t0 = 1000.0 * K if self.step_offset is None else float(self.step_offset)
+        cosine = self.metric == "cosine"
+        if cosine and init_array is not None:
+            init_array = _unit_rows(init_array)
         rows = max(self.batch_size, self.chunk_size - self.chunk_size % self.batch_size)
         return {
             "lr": lr,
@@ -379,9 +457,14 @@ default="k-means++"
             "opt": OPTIMIZER_CODES[self.optimizer],
             "sched": SCHEDULE_CODES[self.schedule],
             "init_array": init_array,
-            "init_size": self.init_size or max(10_000, 100 * self.n_clusters),
+            "init_size": self.init_size or max(10_000, 100 * K),
             "rows_per_block": rows,
-            "project": self.projection == "bbox",
+            "project": self.projection == "bbox" and not cosine,
+            "K": K,
+            "cosine": cosine,
+            "rho_min": 0.0
+            if self.forgetting is None
+            else (1.0 - 0.5 ** (1.0 / float(self.forgetting))) / float(self.rank),
         }
 
     def _check_X(self, X, *, reset: bool):
@@ -405,7 +488,7 @@ default="k-means++"
                     f"{self.n_features_in_} features as input."
                 )
             return X
-        return validate_data(
+        X = validate_data(
             self,
             X,
             dtype=[np.float64, np.float32],
@@ -413,8 +496,63 @@ default="k-means++"
             reset=reset,
             accept_sparse=False,
         )
+        if self.metric == "cosine":
+            zero = ~np.any(X != 0, axis=1)
+            if zero.any():
+                raise ValueError(
+                    f"metric='cosine' needs rows with a direction; X has {int(zero.sum())} "
+                    f"all-zero row(s) (first at row {int(np.flatnonzero(zero)[0])})"
+                )
+        return X
 
-    def _check_y(self, y, n_samples: int) -> np.ndarray:
+    def _check_weights(self, sample_weight, X) -> np.ndarray | None:
+        """Validated sample weights (float64, (n_samples,), >= 0, not all 0), or None."""
+        if sample_weight is None:
+            return None
+        if is_dask_array(X):
+            raise ValueError(
+                "sample_weight is not supported with a Dask array X (the distributed pass does "
+                "not carry per-row weights yet): pass the data as a numpy or zarr array, or fit "
+                "without weights"
+            )
+        if is_chunked(X):
+            w = np.asarray(sample_weight, dtype=np.float64)
+            if w.shape != (X.shape[0],):
+                raise ValueError(
+                    f"sample_weight.shape == {w.shape}, expected ({X.shape[0]},) (one per row)"
+                )
+            if (w < 0).any():
+                raise ValueError("Negative values in data passed to sample_weight")
+        else:
+            w = _check_sample_weight(sample_weight, X, dtype=np.float64, ensure_non_negative=True)
+        if not np.all(np.isfinite(w)):
+            raise ValueError("sample_weight holds NaN or infinite values; use finite weights >= 0")
+        if not (w > 0).any():
+            raise ValueError("sample_weight are all zero; at least one weight must be > 0")
+        # all 1: the unweighted fit exactly (the weighted seeding draws its random numbers
+        # differently, so it would give another, equally valid, start)
+        return None if np.all(w == 1.0) else w
+
+    def _resolve_k(self, X, rng) -> tuple[int, dict | None]:
+        """The number of centers: ``n_clusters``, or the K chosen on X for "auto"."""
+        if not (isinstance(self.n_clusters, str) and self.n_clusters == "auto"):
+            return self.n_clusters, None
+        from .model_selection import select_n_clusters
+
+        selection = select_n_clusters(
+            X,
+            self.k_range,
+            random_state=int(rng.randint(np.iinfo(np.int32).max)),
+            rank=self.rank,
+            optimizer=self.optimizer,
+            learning_rate=self.learning_rate,
+            batch_size=self.batch_size,
+            metric=self.metric,
+            chunk_size=self.chunk_size,
+        )
+        return selection.n_clusters, selection.as_dict()
+
+    def _check_y(self, y, n_samples: int, K: int) -> np.ndarray:
         if y is None:
             raise ValueError(
                 "init='labels' needs fit(X, y) with y = class id in [0, n_clusters) or -1 "
@@ -426,10 +564,10 @@ default="k-means++"
         if not np.issubdtype(y.dtype, np.number) or not np.all(np.mod(y, 1) == 0):
             raise ValueError("y must hold integer class ids (or -1 for unlabeled)")
         y = y.astype(np.int64)
-        bad = (y < -1) | (y >= self.n_clusters)
+        bad = (y < -1) | (y >= K)
         if bad.any():
             raise ValueError(
-                f"y has labels outside [-1, n_clusters) = [-1, {self.n_clusters}): "
+                f"y has labels outside [-1, n_clusters) = [-1, {K}): "
                 f"{np.unique(y[bad])[:10].tolist()} (first at row {int(np.flatnonzero(bad)[0])})"
             )
         if not (y >= 0).any():
@@ -438,7 +576,7 @@ default="k-means++"
 
     # ------------------------------------------------------------------ fitting
     @_atomic
-    def fit(self, X, y=None, callback=None):
+    def fit(self, X, y=None, sample_weight=None, callback=None):
         """Fit the centers by up to ``max_iter`` passes of SQ over X.
 
         Parameters
@@ -448,6 +586,20 @@ default="k-means++"
             dask, h5py) streamed block by block.
         y : array-like (n_samples,) of int, optional
             Class id or -1 (unlabeled); used only by ``init="labels"``.
+        sample_weight : array-like (n_samples,) of float >= 0, optional
+            Row weights (numpy, zarr or h5py X; Dask arrays are refused). A row of
+            weight w moves its center by w times the step of an unweighted row (the safeguard
+            still stops it at the sample), so in expectation over the visiting order a pass
+            moves the centers as a pass over the data with that row repeated w times would,
+            to first order in the step: SQ then descends the weighted objective
+            ``F_w(y) = sum_i w_i min_k ||x_i - y_k||**r / sum_i w_i``. The seeding draws rows
+            in proportion to their weight, the scale, ``objective_`` and the stopping rule
+            weight them; a row of weight 0 is skipped as if removed (no step, no tick of the
+            step schedule's clock, which counts rows of weight > 0). Convergence: the weighted step ``w_i rho_t`` keeps the Robbins-Monro
+            conditions (weights are bounded: sum (w rho_t)**2 <= max(w)**2 sum rho_t**2), so the
+            argument carries over to F_w; large weights make the early steps larger (more
+            often shortened by the safeguard). Exact equality with the repeated data is not
+            claimed: the visiting order differs (see docs/PAPER.md, deviations).
         callback : callable, optional
             Called after every pass as ``callback(info)`` with a dict: ``start`` (index of the
             start, 0..n_init-1), ``pass`` (1-based), ``centers`` (data units, a copy),
@@ -460,34 +612,43 @@ default="k-means++"
         rng = self._rng()
         X = self._check_X(X, reset=True)
         n, d = X.shape
-        p = self._check_params(d)
+        sw = self._check_weights(sample_weight, X)
+        self._check_params(d)  # fail fast, before a K selection
+        K, selection = self._resolve_k(X, rng)
+        p = self._check_params(d, K)
         chunked = is_chunked(X)
         bounds = self._bounds(X, p)
         dask_passes, client = None, None
         if is_dask_array(X):
             client = get_client(self.dask_address)
             if client is not None:
+                if p["cosine"]:
+                    raise ValueError(
+                        "metric='cosine' is not supported on a Dask cluster yet (the "
+                        "composition of the workers' moves does not keep centers on the "
+                        "sphere); fit a numpy or zarr array, or use metric='euclidean'"
+                    )
                 dask_passes = DaskPasses(client, X, self.n_parallel, timeout=self.dask_timeout)
-        sample, class_sums = self._init_data(X, y, p, bounds, rng, "", dask_passes)
+        sample, class_sums, sample_w = self._init_data(X, y, p, bounds, rng, "", dask_passes, sw=sw)
         check_objective_finite(sample, float(self.rank), n_rows=n)  # before compiled code
 
         best = None
         seeds = rng.randint(np.iinfo(np.int32).max, size=self.n_init)
         for run, seed in enumerate(seeds):
             run_rng = np.random.RandomState(seed)
-            centers0 = self._initial_centers(sample, p, run_rng, class_sums)
-            scale = self._resolve_scale(sample, centers0)
+            centers0 = self._initial_centers(sample, p, run_rng, class_sums, sample_w)
+            scale = self._resolve_scale(sample, centers0, sample_w)
             state = OptimizerState.start(centers0 / scale, self.optimizer)
             state, curve, n_passes, n_steps, clipped = self._passes(
-                X, chunked, bounds, state, p, scale, run_rng, run, callback, dask_passes
+                X, chunked, bounds, state, p, scale, run_rng, run, callback, dask_passes, sw
             )
             centers = state.centers * scale
-            self._check_converged(centers, clipped[0], clipped[1], (sample, centers0), p)
+            self._check_converged(centers, clipped[0], clipped[1], (sample, centers0, sample_w), p)
             if dask_passes is not None:
                 objective, assigned = dask_passes.objective(centers, float(self.rank)), None
             else:
                 objective, assigned = self._objective(
-                    X, centers, chunked, bounds, keep_labels=not chunked
+                    X, centers, chunked, bounds, keep_labels=not chunked, sw=sw
                 )
             if self.verbose:
                 logger.info(
@@ -501,6 +662,8 @@ default="k-means++"
                 best = (objective, centers, assigned, state, curve, n_passes, n_steps, scale)
 
         objective, centers, assigned, state, curve, n_passes, n_steps, scale = best
+        self.n_clusters_ = int(K)
+        self.k_selection_ = selection
         self.cluster_centers_ = centers
         if assigned is not None:
             self.labels_ = assigned
@@ -515,7 +678,7 @@ default="k-means++"
         return self
 
     @_atomic
-    def partial_fit(self, X, y=None):
+    def partial_fit(self, X, y=None, sample_weight=None):
         """Run SQ steps over the rows of X in order (one chunk of a stream).
 
         The first call initialises the centers from this chunk (``init`` as in ``fit``; an
@@ -524,7 +687,9 @@ default="k-means++"
         the step schedule's clock carry over. Feeding the rows of X in chunks, in order, gives
         the same centers as one ``fit(X)`` pass with ``shuffle=False``, ``max_iter=1``, the same
         array ``init`` and a fixed ``scale`` (for ``batch_size > 1``: when the chunks are
-        multiples of ``batch_size``).
+        multiples of ``batch_size``). ``sample_weight`` (in-memory X) weights the rows as in
+        ``fit``. With ``forgetting`` the step never decays below the half-life's rate, so the
+        centers keep following a drifting stream.
 
         Returns
         -------
@@ -534,15 +699,27 @@ default="k-means++"
         X = self._check_X(X, reset=first)
         chunked = is_chunked(X)
         n, d = X.shape
-        p = self._check_params(d)
-        bounds = self._bounds(X, p)
+        sw = self._check_weights(sample_weight, X)
         if first:
             rng = self._rng()
-            sample, class_sums = self._init_data(
-                X, y, p, bounds, rng, " in the first partial_fit call (it initialises the centers)"
+            self._check_params(d)  # fail fast, before a K selection
+            K, selection = self._resolve_k(X, rng)
+        else:
+            K, selection = self.n_clusters_, self.k_selection_
+        p = self._check_params(d, K)
+        bounds = self._bounds(X, p)
+        if first:
+            sample, class_sums, sample_w = self._init_data(
+                X,
+                y,
+                p,
+                bounds,
+                rng,
+                " in the first partial_fit call (it initialises the centers)",
+                sw=sw,
             )
-            centers0 = self._initial_centers(sample, p, rng, class_sums)
-            scale = self._resolve_scale(sample, centers0)
+            centers0 = self._initial_centers(sample, p, rng, class_sums, sample_w)
+            scale = self._resolve_scale(sample, centers0, sample_w)
             state = OptimizerState.start(centers0 / scale, self.optimizer)
             curve: list[float] = []
             n_steps = 0
@@ -557,17 +734,21 @@ default="k-means++"
         call_steps, call_clipped = 0, 0
         for start, stop in bounds:
             block = row_block(X, start, stop) if chunked else X[start:stop]
+            wb = None if sw is None else sw[start:stop]
             state, loss, steps, clipped = run_block(
-                block, state, args, state.t, None, start, check=chunked
+                block, state, args, state.t, None, start, check=chunked, weights=wb
             )
-            curve.append(loss * unit / (stop - start))
+            rows = stop - start if wb is None else float(wb.sum())
+            curve.append(loss * unit / rows if rows > 0 else float("nan"))
             n_steps += steps
             call_steps += steps
             call_clipped += clipped
         centers = state.centers * scale
         self._check_converged(centers, call_clipped, call_steps, None, p)
-        objective, assigned = self._objective(X, centers, chunked, bounds, keep_labels=True)
+        objective, assigned = self._objective(X, centers, chunked, bounds, keep_labels=True, sw=sw)
 
+        self.n_clusters_ = int(K)
+        self.k_selection_ = selection
         self.cluster_centers_ = centers
         self.labels_ = assigned
         self.objective_ = float(objective)
@@ -587,72 +768,113 @@ default="k-means++"
             copy.deepcopy(rs) if isinstance(rs, np.random.RandomState) else rs
         )
 
-    def _init_data(self, X, y, p, bounds, rng, where: str, dask_passes=None):
-        """Bounded initialisation sample and, for ``init="labels"``, per-class sums/counts.
+    def _init_data(self, X, y, p, bounds, rng, where: str, dask_passes=None, sw=None):
+        """Bounded initialisation sample (its weights, None without ``sw``) and, for
+        ``init="labels"``, per-class sums/counts.
 
         With ``dask_passes`` (Dask input on a cluster) the sample is gathered on the workers, so
-        only the sampled rows travel to the driver instead of every block that holds one."""
-        n = X.shape[0]
-        if n < self.n_clusters:
+        only the sampled rows travel to the driver instead of every block that holds one.
+        With weights the sample is drawn from the rows of weight > 0 and keeps their weights
+        (the seeding and the scale weight them)."""
+        n, K = X.shape[0], p["K"]
+        n_usable = n if sw is None else int(np.count_nonzero(sw))
+        if n_usable < K:
+            kind = "n_samples" if sw is None else "rows with sample_weight > 0"
             raise ValueError(
-                f"n_samples={n} should be >= n_clusters={self.n_clusters}{where}: SQ needs at "
+                f"{kind}={n_usable} should be >= n_clusters={K}{where}: SQ needs at "
                 "least one sample per center"
             )
         chunked = is_chunked(X)
         labels = (
-            self._check_y(y, n) if (isinstance(self.init, str) and self.init == "labels") else None
+            self._check_y(y, n, K)
+            if (isinstance(self.init, str) and self.init == "labels")
+            else None
         )
         size = min(n, p["init_size"])
+        sample_w = None
         if dask_passes is not None:
             picks = sample_picks(n, size, rng)
             sample = as_float_rows(dask_passes.compute(X[picks]))
             check_block_finite(sample, 0, rows=picks)
-        elif chunked:
+        elif chunked and sw is None:
             sample = uniform_sample(X, size, rng, bounds)
+        elif chunked:
+            rows = np.flatnonzero(sw > 0)
+            if size < rows.size:
+                rows = np.sort(rng.choice(rows, size=size, replace=False))
+            sample, sample_w = uniform_sample(X, size, rng, bounds, picks=rows), sw[rows]
+        elif sw is not None:
+            rows = np.flatnonzero(sw > 0)
+            if size < rows.size:
+                rows = np.sort(rng.choice(rows, size=size, replace=False))
+            sample, sample_w = X[rows], sw[rows]
         else:
             sample = X if size >= n else X[np.sort(rng.choice(n, size=size, replace=False))]
-        class_sums = self._class_sums(X, labels, bounds, chunked) if labels is not None else None
-        return sample, class_sums
+        if p["cosine"]:
+            sample = _unit_rows(sample)
+        class_sums = (
+            self._class_sums(X, labels, bounds, chunked, p, sw) if labels is not None else None
+        )
+        return sample, class_sums, sample_w
 
-    def _resolve_scale(self, sample: np.ndarray, centers0: np.ndarray) -> float:
+    def _resolve_scale(self, sample: np.ndarray, centers0: np.ndarray, sample_w=None) -> float:
         """ "auto": RMS distance of the init sample to its nearest initial center.
 
         In those units a typical sample sits about 1 from its center, so the paper's learning
         rates mean the same thing on any data: a step moves a center by about ``rank *
         learning_rate`` of the current quantization error, whatever the units of X.
         """
-        if self.scale is None:
+        if self.scale is None or self.metric == "cosine":
             return 1.0
         if self.scale != "auto":
             return float(self.scale)
         # the compiled assignment: no (n, K) distance matrix for a large init sample
-        s = math.sqrt(float(np.mean(nearest(sample, centers0)[1])))
+        s = math.sqrt(float(np.average(nearest(sample, centers0)[1], weights=sample_w)))
         return s if s > 0 and math.isfinite(s) else 1.0
 
-    def _class_sums(self, X, labels, bounds, chunked) -> tuple[np.ndarray, np.ndarray]:
-        K, d = self.n_clusters, X.shape[1]
+    def _class_sums(self, X, labels, bounds, chunked, p, sw=None) -> tuple[np.ndarray, np.ndarray]:
+        """Per-class (weighted) sums and counts of the labeled rows (cosine: of unit rows)."""
+        K, d = p["K"], X.shape[1]
         sums = np.zeros((K, d))
-        counts = np.bincount(labels[labels >= 0], minlength=K).astype(np.int64)
+        lab_all = labels >= 0
+        if sw is None:
+            counts = np.bincount(labels[lab_all], minlength=K).astype(np.int64)
+        else:
+            counts = np.bincount(labels[lab_all], weights=sw[lab_all], minlength=K)
         blocks = iter_blocks(X, bounds) if chunked else [(0, X.shape[0], X)]
         for start, stop, block in blocks:
             lab = labels[start:stop]
             keep = lab >= 0
-            np.add.at(sums, lab[keep], block[keep].astype(np.float64))
+            rows = block[keep].astype(np.float64)
+            if p["cosine"]:
+                rows = _unit_rows(rows)
+            if sw is not None:
+                rows = rows * sw[start:stop][keep, None]
+            np.add.at(sums, lab[keep], rows)
         return sums, counts
 
-    def _initial_centers(self, sample, p, rng, class_sums) -> np.ndarray:
+    def _initial_centers(self, sample, p, rng, class_sums, sample_w=None) -> np.ndarray:
+        centers = self._seed_centers(sample, p, rng, class_sums, sample_w)
+        # spherical SQ starts on the sphere (class means of unit rows lie inside it)
+        return _unit_rows(centers) if p["cosine"] else centers
+
+    def _seed_centers(self, sample, p, rng, class_sums, sample_w) -> np.ndarray:
         if p["init_array"] is not None:
             return p["init_array"].copy()
         if self.init == "labels":
             return class_means(class_sums[0], class_sums[1], sample, rng)
-        seed = random_rows if self.init == "random" else kmeans_plusplus
+        K = p["K"]
         best, best_obj = None, np.inf
         for _ in range(self.init_candidates):
-            centers = seed(sample, self.n_clusters, rng)
+            if self.init == "random":
+                centers = random_rows(sample, K, rng, sample_weight=sample_w)
+            else:
+                centers = kmeans_plusplus(sample, K, rng, sample_weight=sample_w)
             if self.init_candidates == 1:
                 return centers
             # the SQ objective (rank r) of the seeding on the sample
-            obj = float(np.mean(nearest(sample, centers)[1] ** (self.rank / 2.0)))
+            d_r = nearest(sample, centers)[1] ** (self.rank / 2.0)
+            obj = float(np.average(d_r, weights=sample_w))
             if obj < best_obj:
                 best, best_obj = centers, obj
         return best
@@ -684,10 +906,23 @@ default="k-means++"
             inv_scale=1.0 / scale,
             batch_size=int(self.batch_size),
             project=p["project"],
+            rho_min=p["rho_min"],
+            sphere=p["cosine"],
         )
 
     def _passes(
-        self, X, chunked, bounds, state, p, scale, rng, run, callback=None, dask_passes=None
+        self,
+        X,
+        chunked,
+        bounds,
+        state,
+        p,
+        scale,
+        rng,
+        run,
+        callback=None,
+        dask_passes=None,
+        sw=None,
     ):
         """Up to ``max_iter`` passes; returns (state, loss curve, passes run, steps)."""
         args = self._kernel_args(p, scale)
@@ -696,6 +931,7 @@ default="k-means++"
         prev = None
         n_steps = 0
         n = X.shape[0]
+        denom = n if sw is None else float(np.sum(sw))  # of the pass's mean loss
         progress = None
         if self.verbose:
             from tqdm.auto import tqdm
@@ -705,7 +941,7 @@ default="k-means++"
             )
 
         def on_block(b, loss, rows):
-            curve.append(loss * unit / rows)
+            curve.append(loss * unit / rows if rows > 0 else float("nan"))
             if progress is not None:
                 progress.update(1)
 
@@ -722,14 +958,17 @@ default="k-means++"
                         block = (
                             X[start:stop] if perm is None else np.take(X, perm[start:stop], axis=0)
                         )
+                        wb = None
+                        if sw is not None:
+                            wb = sw[start:stop] if perm is None else sw[perm[start:stop]]
                         state, loss, steps, clipped = run_block(
-                            block, state, args, state.t, None, start, check=False
+                            block, state, args, state.t, None, start, check=False, weights=wb
                         )  # validated by _check_X
                         total += loss
                         n_steps += steps
                         pass_steps += steps
                         pass_clipped += clipped
-                        on_block(b, loss, stop - start)
+                        on_block(b, loss, stop - start if wb is None else float(wb.sum()))
                 else:
                     # random block order, and a seeded permutation inside each block: the same
                     # sample order whether the blocks run here or on a Dask cluster
@@ -751,15 +990,22 @@ default="k-means++"
                         for b in order:
                             start, stop = bounds[b]
                             seed = None if seeds is None else int(seeds[b])
+                            wb = None if sw is None else sw[start:stop]
                             state, loss, steps, clipped = run_block(
-                                row_block(X, start, stop), state, args, state.t, seed, start
+                                row_block(X, start, stop),
+                                state,
+                                args,
+                                state.t,
+                                seed,
+                                start,
+                                weights=wb,
                             )
                             total += loss
                             n_steps += steps
                             pass_steps += steps
                             pass_clipped += clipped
-                            on_block(b, loss, stop - start)
-                estimate = total * unit / n
+                            on_block(b, loss, stop - start if wb is None else float(wb.sum()))
+                estimate = total * unit / denom
                 if self.verbose:
                     logger.info("SQ pass %d: objective estimate %.6g", it, estimate)
                 if callback is not None:
@@ -814,9 +1060,9 @@ default="k-means++"
             )
             return
         if seeding is not None:
-            sample, centers0 = seeding
-            before = float(np.mean(nearest(sample, centers0)[1] ** (r / 2.0)))
-            after = float(np.mean(nearest(sample, centers)[1] ** (r / 2.0)))
+            sample, centers0, sample_w = seeding
+            before = float(np.average(nearest(sample, centers0)[1] ** (r / 2.0), weights=sample_w))
+            after = float(np.average(nearest(sample, centers)[1] ** (r / 2.0), weights=sample_w))
             if after > before * (1.0 + 1e-6):
                 warnings.warn(
                     f"SQ ended with a higher objective than its seeding on the initialisation "
@@ -826,18 +1072,24 @@ default="k-means++"
                     stacklevel=3,
                 )
 
-    def _objective(self, X, centers, chunked, bounds, keep_labels):
-        """Exact mean of min_k ||x - y_k||^r (and the labels if asked) in one pass."""
+    def _objective(self, X, centers, chunked, bounds, keep_labels, sw=None):
+        """Exact (weighted) mean of min_k ||x - y_k||^r (and the labels if asked) in one pass
+        (cosine: of the unit rows)."""
         r = float(self.rank)
         total = 0.0
         labels = np.empty(X.shape[0], dtype=np.int64) if keep_labels else None
         blocks = iter_blocks(X, bounds) if chunked else [(0, X.shape[0], X)]
         for start, stop, block in blocks:
-            lab, d2 = nearest(block, centers)
-            total += float(np.sum(d2 ** (r / 2.0)))
+            lab, d2 = nearest(self._metric_rows(block), centers)
+            d_r = d2 ** (r / 2.0)
+            total += float(np.sum(d_r) if sw is None else np.dot(sw[start:stop], d_r))
             if labels is not None:
                 labels[start:stop] = lab
-        return total / X.shape[0], labels
+        return total / (X.shape[0] if sw is None else float(np.sum(sw))), labels
+
+    def _metric_rows(self, block):
+        """The rows as the metric sees them: unit rows for "cosine", else unchanged."""
+        return _unit_rows(block) if self.metric == "cosine" else block
 
     def _stream(self, X):
         """Validated blocks of X for prediction: (start, stop, block)."""
@@ -860,34 +1112,48 @@ default="k-means++"
             self._check_X(X, reset=False)
             if len(X.chunks[1]) != 1:
                 X = X.rechunk({1: X.shape[1]})
-            return X.map_blocks(_predict_block, self.cluster_centers_, dtype=np.int64, drop_axis=1)
+            return X.map_blocks(
+                _predict_block,
+                self.cluster_centers_,
+                self.metric == "cosine",
+                dtype=np.int64,
+                drop_axis=1,
+            )
         X, blocks = self._stream(X)
         out = np.empty(X.shape[0], dtype=np.int64)
         for start, stop, block in blocks:
-            out[start:stop] = nearest(block, self.cluster_centers_)[0]
+            out[start:stop] = nearest(self._metric_rows(block), self.cluster_centers_)[0]
         return out
 
     def transform(self, X):
-        """Euclidean distance of every row to every center: ndarray (n_samples, n_clusters)."""
+        """Distance of every row to every center: ndarray (n_samples, n_clusters_).
+
+        Euclidean distance; ``metric="cosine"``: cosine distance ``1 - cos(x, y_k)`` in [0, 2].
+        """
         X, blocks = self._stream(X)
-        out = np.empty((X.shape[0], self.n_clusters), dtype=np.float64)
+        out = np.empty((X.shape[0], self.cluster_centers_.shape[0]), dtype=np.float64)
         for start, stop, block in blocks:
             # from differences, not |x|^2 - 2x.c + |c|^2: exact far from the origin too
-            out[start:stop] = np.sqrt(sq_distances(block, self.cluster_centers_))
+            d2 = sq_distances(self._metric_rows(block), self.cluster_centers_)
+            # unit rows and centers: ||x - y||^2 = 2 (1 - cos)
+            out[start:stop] = d2 / 2.0 if self.metric == "cosine" else np.sqrt(d2)
         return out
 
-    def score(self, X, y=None):
-        """Minus the objective on X: ``-mean_i min_k ||x_i - y_k||**rank`` (higher is better)."""
+    def score(self, X, y=None, sample_weight=None):
+        """Minus the objective on X: ``-mean_i min_k ||x_i - y_k||**rank`` (higher is better);
+        with ``sample_weight`` the weighted mean (cosine: of the unit rows)."""
         X, blocks = self._stream(X)
+        sw = self._check_weights(sample_weight, X)
         total = 0.0
-        for _, _, block in blocks:
-            d2 = nearest(block, self.cluster_centers_)[1]
-            total += float(np.sum(d2 ** (float(self.rank) / 2.0)))
-        return -total / X.shape[0]
+        for start, stop, block in blocks:
+            d2 = nearest(self._metric_rows(block), self.cluster_centers_)[1]
+            d_r = d2 ** (float(self.rank) / 2.0)
+            total += float(np.sum(d_r) if sw is None else np.dot(sw[start:stop], d_r))
+        return -total / (X.shape[0] if sw is None else float(np.sum(sw)))
 
-    def fit_predict(self, X, y=None):
+    def fit_predict(self, X, y=None, sample_weight=None):
         """Fit, then return the cluster of every training row (streamed for chunked inputs)."""
-        self.fit(X, y)
+        self.fit(X, y, sample_weight=sample_weight)
         if hasattr(self, "labels_"):
             return self.labels_
         return self.predict(X)

@@ -23,6 +23,7 @@ def kmeans_plusplus(
     *,
     existing: np.ndarray | None = None,
     n_local_trials: int | None = None,
+    sample_weight: np.ndarray | None = None,
 ) -> np.ndarray:
     """Greedy k-means++ seeding with SQUARED distances (Arthur & Vassilvitskii; as scikit-learn).
 
@@ -40,6 +41,10 @@ def kmeans_plusplus(
     existing : ndarray (n_existing, n_features), optional
         Centers already fixed (for example class means); seeding continues from them.
     n_local_trials : int, default ``2 + floor(ln n_clusters)``
+    sample_weight : ndarray (n_samples,) of float >= 0, optional
+        Row weights: a row is drawn with probability proportional to weight x squared distance
+        (the first center proportional to weight) and potentials are weighted sums, as if a
+        row of weight w were w repeated rows. None: all 1.
 
     Returns
     -------
@@ -47,6 +52,7 @@ def kmeans_plusplus(
     """
     X = np.asarray(X, dtype=np.float64)
     n = X.shape[0]
+    w = np.ones(n) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
     if n_local_trials is None:
         n_local_trials = 2 + int(math.log(n_clusters))
     centers = np.empty((n_clusters, X.shape[1]))
@@ -56,22 +62,27 @@ def kmeans_plusplus(
         n_done = len(existing)
         closest = sq_dist_to_nearest(X, centers[:n_done])
     else:
-        first = rng.randint(n)
+        if sample_weight is None:
+            first = rng.randint(n)
+        else:
+            first = min(int(np.searchsorted(np.cumsum(w), rng.uniform() * w.sum())), n - 1)
         centers[0] = X[first]
         n_done = 1
         closest = sq_dist_to_nearest(X, centers[:1])
-    potential = closest.sum()
+    potential = (w * closest).sum()
     for c in range(n_done, n_clusters):
         if potential <= 0.0:
             # every point coincides with a chosen center: any point will do
             candidates = rng.randint(n, size=n_local_trials)
+            if sample_weight is not None:  # never a row of weight 0
+                candidates = rng.choice(n, size=n_local_trials, p=w / w.sum())
         else:
-            cumulative = np.cumsum(closest)
+            cumulative = np.cumsum(w * closest)
             draws = rng.uniform(size=n_local_trials) * cumulative[-1]
             candidates = np.minimum(np.searchsorted(cumulative, draws), n - 1)
         cand = X[candidates]
         d2 = np.minimum(sq_distances(X, cand), closest[:, None])
-        pots = d2.sum(axis=0)
+        pots = d2.sum(axis=0) if sample_weight is None else w @ d2
         best = int(np.argmin(pots))
         centers[c] = cand[best]
         closest = d2[:, best]
@@ -79,9 +90,16 @@ def kmeans_plusplus(
     return centers
 
 
-def random_rows(X: np.ndarray, n_clusters: int, rng: np.random.RandomState) -> np.ndarray:
-    """``n_clusters`` distinct rows of X, chosen uniformly (float64)."""
-    idx = rng.choice(X.shape[0], size=n_clusters, replace=False)
+def random_rows(
+    X: np.ndarray,
+    n_clusters: int,
+    rng: np.random.RandomState,
+    sample_weight: np.ndarray | None = None,
+) -> np.ndarray:
+    """``n_clusters`` distinct rows of X, chosen uniformly (with ``sample_weight``: with
+    probability proportional to the weight, without replacement) (float64)."""
+    p = None if sample_weight is None else sample_weight / np.sum(sample_weight)
+    idx = rng.choice(X.shape[0], size=n_clusters, replace=False, p=p)
     return np.asarray(X[np.sort(idx)], dtype=np.float64)
 
 

@@ -51,6 +51,8 @@ class ReferenceSQ:
         decay=0.9,
         eps=1e-8,
         project=False,
+        rho_min=0.0,
+        sphere=False,
     ):
         self.y = [list(map(float, c)) for c in centers]
         K, d = len(self.y), len(self.y[0])
@@ -58,6 +60,8 @@ class ReferenceSQ:
         self.schedule, self.t0, self.power = schedule, t0, power
         self.gamma, self.beta1, self.beta2, self.decay, self.eps = gamma, beta1, beta2, decay, eps
         self.project = project
+        self.rho_min = rho_min  # forgetting: floor of the step size
+        self.sphere = sphere  # spherical SQ: unit rows, centers renormalised after each step
         # per-center state
         self.prev = {k: list(self.y[k]) for k in range(K)}  # y_k^{t-1} (momentum)
         self.look_prev = {k: list(self.y[k]) for k in range(K)}  # y~_k^{t-1} (NAG)
@@ -119,32 +123,57 @@ class ReferenceSQ:
         if length > cap:
             new = [yj + cap / length * (nj - yj) for nj, yj in zip(new, y)]
             self.clipped += 1
-        self.y[k] = self._proj(new)
+        new = self._proj(new)
+        if self.sphere:
+            norm = math.sqrt(sum(v * v for v in new))
+            if norm > 0:
+                new = [v / norm for v in new]
+        self.y[k] = new
 
-    def step(self, x):
-        """Algorithm 1: one sample."""
+    def _rho(self):
+        return max(rho(self.t, self.lr, self.schedule, self.t0, self.power), self.rho_min)
+
+    def _read(self, x):
         x = list(map(float, x))
+        if self.sphere:
+            norm = math.sqrt(sum(v * v for v in x))
+            x = [v / norm for v in x] if norm > 0 else x
+        return x
+
+    def step(self, x, w=1.0):
+        """Algorithm 1: one sample, of weight w (its gradient times w; 0: as if absent)."""
+        if w == 0:
+            return
+        x = self._read(x)
         self._see(x)
         k = nearest(x, self.y)
         g, dist = generalized_gradient(x, self.y[k], self.r)
-        self._update(k, g, rho(self.t, self.lr, self.schedule, self.t0, self.power), dist)
+        self._update(k, [w * gj for gj in g], self._rho(), dist)
         self.t += 1
 
-    def batch_step(self, batch):
-        """Mini-batch: assign against the batch-start centers, mean gradient per winning center."""
-        sums, counts, dists = {}, {}, {}
-        for x in batch:
-            x = list(map(float, x))
+    def batch_step(self, batch, weights=None):
+        """Mini-batch: assign against the batch-start centers, mean gradient per winning center
+        (weighted: the sum of w * gradient over the rows won, by their number; the safeguard's
+        cap is their weighted mean distance)."""
+        weights = [1.0] * len(batch) if weights is None else list(weights)
+        sums, counts, dists, wsums = {}, {}, {}, {}
+        used = 0
+        for x, w in zip(batch, weights):
+            if w == 0:
+                continue
+            used += 1
+            x = self._read(x)
             self._see(x)
             k = nearest(x, self.y)
             g, dist = generalized_gradient(x, self.y[k], self.r)
-            sums[k] = [a + b for a, b in zip(sums.get(k, [0.0] * len(x)), g)]
+            sums[k] = [a + w * b for a, b in zip(sums.get(k, [0.0] * len(x)), g)]
             counts[k] = counts.get(k, 0) + 1
-            dists[k] = dists.get(k, 0.0) + dist
-        step = rho(self.t, self.lr, self.schedule, self.t0, self.power)
+            dists[k] = dists.get(k, 0.0) + w * dist
+            wsums[k] = wsums.get(k, 0.0) + w
+        step = self._rho()
         for k in sorted(sums):
-            self._update(k, [s / counts[k] for s in sums[k]], step, dists[k] / counts[k])
-        self.t += len(batch)
+            self._update(k, [s / counts[k] for s in sums[k]], step, dists[k] / wsums[k])
+        self.t += used
 
     @property
     def centers(self):

@@ -501,9 +501,31 @@ def test_check_estimator_passes():
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        results = check_estimator(StochasticQuantization(random_state=0), on_fail=None)
+        results = check_estimator(
+            StochasticQuantization(random_state=0),
+            on_fail=None,
+            # one weighted fit against one fit on repeated rows, to 1e-7: no order-dependent
+            # stochastic method can pass it (scikit-learn expects it to fail for KMeans and
+            # MiniBatchKMeans); its statistical form is
+            # test_engine_options::test_weights_match_repeated_rows_in_expectation
+            expected_failed_checks={
+                "check_sample_weight_equivalence_on_dense_data": (
+                    "order-dependent SGD: equivalence holds in expectation, tested statistically"
+                )
+            },
+        )
     failed = [(r["check_name"], str(r["exception"])) for r in results if r["status"] == "failed"]
     assert not failed
+    names = {r["check_name"]: r["status"] for r in results}
+    # the other sample_weight checks run and pass
+    for check in (
+        "check_sample_weights_list",
+        "check_sample_weights_shape",
+        "check_sample_weights_not_overwritten",
+        "check_all_zero_sample_weights_error",
+    ):
+        assert names[check] == "passed", check
+    assert names["check_sample_weight_equivalence_on_dense_data"] == "xfail"
     assert sum(r["status"] == "passed" for r in results) > 40
 
 

@@ -67,8 +67,12 @@ def _warm_start(
     settings: PipelineSettings, lay: OutputLayout, run_id: str, version: str, dim: int
 ) -> tuple[np.ndarray | None, str | None]:
     """Centers to start from: this run's last checkpoint (a retried task), else the previous
-    completed run's centers when the encoder version and K are unchanged."""
+    completed run's centers when the encoder version and K are unchanged. With
+    ``n_clusters="auto"`` there is none: K is chosen afresh every run (a retried task chooses
+    the same K again: the choice is seeded)."""
     k = settings.n_clusters
+    if k == "auto":
+        return None, None
     ckpts = sorted((lay.run_dir(run_id) / "checkpoints").glob("pass-*.npy"))
     if ckpts:
         c = np.load(ckpts[-1])
@@ -109,8 +113,9 @@ def cluster_stage(
     lay = OutputLayout.of(settings)
     rd = lay.run_dir(run_id)
     store = open_run_store(lay, run_id)
-    k = settings.n_clusters
     init, warm_from = _warm_start(settings, lay, run_id, store.encoder_version, store.dim)
+    # forgetting applies to a warm start from an earlier run: the centers keep following drift
+    forgetting = settings.forgetting_half_life if (warm_from or "").startswith("run ") else None
     ck_dir = rd / "checkpoints"
     passes: list[dict[str, Any]] = []
 
@@ -142,7 +147,9 @@ def cluster_stage(
         )
         X = store.to_dask()
         est = StochasticQuantization(
-            k,
+            settings.n_clusters,
+            k_range=tuple(settings.k_range),
+            forgetting=forgetting,
             optimizer=settings.optimizer,
             rank=settings.rank,
             batch_size=settings.sq_batch_size,
@@ -156,6 +163,14 @@ def cluster_stage(
         est.fit(X, callback=checkpoint)
         fit_s = time.perf_counter() - t_fit
         centers = np.asarray(est.cluster_centers_)
+        k = int(est.n_clusters_)  # the chosen K for n_clusters="auto"
+        if est.k_selection_ is not None:
+            log.info(
+                "n_clusters='auto': chose K=%d over %s by %s",
+                k,
+                list(settings.k_range),
+                est.k_selection_["criterion"],
+            )
         t_assign = time.perf_counter()
         try:  # an interrupted assignment of this very model resumes
             out = assign_store(est, store, client=client, name=run_id, progress=assign_progress)
@@ -197,6 +212,9 @@ def cluster_stage(
     log.info("SQ: objective %.6g after %d passes; sizes %s", objective, est.n_iter_, sizes.tolist())
     return {
         "objective": objective,
+        "n_clusters": k,
+        "k_selection": est.k_selection_,
+        "forgetting_half_life": forgetting,
         "n_iter": int(est.n_iter_),
         "n_steps": int(est.n_steps_),
         "loss_curve": [float(v) for v in est.loss_curve_],

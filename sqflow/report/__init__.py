@@ -147,6 +147,7 @@ def build_report(
     health: RunHealth | None = None,
     title: str | None = None,
     item_kind: str = "image",
+    k_selection: dict[str, Any] | None = None,
     **options: Any,
 ) -> ReportResult:
     """Compute the report of one run and write it into ``out_dir``:
@@ -158,7 +159,9 @@ def build_report(
     Arguments are those of :func:`sqflow.report.compute.compute_report` (``options`` are passed
     on to it) plus ``thumbnails(ids) -> images`` (None for vector data: members are shown as a
     table of their embedding coordinates) and ``item_kind`` ("timeseries": the members are drawn
-    as line plots). Files are written atomically.
+    as line plots). ``k_selection``: the ``KSelection.as_dict()`` of a run with
+    ``n_clusters="auto"`` (the page then plots the criterion's curve). Files are written
+    atomically.
     """
     data = compute_report(
         run_id,
@@ -180,6 +183,7 @@ def build_report(
         labels=labels,
         title=title,
         item_kind=item_kind,
+        k_selection=k_selection,
     )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
