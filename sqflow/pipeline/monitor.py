@@ -72,7 +72,9 @@ def _policy(policy: DriftPolicy | dict[str, Any] | None, settings: PipelineSetti
     if isinstance(policy, DriftPolicy):
         return policy
     data = dict(policy or {})
-    data.setdefault("n_clusters", max(2, settings.n_clusters))
+    # only used when no reference centers are given; n_clusters="auto" falls back to 10
+    k = settings.n_clusters if isinstance(settings.n_clusters, int) else 10
+    data.setdefault("n_clusters", max(2, k))
     data.setdefault("seed", settings.seed)
     return DriftPolicy.model_validate(data)
 
@@ -94,16 +96,19 @@ def reference_centers(
     folder = lay.reference_store(version).parent
     path, rows_path = folder / "centers.npy", folder / "centers_fit_rows.npy"
     store = open_store(lay.reference_store(version))
-    k = settings.n_clusters
+    k = settings.n_clusters  # "auto": K chosen once per version, on the fit half
     if path.exists() and rows_path.exists():
         c, fit = np.load(path), np.load(rows_path)
-        if c.shape == (k, store.dim):
+        if c.shape[1] == store.dim and (k == "auto" or c.shape[0] == k):
             return c, str(path), fit
     n = store.n_rows
     fit = np.sort(np.random.default_rng([settings.seed, 5]).permutation(n)[: n // 2])
     ref = store.read_embeddings()[fit]
-    est = StochasticQuantization(k, rank=settings.rank, random_state=settings.seed)
+    est = StochasticQuantization(
+        k, k_range=settings.k_range, rank=settings.rank, random_state=settings.seed
+    )
     c = np.asarray(est.fit(ref).cluster_centers_, dtype=np.float64)
+    k = len(c)
     atomic_save_npy(rows_path, fit.astype(np.int64))
     atomic_save_npy(path, c)
     log.info(
@@ -494,7 +499,7 @@ def retrain_stage(
             z_old,
             z_new,
             ref_rows["label"].to_numpy(np.int64),
-            n_clusters=settings.n_clusters,
+            n_clusters=len(reference_centers(settings, old)[0]),  # the K the monitor uses
             rank=settings.rank,
             seed=settings.seed,
             min_gain=settings.retrain_min_gain,

@@ -67,7 +67,7 @@ def publish_stage(
                     "encoder_version": record.encoder_version,
                     "n_samples": int(record.sample["n_selected"]),
                     "n_quarantined": int(record.sample["n_quarantined"]),
-                    "n_clusters": settings.n_clusters,
+                    "n_clusters": int(record.cluster.get("n_clusters") or len(record.clusters)),
                     "objective": float(record.cluster["objective"]),
                     "drift_detected": None,
                     "monitor_ran": False,

@@ -314,6 +314,7 @@ def _build(
         labels=labels if (labels >= 0).any() else None,
         thumbnails=thumbnails if images else None,
         item_kind="timeseries" if meta.source.kind == "timeseries" else "image",
+        k_selection=(rec.cluster or {}).get("k_selection") if rec is not None else None,
         heldout=heldout,
         heldout_note=heldout_note,
         previous=_previous_runs(lay, run_id, rec.started_at, health.encoder_version, len(centers)),
