@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -24,10 +23,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests._chromium import CHROMIUM, chromium_command
+
 REPO = Path(__file__).resolve().parents[1]
 PREFECT = str(Path(sys.executable).with_name("prefect"))
 ARTIFACTS = Path(os.environ.get("SQFLOW_TEST_ARTIFACTS", REPO / "test-artifacts"))
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 pytestmark = pytest.mark.slow
 
@@ -105,20 +105,7 @@ def _run(cmd, env, timeout=180):
 
 
 def _chromium(url: str, tmp: Path, screenshot: Path | None = None) -> str:
-    args = [
-        CHROMIUM,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={tmp / 'chrome-profile'}",
-        "--virtual-time-budget=20000",
-        "--window-size=1400,1100",
-    ]
+    args = chromium_command(tmp, "--window-size=1400,1100")
     if screenshot is not None:
         subprocess.run(
             [*args, f"--screenshot={screenshot}", url], capture_output=True, timeout=120, check=True

@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import shutil
 import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
@@ -29,12 +28,12 @@ from sqflow.report import (
     build_report,
     summarise_previous,
 )
+from tests._chromium import CHROMIUM, chromium_command
 
 K = 8
 TOL = 5e-4 + 1e-9  # half a unit of the last printed digit (0.1% or 0.001)
 N_RUN = 2500
 N_HELD = 800
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 # ------------------------------------------------------------------------------ fixtures
@@ -199,20 +198,7 @@ def _png_ok(src: str) -> Image.Image:
 
 
 def _chromium(args: list[str], tmp: Path) -> subprocess.CompletedProcess:
-    cmd = [
-        CHROMIUM,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={tmp / 'chrome-profile'}",
-        "--virtual-time-budget=20000",
-        *args,
-    ]
+    cmd = chromium_command(tmp, *args)
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True)
 
 
