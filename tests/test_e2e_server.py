@@ -217,7 +217,9 @@ def test_deploy_two_nights_drift_retrain_history_and_ui(server, tmp_path):
             "sample": {"mode": "all"},
         }
 
-    nights = [common | npy("clean"), common | npy("rot")]
+    # the gate would refuse a version trained on rotated digits (worse on upright held-out
+    # rows); this test is about the trigger chain, so the rotated night accepts any version
+    nights = [common | npy("clean"), common | npy("rot") | {"retrain_min_gain": -1.0}]
     wlog = server["tmp"] / "worker.log"
     worker = subprocess.Popen(
         [PREFECT, "worker", "start", "--pool", "sqflow-process", "--type", "process"],

@@ -288,7 +288,12 @@ def test_nightly_whose_retrain_fails_ends_degraded(prefect_harness, base, tmp_pa
         raise OSError("no space left on device (injected by the test)")
 
     monkeypatch.setattr(tm, "_reembed_run", broken)
-    cfg = _copy(base, tmp_path, "rot") | {"train_if_missing": False, "max_iter": 3}
+    # retrain_min_gain -1: the gate accepts the version trained on rotated digits
+    cfg = _copy(base, tmp_path, "rot") | {
+        "train_if_missing": False,
+        "max_iter": 3,
+        "retrain_min_gain": -1.0,
+    }
     state = nightly(config=cfg, return_state=True)
     assert state.is_completed() and state.name == "Degraded", state
     assert "retrain failed" in state.message
@@ -331,7 +336,12 @@ def test_nightly_without_a_server_retrains_in_process_after_publishing(
     night started with, then the in-process retrain makes the new version current."""
     from flows.nightly import nightly
 
-    cfg = _copy(base, tmp_path, "rot") | {"train_if_missing": False, "max_iter": 3}
+    # retrain_min_gain -1: the gate accepts the version trained on rotated digits
+    cfg = _copy(base, tmp_path, "rot") | {
+        "train_if_missing": False,
+        "max_iter": 3,
+        "retrain_min_gain": -1.0,
+    }
     state = nightly(config=cfg, return_state=True)
     assert state.is_completed() and state.name == "Completed", state
     rec = state.result()
