@@ -625,3 +625,73 @@ def test_drift_from_the_monitor_files_or_record(tmp_path):
     assert d is None and note == (
         "The drift monitor did not run for this run: drift monitoring is off."
     )
+
+
+@pytest.fixture(scope="module")
+def one_pipeline_run(tmp_path_factory):
+    """One run through the pipeline's own stages (tiny encoder), its report not yet built."""
+    from flows.settings import flow_settings
+    from sqflow.layout import OutputLayout
+    from sqflow.pipeline.encoder import train_encoder_stage
+
+    out = tmp_path_factory.mktemp("one-run") / "out"
+    cfg = flow_settings(
+        dict(
+            output_dir=str(out),
+            encoder_train_rows=200,
+            encoder_epochs=1,
+            reference_rows=50,
+            n_clusters=4,
+            max_iter=2,
+            store_chunk_rows=256,
+            dask_workers=1,
+            source={"kind": "mnist", "split": "all"},
+            sample={"mode": "uniform", "n": 700, "seed": 0},
+        )
+    )
+    lay = OutputLayout.of(cfg)
+    train_encoder_stage(cfg)
+    run_id, _ = _pipeline_run(cfg, lay, "not run: not needed here")
+    return cfg, run_id
+
+
+@pytest.mark.parametrize("how", ["flip", "swap", "delete"])
+def test_report_stage_refuses_a_damaged_embedding_chunk(one_pipeline_run, tmp_path, how):
+    """The report reads its sampled and held-out rows through the store's verified chunk
+    reads: a damaged chunk of a real store on disk raises the same StoreIntegrityError as the
+    cluster stage's reader (store, array and chunk named); nothing of the report is written.
+    A swap of two chunk files decodes cleanly, so only the commit digest can catch it."""
+    import re
+    import shutil
+
+    from sqflow.layout import OutputLayout
+    from sqflow.pipeline.report import report_dir, report_stage
+    from sqflow.store import StoreIntegrityError, open_store
+
+    cfg0, run_id = one_pipeline_run
+    cfg = cfg0.model_copy(update={"output_dir": tmp_path / "out"})
+    shutil.copytree(cfg0.output_dir, cfg.output_dir)
+    lay = OutputLayout.of(cfg)
+    path = lay.run_dir(run_id) / "embeddings.zarr"
+    assert open_store(path).n_chunks == 3
+    chunk = path / "embedding" / "c" / "1" / "0"
+    if how == "flip":
+        data = bytearray(chunk.read_bytes())
+        data[len(data) // 2] ^= 0x40
+        chunk.write_bytes(bytes(data))
+    elif how == "swap":
+        other = path / "embedding" / "c" / "0" / "0"
+        a, b = chunk.read_bytes(), other.read_bytes()
+        chunk.write_bytes(b)
+        other.write_bytes(a)
+    else:
+        chunk.unlink()
+    # the same message the store's own readers give (chunks read in parallel: after a swap
+    # either of the two may fail first)
+    want = "[01]" if how == "swap" else "1"
+    where = rf"embedding store at {re.escape(str(path))}: array 'embedding' chunk {want} \(rows "
+    with pytest.raises(StoreIntegrityError, match=where):
+        report_stage(cfg, run_id)
+    with pytest.raises(StoreIntegrityError, match=where):
+        open_store(path).to_dask().sum().compute()
+    assert not (report_dir(lay, run_id) / "report.html").exists()

@@ -16,6 +16,9 @@ counts, quarantine reasons, objective, passes, timings), ``manifest.parquet`` / 
 (sample ids, source refs, labels, splits, item shape), ``embeddings.zarr`` with the
 assignments ``<run_id>`` inside, ``centers.npy``, ``drift_report.json`` when the monitor ran,
 and the ``report/cluster_report.parquet`` of earlier runs (trends, previous values).
+Embeddings are read through the store's verified chunk reads (:meth:`EmbeddingStore.to_dask`),
+like the cluster stage: a damaged chunk raises :class:`sqflow.store.StoreIntegrityError`
+naming the store, the array and the chunk (the nightly records it as the report's error).
 
 The labeled hold-out (embedding quality) is the labeled rows of the run whose sample ids are
 not among the rows the run's encoder version trained or validated on (its ``rows.parquet``,
@@ -260,13 +263,17 @@ def _build(
     def thumbnails(sample_ids: Sequence[str]) -> np.ndarray:
         return source.load([refs[row_of[s]] for s in sample_ids])
 
+    # the committed rows through the store's verified chunk reads (checksum, presence and
+    # commit digest): a damaged chunk raises StoreIntegrityError naming the store, the array
+    # and the chunk, as in the cluster stage, instead of feeding the report wrong rows
+    embeddings = store.to_dask()
     held, heldout_note = heldout_rows(lay, store.encoder_version, ids, labels)
     heldout = None
     if held is not None and len(held) > max_heldout:
         held = np.sort(np.random.default_rng(0).choice(held, max_heldout, replace=False))
     if held is not None:
         heldout = HeldOut(
-            embeddings=store.embedding.oindex[held],
+            embeddings=embeddings[held].compute(),
             labels=labels[held],
             inputs=source.load(list(refs[held])),
             cluster_ids=cid[held],
@@ -306,7 +313,7 @@ def _build(
     result = build_report(
         run_id,
         report_dir(lay, run_id),
-        embeddings=store.embedding,
+        embeddings=embeddings,
         cluster_ids=cid,
         distances=dist,
         centers=centers,
