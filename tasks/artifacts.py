@@ -47,6 +47,14 @@ def artifact_key(kind: str, dataset: str | None) -> str:
     return f"sqflow-{kind}-{slug or 'unknown'}"
 
 
+def _convergence_md(c: dict[str, Any]) -> str:
+    """`` of max_iter N, converged`` / ``..., stopped at the pass budget`` (cluster stage)."""
+    if c.get("max_iter") is None or c.get("converged") is None:
+        return ""
+    how = "converged" if c["converged"] else "stopped at the pass budget"
+    return f" of max_iter {c['max_iter']}, {how}"
+
+
 def run_summary_markdown(rec: RunRecord) -> str:
     """The run's Markdown summary (``summary.md`` and the summary artifact)."""
     s, c, e = rec.sample or {}, rec.cluster or {}, rec.embed or {}
@@ -81,7 +89,8 @@ def run_summary_markdown(rec: RunRecord) -> str:
         "## Clustering",
         "",
         f"Objective (mean min_k ||z - y_k||^r): **{c.get('objective', float('nan')):.6g}** after "
-        f"{c.get('n_iter')} passes; warm start: {c.get('warm_start_from') or 'no (k-means++)'}.",
+        f"{c.get('n_iter')} passes{_convergence_md(c)}; warm start: "
+        f"{c.get('warm_start_from') or 'no (k-means++)'}.",
         "",
         "| stage | seconds |",
         "|---|---:|",
