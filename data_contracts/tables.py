@@ -290,6 +290,16 @@ def _finite_list(s: pd.Series) -> pd.Series:
     return s.map(ok)
 
 
+def _json_array(s: pd.Series) -> pd.Series:
+    def ok(v: Any) -> bool:
+        try:
+            return isinstance(v, str) and isinstance(json.loads(v), list)
+        except ValueError:
+            return False
+
+    return s.map(ok)
+
+
 _RUN_ID = Col(
     "run_id",
     "str",
@@ -406,6 +416,17 @@ RUNS = TableContract(
             "Encoder version the retrain trained (promoted or refused; failed when it got "
             "that far); null without a retrain.",
             nullable=True,
+        ),
+        Col(
+            "degraded_reasons",
+            "json",
+            "JSON array of why the completed run is Degraded (its monitor or report failed, or "
+            "a retrain that finished before publish failed; the clusters were still "
+            "published), as known when the run published; [] for a clean run. A retrain "
+            "that ends after publish is in the retrains table. Null for runs published "
+            "before this column.",
+            nullable=True,
+            checks=(pa.Check(_json_array, element_wise=False, name="json_array"),),
         ),
     ),
 )
@@ -603,16 +624,6 @@ QUARANTINE = TableContract(
 )
 
 
-def _json_array(s: pd.Series) -> pd.Series:
-    def ok(v: Any) -> bool:
-        try:
-            return isinstance(v, str) and isinstance(json.loads(v), list)
-        except ValueError:
-            return False
-
-    return s.map(ok)
-
-
 _SHARE = pa.Check.in_range(0.0, 1.0)
 
 
@@ -691,11 +702,123 @@ CLUSTER_REPORT = TableContract(
     ),
 )
 
+_RETRAIN_OUTCOMES = ["promoted", "refused", "failed"]
+
+RETRAINS = TableContract(
+    name="retrains",
+    version="1",
+    description="One row per retrain attempt of the encoder after drift: the run that asked "
+    "for it, the versions, the outcome, the promotion gate's scores, when. Written by the "
+    "retrain flow when the attempt ends (the runs row of the requesting run only says "
+    "requested when the retrain ran after it published).",
+    key=("run_id", "attempt"),
+    columns=(
+        Col(
+            "run_id",
+            "str",
+            "Id of the nightly run whose drift requested the retrain (its runs row).",
+            checks=(_non_empty(),),
+            json_extra={"minLength": 1},
+        ),
+        Col(
+            "attempt",
+            "int32",
+            "1, 2, ...: the order of this run's retrain attempts in models/lineage.jsonl.",
+            checks=(pa.Check.ge(1),),
+            json_extra={"minimum": 1},
+        ),
+        Col(
+            "dataset",
+            "str",
+            "Dataset name, e.g. mnist-all.",
+            checks=(_non_empty(),),
+            json_extra={"minLength": 1},
+        ),
+        Col(
+            "from_version",
+            "str",
+            "Encoder version that drifted (current when the retrain started); null when none "
+            "was registered.",
+            nullable=True,
+        ),
+        Col(
+            "to_version",
+            "str",
+            "Encoder version the retrain trained; null when it failed before registering one.",
+            nullable=True,
+        ),
+        Col(
+            "outcome",
+            "str",
+            "promoted (new version made current), refused (not better on held-out rows: old "
+            "one kept), failed (error: old one kept).",
+            checks=(pa.Check.isin(_RETRAIN_OUTCOMES),),
+            json_extra={"enum": _RETRAIN_OUTCOMES},
+        ),
+        Col(
+            "current_after",
+            "str",
+            "Encoder version current when the attempt ended.",
+            nullable=True,
+        ),
+        Col(
+            "reason",
+            "str",
+            "Why it was retrained (the drift statistics that flagged).",
+            nullable=True,
+        ),
+        Col("error", "str", "The error of a failed attempt; null otherwise.", nullable=True),
+        Col(
+            "gate_criterion",
+            "str",
+            "Promotion gate criterion, e.g. heldout_knn5_accuracy or "
+            "heldout_1_minus_normalised_sq_objective; null when the gate was not reached.",
+            nullable=True,
+        ),
+        Col(
+            "gate_old_score",
+            "float64",
+            "Gate score of from_version on the held-out rows (higher is better).",
+            nullable=True,
+        ),
+        Col(
+            "gate_new_score",
+            "float64",
+            "Gate score of to_version on the same rows (higher is better).",
+            nullable=True,
+        ),
+        Col(
+            "gate_min_gain",
+            "float64",
+            "Margin the new score had to beat the old one by (retrain_min_gain).",
+            nullable=True,
+        ),
+        Col(
+            "gate_rows",
+            "int64",
+            "Held-out rows the gate scored.",
+            nullable=True,
+            checks=(_GE0,),
+            json_extra={"minimum": 0},
+        ),
+        Col("started_at", "timestamp", "When the attempt started (UTC)."),
+        Col("finished_at", "timestamp", "When the attempt ended (UTC)."),
+    ),
+)
+
 #: Every published table by name. A new table is added here with its own contract; sinks,
 #: JSON Schema export and tests pick it up from this registry.
 TABLES: dict[str, TableContract] = {
     t.name: t
-    for t in (RUNS, CLUSTER_CENTERS, ASSIGNMENTS, DRIFT_REPORTS, QUARANTINE, CLUSTER_REPORT)
+    for t in (
+        RUNS,
+        CLUSTER_CENTERS,
+        ASSIGNMENTS,
+        DRIFT_REPORTS,
+        QUARANTINE,
+        CLUSTER_REPORT,
+        RETRAINS,
+    )
 }
 
 #: Version of each table's contract, e.g. ``CONTRACT_VERSION["runs"] == "1"``.

@@ -30,7 +30,9 @@ How the retrain happens then (``retrain["status"]`` in the monitor's result says
 
 ``retrain`` takes the output lock (waiting up to ``lock_timeout_s`` for a nightly run that
 holds it), trains a new encoder version, records its reference set and centers, re-embeds the
-run's batch and records the lineage (see :func:`sqflow.pipeline.monitor.retrain_stage`).
+run's batch and records the lineage (see :func:`sqflow.pipeline.monitor.retrain_stage`). When
+the attempt ends (promoted, refused or failed) it publishes the run's ``retrains`` BI rows
+(:func:`sqflow.pipeline.publish.publish_retrains_stage`), still under the lock.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from sqflow.layout import OutputLayout, current_version, output_lock
 from sqflow.pipeline.monitor import retrain_outcome
 from tasks.artifacts import artifact_key
 from tasks.monitor import monitor_task, retrain_task
+from tasks.publish_bi import publish_retrains_task
 
 from .settings import flow_settings
 
@@ -142,7 +145,9 @@ def retrain_flow(
             _retrain_artifact(
                 settings, run_id, f"**Retrain FAILED**: {exc}", reason=reason, old=now
             )
+            _publish_retrains(settings, run_id)  # the failed attempt is a row too
             raise
+        out["bi"] = _publish_retrains(settings, run_id)
     _retrain_artifact(
         settings,
         run_id,
@@ -153,6 +158,19 @@ def retrain_flow(
         after=(out.get("after") or {}).get("status"),
     )
     return out
+
+
+def _publish_retrains(settings: PipelineSettings, run_id: str) -> dict[str, Any]:
+    """The run's ``retrains`` BI rows, under the output lock the retrain holds (or its
+    caller). A publish failure is logged and returned, never raised: it must not turn a
+    finished retrain into a failed one (the lineage keeps the attempt; the next retrain of
+    the run, or a re-run of this task, publishes it)."""
+    try:
+        return publish_retrains_task(settings, run_id)
+    except Exception as exc:  # noqa: BLE001 - reported in the log and the flow's result
+        msg = f"{type(exc).__name__}: {exc}"
+        get_run_logger().error("retrains of run %s not published: %s", run_id, msg)
+        return {"published": False, "error": msg}
 
 
 def _retrain_artifact(

@@ -26,7 +26,7 @@ from data_contracts.run_record import RunRecord
 from data_contracts.settings import PipelineSettings
 from data_contracts.tables import ContractViolation
 from sqflow.bi import ContractVersionMismatch, SinkError
-from sqflow.pipeline.publish import publish_stage
+from sqflow.pipeline.publish import publish_retrains_stage, publish_stage
 
 from . import task_factory  # noqa: F401 - installs the engine log forwarding
 from .artifacts import create_bi_artifact
@@ -34,7 +34,12 @@ from .artifacts import create_bi_artifact
 ENV_URL = "SQFLOW_POSTGRES_URL"
 ENV_SECRET_BLOCK = "SQFLOW_POSTGRES_SECRET_BLOCK"
 
-__all__ = ["publish_task", "resolve_postgres_url", "transient_publish_error"]
+__all__ = [
+    "publish_retrains_task",
+    "publish_task",
+    "resolve_postgres_url",
+    "transient_publish_error",
+]
 
 
 def resolve_postgres_url(
@@ -104,6 +109,23 @@ def publish(settings: PipelineSettings, run_id: str, record: RunRecord) -> dict[
 publish_task = task(
     publish,
     name="publish",
+    retries=2,
+    retry_delay_seconds=exponential_backoff(backoff_factor=2),
+    retry_condition_fn=transient_publish_error,
+)
+
+
+def publish_retrains(settings: PipelineSettings, run_id: str) -> dict[str, Any]:
+    """:func:`publish_retrains_stage` into the configured PostgreSQL too (URL resolved here)."""
+    url = resolve_postgres_url(None, settings.postgres_secret_block)
+    return publish_retrains_stage(settings, run_id, postgres_url=url)
+
+
+#: the retrain flow's publish of a run's ``retrains`` rows; same retry policy (idempotent: the
+#: run's retrains rows are replaced from the lineage)
+publish_retrains_task = task(
+    publish_retrains,
+    name="publish-retrains",
     retries=2,
     retry_delay_seconds=exponential_backoff(backoff_factor=2),
     retry_condition_fn=transient_publish_error,

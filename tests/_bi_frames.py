@@ -84,6 +84,7 @@ def run_frames(
                     "config": json.dumps({"n_clusters": k, "seed": seed}),
                     "retrain_outcome": "none",
                     "new_encoder_version": None,
+                    "degraded_reasons": "[]",
                 }
             ]
         ),

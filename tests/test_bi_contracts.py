@@ -44,6 +44,7 @@ def test_every_table_has_a_version_recorded_in_its_schemas():
         "drift_reports",
         "quarantine",
         "cluster_report",
+        "retrains",
     }
     for name, c in TABLES.items():
         js = json.loads(schema_path(name).read_text())
@@ -227,23 +228,27 @@ def test_cluster_report_ids_must_be_a_json_array():
 
 
 def test_duckdb_runs_table_of_an_older_contract_gets_the_new_nullable_columns(tmp_path):
-    """A ``runs`` table created before ``retrain_outcome``/``new_encoder_version`` existed gets
-    them by ALTER TABLE ADD COLUMN (additive, contract version unchanged); old rows read NULL."""
+    """A database from before ``retrain_outcome``/``new_encoder_version``/``degraded_reasons``
+    and the ``retrains`` table still loads: the columns come by ALTER TABLE ADD COLUMN
+    (additive, contract version unchanged; old rows read NULL), the table is created."""
     import duckdb
 
     from data_contracts.tables import get_contract
     from sqflow.bi import write_duckdb
 
     c = get_contract("runs")
-    old_cols = c.sql_columns("duckdb")[:-2]
-    assert [n for n, _, _ in c.sql_columns("duckdb")[-2:]] == [
+    old_cols = c.sql_columns("duckdb")[:-3]
+    assert [n for n, _, _ in c.sql_columns("duckdb")[-3:]] == [
         "retrain_outcome",
         "new_encoder_version",
+        "degraded_reasons",
     ]
     path = tmp_path / "bi.duckdb"
     first = run_frames("20261124T020000Z-aaaaaaaa", started="2026-11-24T02:00:00Z")
     write_duckdb(first, path)
-    con = duckdb.connect(str(path))  # turn the table back into the older layout
+    con = duckdb.connect(str(path))  # turn the database back into the older layout
+    con.execute("DROP TABLE retrains")
+    con.execute("DELETE FROM sqflow_contracts WHERE table_name = 'retrains'")
     con.execute("DROP TABLE runs")
     con.execute(
         "CREATE TABLE runs ("
@@ -254,15 +259,20 @@ def test_duckdb_runs_table_of_an_older_contract_gets_the_new_nullable_columns(tm
     second = run_frames("20261125T020000Z-bbbbbbbb", started="2026-11-25T02:00:00Z")
     second["runs"]["retrain_outcome"] = "refused"
     second["runs"]["new_encoder_version"] = "triplet-v0002"
+    second["runs"]["degraded_reasons"] = '["report failed: OSError: disk full"]'
     write_duckdb(second, path)
     con = duckdb.connect(str(path), read_only=True)
     try:
         cols = [r[0] for r in con.execute("DESCRIBE runs").fetchall()]
-        got = con.execute("SELECT retrain_outcome, new_encoder_version FROM runs").fetchall()
+        got = con.execute(
+            "SELECT retrain_outcome, new_encoder_version, degraded_reasons FROM runs"
+        ).fetchall()
+        retrains = [r[0] for r in con.execute("DESCRIBE retrains").fetchall()]
     finally:
         con.close()
     assert cols == c.column_names
-    assert got == [("refused", "triplet-v0002")]
+    assert got == [("refused", "triplet-v0002", '["report failed: OSError: disk full"]')]
+    assert retrains == get_contract("retrains").column_names
 
 
 def test_postgres_runs_table_of_an_older_contract_gets_the_new_nullable_columns(pg_url):
@@ -273,9 +283,11 @@ def test_postgres_runs_table_of_an_older_contract_gets_the_new_nullable_columns(
     from sqflow.bi import write_postgres
 
     c = get_contract("runs")
-    old_cols = c.sql_columns("postgresql")[:-2]
+    old_cols = c.sql_columns("postgresql")[:-3]
     write_postgres(run_frames("20261124T020000Z-aaaaaaaa", started="2026-11-24T02:00:00Z"), pg_url)
-    with psycopg.connect(pg_url) as con:  # turn the table back into the older layout
+    with psycopg.connect(pg_url) as con:  # turn the database back into the older layout
+        con.execute("DROP TABLE retrains")
+        con.execute("DELETE FROM sqflow_contracts WHERE table_name = 'retrains'")
         con.execute("DROP TABLE runs")
         con.execute(
             "CREATE TABLE runs ("
@@ -294,6 +306,10 @@ def test_postgres_runs_table_of_an_older_contract_gets_the_new_nullable_columns(
                 "AND table_schema = current_schema() ORDER BY ordinal_position"
             ).fetchall()
         ]
-        got = con.execute("SELECT retrain_outcome, new_encoder_version FROM runs").fetchall()
+        got = con.execute(
+            "SELECT retrain_outcome, new_encoder_version, degraded_reasons FROM runs"
+        ).fetchall()
+        has_retrains = con.execute("SELECT to_regclass('retrains') IS NOT NULL").fetchone()[0]
     assert cols == c.column_names
-    assert got == [("promoted", "triplet-v0003")]
+    assert got == [("promoted", "triplet-v0003", "[]")]
+    assert has_retrains

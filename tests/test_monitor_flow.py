@@ -356,3 +356,47 @@ def test_nightly_without_a_server_retrains_in_process_after_publishing(
     assert len(asg) == 1000
     saved = json.loads((tmp_path / "out" / "runs" / rec["run_id"] / "run.json").read_text())
     assert saved["monitor"]["retrain"]["new_version"] == "triplet-v0002"
+    # the BI runs row says requested (published before the retrain); the retrains row has the
+    # final outcome, in Parquet and DuckDB alike, and joins the runs row
+    import duckdb
+
+    pub = tmp_path / "out" / "published"
+    (rfile,) = (pub / "retrains").glob(f"run_date=*/{rec['run_id']}.parquet")
+    assert rfile.parent.name == next((pub / "runs").glob("run_date=*")).name
+    parquet_rows = pd.read_parquet(rfile).to_dict("records")
+    con = duckdb.connect(str(tmp_path / "out" / "sqflow.duckdb"), read_only=True)
+    try:
+        got = con.execute(
+            "SELECT r.retrain_outcome, r.degraded_reasons, t.attempt, t.dataset, "
+            "t.from_version, t.to_version, t.outcome, t.current_after, t.gate_criterion, "
+            "t.gate_old_score, t.gate_new_score, t.gate_min_gain, t.started_at <= t.finished_at "
+            "FROM runs r JOIN retrains t USING (run_id)"
+        ).fetchall()
+    finally:
+        con.close()
+    lineage = [
+        json.loads(line)
+        for line in (tmp_path / "out" / "models" / "lineage.jsonl").read_text().splitlines()
+    ]
+    (gate,) = [r["gate"] for r in lineage if r["run_id"] == rec["run_id"]]
+    assert got == [
+        (
+            "requested",
+            "[]",
+            1,
+            rec["dataset"],
+            "triplet-v0001",
+            "triplet-v0002",
+            "promoted",
+            "triplet-v0002",
+            gate["criterion"],
+            pytest.approx(gate["old"]),
+            pytest.approx(gate["new"]),
+            -1.0,
+            True,
+        )
+    ]
+    assert [(r["outcome"], r["to_version"]) for r in parquet_rows] == [
+        ("promoted", "triplet-v0002")
+    ]
+    assert not list((pub / "_sqflow_journal").glob("*.json"))  # both publishes ended

@@ -9,6 +9,9 @@
 Per-sink functions: :func:`write_parquet`, :func:`write_duckdb`, :func:`write_postgres`; all take
 either the frames or a :class:`PreparedRun` from :func:`prepare_run` (validated once).
 
+:func:`publish_run_tables` publishes tables derived from a run after it (a run's ``retrains``)
+through the same journal and sinks.
+
 ``publish_run`` is all or nothing: a failing sink rolls the others back, and
 :mod:`sqflow.bi.journal` lets a caller hold the commit until its own record says the run
 completed, and the next run finish or roll back a publish that died half-way.
@@ -21,7 +24,7 @@ from ._common import ContractVersionMismatch, PreparedRun, SinkError, mask_url, 
 from .duck import write_duckdb
 from .parquet import parquet_path, write_parquet
 from .postgres import write_postgres
-from .publish import PublishResult, publish_run
+from .publish import PublishResult, publish_run, publish_run_tables
 
 __all__ = [
     "CONTRACT_VERSION",
@@ -36,6 +39,7 @@ __all__ = [
     "parquet_path",
     "prepare_run",
     "publish_run",
+    "publish_run_tables",
     "write_duckdb",
     "write_parquet",
     "write_postgres",

@@ -68,6 +68,33 @@ def prepare_run(tables: Mapping[str, pd.DataFrame]) -> PreparedRun:
             "runs", f"expected exactly one row (the run being published), got {len(runs)}"
         )
     run_id = str(runs["run_id"].iloc[0])
+    run_date = runs["started_at"].iloc[0].tz_convert("UTC").date()
+    return _prepared(frames, run_id, run_date)
+
+
+def prepare_run_tables(
+    tables: Mapping[str, pd.DataFrame], run_id: str, run_date: dt.date
+) -> PreparedRun:
+    """Like :func:`prepare_run` for tables derived from a run that is (or is being) published
+    without its ``runs`` row (e.g. its ``retrains``): every row must carry ``run_id``;
+    ``run_date`` is the date of the run's ``started_at`` (UTC), its Parquet partition."""
+    unknown = sorted(set(tables) - set(TABLES))
+    if unknown:
+        raise ContractViolation(unknown[0], f"no such table; valid: {sorted(TABLES)}")
+    if "runs" in tables:
+        raise ContractViolation(
+            "runs",
+            "a run's own row is published with the run (publish_run), not as a derived table",
+        )
+    if not tables:
+        raise ValueError("tables is empty: name at least one table to publish")
+    if not isinstance(run_date, dt.date):
+        raise TypeError(f"run_date must be a datetime.date, got {type(run_date).__name__}")
+    frames = {name: validate_frame(name, df) for name, df in tables.items()}
+    return _prepared(frames, run_id, run_date)
+
+
+def _prepared(frames: dict[str, pd.DataFrame], run_id: str, run_date: dt.date) -> PreparedRun:
     check_identifier(run_id, "run_id")  # it becomes part of file paths in the sinks
     for name, df in frames.items():
         bad = df.index[df["run_id"] != run_id]
@@ -75,14 +102,13 @@ def prepare_run(tables: Mapping[str, pd.DataFrame]) -> PreparedRun:
             rows = [int(i) for i in bad[:10]]
             raise ContractViolation(
                 name,
-                f"column 'run_id' must be {run_id!r} (the run in 'runs') in every row; "
+                f"column 'run_id' must be {run_id!r} (the run being published) in every row; "
                 f"rows {rows} have {sorted(set(df.loc[bad, 'run_id']))[:3]}",
                 [
                     {"column": "run_id", "index": i, "failure_case": df.at[i, "run_id"]}
                     for i in rows
                 ],
             )
-    run_date = runs["started_at"].iloc[0].tz_convert("UTC").date()
     arrow = {name: to_arrow(name, df) for name, df in frames.items()}
     return PreparedRun(run_id, run_date, frames, arrow)
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -219,13 +219,16 @@ def run_rows(duckdb_path: str | os.PathLike[str], run_id: str) -> dict[str, int]
         con.close()
 
 
-def delete_run(duckdb_path: str | os.PathLike[str], run_id: str) -> int:
-    """Remove every row of ``run_id`` from every published table of the DuckDB file, in one
-    transaction on a swapped copy (see :func:`write_duckdb`). Returns the rows removed (0 and
-    no write when the file does not exist or holds no row of the run)."""
+def delete_run(
+    duckdb_path: str | os.PathLike[str], run_id: str, tables: Sequence[str] | None = None
+) -> int:
+    """Remove every row of ``run_id`` from every published table of the DuckDB file (or only
+    from ``tables``), in one transaction on a swapped copy (see :func:`write_duckdb`). Returns
+    the rows removed (0 and no write when the file does not exist or holds no such row)."""
     check_identifier(run_id, "run_id")
     path = Path(duckdb_path)
-    if sum(run_rows(path, run_id).values()) == 0:
+    scope = list(TABLES) if tables is None else [t for t in TABLES if t in tables]
+    if sum(n for t, n in run_rows(path, run_id).items() if t in scope) == 0:
         return 0
     removed = 0
 
@@ -237,7 +240,7 @@ def delete_run(duckdb_path: str | os.PathLike[str], run_id: str) -> int:
         con.execute("BEGIN TRANSACTION")
         try:
             for t in [MARKER_TABLE] + [t for t in TABLES if t != MARKER_TABLE]:
-                if t in have:
+                if t in have and t in scope:
                     n = con.execute(f'SELECT count(*) FROM "{t}" WHERE run_id = ?', [run_id])
                     removed += n.fetchone()[0]
                     con.execute(f'DELETE FROM "{t}" WHERE run_id = ?', [run_id])

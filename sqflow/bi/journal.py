@@ -20,6 +20,14 @@ So the commit point of a run is its run record turning ``completed``; before tha
 may see the run for the moments between the sinks' commits and the record's, never half of it,
 and never after the next run's recovery unless the record says completed.
 
+A publish of tables derived from a run after the run itself (its ``retrains``,
+:func:`sqflow.bi.publish_run_tables`) has its own entry, ``<run_id>.<table>.json``, that
+records those ``tables``. It is never held: it commits when every sink is written. A failure,
+or a process that dies with the entry left, removes those tables' rows of the run from EVERY
+sink of the entry (the sinks not reached still hold the previous rows, which would otherwise
+disagree), never the run's other rows: the derived rows are then visible nowhere until they
+are published again (their source, e.g. ``models/lineage.jsonl``, still holds them).
+
 The journal never holds a password: PostgreSQL is recorded by its masked URL; rolling it back
 needs the URL from the caller.
 """
@@ -29,7 +37,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -48,6 +56,7 @@ __all__ = [
     "JOURNAL_FOLDER",
     "begin",
     "finish",
+    "journal_key",
     "journal_path",
     "mark_written",
     "note_sink",
@@ -57,8 +66,21 @@ __all__ = [
 ]
 
 
-def journal_path(journal_dir: str | os.PathLike[str], run_id: str) -> Path:
-    return Path(journal_dir) / f"{check_identifier(run_id, 'run_id')}.json"
+def journal_key(run_id: str, tables: Sequence[str] | None = None) -> str:
+    """Name of the journal entry of a run's publish (``run_id``), or of a publish of just
+    ``tables`` of it (``<run_id>.<table>[.<table>...]``)."""
+    check_identifier(run_id, "run_id")
+    if tables is None:
+        return run_id
+    for t in tables:
+        check_identifier(t, "table")
+    return check_identifier(".".join([run_id, *sorted(tables)]), "journal key")
+
+
+def journal_path(
+    journal_dir: str | os.PathLike[str], run_id: str, tables: Sequence[str] | None = None
+) -> Path:
+    return Path(journal_dir) / f"{journal_key(run_id, tables)}.json"
 
 
 def begin(
@@ -69,10 +91,13 @@ def begin(
     parquet_dir: str | os.PathLike[str] | None,
     duckdb_path: str | os.PathLike[str] | None,
     postgres_url: Any,
+    tables: Sequence[str] | None = None,
 ) -> Path:
-    """Record (durably) that ``run_id`` is about to be written to the given sinks."""
+    """Record (durably) that ``run_id`` (or only its ``tables``) is about to be written to the
+    given sinks."""
     entry = {
         "run_id": run_id,
+        "tables": sorted(tables) if tables is not None else None,
         "run_date": run_date,
         "state": "writing",
         "parquet_dir": str(parquet_dir) if parquet_dir is not None else None,
@@ -81,7 +106,7 @@ def begin(
         "pid": os.getpid(),
         "began_at": datetime.now(UTC).isoformat(),
     }
-    return atomic_write_text(journal_path(journal_dir, run_id), json.dumps(entry, indent=2))
+    return atomic_write_text(journal_path(journal_dir, run_id, tables), json.dumps(entry, indent=2))
 
 
 def mark_written(journal_dir: str | os.PathLike[str], run_id: str) -> None:
@@ -93,10 +118,15 @@ def mark_written(journal_dir: str | os.PathLike[str], run_id: str) -> None:
     atomic_write_text(p, json.dumps(entry, indent=2))
 
 
-def note_sink(journal_dir: str | os.PathLike[str], run_id: str, sink: str) -> None:
+def note_sink(
+    journal_dir: str | os.PathLike[str],
+    run_id: str,
+    sink: str,
+    tables: Sequence[str] | None = None,
+) -> None:
     """Record (durably) that ``sink`` is about to be written: a rollback cleans only the sinks
     a publish reached."""
-    p = journal_path(journal_dir, run_id)
+    p = journal_path(journal_dir, run_id, tables)
     entry = json.loads(p.read_text())
     entry.setdefault("sinks_started", []).append(sink)
     atomic_write_text(p, json.dumps(entry, indent=2))
@@ -118,8 +148,10 @@ def read_journals(journal_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     return out
 
 
-def _remove(journal_dir: str | os.PathLike[str], run_id: str) -> None:
-    p = journal_path(journal_dir, run_id)
+def _remove(
+    journal_dir: str | os.PathLike[str], run_id: str, tables: Sequence[str] | None = None
+) -> None:
+    p = journal_path(journal_dir, run_id, tables)
     p.unlink(missing_ok=True)
     fsync_path(p.parent)
 
@@ -131,8 +163,10 @@ def rollback_run(
     duckdb_path: str | os.PathLike[str] | None,
     postgres_url: Any = None,
     postgres_recorded: str | None = None,
+    tables: Sequence[str] | None = None,
 ) -> dict[str, int]:
-    """Remove every row of ``run_id`` from the given sinks (``runs`` first in each); returns
+    """Remove every row of ``run_id`` from the given sinks (``runs`` first in each), or only
+    its rows of ``tables``; returns
     the rows (DuckDB, PostgreSQL) or files (Parquet) removed per sink. Each sink is cleaned
     even when another fails; then :class:`SinkError` names the sinks that could not be cleaned
     (also PostgreSQL recorded as ``postgres_recorded``, its masked URL, without a
@@ -146,17 +180,17 @@ def rollback_run(
     errors: list[str] = []
     if parquet_dir is not None:  # the commit marker of Parquet goes first
         try:
-            removed["parquet_files"] = delete_run_files(parquet_dir, run_id)
+            removed["parquet_files"] = delete_run_files(parquet_dir, run_id, tables)
         except OSError as exc:
             errors.append(f"Parquet {parquet_dir}: {exc}")
     if duckdb_path is not None:
         try:
-            removed["duckdb"] = duck_delete(duckdb_path, run_id)
+            removed["duckdb"] = duck_delete(duckdb_path, run_id, tables)
         except Exception as exc:  # noqa: BLE001 - reported below, the others still cleaned
             errors.append(f"DuckDB {duckdb_path}: {type(exc).__name__}: {exc}")
     if postgres_url:
         try:
-            removed["postgres"] = pg_delete(postgres_url, run_id)
+            removed["postgres"] = pg_delete(postgres_url, run_id, tables)
         except Exception as exc:  # noqa: BLE001 - reported below
             errors.append(f"{type(exc).__name__}: {exc}")
     elif postgres_recorded:
@@ -176,31 +210,46 @@ def finish(
     committed: bool,
     postgres_url: Any = None,
     skip: tuple[str, ...] = (),
+    tables: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """End the publish of ``run_id``: ``committed`` (the run record says completed) keeps the
     rows and removes the journal; otherwise every sink the journal says was reached is rolled
     back first (except those in ``skip``: a transactional sink whose own write failed holds
     nothing of the run). If a sink cannot be cleaned, :class:`SinkError` is raised and the
     journal stays for the next run. Without a journal (nothing was published) this does
-    nothing."""
-    p = journal_path(journal_dir, run_id)
+    nothing. ``tables``: the entry of a publish of just those tables (see the module
+    docstring): rolling it back removes those tables' rows of the run from every sink of the
+    entry."""
+    p = journal_path(journal_dir, run_id, tables)
+    out: dict[str, Any] = {"run_id": run_id}
+    if tables is not None:
+        out["tables"] = sorted(tables)
     if not p.exists():
-        return {"run_id": run_id, "action": "none"}
+        return {**out, "action": "none"}
     entry = json.loads(p.read_text())
     if committed:
-        _remove(journal_dir, run_id)
-        return {"run_id": run_id, "action": "committed"}
-    started = set(entry.get("sinks_started", [])) - set(skip)
+        _remove(journal_dir, run_id, tables)
+        return {**out, "action": "committed"}
+    # derived tables: every sink (those not reached hold the previous rows); a run: the
+    # sinks the publish reached
+    sinks = {"parquet", "duckdb", "postgres"} if tables is not None else set()
+    started = (sinks or set(entry.get("sinks_started", []))) - set(skip)
     removed = rollback_run(
         run_id,
         parquet_dir=entry.get("parquet_dir") if "parquet" in started else None,
         duckdb_path=entry.get("duckdb_path") if "duckdb" in started else None,
-        postgres_url=postgres_url if "postgres" in started else None,
+        postgres_url=postgres_url if "postgres" in started and entry.get("postgres") else None,
         postgres_recorded=entry.get("postgres") if "postgres" in started else None,
+        tables=tables,
     )
-    _remove(journal_dir, run_id)
-    log.info("run %s: publish rolled back (%s)", run_id, removed)
-    return {"run_id": run_id, "action": "rolled back", "removed": removed}
+    _remove(journal_dir, run_id, tables)
+    log.info(
+        "run %s: publish%s rolled back (%s)",
+        run_id,
+        f" of {sorted(tables)}" if tables is not None else "",
+        removed,
+    )
+    return {**out, "action": "rolled back", "removed": removed}
 
 
 def recover(
@@ -215,10 +264,18 @@ def recover(
     journal entry."""
     actions = []
     for entry in read_journals(journal_dir):
-        rid = entry["run_id"]
+        rid, tables = entry["run_id"], entry.get("tables")
         try:
+            # a derived-tables publish is never held: an entry left means it died half-way
+            committed = is_committed(rid) if tables is None else False
             actions.append(
-                finish(journal_dir, rid, committed=is_committed(rid), postgres_url=postgres_url)
+                finish(
+                    journal_dir,
+                    rid,
+                    committed=committed,
+                    postgres_url=postgres_url,
+                    tables=tables,
+                )
             )
         except SinkError as exc:  # kept for the next run; this one goes on
             log.error("%s", exc)

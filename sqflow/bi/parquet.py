@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -57,7 +57,9 @@ def write_parquet(
     of each table. A contract violation raises before any file is touched. The ``runs`` file
     (the run's commit marker) is written after every other table's file."""
     run = ensure_prepared(tables)
-    order = [n for n in run.arrow if n != MARKER_TABLE] + [MARKER_TABLE]
+    # a derived-tables publish (prepare_run_tables) has no runs file: the run's own governs
+    marker = [MARKER_TABLE] if MARKER_TABLE in run.arrow else []
+    order = [n for n in run.arrow if n != MARKER_TABLE] + marker
     files = {}
     for name in order:
         if name == MARKER_TABLE:
@@ -85,10 +87,15 @@ def committed_run_ids(parquet_dir: str | os.PathLike[str]) -> set[str]:
     return {p.stem for p in Path(parquet_dir).glob(f"{MARKER_TABLE}/run_date=*/*.parquet")}
 
 
-def delete_run_files(parquet_dir: str | os.PathLike[str], run_id: str) -> int:
+def delete_run_files(
+    parquet_dir: str | os.PathLike[str], run_id: str, tables: Sequence[str] | None = None
+) -> int:
     """Remove every Parquet file of ``run_id``: its ``runs`` file first (readers stop seeing
-    the run at once), then the data files. Returns the number of files removed."""
+    the run at once), then the data files; ``tables``: only those tables' files (a derived
+    table's publish, the run itself untouched). Returns the number of files removed."""
     files = run_files(parquet_dir, run_id)
+    if tables is not None:
+        files = {t: f for t, f in files.items() if t in tables}
     n = 0
     for table in [MARKER_TABLE] + [t for t in files if t != MARKER_TABLE]:
         for f in files.get(table, []):

@@ -13,7 +13,7 @@ so readers keep seeing the previous state, and a re-run replaces rather than dup
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pandas as pd
@@ -205,10 +205,11 @@ def run_rows(url: Any, run_id: str) -> dict[str, int]:
         eng.dispose()
 
 
-def delete_run(url: Any, run_id: str) -> int:
-    """Remove every row of ``run_id`` from every published table in ONE transaction (under the
-    publishers' advisory lock). Returns the rows removed."""
+def delete_run(url: Any, run_id: str, tables: Sequence[str] | None = None) -> int:
+    """Remove every row of ``run_id`` from every published table (or only from ``tables``) in
+    ONE transaction (under the publishers' advisory lock). Returns the rows removed."""
     check_identifier(run_id, "run_id")
+    scope = list(TABLES) if tables is None else [t for t in TABLES if t in tables]
     eng, conn = _connect(url)
     removed = 0
     try:
@@ -216,6 +217,8 @@ def delete_run(url: Any, run_id: str) -> int:
             with conn.connection.driver_connection.cursor() as cur:
                 cur.execute("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_LOCK_KEY,))
                 for t in ["runs"] + [t for t in TABLES if t != "runs"]:
+                    if t not in scope:
+                        continue
                     cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f'"{t}"',))
                     if cur.fetchone()[0]:
                         cur.execute(f'DELETE FROM "{t}" WHERE run_id = %s', (run_id,))

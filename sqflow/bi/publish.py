@@ -15,7 +15,7 @@ import pandas as pd
 
 from ..fault_points import kill_point
 from . import journal
-from ._common import prepare_run
+from ._common import PreparedRun, prepare_run, prepare_run_tables
 from .duck import write_duckdb
 from .parquet import write_parquet
 from .postgres import write_postgres
@@ -111,9 +111,70 @@ def publish_run(
     """
     t0 = time.perf_counter()
     run = prepare_run(tables)
-    res = PublishResult(
-        run.run_id, run.run_date, run.rows, seconds={"validate": time.perf_counter() - t0}
+    return _publish(
+        run,
+        time.perf_counter() - t0,
+        parquet_dir=parquet_dir,
+        duckdb_path=duckdb_path,
+        postgres_url=postgres_url,
+        journal_dir=journal_dir,
+        hold_commit=hold_commit,
+        scope=None,
     )
+
+
+def publish_run_tables(
+    tables: Mapping[str, pd.DataFrame],
+    *,
+    run_id: str,
+    run_date: dt.date,
+    parquet_dir: str | os.PathLike[str] | None,
+    duckdb_path: str | os.PathLike[str] | None = None,
+    postgres_url: Any = None,
+    journal_dir: str | os.PathLike[str] | None = None,
+) -> PublishResult:
+    """Publish tables derived from run ``run_id`` after the run itself (its ``retrains``):
+    replace the run's rows of exactly these tables in every configured sink; the run's other
+    tables are not touched. ``run_date``: the date of the run's ``started_at`` (UTC), so that
+    the Parquet file lands in the run's partition. An empty frame clears the table's rows of
+    the run.
+
+    The same path as :func:`publish_run`: validated against the contracts first (nothing
+    written on a violation), a journal entry of its own (``<run_id>.<table>``, see
+    :mod:`sqflow.bi.journal`), Parquet (atomic file per table), DuckDB and PostgreSQL (one
+    transaction each), committed at once. A failing sink, or a process that dies before the
+    end, removes these tables' rows of the run from every sink of the entry (visible nowhere,
+    never half); a new publish restores them. The run's own commit still decides whether
+    the run is visible: rolling the run back removes these rows with it. A BI reader joins
+    them to ``runs`` on ``run_id``."""
+    t0 = time.perf_counter()
+    run = prepare_run_tables(tables, run_id, run_date)
+    return _publish(
+        run,
+        time.perf_counter() - t0,
+        parquet_dir=parquet_dir,
+        duckdb_path=duckdb_path,
+        postgres_url=postgres_url,
+        journal_dir=journal_dir,
+        hold_commit=False,
+        scope=sorted(run.arrow),
+    )
+
+
+def _publish(
+    run: PreparedRun,
+    validate_s: float,
+    *,
+    parquet_dir: Any,
+    duckdb_path: Any,
+    postgres_url: Any,
+    journal_dir: Any,
+    hold_commit: bool,
+    scope: list[str] | None,
+) -> PublishResult:
+    """Journal, sinks in order, rollback on failure (see :func:`publish_run`); ``scope``: the
+    tables of a derived-tables publish (None: the whole run)."""
+    res = PublishResult(run.run_id, run.run_date, run.rows, seconds={"validate": validate_s})
     jdir = journal_dir if journal_dir is not None else default_journal_dir(parquet_dir, duckdb_path)
     if jdir is not None:
         journal.begin(
@@ -123,6 +184,7 @@ def publish_run(
             parquet_dir=parquet_dir,
             duckdb_path=duckdb_path,
             postgres_url=postgres_url,
+            tables=scope,
         )
     current = None  # the sink being written
 
@@ -130,7 +192,7 @@ def publish_run(
         nonlocal current
         current = sink
         if jdir is not None:
-            journal.note_sink(jdir, run.run_id, sink)
+            journal.note_sink(jdir, run.run_id, sink, scope)
 
     try:
         if parquet_dir is not None:
@@ -154,20 +216,29 @@ def publish_run(
             res.seconds["postgres"] = time.perf_counter() - t
             log.info("run %s: PostgreSQL upserted in %s", run.run_id, res.postgres)
     except BaseException:
-        log.error("run %s: publish failed; removing it from every sink", run.run_id)
-        # a transactional sink that failed committed nothing (PostgreSQL may be unreachable)
-        skip = (current,) if current in ("duckdb", "postgres") else ()
+        what = f"tables {scope}" if scope is not None else "it"
+        log.error("run %s: publish failed; removing %s from every sink", run.run_id, what)
+        # a transactional sink that failed committed nothing (PostgreSQL may be unreachable);
+        # a derived-tables publish clears every sink (the others hold the previous rows)
+        skip = (current,) if current in ("duckdb", "postgres") and scope is None else ()
         try:
             if jdir is not None:
                 journal.finish(
-                    jdir, run.run_id, committed=False, postgres_url=postgres_url, skip=skip
+                    jdir,
+                    run.run_id,
+                    committed=False,
+                    postgres_url=postgres_url,
+                    skip=skip,
+                    tables=scope,
                 )
             else:
                 journal.rollback_run(
                     run.run_id,
                     parquet_dir=parquet_dir,
-                    duckdb_path=duckdb_path if current != "duckdb" else None,
-                    postgres_url=None,  # written last: it failed or was not reached
+                    duckdb_path=duckdb_path if current != "duckdb" or scope else None,
+                    # written last: it failed or was not reached (a run); derived: all sinks
+                    postgres_url=postgres_url if scope is not None else None,
+                    tables=scope,
                 )
         except Exception as exc:  # noqa: BLE001 - the journal stays; the next run retries
             log.error("run %s: rollback incomplete (%s); the next run retries it", run.run_id, exc)
@@ -176,5 +247,5 @@ def publish_run(
         if hold_commit:
             journal.mark_written(jdir, run.run_id)
         else:
-            journal.finish(jdir, run.run_id, committed=True)
+            journal.finish(jdir, run.run_id, committed=True, tables=scope)
     return res

@@ -1,6 +1,9 @@
 """The ``publish`` stage: the run's BI tables (runs, cluster_centers, assignments, quarantine,
 plus the monitor's drift_reports and the report's cluster_report when they ran), each checked
 against its contract, into Parquet, DuckDB and PostgreSQL when configured (:mod:`sqflow.bi`).
+And :func:`publish_retrains_stage`: the ``retrains`` rows of a run (one per retrain attempt its
+drift requested, from ``models/lineage.jsonl``), published by the retrain flow when an attempt
+ends, through the same journal and sinks.
 
 Where the PostgreSQL URL comes from is the caller's business (the Prefect task resolves it from
 the environment or a Secret block, :mod:`tasks.publish_bi`); this module only writes."""
@@ -20,7 +23,7 @@ import pandas as pd
 from data_contracts.run_record import RunRecord
 from data_contracts.settings import PipelineSettings
 
-from ..bi import journal, mask_url, publish_run
+from ..bi import journal, mask_url, publish_run, publish_run_tables
 from ..bi.journal import JOURNAL_FOLDER
 from ..bi.publish import PublishResult
 from ..layout import OutputLayout
@@ -73,6 +76,7 @@ def publish_stage(
                     "monitor_ran": False,
                     "retrain_outcome": record.retrain_outcome,
                     "new_encoder_version": record.new_encoder_version,
+                    "degraded_reasons": json.dumps(list(record.degraded_reasons)),
                     "config": json.dumps(settings.flow_parameters(), sort_keys=True, default=str),
                 }
             ]
@@ -197,3 +201,134 @@ def attach_drift_reports(
         )
         out["runs"] = runs
     return out
+
+
+# ------------------------------------------------------------------------------ retrains
+#: outcomes of a finished retrain attempt as ``models/lineage.jsonl`` records them
+_ATTEMPT_OUTCOMES = ("promoted", "refused", "failed")
+
+
+def retrain_attempts(lay: OutputLayout, run_id: str) -> list[dict[str, Any]]:
+    """The lineage records (``models/lineage.jsonl``, one line per finished retrain, written
+    by :func:`sqflow.pipeline.monitor.retrain_stage`) of the retrains run ``run_id``
+    requested, oldest first. A line that is not JSON is skipped with a warning."""
+    p = lay.models_dir / "lineage.jsonl"
+    out = []
+    if not p.exists():
+        return out
+    for i, line in enumerate(p.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            r = json.loads(line)
+        except ValueError:
+            log.warning("%s line %d is not JSON: skipped", p, i)
+            continue
+        if isinstance(r, dict) and r.get("run_id") == run_id:
+            out.append(r)
+    return out
+
+
+def retrains_frame(dataset: str, run_id: str, attempts: list[dict[str, Any]]) -> pd.DataFrame:
+    """The ``retrains`` rows (contract :data:`data_contracts.tables.RETRAINS`) of run
+    ``run_id`` from its lineage records (:func:`retrain_attempts`), attempt 1, 2, ... in
+    order. Records of older sqflow versions (no ``outcome``) read as failed when their
+    ``status`` says so, else promoted (as :func:`sqflow.pipeline.monitor.retrain_outcome`)."""
+    rows = []
+    for n, r in enumerate(attempts, 1):
+        outcome = r.get("outcome") or ("failed" if r.get("status") == "failed" else "promoted")
+        if outcome not in _ATTEMPT_OUTCOMES:
+            raise ValueError(
+                f"lineage record {n} of run {run_id!r} has outcome {outcome!r}; valid: "
+                f"{list(_ATTEMPT_OUTCOMES)}"
+            )
+        gate = r.get("gate") or {}
+        started = r.get("started_at") or r.get("finished_at")
+        rows.append(
+            {
+                "run_id": run_id,
+                "attempt": n,
+                "dataset": dataset,
+                "from_version": r.get("from_version"),
+                "to_version": r.get("to_version"),
+                "outcome": outcome,
+                "current_after": r.get("current_after"),
+                "reason": r.get("reason"),
+                "error": r.get("error"),
+                "gate_criterion": gate.get("criterion"),
+                "gate_old_score": gate.get("old"),
+                "gate_new_score": gate.get("new"),
+                "gate_min_gain": gate.get("min_gain"),
+                "gate_rows": gate.get("n_rows"),
+                "started_at": started,
+                "finished_at": r.get("finished_at") or started,
+            }
+        )
+    cols = [
+        "run_id", "attempt", "dataset", "from_version", "to_version", "outcome",
+        "current_after", "reason", "error", "gate_criterion", "gate_old_score",
+        "gate_new_score", "gate_min_gain", "gate_rows", "started_at", "finished_at",
+    ]  # fmt: skip
+    df = pd.DataFrame(rows, columns=cols)
+    return df.astype(
+        {
+            "gate_old_score": "Float64",
+            "gate_new_score": "Float64",
+            "gate_min_gain": "Float64",
+            "gate_rows": "Int64",
+        }
+    )
+
+
+def publish_retrains_stage(
+    settings: PipelineSettings, run_id: str, *, postgres_url: str | None = None
+) -> dict[str, Any]:
+    """Publish the ``retrains`` rows of run ``run_id`` (every retrain attempt its drift
+    requested, from the lineage) to Parquet, DuckDB and PostgreSQL when configured, replacing
+    the run's earlier ``retrains`` rows (:func:`sqflow.bi.publish_run_tables`). Call it when an
+    attempt ends (the retrain flow does), holding the output lock.
+
+    Nothing is published when the run has no record (``run.json``: it is not a nightly run, so
+    it has no ``runs`` row to join) or no attempt is recorded. Returns ``published`` (bool),
+    ``rows``, ``tables``, ``duckdb``, ``postgres`` (masked), ``message``, ``seconds``."""
+    from data_contracts.run_record import RunRecordError
+
+    t0 = time.perf_counter()
+    lay = OutputLayout.of(settings)
+    out: dict[str, Any] = {"published": False, "rows": 0}
+    try:
+        rec = RunRecord.load(lay.run_dir(run_id) / "run.json")
+    except (FileNotFoundError, RunRecordError) as exc:
+        msg = f"run {run_id} has no readable run record ({exc}): its retrains are not published"
+        log.info(msg)
+        return {**out, "message": msg, "seconds": time.perf_counter() - t0}
+    attempts = retrain_attempts(lay, run_id)
+    if not attempts:
+        msg = f"no retrain of run {run_id} in the lineage: nothing to publish"
+        return {**out, "message": msg, "seconds": time.perf_counter() - t0}
+    frame = retrains_frame(rec.dataset or settings.source.dataset, run_id, attempts)
+    res = publish_run_tables(
+        {"retrains": frame},
+        run_id=run_id,
+        run_date=pd.Timestamp(rec.started_at).tz_convert("UTC").date(),
+        parquet_dir=lay.published,
+        duckdb_path=lay.duckdb_path,
+        postgres_url=postgres_url,
+        journal_dir=journal_dir(lay),
+    )
+    last = frame.iloc[-1]
+    msg = (
+        f"retrains of run {run_id} published ({len(frame)} attempt(s); last: "
+        f"{last['outcome']}, {last['from_version']} -> {last['to_version']})"
+    )
+    log.info(msg)
+    bi = res.to_dict()
+    return {
+        "published": True,
+        "rows": len(frame),
+        "tables": bi["parquet_files"],
+        "duckdb": bi["duckdb_path"],
+        "postgres": bi["postgres"],
+        "message": msg,
+        "seconds": time.perf_counter() - t0,
+    }
