@@ -167,6 +167,21 @@ def test_recover_rolls_back_only_the_tables_of_a_derived_publish_that_died(tmp_p
     assert _pq_retrains(pq_dir).empty and sum(duck_rows(db, RUN[0]).values()) == 0
 
 
+def test_retrains_rows_satisfy_the_committed_json_schema():
+    import jsonschema
+
+    from data_contracts.tables import TABLES, schema_path
+
+    run = prepare_run_tables({"retrains": _retrains(3)}, RUN[0], DAY)
+    assert run.arrow["retrains"].schema.equals(TABLES["retrains"].arrow_schema(), True)
+    schema = json.loads(schema_path("retrains").read_text())
+    for row in run.arrow["retrains"].to_pylist():
+        row = {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()}
+        jsonschema.validate(row, schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**row, "attempt": 0}, schema)
+
+
 def test_derived_tables_are_checked_before_anything_is_written(tmp_path):
     with pytest.raises(ContractViolation, match="'runs'"):
         prepare_run_tables(run_frames(RUN[0], started=RUN[1]), RUN[0], DAY)

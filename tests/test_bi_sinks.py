@@ -59,6 +59,8 @@ def test_parquet_partitioned_typed_and_idempotent(tmp_path):
         root / "assignments" / "run_date=2026-11-25" / f"{RUN_B[0]}.parquet"
     )
     for name, c in TABLES.items():
+        if name not in paths:  # retrains: published after the run (test_bi_retrains)
+            continue
         f = pq.ParquetFile(paths[name])
         kv = json.loads(f.schema_arrow.metadata[b"sqflow.contract"])
         assert kv["contract_version"] == c.version and kv["table"] == name
