@@ -36,6 +36,7 @@ from .augment_1d import SIGNAL_AUGMENT_DEFAULT, signal_ranges, signal_views
 from .mining import semi_hard_triplet_loss
 from .networks import build_network
 from .networks_1d import default_arch_1d, preprocess_series, series_preprocessing
+from .pseudo import assign_pseudo_labels, pseudo_label_ranges
 from .selfsup import nt_xent_loss
 
 __all__ = [
@@ -448,6 +449,8 @@ def train_encoder(
     views: dict[str, float] | None = None,
     max_val_unlabeled: int = 2000,
     input_kind: str | None = None,
+    pseudo_labels: bool | dict[str, Any] | None = None,
+    selfsup_space: str = "latent",
 ) -> TripletEncoder:
     """Train an encoder on every row: triplets on the labeled rows, NT-Xent on all rows.
 
@@ -531,6 +534,21 @@ def train_encoder(
         (:func:`input_kind_of`: floating ``(N, T, C)`` -> time series, 1-D convolutional
         encoder of :mod:`.networks_1d`; for time series ``augment`` and ``views`` take the signal
         ranges of :mod:`.augment_1d`: ``{"jitter", "scaling", "shift", "crop"}``).
+    pseudo_labels:
+        Self-training (:mod:`.pseudo`). None/False (default): off. True or a dict
+        ``{"start_epoch": 5, "keep": 0.5, "n_clusters": None}``: from epoch ``start_epoch`` on,
+        after every epoch the training rows are embedded, SQ is fitted on them (centers seeded
+        from the labeled class means; label-free: ``n_clusters`` centers from k-means++, which
+        is then required) and the ``keep`` share of each center's unlabeled rows that lie
+        clearest inside their cell joins the triplet loss with that center's class as label.
+        Needs the label-free term (unlabeled rows are only seen through it).
+    selfsup_space:
+        Where the label-free term acts. "latent" (default): NT-Xent on the ``latent_dim``
+        output itself. "hidden": NT-Xent on a projection head (hidden -> 128 -> 64, trained
+        alongside and then discarded, as in SimCLR) over the network's last hidden layer, so a
+        3-D latent is not asked to spread every row over a sphere; the latent is then shaped
+        by the triplet loss alone, and label-free pseudo-labels are assigned on the
+        L2-normalised hidden layer.
 
     Returns
     -------
@@ -575,6 +593,9 @@ def train_encoder(
         ("max_val_unlabeled", max_val_unlabeled, max_val_unlabeled >= 0),
     ):
         _check_finite_arg(name, value, ok)
+    pl_cfg = pseudo_label_ranges(pseudo_labels)
+    if selfsup_space not in ("latent", "hidden"):
+        raise ValueError(f"selfsup_space={selfsup_space!r}; use 'latent' or 'hidden'")
     spec = _infer_preprocessing(images, input_kind)
     if spec["kind"] == "timeseries":
         aug = signal_ranges(augment, SIGNAL_AUGMENT_DEFAULT, "augment")
@@ -597,6 +618,21 @@ def train_encoder(
             f"labels must contain at least two classes (>= 0) to form triplets; found "
             f"{len(np.unique(y_lab))} class(es) in {len(labeled_rows)} labeled rows (or pass "
             "all -1 for label-free training)"
+        )
+    if pl_cfg is not None and not selfsup:
+        raise ValueError(
+            "pseudo_labels need the label-free term (selfsup_weight > 0 and unlabeled rows): "
+            "without it no unlabeled row is trained on"
+        )
+    if selfsup_space == "hidden" and mode == "label-free" and pl_cfg is None:
+        raise ValueError(
+            "selfsup_space='hidden' without labels trains nothing into the latent: add "
+            "pseudo_labels={'n_clusters': K} (or use selfsup_space='latent')"
+        )
+    if pl_cfg is not None and mode == "label-free" and pl_cfg["n_clusters"] is None:
+        raise ValueError(
+            "pseudo_labels without any label need the number of clusters: pass "
+            "pseudo_labels={'n_clusters': K}"
         )
     if selfsup and len(images) < 4:
         raise ValueError(f"the label-free objective needs at least 4 rows; got {len(images)}")
@@ -634,11 +670,19 @@ def train_encoder(
     y_val = torch.from_numpy(labels[val_rows].astype(np.int64))
     # a fixed reference sample of training rows for the validation 1-NN metric
     ref = torch.from_numpy(rng.permutation(len(train_rows))[: min(len(train_rows), 2000)])
-    x_ssl = preprocess(images[ssl_rows], spec) if selfsup else None
+    # on the training device: the random views are then computed there too (a CPU generator
+    # still draws every number, so the views do not depend on the device)
+    x_ssl = preprocess(images[ssl_rows], spec).to(dev) if selfsup else None
+    y_ssl = labels[ssl_rows] if selfsup else None
 
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
         torch.manual_seed(seed)
         net = build_network(arch).to(dev)
+        proj = None
+        if selfsup and selfsup_space == "hidden":
+            with torch.no_grad():
+                width = net.representation(x_ssl[:2].to(dev)).shape[1]
+            proj = nn.Sequential(nn.Linear(width, 128), nn.ReLU(), nn.Linear(128, 64)).to(dev)
     gen = torch.Generator().manual_seed(seed)
     aug_gen = torch.Generator().manual_seed(seed + 1)  # its own stream: batch order unchanged
     view_gen = torch.Generator().manual_seed(seed + 2)
@@ -650,7 +694,8 @@ def train_encoder(
         fixed = torch.Generator().manual_seed(seed + 4)
         xvu1 = make_views(xvu, fixed, spec["kind"], view_r)
         xvu2 = make_views(xvu, fixed, spec["kind"], view_r)
-    opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=weight_decay)
+    params = list(net.parameters()) + (list(proj.parameters()) if proj is not None else [])
+    opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     plateau = None
     if lr_plateau_factor is not None:
         plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -673,6 +718,7 @@ def train_encoder(
         "fraction_active": [],
         "epoch_seconds": [],
         "lr": [],
+        "pseudo_labeled": [],
     }
     best = (math.inf, -1)
     best_state: dict[str, torch.Tensor] | None = None
@@ -680,28 +726,35 @@ def train_encoder(
     t_start = time.perf_counter()
     stop_reason = "max_epochs"
 
-    def _embed(x: torch.Tensor) -> torch.Tensor:
-        outs = [net(x[i : i + 4096].to(dev)) for i in range(0, len(x), 4096)]
+    def _ssl_out(v: torch.Tensor) -> torch.Tensor:
+        """What the label-free term compares: the latent, or the projected hidden layer."""
+        return net(v) if proj is None else proj(net.representation(v))
+
+    def _embed(x: torch.Tensor, fn=net) -> torch.Tensor:
+        outs = [fn(x[i : i + 4096].to(dev)) for i in range(0, len(x), 4096)]
         return torch.cat(outs) if outs else torch.empty(0, arch["latent_dim"], device=dev)
 
-    def _labeled_batches() -> Iterator[torch.Tensor]:
-        """Endless labeled batches (index tensors into x_train), reshuffled at each pass."""
-        size = min(batch_size, len(train_rows))
+    def _labeled_batches(
+        x_pool: torch.Tensor, y_pool: torch.Tensor
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Endless batches of the triplet pool (the labeled training rows, plus the
+        pseudo-labeled ones once self-training has started), reshuffled at each pass."""
+        size = min(batch_size, len(y_pool))
         while True:
-            perm = torch.randperm(len(train_rows), generator=lab_gen)
+            perm = torch.randperm(len(y_pool), generator=lab_gen)
             for s in range(0, len(perm) - size + 1, size):
-                yield perm[s : s + size]
+                yield x_pool[perm[s : s + size]], y_pool[perm[s : s + size]]
 
-    def _triplet_step(idx: torch.Tensor) -> tuple[torch.Tensor, float]:
-        xb = x_train[idx].to(dev)
+    def _triplet_step(xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, float]:
+        xb = xb.to(dev)
         if aug is not None:
             views_of = signal_views if spec["kind"] == "timeseries" else affine_views
             xb = views_of(xb, aug_gen, **aug)
-        loss, stats = semi_hard_triplet_loss(net(xb), y_train[idx].to(dev), margin)
+        loss, stats = semi_hard_triplet_loss(net(xb), yb.to(dev), margin)
         return loss, stats["fraction_active"]
 
     bar = tqdm(range(epochs), desc=f"encoder ({mode})", unit="epoch", disable=not progress)
-    lab_iter = _labeled_batches() if selfsup and len(train_rows) >= 2 else None
+    lab_iter = _labeled_batches(x_train, y_train) if selfsup and len(train_rows) >= 2 else None
     with _deterministic(dev):
         for epoch in bar:
             t0 = time.perf_counter()
@@ -714,17 +767,17 @@ def train_encoder(
                 if len(idx) < 2:
                     continue
                 if not selfsup:
-                    loss, frac = _triplet_step(idx)
+                    loss, frac = _triplet_step(x_train[idx], y_train[idx])
                     lt, ls = float(loss.detach()), 0.0
                 else:
                     xb = x_ssl[idx]
                     v1 = make_views(xb, view_gen, spec["kind"], view_r).to(dev)
                     v2 = make_views(xb, view_gen, spec["kind"], view_r).to(dev)
-                    l_s = nt_xent_loss(net(v1), net(v2), temperature)
+                    l_s = nt_xent_loss(_ssl_out(v1), _ssl_out(v2), temperature)
                     loss = selfsup_weight * l_s
                     ls, lt, frac = float(l_s.detach()), 0.0, 0.0
                     if lab_iter is not None:
-                        l_t, frac = _triplet_step(next(lab_iter))
+                        l_t, frac = _triplet_step(*next(lab_iter))
                         loss = loss + l_t
                         lt = float(l_t.detach())
                 opt.zero_grad(set_to_none=True)
@@ -738,7 +791,9 @@ def train_encoder(
             n_seen = max(n_seen, 1)
             train_loss = tot / n_seen
             history["train_loss"].append(train_loss)
-            history["train_triplet_loss"].append(tot_t / n_seen if mode != "label-free" else None)
+            history["train_triplet_loss"].append(
+                tot_t / n_seen if mode != "label-free" or lab_iter is not None else None
+            )
             history["train_selfsup_loss"].append(tot_s / n_seen if selfsup else None)
             history["fraction_active"].append(act / n_seen)
 
@@ -765,7 +820,7 @@ def train_encoder(
                         zr, y_train[ref].numpy(), zv.cpu().numpy(), y_val.numpy()
                     )
                 if xvu1 is not None:
-                    z1, z2 = _embed(xvu1), _embed(xvu2)
+                    z1, z2 = _embed(xvu1, _ssl_out), _embed(xvu2, _ssl_out)
                     sl, sn = 0.0, 0
                     for s in range(0, len(z1), batch_size):
                         k = min(batch_size, len(z1) - s)
@@ -801,6 +856,28 @@ def train_encoder(
                 val_acc,
                 history["epoch_seconds"][-1],
             )
+
+            n_pseudo = 0
+            if pl_cfg is not None and epoch + 1 >= pl_cfg["start_epoch"]:
+                # self-training: tomorrow's triplet pool = labels + confident SQ assignments
+                with torch.no_grad():
+                    if proj is not None and mode == "label-free":
+                        # the latent has had no signal yet: cluster what NT-Xent shaped
+                        h = _embed(x_ssl, net.representation)
+                        z_pool = nn.functional.normalize(h, dim=1).cpu().numpy()
+                    else:
+                        z_pool = _embed(x_ssl).cpu().numpy()
+                y_pl = assign_pseudo_labels(
+                    z_pool,
+                    y_ssl,
+                    keep=pl_cfg["keep"],
+                    n_clusters=pl_cfg["n_clusters"],
+                    seed=seed + epoch,
+                )
+                sel = torch.from_numpy(np.flatnonzero(y_pl >= 0))
+                n_pseudo = int(len(sel) - (y_ssl >= 0).sum())
+                lab_iter = _labeled_batches(x_ssl[sel], torch.from_numpy(y_pl)[sel])
+            history["pseudo_labeled"].append(n_pseudo)
 
             val_based = not math.isnan(val_loss)
             monitored = val_loss if val_based else train_loss
@@ -846,15 +923,18 @@ def train_encoder(
             "device": str(dev),
             "lr_plateau_factor": lr_plateau_factor,
             "augment": aug,
-            "triplet_weight": 1.0 if mode != "label-free" else 0.0,
+            "triplet_weight": 1.0 if mode != "label-free" or pl_cfg else 0.0,
             "selfsup": {
                 "objective": "nt-xent" if selfsup else None,
                 "weight": float(selfsup_weight),
                 "temperature": temperature if selfsup else None,
                 "views": {"kind": spec["kind"], **view_r} if selfsup else None,
                 "max_val_unlabeled": max_val_unlabeled,
+                "space": selfsup_space if selfsup else None,
             },
-            "pseudo_labels": None,
+            "pseudo_labels": (
+                {"source": "sq-assignments", "ratio": "d1/d2", **pl_cfg} if pl_cfg else None
+            ),
         },
         "metrics": {
             **history,

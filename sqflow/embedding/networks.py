@@ -54,6 +54,10 @@ class PaperCNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
 
+    def representation(self, x: torch.Tensor) -> torch.Tensor:
+        """The ``hidden``-wide layer before the latent projection, ``(B, hidden)``."""
+        return self.head[:-1](self.features(x))
+
 
 class MLPEncoder(nn.Module):
     """Multi-layer perceptron for plain feature vectors (sensor or tabular rows).
@@ -80,6 +84,10 @@ class MLPEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+    def representation(self, x: torch.Tensor) -> torch.Tensor:
+        """The last hidden layer before the latent projection, ``(B, hidden[-1])``."""
+        return self.net[:-1](x)
 
 
 def build_network(arch: dict[str, Any]) -> nn.Module:

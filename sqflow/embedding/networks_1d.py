@@ -65,6 +65,10 @@ class Conv1DEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x).mean(dim=2))
 
+    def representation(self, x: torch.Tensor) -> torch.Tensor:
+        """The ``hidden``-wide layer before the latent projection, ``(B, hidden)``."""
+        return self.head[:-1](self.features(x).mean(dim=2))
+
 
 def default_arch_1d(spec: dict[str, Any], latent_dim: int) -> dict[str, Any]:
     """Default ``arch`` for preprocessing ``spec`` of kind "timeseries"."""

@@ -1,0 +1,109 @@
+"""Self-training: pseudo-labels from confident SQ assignments, and train_encoder wiring."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sqflow.datasets import load_mnist
+from sqflow.embedding import train_encoder
+from sqflow.embedding.pseudo import assign_pseudo_labels, pseudo_label_ranges
+
+
+def _blobs(n: int = 6000, k: int = 5, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(k, 3)) * 6
+    y = rng.integers(0, k, n)
+    return centers[y] + rng.normal(size=(n, 3)), y
+
+
+def test_semi_supervised_pseudo_labels_are_classes_and_keep_the_clearest_share() -> None:
+    z, y = _blobs()
+    labels = np.full(len(y), -1)
+    for c in range(5):  # 4 labels per class; class ids shifted to check the id mapping
+        labels[np.flatnonzero(y == c)[:4]] = c + 10
+    out = assign_pseudo_labels(z, labels, keep=0.3, seed=0)
+    lab = labels >= 0
+    np.testing.assert_array_equal(out[lab], labels[lab])  # given labels never change
+    got = (out >= 0) & ~lab
+    # about 30 % of each class's unlabeled rows (ceil per center), and they are right
+    assert abs(got.sum() / (~lab).sum() - 0.3) < 0.02
+    assert np.mean(out[got] - 10 == y[got]) > 0.99
+    # the kept rows are the confident ones: kept rows sit closer to their class's labeled mean
+    means = np.stack([z[labels == c + 10].mean(0) for c in range(5)])
+    dist = np.linalg.norm(z - means[y], axis=1)
+    assert dist[got].mean() < dist[~lab & ~got].mean()
+
+
+def test_label_free_pseudo_labels_need_n_clusters_and_match_the_blobs() -> None:
+    z, y = _blobs(k=4)
+    unl = np.full(len(y), -1)
+    with pytest.raises(ValueError, match="n_clusters"):
+        assign_pseudo_labels(z, unl, keep=0.5)
+    out = assign_pseudo_labels(z, unl, keep=0.5, n_clusters=4, seed=0)
+    got = out >= 0
+    assert set(np.unique(out[got])) == {0, 1, 2, 3}
+    # cluster ids are arbitrary: every kept cluster is pure in one blob
+    purity = [np.bincount(y[out == k]).max() / (out == k).sum() for k in range(4)]
+    assert min(purity) > 0.97  # measured 0.989 (two blobs touch)
+
+
+@pytest.mark.parametrize(
+    ("option", "match"),
+    [
+        ({"keep": 0}, "keep"),
+        ({"start_epoch": 0}, "start_epoch"),
+        ({"n_clusters": 1}, "n_clusters"),
+        ({"warmup": 2}, "unknown keys"),
+        ("yes", "pseudo_labels="),
+    ],
+)
+def test_bad_pseudo_label_settings_are_named(option, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        pseudo_label_ranges(option)
+
+
+@pytest.fixture(scope="module")
+def mnist_2000():
+    torch.set_num_threads(1)
+    x, y = load_mnist("train")
+    idx = np.random.default_rng(1).permutation(len(x))[:2000]
+    return x[idx], y[idx].astype(np.int64)
+
+
+def test_train_encoder_self_trains_seeded_and_recorded(mnist_2000) -> None:
+    x, y = mnist_2000
+    ys = np.full(len(y), -1)
+    for c in range(10):
+        ys[np.flatnonzero(y == c)[:10]] = c
+    kw = dict(epochs=2, batch_size=250, seed=0, progress=False, device="cpu")
+    pl = {"start_epoch": 1, "keep": 0.4}
+    a = train_encoder(x, ys, pseudo_labels=pl, **kw)
+    m = a.metadata
+    assert m["params"]["pseudo_labels"]["source"] == "sq-assignments"
+    assert m["params"]["pseudo_labels"]["keep"] == 0.4
+    # 0.4 of the 1,710 unlabeled training rows (the rest is validation), after each epoch
+    n_unl_train = m["n_train_unlabeled"]
+    assert all(abs(n - 0.4 * n_unl_train) <= 10 for n in m["metrics"]["pseudo_labeled"])
+    b = train_encoder(x, ys, pseudo_labels=pl, **kw)
+    np.testing.assert_array_equal(a.embed(x[:200]), b.embed(x[:200]))  # same seed, same model
+    off = train_encoder(x, ys, **kw)
+    assert off.metadata["params"]["pseudo_labels"] is None
+    assert off.metadata["metrics"]["pseudo_labeled"] == [0, 0]
+    assert not np.array_equal(a.embed(x[:200]), off.embed(x[:200]))
+
+
+def test_label_free_self_training_trains_the_triplet_term(mnist_2000) -> None:
+    x, _ = mnist_2000
+    unl = np.full(len(x), -1)
+    kw = dict(epochs=2, batch_size=250, seed=0, progress=False, device="cpu")
+    with pytest.raises(ValueError, match="n_clusters"):
+        train_encoder(x, unl, pseudo_labels=True, **kw)
+    with pytest.raises(ValueError, match="label-free term"):
+        train_encoder(x, np.arange(len(x)) % 10, selfsup_weight=0.0, pseudo_labels=True)
+    enc = train_encoder(x, unl, pseudo_labels={"start_epoch": 1, "n_clusters": 10}, **kw)
+    m = enc.metadata
+    assert m["mode"] == "label-free" and m["params"]["triplet_weight"] == 1.0
+    trip = m["metrics"]["train_triplet_loss"]
+    assert trip[0] is None and trip[1] is not None and trip[1] > 0
