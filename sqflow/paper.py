@@ -93,6 +93,8 @@ class PaperConfig:
     augment: bool = False
     selfsup_weight: float | None = None
     temperature: float = 0.5
+    selfsup_space: str = "latent"
+    pseudo_labels: dict[str, Any] | None = None
     encoder_max_seconds: float | None = None
     train_limit: int | None = None
     test_limit: int | None = None
@@ -286,6 +288,11 @@ def _cache_key(cfg: PaperConfig, setting: Setting, data_hash: str, mode: str) ->
     if mode != "supervised" or cfg.selfsup_weight is not None:
         # the label-free term (PaperConfig: selfsup_weight None = train_encoder's default)
         keep.update(mode=mode, selfsup_weight=cfg.selfsup_weight, temperature=cfg.temperature)
+        # only when changed from the defaults, so older cache keys stay valid
+        if cfg.selfsup_space != "latent":
+            keep["selfsup_space"] = cfg.selfsup_space
+        if cfg.pseudo_labels is not None:
+            keep["pseudo_labels"] = _pseudo_for(cfg, mode)
     fraction = setting.fraction if setting.count is None else f"n{setting.count}"
     keep.update(fraction=fraction, data=data_hash)
     return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
@@ -351,6 +358,8 @@ def embed_fraction(
         augment=cfg.augment,
         selfsup_weight=cfg.selfsup_weight,
         temperature=cfg.temperature,
+        selfsup_space=cfg.selfsup_space if mode != "supervised" else "latent",
+        pseudo_labels=_pseudo_for(cfg, mode),
     )
     t0 = time.perf_counter()
     z_train, z_test = enc.embed(x), enc.embed(xt)
@@ -373,6 +382,14 @@ def embed_fraction(
     }
 
 
+def _pseudo_for(cfg: PaperConfig, mode: str) -> dict[str, Any] | None:
+    """Self-training settings for one setting: none when every row is labeled (nothing to
+    pseudo-label); label-free rows get ``n_clusters`` centers."""
+    if cfg.pseudo_labels is None or mode == "supervised":
+        return None
+    return {"n_clusters": cfg.n_clusters, **cfg.pseudo_labels}
+
+
 def _encoder_summary(enc: Any, embed_seconds: float, cache: Path | None) -> dict[str, Any]:
     m = enc.metadata
     met = m["metrics"]
@@ -384,6 +401,9 @@ def _encoder_summary(enc: Any, embed_seconds: float, cache: Path | None) -> dict
         "n_unlabeled": m.get("n_unlabeled", 0),
         "selfsup_weight": sel.get("weight", 0.0),
         "temperature": sel.get("temperature"),
+        "selfsup_space": sel.get("space"),
+        "pseudo_labels": m["params"].get("pseudo_labels"),
+        "pseudo_labeled_last": (met.get("pseudo_labeled") or [None])[-1],
         "n_train": m["n_train"],
         "n_val": m["n_val"],
         "epochs_run": met["epochs_run"],
@@ -829,7 +849,7 @@ def markdown_table(report: dict[str, Any]) -> str:
         "",
         f"Config: epochs={c['epochs']}, batch={c['batch_size']}, lr={c['lr']}, "
         f"patience={c['patience']}, lr_plateau={c.get('lr_plateau_factor')}, augment={c.get('augment', False)}, "
-        f"selfsup_weight={c.get('selfsup_weight')} (None: 1 with unlabeled rows, else 0), temperature={c.get('temperature')}, encoder_max_seconds={c['encoder_max_seconds']}, "
+        f"selfsup_weight={c.get('selfsup_weight')} (None: 1 with unlabeled rows, else 0), temperature={c.get('temperature')}, selfsup_space={c.get('selfsup_space', 'latent')}, pseudo_labels={c.get('pseudo_labels')}, encoder_max_seconds={c['encoder_max_seconds']}, "
         f"train_limit={c['train_limit']} (n_train={c['n_train']}), n_test={c['n_test']}, seed={c['seed']}, "
         f"sq_params={c['sq_params']}, torch threads={c['torch_threads']}.",
     ]
@@ -915,6 +935,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--temperature", type=float, default=0.5, help="NT-Xent temperature")
     p.add_argument(
+        "--selfsup-space",
+        choices=["latent", "hidden"],
+        default="latent",
+        help="NT-Xent on the latent itself, or on a projection head over the last hidden layer",
+    )
+    p.add_argument(
+        "--pseudo-labels",
+        type=json.loads,
+        default=None,
+        metavar="JSON",
+        help='self-training from confident SQ assignments, e.g. \'{"start_epoch": 5, "keep": 0.5}\'',
+    )
+    p.add_argument(
         "--optimizers",
         nargs="+",
         default=list(ALL_OPTIMIZERS),
@@ -995,6 +1028,8 @@ def main(argv: list[str] | None = None) -> int:
         label_counts=tuple(args.label_counts),
         selfsup_weight=args.selfsup_weight,
         temperature=args.temperature,
+        selfsup_space=args.selfsup_space,
+        pseudo_labels=args.pseudo_labels,
         optimizers=tuple(args.optimizers),
         epochs=args.epochs,
         batch_size=args.batch_size,

@@ -541,7 +541,8 @@ def train_encoder(
         from the labeled class means; label-free: ``n_clusters`` centers from k-means++, which
         is then required) and the ``keep`` share of each center's unlabeled rows that lie
         clearest inside their cell joins the triplet loss with that center's class as label.
-        Needs the label-free term (unlabeled rows are only seen through it).
+        Needs the label-free term (unlabeled rows are only seen through it). Only epochs
+        trained on pseudo-labels are candidates for the kept (best) weights.
     selfsup_space:
         Where the label-free term acts. "latent" (default): NT-Xent on the ``latent_dim``
         output itself. "hidden": NT-Xent on a projection head (hidden -> 128 -> 64, trained
@@ -883,7 +884,12 @@ def train_encoder(
             monitored = val_loss if val_based else train_loss
             if plateau is not None:
                 plateau.step(monitored)
-            if monitored < best[0] - min_delta:
+            # with self-training, only a model trained on pseudo-labels is a candidate: before,
+            # the objective differs (and a label-free latent is not trained at all)
+            candidate = pl_cfg is None or epoch >= pl_cfg["start_epoch"]
+            if not candidate:
+                pass
+            elif monitored < best[0] - min_delta:
                 best = (monitored, epoch)
                 best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
                 bad_epochs = 0
