@@ -75,7 +75,8 @@ def _naive(X, centers, lo, hi, t_start, lr, sched, t0, power, r, inv_scale, proj
     return loss
 
 
-@njit(cache=True, nogil=True, error_model="numpy", fastmath=_FASTMATH)
+# not cached: numba's cache would not see a change of the engine's helpers inlined here
+@njit(nogil=True, error_model="numpy", fastmath=_FASTMATH)
 def search_floor(X, centers, nearest):
     """The engine's search alone, rows independent (no step, so no row waits for the last
     one): ``nearest=False`` the squared distances to every center, ``True`` also the argmin.
@@ -97,8 +98,8 @@ def search_floor(X, centers, nearest):
     return acc
 
 
-naive_steps = njit(cache=True, nogil=True, error_model="numpy", fastmath=_FASTMATH)(_naive)
-naive_steps_plain = njit(cache=True, nogil=True, error_model="numpy")(_naive)
+naive_steps = njit(nogil=True, error_model="numpy", fastmath=_FASTMATH)(_naive)
+naive_steps_plain = njit(nogil=True, error_model="numpy")(_naive)
 
 
 def one_pass(X, K, optimizer="sgd", batch_size=1, shuffle=False, seed=0, kernel=None) -> float:
