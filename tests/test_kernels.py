@@ -96,3 +96,38 @@ def test_steady_optimizers_at_rank_6_reach_the_reference_without_that_warning(op
         est, warned = _fit(X, optimizer=optimizer, random_state=seed)
         assert est.objective_ <= 1.01 * reference
         assert not [w for w in warned if w.startswith("SQ stopped after pass")]
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "nag", "adagrad", "rmsprop", "adam"])
+@pytest.mark.parametrize("K, batch_size", [(5, 1), (20, 1), (20, 8)])
+def test_fits_with_many_features_match_the_float64_reference(optimizer, K, batch_size):
+    """d = 12: the vectorised search (features in registers; for K >= 16 the integer argmin)
+    inside Algorithm 1 and the mini-batch rule, step by step against the plain reference."""
+    from tests.sq_reference import ReferenceSQ
+
+    X, _ = make_blobs(600, n_features=12, centers=K, cluster_std=1.5, random_state=K)
+    init = X[:K] + 0.3
+    lr = {"sgd": 0.02, "momentum": 0.01, "nag": 0.01}.get(optimizer, 0.05)
+    ref = ReferenceSQ(init, optimizer, lr, r=3.0, t0=150.0, project=True)
+    if batch_size == 1:
+        for x in X:
+            ref.step(x)
+    else:
+        for start in range(0, len(X), batch_size):
+            ref.batch_step(X[start : start + batch_size])
+    est = StochasticQuantization(
+        K,
+        init=init,
+        optimizer=optimizer,
+        learning_rate=lr,
+        rank=3.0,
+        step_offset=150.0,
+        batch_size=batch_size,
+        max_iter=1,
+        tol=0.0,
+        shuffle=False,
+        scale=None,
+        projection="bbox",
+    ).fit(X)
+    np.testing.assert_allclose(est.cluster_centers_, ref.centers, rtol=1e-9, atol=1e-11)
+    assert not np.allclose(ref.centers, init)  # the comparison is not vacuous
