@@ -530,8 +530,9 @@ def _sq_dists(z, cT, dist2):
 @njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
 def _nearest_row(z, centers):
     """``_nearest_center`` for few features: one center at a time over the rows of
-    ``centers``. Without ``reassoc`` the sum over features runs in order, so the distances
-    are bit for bit those of ``_sq_dists`` (the fit's path does not depend on which ran)."""
+    ``centers``. Without ``reassoc`` the sum over features runs in order, as in the loop it
+    replaced (fits with d < 8 kept their bits) and as in ``_sq_dists``'s lanes (the same
+    choice and bits in ``tests/test_kernels.py``)."""
     K, d = centers.shape
     best = 0
     best_d2 = np.inf
