@@ -30,8 +30,10 @@ had no worker for ``timeout`` seconds the pass cancels its work and raises ``Clu
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import math
+import threading
 import time
 from dataclasses import dataclass
 
@@ -336,7 +338,7 @@ class DaskPasses:
             self.bounds.append((start, start + int(size)))
             start += int(size)
         if n_parallel is None:
-            n_parallel = sum(client.nthreads().values()) or 1
+            n_parallel = sum(client.nthreads(callback_timeout=timeout).values()) or 1
         self.n_parallel = int(n_parallel)
         self.timeout = float(timeout)
         if blocks_per_task is None:
@@ -350,19 +352,46 @@ class DaskPasses:
         self.clipped = 0  # steps the safeguard shortened in the last pass
 
     # ---------------------------------------------------------------- fault handling
-    def _wait(self, futures) -> None:
-        """Wait for ``futures``; raise TimeoutError when no worker was there for ``timeout`` s."""
-        from distributed import wait
+    def _poll(self) -> float:
+        return min(1.0, max(0.05, self.timeout / 10))
 
-        gone_since = None
-        poll = min(1.0, max(0.05, self.timeout / 10))
-        while True:
+    def _has_workers(self) -> bool:
+        """Whether the scheduler reports a worker now. The question itself is bounded: a
+        scheduler that does not answer within a poll counts as a cluster without workers."""
+        try:
+            # asks the scheduler (scheduler_info() is cached)
+            return bool(self.client.nthreads(callback_timeout=self._poll()))
+        except Exception as exc:  # noqa: BLE001 - any failure to answer means: no worker seen
+            logger.debug("the Dask scheduler did not say which workers it has: %r", exc)
+            return False
+
+    def _watch(self, call, what: str):
+        """``call()`` (a blocking Client call) run in a helper thread, watched from here.
+
+        Every blocking call of a pass goes through this watchdog, not just the wait for the
+        results: ``Client.gather`` waits again, without a timeout, when the data it fetches
+        is lost with its workers (it resets the futures and waits for a recomputation that
+        needs a worker), which is how a fit hung after ``scale(0)`` when the workers left
+        between the end of the wait and the transfer. Returns what ``call`` returned or
+        raises what it raised; raises ``ClusterLostError`` once the cluster has had no worker
+        for ``timeout`` seconds (the caller cancels its futures, which ends the helper).
+        """
+        box: concurrent.futures.Future = concurrent.futures.Future()
+
+        def target():
             try:
-                wait(futures, timeout=poll)
-                return
-            except TimeoutError:
-                pass
-            if self.client.nthreads():  # asks the scheduler (scheduler_info() is cached)
+                box.set_result(call())
+            except BaseException as exc:  # noqa: BLE001 - handed to the watching thread
+                box.set_exception(exc)
+
+        threading.Thread(target=target, name=f"sqflow-dask-{what}", daemon=True).start()
+        gone_since = None
+        poll = self._poll()
+        while True:
+            concurrent.futures.wait([box], timeout=poll)
+            if box.done():
+                return box.result()
+            if self._has_workers():
                 gone_since = None
                 continue
             now = time.monotonic()
@@ -370,34 +399,40 @@ class DaskPasses:
             if now - gone_since >= self.timeout:
                 raise ClusterLostError(
                     f"the Dask cluster has had no worker for {self.timeout:g} s (every worker "
-                    "died or left); the SQ pass was cancelled. Restart the workers and fit "
-                    "again, or raise the estimator's dask_timeout if workers come back slowly."
+                    f"died or left) while the SQ fit waited for its {what}; the work was "
+                    "cancelled. Restart the workers and fit again, or raise the estimator's "
+                    "dask_timeout if workers come back slowly."
                 )
 
     def _gather(self, futures):
+        """The results of ``futures`` in their order, every wait bounded by ``timeout``.
+        The futures are cancelled when this raises (nothing is left running for a failed
+        pass, and a helper thread still inside ``Client.gather`` returns)."""
         from concurrent.futures import CancelledError
 
         try:
-            self._wait(futures)
-            return self.client.gather(futures)
-        except CancelledError as exc:
-            # only the scheduler cancels these futures: it dropped them with the workers
-            # that left (this process cancels them only on its way out)
-            n = len(self.client.nthreads())
-            raise ClusterLostError(
-                f"the Dask scheduler cancelled the SQ pass's work when its workers left ({n} "
-                "left now); restart the workers and fit again (dask_timeout bounds the wait "
-                "for workers that die without leaving)"
-            ) from exc
+            return self._watch(lambda: self.client.gather(futures), "results")
+        except BaseException as exc:
+            self._cancel(futures)
+            if isinstance(exc, CancelledError):
+                # only the scheduler cancels these futures: it dropped them with the workers
+                # that left (this process cancels them only on its way out)
+                raise ClusterLostError(
+                    "the Dask scheduler cancelled the SQ pass's work when its workers left; "
+                    "restart the workers and fit again (dask_timeout bounds the wait for "
+                    "workers that die without leaving)"
+                ) from exc
+            raise
+
+    def _cancel(self, futures) -> None:
+        try:
+            self.client.cancel(futures)
+        except Exception as exc:  # noqa: BLE001 - a closed client has nothing left to cancel
+            logger.debug("cancelling the SQ pass's futures failed: %r", exc)
 
     def compute(self, collection):
         """``collection`` computed on the cluster, under the same fault handling as a pass."""
-        futures = self.client.compute(collection)
-        try:
-            return self._gather(futures)
-        except BaseException:
-            self.client.cancel(futures)
-            raise
+        return self._gather(self.client.compute(collection))
 
     # ---------------------------------------------------------------- passes
     def run_pass(
@@ -461,7 +496,7 @@ class DaskPasses:
                             on_block(b, loss, self.bounds[b][1] - self.bounds[b][0])
         except BaseException:
             for _, futures in inflight:
-                client.cancel(futures)
+                self._cancel(futures)
             raise
         state.t = t_end
         return state, loss_total, steps_total
@@ -475,9 +510,4 @@ class DaskPasses:
             delayed(_block_loss, pure=True)(blk, centers, rank, self.bounds[i][0])
             for i, blk in enumerate(self.blocks)
         ]
-        futures = self.client.compute(parts)
-        try:
-            return float(sum(self._gather(futures))) / self.X.shape[0]
-        except BaseException:
-            self.client.cancel(futures)
-            raise
+        return float(sum(self._gather(self.client.compute(parts)))) / self.X.shape[0]

@@ -166,13 +166,6 @@ def test_objective_within_half_percent_of_serial_at_W_2_8_32(optimizer, small_bl
         assert dist.objective_ <= 1.005 * serial.objective_, (optimizer, W)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="KNOWN BUG (issue 15, open): after LocalCluster.scale(0) mid-fit the fit sometimes "
-    "waits more than 60 s instead of raising ClusterLostError after dask_timeout=3 s (2 of 6 "
-    "local runs on 2026-11-30; it passed in both full-suite runs). Kept running so the bug "
-    "shows as XPASS/XFAIL in every test report until the wait loop is fixed.",
-)
 def test_all_workers_gone_fails_within_the_timeout(zarr_store):
     from sqflow.store import open_store
 
@@ -199,6 +192,33 @@ def test_all_workers_gone_fails_within_the_timeout(zarr_store):
     assert isinstance(box.get("error"), TimeoutError), box
     assert "dask_timeout" in str(box["error"]) and waited < 30
     assert not hasattr(est, "cluster_centers_")  # nothing half-fitted
+
+
+def test_results_lost_with_every_worker_fail_within_the_timeout():
+    """The cause of the hang after ``scale(0)``: results that were ready when the wait ended
+    and were lost with the workers before their transfer. ``Client.gather`` then resets the
+    futures and waits, without a timeout, for a recomputation that needs a worker; the
+    pass's gather must give up after ``timeout`` like its wait does, and cancel the work."""
+    from distributed import wait
+
+    from sqflow.distributed import ClusterLostError, DaskPasses
+
+    X = da.zeros((400, 2), chunks=(100, 2))
+    with _cluster(2) as cluster, Client(cluster) as client:
+        passes = DaskPasses(client, X, n_parallel=2, timeout=2.0)
+        futures = client.map(np.arange, range(1, 9), pure=False)
+        wait(futures)  # the results are ready on the workers
+        cluster.scale(0)  # every worker leaves before the driver fetched them
+        deadline = time.monotonic() + 60
+        while client.nthreads() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not client.nthreads(), "the workers did not leave"
+        t0 = time.monotonic()
+        with pytest.raises(ClusterLostError, match="dask_timeout"):
+            passes._gather(futures)
+        waited = time.monotonic() - t0
+        assert all(f.status == "cancelled" for f in futures)  # nothing left to recompute
+    assert 2.0 <= waited < 10.0
 
 
 def test_killed_worker_changes_nothing(zarr_store):
