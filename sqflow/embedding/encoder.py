@@ -756,6 +756,7 @@ def train_encoder(
 
     bar = tqdm(range(epochs), desc=f"encoder ({mode})", unit="epoch", disable=not progress)
     lab_iter = _labeled_batches(x_train, y_train) if selfsup and len(train_rows) >= 2 else None
+    prev_pl = None  # label-free: last epoch's pseudo-labels, the seeds of the next assignment
     with _deterministic(dev):
         for epoch in bar:
             t0 = time.perf_counter()
@@ -862,7 +863,7 @@ def train_encoder(
             if pl_cfg is not None and epoch + 1 >= pl_cfg["start_epoch"]:
                 # self-training: tomorrow's triplet pool = labels + confident SQ assignments
                 with torch.no_grad():
-                    if proj is not None and mode == "label-free":
+                    if proj is not None and mode == "label-free" and prev_pl is None:
                         # the latent has had no signal yet: cluster what NT-Xent shaped
                         h = _embed(x_ssl, net.representation)
                         z_pool = nn.functional.normalize(h, dim=1).cpu().numpy()
@@ -874,7 +875,10 @@ def train_encoder(
                     keep=pl_cfg["keep"],
                     n_clusters=pl_cfg["n_clusters"],
                     seed=seed + epoch,
+                    seed_labels=prev_pl,
                 )
+                if mode == "label-free":
+                    prev_pl = y_pl
                 sel = torch.from_numpy(np.flatnonzero(y_pl >= 0))
                 n_pseudo = int(len(sel) - (y_ssl >= 0).sum())
                 lab_iter = _labeled_batches(x_ssl[sel], torch.from_numpy(y_pl)[sel])

@@ -64,6 +64,7 @@ def assign_pseudo_labels(
     keep: float,
     n_clusters: int | None = None,
     seed: int = 0,
+    seed_labels: np.ndarray | None = None,
 ) -> np.ndarray:
     """Labels plus pseudo-labels for embedded training rows.
 
@@ -81,6 +82,12 @@ def assign_pseudo_labels(
         center per class).
     seed:
         ``random_state`` of the SQ fit.
+    seed_labels:
+        Label-free only: the previous pseudo-labels of the same rows (-1 = none). The centers
+        start at their cluster means instead of k-means++, so cluster ids and the partition
+        carry over from one epoch to the next instead of being redrawn (a redrawn partition
+        pulls the embedding towards a different target every epoch). Every unlabeled row is
+        assigned afresh. Ignored when ``labels`` has labels or a seeded cluster is empty.
 
     Returns
     -------
@@ -103,6 +110,11 @@ def assign_pseudo_labels(
             est = StochasticQuantization(
                 n_clusters=len(classes), init="labels", random_state=seed, max_iter=3
             ).fit(z, y_all)
+        elif seed_labels is not None and _seeds_cover(seed_labels, n_clusters):
+            classes = np.arange(n_clusters)
+            est = StochasticQuantization(
+                n_clusters=n_clusters, init="labels", random_state=seed, max_iter=3
+            ).fit(z, np.asarray(seed_labels, dtype=np.int64))
         else:
             if n_clusters is None:
                 raise ValueError(
@@ -128,3 +140,11 @@ def assign_pseudo_labels(
         best = rows[np.argsort(ratio[rows], kind="stable")[:n_keep]]
         out[best] = classes[k]
     return out
+
+
+def _seeds_cover(seed_labels: np.ndarray, n_clusters: int | None) -> bool:
+    """True when the seed labels name every cluster 0..n_clusters-1 (and nothing else)."""
+    if n_clusters is None:
+        return False
+    ids = np.unique(np.asarray(seed_labels)[np.asarray(seed_labels) >= 0])
+    return len(ids) == n_clusters and bool(np.array_equal(ids, np.arange(n_clusters)))
