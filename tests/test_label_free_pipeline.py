@@ -133,6 +133,41 @@ def test_label_free_nightly_on_parquet_features(prefect_harness, mnist_test, tmp
     _assert_label_free_outputs(out, rec)
 
 
+def _features_parquet(tmp_path: Path, images: np.ndarray) -> Path:
+    x = images.reshape(len(images), 7, 4, 7, 4).mean(axis=(2, 4)).reshape(len(images), 49)
+    df = pd.DataFrame(x.astype(np.float32), columns=[f"f{j:02d}" for j in range(49)])
+    df.insert(0, "sample_id", [f"row{i:04d}" for i in range(len(images))])
+    path = tmp_path / "features.parquet"
+    df.to_parquet(path, index=False)
+    return path
+
+
+def test_label_free_nightly_with_self_training(prefect_harness, mnist_test, tmp_path):
+    """encoder_self_training without labels: pseudo-labels over n_clusters pseudo-classes from
+    epoch 1 of 2, recorded in the registry; with n_clusters = 'auto' it is a clear error."""
+    from flows.nightly import nightly
+
+    src = {"kind": "parquet", "path": str(_features_parquet(tmp_path, mnist_test[0]))}
+    out = tmp_path / "out"
+    rec = nightly(config=_config(out, src, encoder_self_training=True, encoder_epochs=2))
+    assert rec["status"] == "completed", rec.get("error")
+    models = out / "models"
+    meta = json.loads((models / current_version(models) / "model.json").read_text())
+    assert meta["mode"] == "label-free"
+    assert meta["pseudo_labels"]["n_clusters"] == 5 and meta["pseudo_labels"]["start_epoch"] == 1
+    assert meta["selfsup"]["space"] == "hidden"
+    _assert_label_free_outputs(out, rec)
+
+    from data_contracts.settings import PipelineSettings
+    from sqflow.pipeline.encoder import _self_training
+
+    auto = PipelineSettings(**_config(out, src, encoder_self_training=True, n_clusters="auto"))
+    with pytest.raises(ValueError, match="integer n_clusters"):
+        _self_training(auto, np.full(10, -1))
+    labeled = np.arange(10) % 2
+    assert _self_training(auto, labeled) == {}  # every row labeled: nothing to pseudo-label
+
+
 def test_half_labeled_nightly_reports_on_held_out_rows_only(prefect_harness, mnist_test, tmp_path):
     """Half of the images carry a label. The encoder learns from labeled and unlabeled rows
     (semi-supervised); the report's figures use labeled items the encoder neither trained nor

@@ -246,6 +246,7 @@ def fit_register_and_reference(
         device=settings.device,
         progress=True,
         augment=settings.encoder_augment and x.ndim > 2,
+        **_self_training(settings, y),
         # the source kind decides, not the shape: float (N, H, W) images stay images
         input_kind=_input_kind(train_rows, x),
     )
@@ -261,6 +262,7 @@ def fit_register_and_reference(
         "n_reference": len(reference_rows),
         "mode": meta["mode"],
         "selfsup": meta["params"].get("selfsup"),
+        "pseudo_labels": meta["params"].get("pseudo_labels"),
         "epochs": settings.encoder_epochs,
         "latent_dim": settings.latent_dim,
         "train_seconds": time.perf_counter() - t0,
@@ -305,6 +307,24 @@ def fit_register_and_reference(
         "encoder": enc,
         "seconds": time.perf_counter() - t0,
     }
+
+
+def _self_training(settings: PipelineSettings, y: np.ndarray) -> dict[str, Any]:
+    """train_encoder arguments of ``encoder_self_training``: pseudo-labels from half-way
+    through the epochs (at most from epoch 5) and NT-Xent on the hidden layer; nothing when
+    off or when every row is labeled (nothing to pseudo-label)."""
+    if not settings.encoder_self_training or bool((y >= 0).all()):
+        return {}
+    pl: dict[str, Any] = {"start_epoch": max(1, min(5, settings.encoder_epochs // 2))}
+    if not (y >= 0).any():
+        if settings.n_clusters == "auto":
+            raise ValueError(
+                "encoder_self_training on rows without any label needs an integer n_clusters "
+                "(the number of pseudo-classes); n_clusters is 'auto'. Set n_clusters = K or "
+                "encoder_self_training = false"
+            )
+        pl["n_clusters"] = int(settings.n_clusters)
+    return {"pseudo_labels": pl, "selfsup_space": "hidden"}
 
 
 def split_train_reference(
