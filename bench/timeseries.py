@@ -78,8 +78,49 @@ def stack(series: list[np.ndarray], length: int) -> np.ndarray:
     return np.stack([resample_series(s, length) for s in series]).astype(np.float32)
 
 
+LABEL_FREE_VARIANTS = (
+    "ntxent",
+    "pseudo_hidden",
+    "pseudo_latent",
+    "ntxent_mild",
+    "pseudo_hidden_mild",
+)
+
+
+def label_free_kwargs(variant: str, k: int) -> dict:
+    """``train_encoder`` arguments of a label-free variant (K = the number of classes).
+
+    ``ntxent``: NT-Xent on the latent, signal views of :mod:`sqflow.embedding.augment_1d`
+    (the first run's setting). ``pseudo_*``: self-training from epoch 5, half of each cluster
+    kept, NT-Xent on the projected hidden layer or on the latent. ``*_mild``: the views take
+    the milder ranges of ``augment`` (jitter 0.03, scaling 0.1, shift 5 %, crop 10 %) instead of
+    the view defaults (0.1, 0.2, 10 %, 20 %): per-channel scaling of 0.2 may erase what tells
+    the classes apart (speaker-specific cepstral levels).
+    """
+    from sqflow.embedding.augment_1d import SIGNAL_AUGMENT_DEFAULT
+
+    pseudo = {"pseudo_labels": {"start_epoch": 5, "keep": 0.5, "n_clusters": k}}
+    table = {
+        "ntxent": {},
+        "pseudo_hidden": {**pseudo, "selfsup_space": "hidden"},
+        "pseudo_latent": {**pseudo, "selfsup_space": "latent"},
+        "ntxent_mild": {"views": dict(SIGNAL_AUGMENT_DEFAULT)},
+        "pseudo_hidden_mild": {
+            **pseudo,
+            "selfsup_space": "hidden",
+            "views": dict(SIGNAL_AUGMENT_DEFAULT),
+        },
+    }
+    return table[variant]
+
+
 def run_dataset(
-    name: str, seeds: list[int], progress: bool, val_fraction: float = VAL_FRACTION
+    name: str,
+    seeds: list[int],
+    progress: bool,
+    val_fraction: float = VAL_FRACTION,
+    parts: tuple[str, ...] = ("labels", "label_free"),
+    variants: tuple[str, ...] = ("ntxent",),
 ) -> dict:
     from aeon.classification.distance_based import KNeighborsTimeSeriesClassifier
     from sklearn.cluster import KMeans
@@ -136,47 +177,63 @@ def run_dataset(
             seed=seed,
             progress=progress,
         )
-        t0 = time.perf_counter()
-        enc = train_encoder(x_tr, y_tr, augment=True, **common)
-        z_tr, z_te = enc.embed(x_tr), enc.embed(x_te)
-        sq = StochasticQuantization(k, init="labels", random_state=seed).fit(z_tr, y_tr)
-        classes = np.asarray(getattr(sq, "classes_", np.arange(k)))
-        centers = np.asarray(sq.cluster_centers_, dtype=np.float64)
-        pred = classes[nearest(z_te, centers)[0]]
-        knn = y_tr[nearest(z_te, z_tr.astype(np.float64))[0]]
-        res["sq_labels"] = {
-            **_scores(y_te, pred),
-            "knn1_embedding_accuracy": float(np.mean(knn == y_te)),
-            "epochs_run": enc.metadata["metrics"]["epochs_run"],
-            "seconds": time.perf_counter() - t0,
-        }
-        t0 = time.perf_counter()
-        enc0 = train_encoder(x_tr, np.full(len(x_tr), -1), **common)
-        z_tr, z_te = enc0.embed(x_tr), enc0.embed(x_te)
-        sq0 = StochasticQuantization(k, init="k-means++", n_init=10, random_state=seed).fit(z_tr)
-        c0 = np.asarray(sq0.cluster_centers_, dtype=np.float64)
-        res["sq_label_free"] = {
-            **clustering_scores(nearest(z_te, c0)[0], y_te, k),
-            "epochs_run": enc0.metadata["metrics"]["epochs_run"],
-            "seconds": time.perf_counter() - t0,
-        }
+        if "labels" in parts:
+            t0 = time.perf_counter()
+            enc = train_encoder(x_tr, y_tr, augment=True, **common)
+            z_tr, z_te = enc.embed(x_tr), enc.embed(x_te)
+            sq = StochasticQuantization(k, init="labels", random_state=seed).fit(z_tr, y_tr)
+            classes = np.asarray(getattr(sq, "classes_", np.arange(k)))
+            centers = np.asarray(sq.cluster_centers_, dtype=np.float64)
+            pred = classes[nearest(z_te, centers)[0]]
+            knn = y_tr[nearest(z_te, z_tr.astype(np.float64))[0]]
+            met = enc.metadata["metrics"]
+            res["sq_labels"] = {
+                **_scores(y_te, pred),
+                "knn1_embedding_accuracy": float(np.mean(knn == y_te)),
+                "epochs_run": met["epochs_run"],
+                "best_epoch": met["best_epoch"],
+                "stop_rule": met["stop_rule"],
+                "seconds": time.perf_counter() - t0,
+            }
+        for variant in variants if "label_free" in parts else ():
+            t0 = time.perf_counter()
+            enc0 = train_encoder(
+                x_tr, np.full(len(x_tr), -1), **common, **label_free_kwargs(variant, k)
+            )
+            z_tr, z_te = enc0.embed(x_tr), enc0.embed(x_te)
+            sq0 = StochasticQuantization(k, init="k-means++", n_init=10, random_state=seed)
+            c0 = np.asarray(sq0.fit(z_tr).cluster_centers_, dtype=np.float64)
+            key = "sq_label_free" if variant == "ntxent" else f"sq_label_free_{variant}"
+            res[key] = {
+                **clustering_scores(nearest(z_te, c0)[0], y_te, k),
+                "epochs_run": enc0.metadata["metrics"]["epochs_run"],
+                "best_epoch": enc0.metadata["metrics"]["best_epoch"],
+                "seconds": time.perf_counter() - t0,
+            }
         per_seed.append(res)
         print(name, res, flush=True)
     row["seeds"] = per_seed
+    lf_keys = ("clustering_accuracy", "nmi", "f1_weighted")
     for part, keys in (
         ("sq_labels", ("f1_weighted", "accuracy", "knn1_embedding_accuracy")),
-        ("sq_label_free", ("clustering_accuracy", "nmi", "f1_weighted")),
+        *[(p, lf_keys) for p in per_seed[0] if p.startswith("sq_label_free")],
     ):
+        if part not in per_seed[0]:
+            continue
         row[part] = {key: float(np.mean([r[part][key] for r in per_seed])) for key in keys} | {
             f"{key}_min": float(np.min([r[part][key] for r in per_seed])) for key in keys
         }
-    row["gap_to_dtw_points"] = 100 * (row["sq_labels"]["accuracy"] - row["dtw_1nn"]["accuracy"])
-    row["within_2_points_of_dtw"] = bool(row["gap_to_dtw_points"] >= -2.0)
-    row["above_kmeans_raw"] = bool(
-        row["sq_labels"]["accuracy"] > row["kmeans_raw"]["labeled"]["accuracy"]
-        and row["sq_label_free"]["clustering_accuracy"]
-        > row["kmeans_raw"]["label_free"]["clustering_accuracy"]
-    )
+    if "sq_labels" in row:
+        row["gap_to_dtw_points"] = 100 * (row["sq_labels"]["accuracy"] - row["dtw_1nn"]["accuracy"])
+        row["within_2_points_of_dtw"] = bool(row["gap_to_dtw_points"] >= -2.0)
+        row["labels_above_kmeans_raw"] = bool(
+            row["sq_labels"]["accuracy"] > row["kmeans_raw"]["labeled"]["accuracy"]
+        )
+    for part in [p for p in row if p.startswith("sq_label_free")]:
+        row[f"{part}_above_kmeans_raw"] = bool(
+            row[part]["clustering_accuracy"]
+            > row["kmeans_raw"]["label_free"]["clustering_accuracy"]
+        )
     return row
 
 
@@ -193,29 +250,47 @@ def main(argv: list[str] | None = None) -> int:
         help="val_fraction 0: every epoch runs, the weights of the lowest train loss are kept "
         "(a variant added AFTER the first run; see the README)",
     )
+    ap.add_argument(
+        "--parts", nargs="+", default=["labels", "label_free"], choices=["labels", "label_free"]
+    )
+    ap.add_argument(
+        "--label-free-variants",
+        nargs="+",
+        default=["ntxent"],
+        choices=LABEL_FREE_VARIANTS,
+        help="label-free encoder settings to run (see label_free_kwargs; default: ntxent)",
+    )
     args = ap.parse_args(argv)
     import torch
 
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     vf = 0.0 if args.no_early_stopping else VAL_FRACTION
-    rows = [run_dataset(n, args.seeds, args.progress, vf) for n in args.datasets]
-    table = [
-        {
-            "dataset": r["dataset"],
-            "train/test": f"{r['n_train']}/{r['n_test']}",
-            "SQ F1w (labels)": r["sq_labels"]["f1_weighted"],
-            "SQ acc (labels)": r["sq_labels"]["accuracy"],
-            "1-NN-DTW acc": r["dtw_1nn"]["accuracy"],
-            "gap (points)": r["gap_to_dtw_points"],
-            "k-means raw acc": r["kmeans_raw"]["labeled"]["accuracy"],
-            "SQ label-free ACC": r["sq_label_free"]["clustering_accuracy"],
-            "SQ label-free NMI": r["sq_label_free"]["nmi"],
-            "k-means raw ACC": r["kmeans_raw"]["label_free"]["clustering_accuracy"],
-            "k-means raw NMI": r["kmeans_raw"]["label_free"]["nmi"],
-        }
-        for r in rows
+    rows = [
+        run_dataset(
+            n, args.seeds, args.progress, vf, tuple(args.parts), tuple(args.label_free_variants)
+        )
+        for n in args.datasets
     ]
+    table = []
+    for r in rows:
+        line = {"dataset": r["dataset"], "train/test": f"{r['n_train']}/{r['n_test']}"}
+        if "sq_labels" in r:
+            line |= {
+                "SQ F1w (labels)": r["sq_labels"]["f1_weighted"],
+                "SQ acc (labels)": r["sq_labels"]["accuracy"],
+                "1-NN-DTW acc": r["dtw_1nn"]["accuracy"],
+                "gap (points)": r["gap_to_dtw_points"],
+                "k-means raw acc": r["kmeans_raw"]["labeled"]["accuracy"],
+            }
+        for part in [p for p in r if p.startswith("sq_label_free") and "above" not in p]:
+            tag = part.removeprefix("sq_label_free").lstrip("_") or "ntxent"
+            line[f"label-free ACC {tag}"] = r[part]["clustering_accuracy"]
+            line[f"label-free NMI {tag}"] = r[part]["nmi"]
+        if "label_free" in args.parts:
+            line["k-means raw ACC"] = r["kmeans_raw"]["label_free"]["clustering_accuracy"]
+            line["k-means raw NMI"] = r["kmeans_raw"]["label_free"]["nmi"]
+        table.append(line)
     md = print_table(table, list(table[0]))
     write_results(
         args.out,
@@ -226,6 +301,9 @@ def main(argv: list[str] | None = None) -> int:
                 "epochs": EPOCHS,
                 "patience": PATIENCE,
                 "val_fraction": vf,
+                "min_val_per_class": "train_encoder default (10)",
+                "parts": args.parts,
+                "label_free_variants": args.label_free_variants,
                 "seeds": args.seeds,
                 "torch_threads": args.threads,
             },

@@ -419,6 +419,19 @@ def training_mode(labels: np.ndarray) -> str:
     return "supervised" if n_lab == len(labels) else "semi-supervised"
 
 
+def _criterion(history: dict[str, list]) -> str:
+    """What chose the kept epoch, in words for ``metrics["stop_rule"]``."""
+
+    def used(key: str) -> bool:
+        return any(v is not None and not math.isnan(v) for v in history[key])
+
+    if not used("val_loss"):
+        return "none: every epoch runs, the lowest training loss is kept"
+    parts = ["labeled triplet loss"] if used("val_triplet_loss") else []
+    parts += ["label-free NT-Xent loss"] if used("val_selfsup_loss") else []
+    return "held-out " + " + ".join(parts)
+
+
 def _check_finite_arg(name: str, value: Any, ok: bool) -> None:
     if not ok:
         raise ValueError(f"{name}={value!r} is out of range")
@@ -437,6 +450,7 @@ def train_encoder(
     device: str | torch.device | None = None,
     seed: int = 0,
     val_fraction: float = 0.1,
+    min_val_per_class: int = 10,
     patience: int = 5,
     min_delta: float = 1e-4,
     lr_plateau_factor: float | None = None,
@@ -494,6 +508,16 @@ def train_encoder(
         (label-free term on) share of the UNLABELED rows, at most ``max_val_unlabeled``, held out
         for the label-free criterion: the NT-Xent loss of fixed views of those rows. 0 disables
         validation and early stopping. Never touches any test set.
+    min_val_per_class:
+        The labeled hold-out is kept only if it gives at least this many validation rows per
+        class on average (default 10); otherwise no labeled row is held out, all of them train,
+        and the stopping falls back to the label-free criterion (held-out unlabeled rows) when
+        there is one, else every epoch runs and the weights of the lowest training loss are
+        kept. Why: early stopping ranks epochs by a validation loss whose sampling noise
+        shrinks with the rows per class; with a handful per class (10 validation series on
+        GunPoint, 10 of 100 MNIST labels) the ranking is noise, bought with a ``val_fraction``
+        share of the labels. The decision is in ``metrics["stop_rule"]``; 0 restores the plain
+        ``val_fraction`` split.
     patience:
         Stop after this many epochs without an improvement of the monitored validation loss
         (triplet + ``selfsup_weight`` * NT-Xent, the parts that have held-out rows) larger than
@@ -578,6 +602,7 @@ def train_encoder(
         ("lr", lr, lr > 0),
         ("weight_decay", weight_decay, weight_decay >= 0),
         ("val_fraction", val_fraction, 0 <= val_fraction < 1),
+        ("min_val_per_class", min_val_per_class, min_val_per_class >= 0),
         ("patience", patience, patience >= 1),
         (
             "lr_plateau_factor",
@@ -644,10 +669,20 @@ def train_encoder(
     view_r = view_ranges(views, spec["kind"]) if selfsup else None
 
     rng = np.random.default_rng(seed)
+    all_local, no_val = np.arange(len(y_lab)), np.array([], dtype=np.int64)
+    stop_rule: dict[str, Any] = {"min_val_per_class": min_val_per_class}
     if val_fraction > 0 and len(labeled_rows):
         tr_local, va_local = _stratified_split(y_lab, val_fraction, rng)
+        per_class = len(va_local) / len(np.unique(y_lab))
+        stop_rule["val_rows_per_class"] = per_class
+        # too few validation labels to rank epochs: train on all of them instead (the split
+        # was still drawn, so the unlabeled split below is the same either way)
+        stop_rule["labeled_holdout"] = bool(per_class >= min_val_per_class)
+        if not stop_rule["labeled_holdout"]:
+            tr_local, va_local = all_local, no_val
     else:
-        tr_local, va_local = np.arange(len(y_lab)), np.array([], dtype=np.int64)
+        tr_local, va_local = all_local, no_val
+        stop_rule["labeled_holdout"] = False
     train_rows, val_rows = labeled_rows[tr_local], labeled_rows[va_local]
     # unlabeled rows: a held-out share for the label-free criterion (only with the term on)
     if selfsup and val_fraction > 0 and len(unlabeled_rows) >= 8:
@@ -929,6 +964,7 @@ def train_encoder(
             "weight_decay": weight_decay,
             "seed": seed,
             "val_fraction": val_fraction,
+            "min_val_per_class": min_val_per_class,
             "patience": patience,
             "device": str(dev),
             "lr_plateau_factor": lr_plateau_factor,
@@ -955,6 +991,7 @@ def train_encoder(
             else "train_loss",
             "epochs_run": len(history["train_loss"]),
             "stop_reason": stop_reason,
+            "stop_rule": {**stop_rule, "criterion": _criterion(history)},
             "seconds": time.perf_counter() - t_start,
         },
         "versions": _versions(),
