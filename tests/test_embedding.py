@@ -269,6 +269,7 @@ def test_lr_plateau_decay_and_early_stopping(mnist_small) -> None:
         min_delta=10.0,
         lr_plateau_factor=0.5,
         progress=False,
+        min_val_per_class=0,  # keep the 3-per-class hold-out: this tests its mechanics
     )
     met = enc.metadata["metrics"]
     assert met["stop_reason"] == "early_stopping" and met["epochs_run"] == 4
@@ -471,7 +472,9 @@ def test_validation_without_triplets_does_not_stop_training() -> None:
     rng = np.random.default_rng(0)
     y = np.repeat(np.arange(3), 10)
     x = rng.normal(size=(30, 5)) + 3 * y[:, None]
-    enc = train_encoder(x, y, latent_dim=2, epochs=7, batch_size=30, patience=2, progress=False)
+    enc = train_encoder(
+        x, y, latent_dim=2, epochs=7, batch_size=30, patience=2, progress=False, min_val_per_class=0
+    )
     met = enc.metadata["metrics"]
     assert enc.metadata["n_val"] == 3 and met["epochs_run"] == 7
     assert met["monitored"] == "train_loss" and all(np.isnan(v) for v in met["val_loss"])
