@@ -13,12 +13,15 @@ Per dataset, everything is fitted on the TRAIN split only (the test split choose
 settings below were fixed for all four datasets before the first run and are the same for all):
 
 * ``sq_labels``: ``train_encoder`` (1-D CNN, supervised triplet loss with signal augmentation,
-  latent_dim 8, at most 300 epochs, early stopping on a stratified 20 % of the train split),
+  latent_dim 8, at most 300 epochs, val_fraction 0.2; under ``train_encoder``'s
+  ``min_val_per_class`` rule (added after the first run) none of the four sets has 10
+  validation series per class, so no labeled series is held out and all 300 epochs run),
   then ``StochasticQuantization(K = classes, init="labels")`` on the train embeddings; each
   test series takes the class of its nearest center (weighted F1, accuracy);
 * ``sq_label_free``: ``train_encoder`` with all labels -1 (NT-Xent on two signal views of every
   train series), SQ with k-means++ seeding (K = classes); test series assigned to the nearest
-  center, scored with the Hungarian clustering accuracy and NMI;
+  center, scored with the Hungarian clustering accuracy and NMI; ``--label-free-variants``
+  adds ``sq_label_free_<variant>`` (self-training, milder views: see ``label_free_kwargs``);
 * ``dtw_1nn``: aeon ``KNeighborsTimeSeriesClassifier(distance="dtw")`` (full window, 1 neighbour)
   on the series as shipped (JapaneseVowels unequal-length), the UCR archive's standard baseline;
 * ``kmeans_raw``: scikit-learn ``KMeans(K, n_init=10)`` on the raw series (resampled to the
@@ -30,7 +33,8 @@ settings below were fixed for all four datasets before the first run and are the
 Unequal lengths (JapaneseVowels) are resampled to the train split's most common length, as the
 time-series source does.
 
-    python bench/timeseries.py [--datasets GunPoint ...] [--seeds 0 1 2] [--threads 1]
+    PYTHONPATH=. python bench/timeseries.py [--datasets GunPoint ...] [--seeds 0 1 2]
+        [--parts labels label_free] [--label-free-variants ntxent pseudo_hidden ...]
 """
 
 from __future__ import annotations
