@@ -46,6 +46,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.states import Completed
 
 from data_contracts.settings import PipelineSettings
+from sqflow.fault_points import kill_point
 from sqflow.layout import OutputLayout, current_version, output_lock
 from sqflow.pipeline.monitor import retrain_outcome
 from tasks.artifacts import artifact_key
@@ -147,7 +148,9 @@ def retrain_flow(
             )
             _publish_retrains(settings, run_id)  # the failed attempt is a row too
             raise
+        kill_point("after-retrain")  # fault injection: lineage written, retrains not published
         out["bi"] = _publish_retrains(settings, run_id)
+        kill_point("after-retrain-publish")  # fault injection: retrains rows published
     _retrain_artifact(
         settings,
         run_id,

@@ -45,6 +45,7 @@ from data_contracts.run_record import RunRecord, RunRecordError
 from data_contracts.settings import PipelineSettings
 
 from .atomic_files import atomic_write_text
+from .fault_points import kill_point
 from .identifiers import check_identifier
 
 _VERSION = re.compile(r"^triplet-v(\d{4})$")
@@ -174,6 +175,7 @@ def register_encoder(
         (tmp / "model.json").write_text(json.dumps(rec, indent=2, sort_keys=True, default=str))
         if rows is not None:
             rows.to_parquet(tmp / "rows.parquet", index=False)
+        kill_point("register-tmp")  # fault injection: the folder is complete, not yet renamed
         try:
             os.rename(tmp, models_dir / version)
             break
@@ -182,6 +184,7 @@ def register_encoder(
                 raise
             shutil.rmtree(tmp, ignore_errors=True)
             nums.append(max(nums, default=0) + 1)
+    kill_point("register-renamed")  # fault injection: a registered version, not yet current
     if make_current:
         set_current(models_dir, version)
     return version
@@ -192,6 +195,16 @@ def set_current(models_dir: Path, version: str) -> None:
     if not (Path(models_dir) / version / "encoder.pt").exists():
         raise FileNotFoundError(f"no encoder.pt for version {version!r} in {str(models_dir)!r}")
     atomic_write_text(Path(models_dir) / "CURRENT", version + "\n")
+    kill_point("set-current")  # fault injection: CURRENT written, the lineage not yet
+
+
+def registered_versions(models_dir: Path) -> list[str]:
+    """Names of the version folders (``triplet-vNNNN``) in ``models_dir``, oldest first; the
+    folders a trainer writes aside (``.triplet-vNNNN.<pid>.tmp``) are not versions."""
+    d = Path(models_dir)
+    if not d.is_dir():
+        return []
+    return sorted(p.name for p in d.iterdir() if p.is_dir() and _VERSION.match(p.name))
 
 
 def model_record(models_dir: Path, version: str) -> dict[str, Any]:
