@@ -12,6 +12,15 @@ Points (in the order a nightly reaches them): ``start`` (run.json "running" writ
 written, its ``runs`` file not yet), ``publish-parquet`` (Parquet committed, DuckDB not yet),
 ``publish-duckdb`` (DuckDB committed, PostgreSQL not yet), ``after-publish`` (every sink
 written, run.json not yet "completed").
+
+The retrain (in a nightly after ``after-publish``, or the stand-alone ``retrain`` flow) reaches:
+``register-tmp`` (the new version's folder written aside as ``.triplet-vNNNN.<pid>.tmp``, not
+renamed), ``register-renamed`` (the version registered, not current; a retrain then embeds its
+reference), ``set-current`` (``models/CURRENT`` written: a promoted version, its lineage line
+not yet), ``after-retrain`` (the lineage line written, the ``retrains`` BI rows not published),
+then the ``retrains`` publish through ``publish-parquet`` / ``publish-duckdb`` (``@2`` in a
+nightly, whose own publish reached them first) and ``after-retrain-publish``. ``register-*``
+and ``set-current`` are also reached by ``train-encoder``.
 """
 
 from __future__ import annotations
