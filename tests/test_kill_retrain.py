@@ -53,7 +53,11 @@ BEFORE_LINEAGE = {"register-renamed", "set-current"}
 class RetrainWorkspace(Workspace):
     """The fault-injection workspace with a rotated (drifting) source and tiny retrains."""
 
+    upright = False  # prepare(): v0001 trains on the upright images
+
     def config(self) -> dict[str, Any]:
+        if self.upright:
+            return super().config()
         return {
             **super().config(),
             "source": {
@@ -73,7 +77,11 @@ class RetrainWorkspace(Workspace):
 
         from sqflow.datasets import load_mnist
 
-        super().prepare()
+        self.upright = True
+        try:
+            super().prepare()
+        finally:
+            self.upright = False
         x, y = load_mnist("test")
         rot = ndimage.rotate(x[400 : 400 + N_BATCH], 90, axes=(1, 2), reshape=False, order=1)
         np.save(self.root / "rot.npy", rot.astype(np.uint8))
