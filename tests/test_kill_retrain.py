@@ -3,7 +3,7 @@ in-process retrain, killed with SIGKILL at each boundary of the retrain, each fo
 next run; then a stand-alone ``retrain`` flow process.
 
 The source is a rotated MNIST batch (200 rows) against a tiny encoder trained on upright
-images (bench/fault_injection.py's workspace), so every night drifts and retrains, with
+images (bench/fault_injection.py's workspace with its own source), so every night drifts and retrains, with
 ``retrain_min_gain=-1`` so that every retrain is promoted (the ``set-current`` boundary is
 reached). The points, in the order a retrain reaches them: ``register-tmp`` (the new version's
 folder written aside, not renamed), ``register-renamed`` (a registered version, its reference
@@ -36,6 +36,7 @@ from sqflow.bi.duck import run_rows
 from sqflow.layout import current_version, registered_versions
 
 N_BATCH = 200
+N_REFERENCE = 500  # DriftPolicy.min_reference_rows: fewer is no decision
 #: the retrain's kill points in the order a nightly's in-process retrain reaches them
 RETRAIN_POINTS = [
     "register-tmp",
@@ -53,11 +54,7 @@ BEFORE_LINEAGE = {"register-renamed", "set-current"}
 class RetrainWorkspace(Workspace):
     """The fault-injection workspace with a rotated (drifting) source and tiny retrains."""
 
-    upright = False  # prepare(): v0001 trains on the upright images
-
     def config(self) -> dict[str, Any]:
-        if self.upright:
-            return super().config()
         return {
             **super().config(),
             "source": {
@@ -68,24 +65,30 @@ class RetrainWorkspace(Workspace):
             "encoder_epochs": 1,
             "encoder_train_rows": 200,
             "encoder_batch_size": 100,
-            "reference_rows": 100,
+            "reference_rows": N_REFERENCE,
             "retrain_min_gain": -1.0,
         }
 
     def prepare(self) -> None:
+        """v0001 on upright MNIST test images (200 trained on, 500 reference: the drift
+        policy's minimum), the batch: 200 other test images rotated by 90 degrees."""
         from scipy import ndimage
 
+        from flows.settings import flow_settings
         from sqflow.datasets import load_mnist
+        from sqflow.pipeline.encoder import train_encoder_stage
 
-        self.upright = True
-        try:
-            super().prepare()
-        finally:
-            self.upright = False
         x, y = load_mnist("test")
-        rot = ndimage.rotate(x[400 : 400 + N_BATCH], 90, axes=(1, 2), reshape=False, order=1)
+        n_up = 2 * N_REFERENCE + 200
+        np.save(self.root / "x.npy", x[:n_up])
+        np.save(self.root / "y.npy", y[:n_up].astype(np.int64))
+        rot = ndimage.rotate(x[n_up : n_up + N_BATCH], 90, axes=(1, 2), reshape=False, order=1)
         np.save(self.root / "rot.npy", rot.astype(np.uint8))
-        np.save(self.root / "rot_y.npy", y[400 : 400 + N_BATCH].astype(np.int64))
+        np.save(self.root / "rot_y.npy", y[n_up : n_up + N_BATCH].astype(np.int64))
+        upright = {"kind": "npy", "path": str(self.root / "x.npy")}
+        upright["labels_path"] = str(self.root / "y.npy")
+        cfg = {**self.config(), "source": upright, "output_dir": str(self.root / "train-out")}
+        train_encoder_stage(flow_settings(cfg))
 
     def run_retrain(self, run_id: str, timeout: float = 400) -> int:
         """A stand-alone ``retrain`` flow process for ``run_id``; its exit code."""
