@@ -572,8 +572,9 @@ def train_encoder(
         output itself. "hidden": NT-Xent on a projection head (hidden -> 128 -> 64, trained
         alongside and then discarded, as in SimCLR) over the network's last hidden layer, so a
         3-D latent is not asked to spread every row over a sphere; the latent is then shaped
-        by the triplet loss alone, and label-free pseudo-labels are assigned on the
-        L2-normalised hidden layer.
+        by the triplet loss alone. Label-free, the first pseudo-labels are assigned on the
+        L2-normalised hidden layer (the latent has had no signal yet), later ones on the
+        latent, seeded from the previous epoch's.
 
     Returns
     -------
