@@ -257,14 +257,6 @@ def sq_steps(
     # features one center at a time over the rows is cheaper (bench/kernel.py)
     cT = np.ascontiguousarray(centers.T)
     rowwise = d < 8
-    # many centers: the float32 screen with the exact re-check (same result, bit for bit)
-    screened = not rowwise and K >= 16 and d <= 4096
-    o = np.zeros(d)
-    BT = np.empty((d, K), dtype=np.float32)
-    nB = np.empty(K, dtype=np.float32)
-    A2 = np.empty(d, dtype=np.float32)
-    P = np.empty(K, dtype=np.float32)
-    bmax2 = _screen_start(centers, o, BT, nB) if screened else 0.0
     loss_sum = 0.0
     n_clipped = 0
     if batch_size == 1:
@@ -277,9 +269,7 @@ def sq_steps(
                     skipped += 1
                     continue
             _load_sample(X, i, inv_scale, z, lo, hi, project, sphere)
-            if screened:
-                best, best_d2 = _nearest_screened(z, centers, o, BT, nB, bmax2, A2, P)
-            elif rowwise:
+            if rowwise:
                 best, best_d2 = _nearest_row(z, centers)
             else:
                 best, best_d2 = _nearest_center(z, cT, dist2)
@@ -305,10 +295,6 @@ def sq_steps(
                 count[best] += 1
                 if sphere:
                     _to_sphere(centers, cT, best)
-                if screened:
-                    s2 = _screen_column(centers, best, o, BT, nB)
-                    if not (s2 <= bmax2):
-                        bmax2 = s2
             else:
                 for j in range(d):
                     g[j] = coef * (centers[best, j] - z[j])
@@ -342,10 +328,6 @@ def sq_steps(
                     if opt == MOMENTUM:  # the displacement is where the center actually went
                         for j in range(d):
                             m[best, j] = centers[best, j] - old[j]
-                if screened:
-                    s2 = _screen_column(centers, best, o, BT, nB)
-                    if not (s2 <= bmax2):
-                        bmax2 = s2
         return t_start + n - skipped, loss_sum, n - skipped, n_clipped
 
     gsum = np.zeros((K, d))
@@ -366,9 +348,7 @@ def sq_steps(
                     used -= 1
                     continue
             _load_sample(X, ii, inv_scale, z, lo, hi, project, sphere)
-            if screened:
-                best, best_d2 = _nearest_screened(z, centers, o, BT, nB, bmax2, A2, P)
-            elif rowwise:
+            if rowwise:
                 best, best_d2 = _nearest_row(z, centers)
             else:
                 best, best_d2 = _nearest_center(z, cT, dist2)
@@ -423,10 +403,6 @@ def sq_steps(
                     if opt == MOMENTUM:
                         for j in range(d):
                             m[k, j] = centers[k, j] - old[j]
-                if screened:
-                    s2 = _screen_column(centers, k, o, BT, nB)
-                    if not (s2 <= bmax2):
-                        bmax2 = s2
         t += used
         if used > 0:
             n_steps += 1
@@ -600,196 +576,6 @@ def _nearest_center(z, cT, dist2):
     # the minimum from its bits, not reloaded from dist2[best]: the reload waits on the
     # index (measured 115 vs 83 ns per sample at d = 16, K = 64)
     return best, _from_order_bits(low)
-
-
-# --- the float32 screen with an exact float64 re-check (d >= 8, K >= 16) -------------------
-#
-# The exact search is float64 distances from differences (``_nearest_row``: per center
-# ``D_k = sum_j (z_j - c_kj)^2``, summed in feature order with fused multiply-adds; the
-# lowest index wins a tie). ``_nearest_screened`` returns the same index and the same bits of
-# ``D_k`` with about a quarter of the arithmetic: a float32 screen of all centers, then the
-# float64 distance of the screen's winner, then a proof that no other center can be as near;
-# when the proof fails (a near tie, data beyond float32's range, NaN) it runs the exact
-# search over all centers. The screen works around an origin ``o`` (the centers' mean when
-# the chunk starts), so data far from the origin (an offset of 1e8) lose nothing to float32.
-#
-# The bound. Let a = z - o, b_k = c_k - o (exact reals, a - b_k = z - c_k), A = fl32(fl64(a))
-# and B_k likewise (stored), S_k = ||a - b_k||^2 exactly, X_k = ||A - B_k||^2 exactly, and
-# u = 2^-24, v = 2^-53 (unit roundoffs), U1 = u (1 + 2^-20) >= u + v + u v (the double
-# rounding), so |A_j - a_j| <= U1 |a_j| + 2^-150 (the last term: float32 underflow).
-# (1) triangle inequality: |sqrt(X_k) - sqrt(S_k)| <= ||(A - a) - (B_k - b_k)||
-#     <= eps1 = U1 (||a|| + ||b_k||) + 2 sqrt(d) 2^-150, and ||a|| <= ||A|| (1 + 2 U1).
-# (2) the screen P_k = fl32(n_k - 2 A.B_k), n_k = fl32(||B_k||^2), is a dot product of
-#     d + 1 terms (n_k * 1 and (-2 A_j) B_kj, -2 A exact): in any summation order, fused or
-#     not, |P_k - (||B_k||^2 - 2 A.B_k)| <= u ||B_k||^2 + gamma_{d+1} (n_k + 2 |A||B_k|)
-#     + (d + 2) 2^-149 (underflow) <= CE (||A||^2 + Bmax^2) + ETA32, with
-#     gamma_n = n u / (1 - n u), CE = (2 d + 4) u (valid for (d + 1) u < 0.01), Bmax^2 >=
-#     max_k ||B_k||^2 (an upper bound kept as centers move). Hence X_k >= P_k + ||A||^2 - e.
-# (3) the float64 distance the exact search computes: D_k >= (1 - G64) S_k - ETA64 with
-#     G64 = (d + 4) v (the rounding of d differences, squares and sums) and ETA64 = d 2^-1070.
-# Let k* be the screen's argmin and D* = D_k* (float64, exact search's bits). If
-#     P_k > thr = (1 + dl) R0^2 + (1 + 1/dl) eps1^2 + e - ||A||^2,   R0^2 = (D* + ETA64) / (1 - G64)
-# (using (R0 + eps1)^2 <= (1 + dl) R0^2 + (1 + 1/dl) eps1^2, dl = 2^-20, and eps1^2 <=
-# 3 (U1^2 (1 + 2 U1)^2 (||A||^2 + Bmax^2) + 4 d 2^-300)), then X_k > (R0 + eps1)^2, so by (1)
-# sqrt(S_k) > R0, so by (3) D_k > D*: center k is strictly farther than k* in the exact
-# search, and cannot win it, not even a tie. So when k* is the only center with P_k <= thr,
-# the exact search returns k* and D*. thr is computed in float64 and raised by 2^-30 of the
-# magnitudes involved (far above float64's own rounding of those few operations). Float32
-# overflow: the screen runs only when ||A||^2 and Bmax^2 are <= 1e36 (then every |P_k| <
-# 4e36 < 3.4e38, and NaN/inf fail that test); otherwise, and when no center or more than one
-# passes, the exact search runs. The screen's bound is proven in working units for any data
-# scale; the screen merely passes more candidates (and the exact search runs) where it is loose.
-
-_SCREEN_LIMIT = 1e36
-_U1 = 2.0**-24 * (1.0 + 2.0**-20)
-_DL = 2.0**-20
-
-
-@intrinsic
-def _key32(typingctx, x):
-    """A float32 as an int32 key whose integer order is the float order (negative floats
-    with their magnitude bits flipped): an integer min over keys vectorises."""
-    sig = types.int32(types.float32)
-
-    def codegen(context, builder, signature, args):
-        i32 = llvm_ir.IntType(32)
-        raw = builder.bitcast(args[0], i32)
-        sign = builder.ashr(raw, llvm_ir.Constant(i32, 31))
-        flip = builder.and_(sign, llvm_ir.Constant(i32, 0x7FFFFFFF))
-        return builder.xor(raw, flip)
-
-    return sig, codegen
-
-
-@njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
-def _sq_dist_one(z, centers, k):
-    """The exact search's float64 distance of center k (as ``_nearest_row`` sums it: features
-    in order, no reassociation; not inlined, so the caller's flags cannot reorder it)."""
-    s = 0.0
-    for j in range(centers.shape[1]):
-        diff = z[j] - centers[k, j]
-        s += diff * diff
-    return s
-
-
-@njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _screen_column(centers, k, o, BT, nB):
-    """Store center k for the screen: B_k = fl32(c_k - o) as column k of ``BT`` (d, K) and
-    n_k = fl32(||B_k||^2); returns ||B_k||^2 in float64 (for the bound's Bmax^2)."""
-    s = 0.0
-    for j in range(centers.shape[1]):
-        b = np.float32(centers[k, j] - o[j])
-        BT[j, k] = b
-        bj = np.float64(b)
-        s += bj * bj
-    nB[k] = np.float32(s)
-    return s
-
-
-@njit(cache=True, nogil=True, error_model="numpy")
-def _screen_start(centers, o, BT, nB):
-    """Origin (the centers' mean), screen columns of every center; returns Bmax^2."""
-    K, d = centers.shape
-    for j in range(d):
-        o[j] = 0.0
-    for k in range(K):
-        for j in range(d):
-            o[j] += centers[k, j]
-    for j in range(d):
-        o[j] /= K
-        if not math.isfinite(o[j]):
-            o[j] = 0.0  # a non-finite center: the screen will defer to the exact search
-    bmax2 = 0.0
-    for k in range(K):
-        s = _screen_column(centers, k, o, BT, nB)
-        if not (s <= bmax2):  # NaN propagates: the screen then always defers
-            bmax2 = s
-    return bmax2
-
-
-@njit(cache=True, nogil=True, error_model="numpy", fastmath=_FASTMATH, inline="always")
-def _screen_dots(A2, BT, nB, P):
-    """P[k] = nB[k] + sum_j A2[j] BT[j, k] in float32, vectorised over k with 8 (then 4)
-    features in registers (the layout of ``_sq_dists``)."""
-    d, K = BT.shape
-    for k in range(K):
-        P[k] = nB[k]
-    j = 0
-    while j + 8 <= d:
-        a0, a1, a2, a3 = A2[j], A2[j + 1], A2[j + 2], A2[j + 3]
-        a4, a5, a6, a7 = A2[j + 4], A2[j + 5], A2[j + 6], A2[j + 7]
-        b0, b1, b2, b3 = BT[j], BT[j + 1], BT[j + 2], BT[j + 3]
-        b4, b5, b6, b7 = BT[j + 4], BT[j + 5], BT[j + 6], BT[j + 7]
-        for k in range(K):
-            s = P[k]
-            s += a0 * b0[k]
-            s += a1 * b1[k]
-            s += a2 * b2[k]
-            s += a3 * b3[k]
-            s += a4 * b4[k]
-            s += a5 * b5[k]
-            s += a6 * b6[k]
-            s += a7 * b7[k]
-            P[k] = s
-        j += 8
-    if j + 4 <= d:
-        a0, a1, a2, a3 = A2[j], A2[j + 1], A2[j + 2], A2[j + 3]
-        b0, b1, b2, b3 = BT[j], BT[j + 1], BT[j + 2], BT[j + 3]
-        for k in range(K):
-            s = P[k]
-            s += a0 * b0[k]
-            s += a1 * b1[k]
-            s += a2 * b2[k]
-            s += a3 * b3[k]
-            P[k] = s
-        j += 4
-    while j < d:
-        aj = A2[j]
-        bj = BT[j]
-        for k in range(K):
-            P[k] += aj * bj[k]
-        j += 1
-
-
-@njit(cache=True, nogil=True, error_model="numpy", fastmath=_FASTMATH, inline="always")
-def _nearest_screened(z, centers, o, BT, nB, bmax2, A2, P):
-    """``_nearest_row(z, centers)`` (index and float64 squared distance, bit for bit; ties ->
-    lowest k) through the float32 screen and the bound above. ``BT``/``nB`` hold every
-    center's screen column (``_screen_column``) around origin ``o``; ``bmax2`` >= every
-    ||B_k||^2; ``A2`` (float32, d) and ``P`` (float32, K) are scratch."""
-    d, K = BT.shape
-    na2 = 0.0
-    m2 = np.float32(-2.0)
-    for j in range(d):
-        a = np.float32(z[j] - o[j])
-        A2[j] = a * m2
-        aj = np.float64(a)
-        na2 += aj * aj
-    if not (na2 <= _SCREEN_LIMIT and bmax2 <= _SCREEN_LIMIT):
-        return _nearest_row(z, centers)
-    _screen_dots(A2, BT, nB, P)
-    low = _key32(P[0])
-    for k in range(K):
-        b = _key32(P[k])
-        low = b if b < low else low
-    best = K
-    for k in range(K):
-        c = k if _key32(P[k]) == low else K
-        best = c if c < best else best
-    dstar = _sq_dist_one(z, centers, best)
-    w = na2 + bmax2
-    r02 = (dstar + d * 2.0**-1070) / (1.0 - (d + 4) * 2.0**-53)
-    g = _U1 * (1.0 + 2.0 * _U1)
-    eps1_2 = 3.0 * (g * g * w + 4.0 * d * 2.0**-300)
-    e = (2 * d + 4) * 2.0**-24 * w + (d + 2) * 2.0**-149
-    pos = (1.0 + _DL) * r02 + (1.0 + 1.0 / _DL) * eps1_2 + e
-    thr = pos - na2 + 2.0**-30 * (pos + na2)
-    n_in = 0
-    for k in range(K):
-        n_in += 1 if np.float64(P[k]) <= thr else 0
-    if n_in == 1:
-        return best, dstar
-    return _nearest_row(z, centers)
 
 
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy", fastmath=_FASTMATH)
