@@ -165,6 +165,7 @@ def test_recover_output_cleans_a_killed_run(tmp_path):
         "crashed": [],
         "orphan_files": [],
         "temp_files": [],
+        "registry": [],
     }  # idempotent
 
 
