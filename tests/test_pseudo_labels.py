@@ -49,6 +49,24 @@ def test_label_free_pseudo_labels_need_n_clusters_and_match_the_blobs() -> None:
     assert min(purity) > 0.97  # measured 0.989 (two blobs touch)
 
 
+def test_label_free_seed_labels_carry_cluster_ids_over() -> None:
+    """Seeded from the previous assignment, the next one keeps each blob's cluster id (a fresh
+    k-means++ draw with another seed is free to renumber them); a seed that misses a cluster is
+    ignored (k-means++ again)."""
+    z, y = _blobs(k=4)
+    unl = np.full(len(y), -1)
+    first = assign_pseudo_labels(z, unl, keep=0.5, n_clusters=4, seed=0)
+    again = assign_pseudo_labels(z + 0.05, unl, keep=0.5, n_clusters=4, seed=7, seed_labels=first)
+
+    def blob_to_id(out):
+        return {int(np.bincount(y[out == k]).argmax()): k for k in range(4)}
+
+    assert blob_to_id(again) == blob_to_id(first)
+    partial = np.where(first == 3, -1, first)  # cluster 3 has no seed: fall back, still valid
+    out = assign_pseudo_labels(z, unl, keep=0.5, n_clusters=4, seed=0, seed_labels=partial)
+    np.testing.assert_array_equal(out, first)  # same as the unseeded draw with that seed
+
+
 @pytest.mark.parametrize(
     ("option", "match"),
     [
