@@ -17,7 +17,9 @@ The retrain (in a nightly after ``after-publish``, or the stand-alone ``retrain`
 ``register-tmp`` (the new version's folder written aside as ``.triplet-vNNNN.<pid>.tmp``, not
 renamed), ``register-renamed`` (the version registered, not current; a retrain then embeds its
 reference), ``set-current`` (``models/CURRENT`` written: a promoted version, its lineage line
-not yet), ``after-retrain`` (the lineage line written, the ``retrains`` BI rows not published),
+not yet), ``reembed-swap`` (the night's store moved aside, the store re-embedded with the
+new version not yet renamed in: the run has no live store), ``after-retrain`` (the lineage
+line written, the ``retrains`` BI rows not published),
 then the ``retrains`` publish through ``publish-parquet`` / ``publish-duckdb`` (``@2`` in a
 nightly, whose own publish reached them first) and ``after-retrain-publish``. ``register-*``
 and ``set-current`` are also reached by ``train-encoder``.

@@ -8,7 +8,8 @@ images (bench/fault_injection.py's workspace with its own source), so every nigh
 reached). The points, in the order a retrain reaches them: ``register-tmp`` (the new version's
 folder written aside, not renamed), ``register-renamed`` (a registered version, its reference
 not embedded, no lineage line), ``set-current`` (CURRENT names the new version, no lineage
-line, the batch not re-embedded), ``after-retrain`` (lineage written, ``retrains`` not
+line, the batch not re-embedded), ``reembed-swap`` (the run's store moved aside, the
+re-embedded one not yet renamed in: the run has no live store), ``after-retrain`` (lineage written, ``retrains`` not
 published), ``publish-parquet@2`` / ``publish-duckdb@2`` (inside the ``retrains`` publish: the
 first publish of the process is the night's own), ``after-retrain-publish``.
 
@@ -42,13 +43,14 @@ RETRAIN_POINTS = [
     "register-tmp",
     "register-renamed",
     "set-current",
+    "reembed-swap",
     "after-retrain",
     "publish-parquet@2",
     "publish-duckdb@2",
     "after-retrain-publish",
 ]
 #: points killed before the retrain wrote its lineage line: recovery records it as failed
-BEFORE_LINEAGE = {"register-renamed", "set-current"}
+BEFORE_LINEAGE = {"register-renamed", "set-current", "reembed-swap"}
 
 
 class RetrainWorkspace(Workspace):
@@ -150,6 +152,11 @@ def test_killed_retrains_leave_a_consistent_registry(prefect_harness, tmp_path):
     for point in [*RETRAIN_POINTS, None]:
         current_before = current_version(ws.models)
         versions_before = set(registered_versions(ws.models))
+        # the version this run's retrain starts from: the recovery at the run's start puts
+        # CURRENT back when the killed run before had made its unrecorded version current
+        start_current = current_before
+        if previous is not None and previous["point"] in ("set-current", "reembed-swap"):
+            start_current = previous["start_current"]
         res = ws.run_nightly(point, timeout=600)
         rid = res["run_id"]
         if point is None:
@@ -178,10 +185,14 @@ def test_killed_retrains_leave_a_consistent_registry(prefect_harness, tmp_path):
                 assert [r["outcome"] for r in last] == ["failed"], (kp, last)
                 assert last[0]["run_id"] == krid and "died" in last[0]["error"]
                 # CURRENT was put back: the next retrain started from the version before
-                was = previous["current_before"]
+                was = previous["start_current"]
                 assert last[0]["current_after"] == last[0]["from_version"] == was, last
                 mine = [r for r in ws.lineage() if r.get("run_id") == rid]
                 assert all(r["from_version"] == was for r in mine), mine
+                # the killed run's store is live again, the staging store gone
+                krd = ws.out / "runs" / krid
+                assert (krd / "embeddings.zarr").is_dir(), kp
+                assert not list(krd.glob(".embeddings-*.zarr")), kp
         # this run's retrain: promoted (completed), or killed part-way
         attempts = ws.attempts(rid)
         seen = ws.retrains_rows(rid)
@@ -191,13 +202,17 @@ def test_killed_retrains_leave_a_consistent_registry(prefect_harness, tmp_path):
             assert ws.run_record(rid)["retrain_outcome"] == "promoted"
             assert seen == {"parquet": 1, "duckdb": 1} and attempts == 1
             assert ws.stray_files() == []
-        elif point in ("register-tmp", "register-renamed", "set-current"):
+        elif point in ("register-tmp", "register-renamed", "set-current", "reembed-swap"):
             assert attempts == 0 and seen == {"parquet": 0, "duckdb": 0}, point
             new = set(registered_versions(ws.models)) - versions_before
-            if point == "set-current":  # killed right after CURRENT named the new version
+            if point == "reembed-swap":  # the window: no live store, the old one aside
+                rd = ws.out / "runs" / rid
+                assert not (rd / "embeddings.zarr").exists(), point
+                assert list(rd.glob("embeddings-*.zarr")), point
+            if point in ("set-current", "reembed-swap"):  # CURRENT names the new version
                 assert {current_version(ws.models)} == new, (new, current_version(ws.models))
             else:
-                assert current_version(ws.models) == current_before, point
+                assert current_version(ws.models) == start_current, point
             if point == "register-tmp":
                 assert set(registered_versions(ws.models)) == versions_before
                 tmp = [p.name for p in ws.models.glob(".triplet-v*.tmp")]
@@ -212,7 +227,7 @@ def test_killed_retrains_leave_a_consistent_registry(prefect_harness, tmp_path):
             "run_id": rid,
             "versions": set(registered_versions(ws.models)),
             "versions_before": versions_before,
-            "current_before": current_before,
+            "start_current": start_current,
         }
         if point is None:
             previous = None

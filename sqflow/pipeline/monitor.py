@@ -43,6 +43,7 @@ from data_contracts.settings import PipelineSettings
 from data_contracts.tables import validate_frame
 
 from ..atomic_files import atomic_save_npy, atomic_write_parquet, atomic_write_text
+from ..fault_points import kill_point
 from ..layout import ROWS_COLUMNS, OutputLayout, current_version, set_current, version_rows
 from ..sources import select
 from .encoder import (
@@ -374,6 +375,7 @@ def _reembed_run(
         shutil.rmtree(kept)
     if live.exists():
         live.rename(kept)
+    kill_point("reembed-swap")  # fault injection: the run has no live store for a moment
     try:
         stage.rename(live)
     except OSError:
