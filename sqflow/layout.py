@@ -198,6 +198,47 @@ def set_current(models_dir: Path, version: str) -> None:
     kill_point("set-current")  # fault injection: CURRENT written, the lineage not yet
 
 
+LINEAGE_FILE = "lineage.jsonl"
+
+
+def read_lineage(models_dir: Path) -> list[dict[str, Any]]:
+    """Every record of ``models/lineage.jsonl`` (one line per finished retrain), oldest first.
+    A line that is not a JSON object (a torn last line the next run's recovery has not cut
+    yet) is skipped."""
+    p = Path(models_dir) / LINEAGE_FILE
+    if not p.exists():
+        return []
+    out = []
+    for line in p.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict):
+            out.append(rec)
+    return out
+
+
+def append_lineage(models_dir: Path, rec: dict[str, Any]) -> None:
+    """Append ``rec`` as one line of ``models/lineage.jsonl`` (and, when the version folder
+    exists, write it as ``<to_version>/lineage.json``)."""
+    models_dir = Path(models_dir)
+    models_dir.mkdir(parents=True, exist_ok=True)
+    with open(models_dir / LINEAGE_FILE, "a") as fh:
+        fh.write(json.dumps(rec, sort_keys=True, default=str) + "\n")
+    if rec.get("to_version") and (models_dir / rec["to_version"]).is_dir():
+        atomic_write_text(
+            models_dir / rec["to_version"] / "lineage.json",
+            json.dumps(rec, indent=2, sort_keys=True, default=str),
+        )
+
+
+def lineage_outcome(rec: dict[str, Any]) -> str:
+    """promoted / refused / failed of a lineage record (records of older sqflow versions have
+    no ``outcome``: failed when their ``status`` says so, else promoted)."""
+    return rec.get("outcome") or ("failed" if rec.get("status") == "failed" else "promoted")
+
+
 def registered_versions(models_dir: Path) -> list[str]:
     """Names of the version folders (``triplet-vNNNN``) in ``models_dir``, oldest first; the
     folders a trainer writes aside (``.triplet-vNNNN.<pid>.tmp``) are not versions."""

@@ -44,7 +44,16 @@ from data_contracts.tables import validate_frame
 
 from ..atomic_files import atomic_save_npy, atomic_write_parquet, atomic_write_text
 from ..fault_points import kill_point
-from ..layout import ROWS_COLUMNS, OutputLayout, current_version, set_current, version_rows
+from ..layout import (
+    ROWS_COLUMNS,
+    OutputLayout,
+    append_lineage,
+    current_version,
+    lineage_outcome,
+    read_lineage,
+    set_current,
+    version_rows,
+)
 from ..sources import select
 from .encoder import (
     embed_run,
@@ -315,37 +324,19 @@ class RetrainFailed(RuntimeError):
     """A retrain failed; the previous encoder version was kept (or put back) as current."""
 
 
-def _append_lineage(lay: OutputLayout, rec: dict[str, Any]) -> None:
-    lay.models_dir.mkdir(parents=True, exist_ok=True)
-    with open(lay.models_dir / "lineage.jsonl", "a") as fh:
-        fh.write(json.dumps(rec, sort_keys=True, default=str) + "\n")
-    if rec.get("to_version") and (lay.models_dir / rec["to_version"]).is_dir():
-        atomic_write_text(
-            lay.models_dir / rec["to_version"] / "lineage.json",
-            json.dumps(rec, indent=2, sort_keys=True, default=str),
-        )
-
-
 def retrain_outcome(settings: PipelineSettings, run_id: str) -> dict[str, Any]:
     """The last retrain of run ``run_id`` as the lineage recorded it: ``outcome`` (promoted /
     refused / failed; ``none`` when no retrain of this run is recorded), ``new_version`` (the
     version trained, also when refused or failed; None if training did not get that far),
     ``gate``, ``error``. Works the same after an in-process subflow and a deployment run."""
-    p = OutputLayout.of(settings).models_dir / "lineage.jsonl"
-    last = None
-    if p.exists():
-        for line in p.read_text().splitlines():
-            try:
-                r = json.loads(line)
-            except ValueError:
-                continue
-            if r.get("run_id") == run_id:
-                last = r
-    if last is None:
+    mine = [
+        r for r in read_lineage(OutputLayout.of(settings).models_dir) if r.get("run_id") == run_id
+    ]
+    if not mine:
         return {"outcome": "none", "new_version": None, "gate": None, "error": None}
-    outcome = last.get("outcome") or ("failed" if last.get("status") == "failed" else "promoted")
+    last = mine[-1]
     return {
-        "outcome": outcome,
+        "outcome": lineage_outcome(last),
         "new_version": last.get("to_version"),
         "gate": last.get("gate"),
         "error": last.get("error"),
@@ -544,8 +535,8 @@ def retrain_stage(
                         indent=2,
                     ),
                 )
-            _append_lineage(
-                lay,
+            append_lineage(
+                lay.models_dir,
                 {
                     **rec,
                     "status": "failed",
@@ -605,7 +596,7 @@ def retrain_stage(
         after=after,
         finished_at=datetime.now(UTC).isoformat(),
     )
-    _append_lineage(lay, rec)
+    append_lineage(lay.models_dir, rec)
     log.info(
         "retrain %s: encoder %s -> %s (%s); current: %s",
         outcome.upper(),

@@ -26,7 +26,7 @@ from data_contracts.settings import PipelineSettings
 from ..bi import journal, mask_url, publish_run, publish_run_tables
 from ..bi.journal import JOURNAL_FOLDER
 from ..bi.publish import PublishResult
-from ..layout import OutputLayout
+from ..layout import OutputLayout, lineage_outcome, read_lineage
 from .staged import staged_table_path
 
 log = logging.getLogger(__name__)
@@ -212,21 +212,7 @@ def retrain_attempts(lay: OutputLayout, run_id: str) -> list[dict[str, Any]]:
     """The lineage records (``models/lineage.jsonl``, one line per finished retrain, written
     by :func:`sqflow.pipeline.monitor.retrain_stage`) of the retrains run ``run_id``
     requested, oldest first. A line that is not JSON is skipped with a warning."""
-    p = lay.models_dir / "lineage.jsonl"
-    out = []
-    if not p.exists():
-        return out
-    for i, line in enumerate(p.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            r = json.loads(line)
-        except ValueError:
-            log.warning("%s line %d is not JSON: skipped", p, i)
-            continue
-        if isinstance(r, dict) and r.get("run_id") == run_id:
-            out.append(r)
-    return out
+    return [r for r in read_lineage(lay.models_dir) if r.get("run_id") == run_id]
 
 
 def retrains_frame(dataset: str, run_id: str, attempts: list[dict[str, Any]]) -> pd.DataFrame:
@@ -236,7 +222,7 @@ def retrains_frame(dataset: str, run_id: str, attempts: list[dict[str, Any]]) ->
     ``status`` says so, else promoted (as :func:`sqflow.pipeline.monitor.retrain_outcome`)."""
     rows = []
     for n, r in enumerate(attempts, 1):
-        outcome = r.get("outcome") or ("failed" if r.get("status") == "failed" else "promoted")
+        outcome = lineage_outcome(r)
         if outcome not in _ATTEMPT_OUTCOMES:
             raise ValueError(
                 f"lineage record {n} of run {run_id!r} has outcome {outcome!r}; valid: "

@@ -41,7 +41,13 @@ from data_contracts.settings import PipelineSettings
 from ..atomic_files import atomic_write_text
 from ..bi import journal
 from ..bi.parquet import MARKER_TABLE, committed_run_ids
-from ..layout import OutputLayout, model_record, registered_versions
+from ..layout import (
+    OutputLayout,
+    append_lineage,
+    model_record,
+    read_lineage,
+    registered_versions,
+)
 from .publish import journal_dir
 
 log = logging.getLogger(__name__)
@@ -120,13 +126,7 @@ def recover_registry(lay: OutputLayout) -> list[dict[str, Any]]:
     if fragment is not None:
         out.append({"action": "cut torn lineage line", "fragment": fragment})
         log.warning("%s: cut off a torn last line (%r)", lineage, fragment[:80])
-    recorded: set[str] = set()
-    if lineage.exists():
-        for line in lineage.read_text().splitlines():
-            try:
-                recorded.add(json.loads(line).get("to_version"))
-            except (ValueError, AttributeError):
-                continue
+    recorded = {r.get("to_version") for r in read_lineage(models)}
     now = datetime.now(UTC).isoformat()
     for version in registered_versions(models):
         if version in recorded:
@@ -160,24 +160,20 @@ def recover_registry(lay: OutputLayout) -> list[dict[str, Any]]:
             kept.rename(live)  # the store the run had before the retrain swapped it
         shutil.rmtree(rd / f".embeddings-{version}.zarr", ignore_errors=True)  # its staging
         current = current_file.read_text().strip() if current_file.exists() else None
-        with open(lineage, "a") as fh:
-            fh.write(
-                json.dumps(
-                    {
-                        "run_id": run_id,
-                        "from_version": old,
-                        "to_version": version,
-                        "reason": "unknown: the retrain's process died",
-                        "status": "failed",
-                        "outcome": "failed",
-                        "error": error,
-                        "current_after": current,
-                        "finished_at": now,
-                    },
-                    sort_keys=True,
-                )
-                + "\n"
-            )
+        append_lineage(
+            models,
+            {
+                "run_id": run_id,
+                "from_version": old,
+                "to_version": version,
+                "reason": "unknown: the retrain's process died",
+                "status": "failed",
+                "outcome": "failed",
+                "error": error,
+                "current_after": current,
+                "finished_at": now,
+            },
+        )
         out.append(
             {
                 "action": "recorded as failed",
