@@ -53,6 +53,14 @@ from .seeding import class_means, kmeans_plusplus, random_rows
 
 logger = logging.getLogger(__name__)
 
+
+class PassBudgetWarning(ConvergenceWarning):
+    """``fit`` ran its ``max_iter`` passes without meeting ``tol``. A ConvergenceWarning of
+    its own class so that a caller for whom the pass budget is the plan (a warm-started
+    nightly) can silence exactly this one, not the others (steps too large, worse than the
+    seeding)."""
+
+
 _INITS = ("k-means++", "random", "labels")
 _METRICS = ("euclidean", "cosine")
 #: share of shortened steps in the last pass above which a fit warns that it may not converge
@@ -1039,7 +1047,7 @@ default="k-means++"
                         f"SQ did not converge in max_iter={self.max_iter} passes (the last "
                         f"pass improved the objective estimate by more than tol={self.tol:g}); "
                         "raise max_iter, or raise learning_rate if the objective falls slowly",
-                        ConvergenceWarning,
+                        PassBudgetWarning,
                         stacklevel=3,
                     )
         finally:

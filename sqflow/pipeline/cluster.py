@@ -23,10 +23,6 @@ from .encoder import open_run_store
 
 log = logging.getLogger(__name__)
 
-#: the estimator's warning when ``fit`` ran ``max_iter`` passes without meeting ``tol``
-#: (its message starts so; ``sqflow.estimator`` is another layer's: matched, not imported)
-PASS_BUDGET_WARNING = r"SQ did not converge in max_iter="
-
 
 def fit_convergence(objective_estimates: list[float], max_iter: int, tol: float) -> bool | None:
     """Whether a fit met the estimator's stopping rule (relative improvement of the pass's
@@ -127,6 +123,7 @@ def cluster_stage(
     :mod:`sqflow.progress` (the SQ passes log a line each in any case)."""
     from sqflow import StochasticQuantization
     from sqflow.assign import assign_store
+    from sqflow.estimator import PassBudgetWarning
     from sqflow.store import StoreContractError
 
     t0 = time.perf_counter()
@@ -189,7 +186,7 @@ def cluster_stage(
         t_fit = time.perf_counter()
         with warnings.catch_warnings():
             if warm_nightly:
-                warnings.filterwarnings("ignore", message=PASS_BUDGET_WARNING)
+                warnings.simplefilter("ignore", PassBudgetWarning)
             est.fit(X, callback=checkpoint)
         fit_s = time.perf_counter() - t_fit
         converged = fit_convergence(
