@@ -77,6 +77,20 @@ BI_TABLES = (
 
 
 # ------------------------------------------------------------------------------ workspace
+
+
+def _orphan_rows(con: Any, done: set[str]) -> int:
+    """Rows of the BI tables in a DB-API-like connection (DuckDB, psycopg) whose run has no
+    ``runs`` row there or whose run.json is not completed (``done``: the completed run ids)."""
+    runs = {r[0] for r in con.execute("SELECT run_id FROM runs").fetchall()}
+    n = 0
+    for t in BI_TABLES:
+        for rid, c in con.execute(f'SELECT run_id, count(*) FROM "{t}" GROUP BY 1').fetchall():
+            if rid not in runs or rid not in done:
+                n += c
+    return n
+
+
 class Workspace:
     """A tiny npy source, a trained tiny encoder, one output folder, one Prefect database."""
 
@@ -272,30 +286,14 @@ class Workspace:
         if db.exists():
             con = duckdb.connect(str(db), read_only=True)
             try:
-                runs = {r[0] for r in con.execute("SELECT run_id FROM runs").fetchall()}
-                n = 0
-                for t in BI_TABLES:
-                    for rid, c in con.execute(
-                        f'SELECT run_id, count(*) FROM "{t}" GROUP BY 1'
-                    ).fetchall():
-                        if rid not in runs or rid not in done:
-                            n += c
-                out["duckdb"] = n
+                out["duckdb"] = _orphan_rows(con, done)
             finally:
                 con.close()
         if self.postgres_url:
             import psycopg
 
             with psycopg.connect(self.postgres_url) as con:
-                runs = {r[0] for r in con.execute("SELECT run_id FROM runs").fetchall()}
-                n = 0
-                for t in BI_TABLES:
-                    for rid, c in con.execute(
-                        f'SELECT run_id, count(*) FROM "{t}" GROUP BY 1'
-                    ).fetchall():
-                        if rid not in runs or rid not in done:
-                            n += c
-                out["postgres"] = n
+                out["postgres"] = _orphan_rows(con, done)
         return out
 
     def stray_files(self) -> list[str]:
