@@ -201,10 +201,10 @@ def set_current(models_dir: Path, version: str) -> None:
 LINEAGE_FILE = "lineage.jsonl"
 
 
-def read_lineage(models_dir: Path) -> list[dict[str, Any]]:
-    """Every record of ``models/lineage.jsonl`` (one line per finished retrain), oldest first.
-    A line that is not a JSON object (a torn last line the next run's recovery has not cut
-    yet) is skipped."""
+def read_lineage(models_dir: Path, run_id: str | None = None) -> list[dict[str, Any]]:
+    """The records of ``models/lineage.jsonl`` (one line per finished retrain), oldest first;
+    with ``run_id``, only those of the retrains that run requested. A line that is not a JSON
+    object (a torn last line the next run's recovery has not cut yet) is skipped."""
     p = Path(models_dir) / LINEAGE_FILE
     if not p.exists():
         return []
@@ -214,7 +214,7 @@ def read_lineage(models_dir: Path) -> list[dict[str, Any]]:
             rec = json.loads(line)
         except ValueError:
             continue
-        if isinstance(rec, dict):
+        if isinstance(rec, dict) and (run_id is None or rec.get("run_id") == run_id):
             out.append(rec)
     return out
 

@@ -329,9 +329,7 @@ def retrain_outcome(settings: PipelineSettings, run_id: str) -> dict[str, Any]:
     refused / failed; ``none`` when no retrain of this run is recorded), ``new_version`` (the
     version trained, also when refused or failed; None if training did not get that far),
     ``gate``, ``error``. Works the same after an in-process subflow and a deployment run."""
-    mine = [
-        r for r in read_lineage(OutputLayout.of(settings).models_dir) if r.get("run_id") == run_id
-    ]
+    mine = read_lineage(OutputLayout.of(settings).models_dir, run_id)
     if not mine:
         return {"outcome": "none", "new_version": None, "gate": None, "error": None}
     last = mine[-1]

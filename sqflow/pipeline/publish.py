@@ -208,16 +208,9 @@ def attach_drift_reports(
 _ATTEMPT_OUTCOMES = ("promoted", "refused", "failed")
 
 
-def retrain_attempts(lay: OutputLayout, run_id: str) -> list[dict[str, Any]]:
-    """The lineage records (``models/lineage.jsonl``, one line per finished retrain, written
-    by :func:`sqflow.pipeline.monitor.retrain_stage`) of the retrains run ``run_id``
-    requested, oldest first. A line that is not JSON is skipped with a warning."""
-    return [r for r in read_lineage(lay.models_dir) if r.get("run_id") == run_id]
-
-
 def retrains_frame(dataset: str, run_id: str, attempts: list[dict[str, Any]]) -> pd.DataFrame:
     """The ``retrains`` rows (contract :data:`data_contracts.tables.RETRAINS`) of run
-    ``run_id`` from its lineage records (:func:`retrain_attempts`), attempt 1, 2, ... in
+    ``run_id`` from its lineage records (:func:`sqflow.layout.read_lineage`), attempt 1, 2, ... in
     order. Records of older sqflow versions (no ``outcome``) read as failed when their
     ``status`` says so, else promoted (as :func:`sqflow.pipeline.monitor.retrain_outcome`)."""
     rows = []
@@ -288,7 +281,7 @@ def publish_retrains_stage(
         msg = f"run {run_id} has no readable run record ({exc}): its retrains are not published"
         log.info(msg)
         return {**out, "message": msg, "seconds": time.perf_counter() - t0}
-    attempts = retrain_attempts(lay, run_id)
+    attempts = read_lineage(lay.models_dir, run_id)
     if not attempts:
         msg = f"no retrain of run {run_id} in the lineage: nothing to publish"
         return {**out, "message": msg, "seconds": time.perf_counter() - t0}
