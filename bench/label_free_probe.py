@@ -3,6 +3,7 @@ recipes on a MNIST subset, small enough for this 2-core machine.
 
     python bench/label_free_probe.py                       # self-training + hidden NT-Xent
     python bench/label_free_probe.py --space latent --no-pseudo   # the previous encoder
+    python bench/label_free_probe.py --source manifold --threads 2   # the manifold teacher
 
 Trains ``train_encoder`` on ``--rows`` training images (seeded subset, all labels -1) for
 ``--epochs`` epochs (batch 256, no early stopping), embeds the subset and 2,000 test images,
@@ -28,6 +29,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--space", choices=["latent", "hidden"], default="hidden")
     ap.add_argument("--no-pseudo", action="store_true")
+    ap.add_argument("--source", choices=["embedding", "manifold"], default="embedding")
     ap.add_argument("--start-epoch", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=9)
     ap.add_argument("--rows", type=int, default=10_000)
@@ -44,7 +46,11 @@ def main() -> None:
     x, _ = load_mnist("train")
     xt, yt = load_mnist("test")
     x = x[np.random.default_rng(0).permutation(len(x))[: a.rows]]
-    pseudo = None if a.no_pseudo else {"start_epoch": a.start_epoch, "n_clusters": 10}
+    pseudo = (
+        None
+        if a.no_pseudo
+        else {"n_clusters": 10, "source": a.source, "start_epoch": a.start_epoch}
+    )
     t0 = time.perf_counter()
     enc = train_encoder(
         x,
@@ -65,6 +71,8 @@ def main() -> None:
         "pseudo_labels": pseudo,
         "rows": a.rows,
         "epochs": a.epochs,
+        "teacher": enc.metadata["params"]["pseudo_labels"]
+        and enc.metadata["params"]["pseudo_labels"].get("teacher_result"),
         "clustering_accuracy": s["clustering_accuracy"],
         "nmi": s["nmi"],
         "seconds": time.perf_counter() - t0,

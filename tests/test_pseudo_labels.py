@@ -9,6 +9,7 @@ import torch
 from sqflow.datasets import load_mnist
 from sqflow.embedding import train_encoder
 from sqflow.embedding.pseudo import assign_pseudo_labels, pseudo_label_ranges
+from sqflow.embedding.teacher import manifold_pseudo_labels
 
 
 def _blobs(n: int = 6000, k: int = 5, seed: int = 0):
@@ -99,7 +100,7 @@ def test_train_encoder_self_trains_seeded_and_recorded(mnist_2000) -> None:
     pl = {"start_epoch": 1, "keep": 0.4}
     a = train_encoder(x, ys, pseudo_labels=pl, **kw)
     m = a.metadata
-    assert m["params"]["pseudo_labels"]["source"] == "sq-assignments"
+    assert m["params"]["pseudo_labels"]["source"] == "embedding"
     assert m["params"]["pseudo_labels"]["keep"] == 0.4
     # 0.4 of the 1,710 unlabeled training rows (the rest is validation), after each epoch
     n_unl_train = m["n_train_unlabeled"]
@@ -125,3 +126,90 @@ def test_label_free_self_training_trains_the_triplet_term(mnist_2000) -> None:
     assert m["mode"] == "label-free" and m["params"]["triplet_weight"] == 1.0
     trip = m["metrics"]["train_triplet_loss"]
     assert trip[0] is None and trip[1] is not None and trip[1] > 0
+
+
+def _teacher_blobs(n: int = 3000, seed: int = 0):
+    """Five round blobs and one long, thin one in 20-D: the thin one is what k-means would
+    cut in two and a full-covariance mixture keeps whole."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(6, 20)) * 8
+    y = rng.integers(0, 6, n)
+    x = centers[y] + rng.normal(size=(n, 20))
+    thin = y == 5
+    x[thin] += np.outer(rng.uniform(-12, 12, thin.sum()), np.eye(20)[0])
+    return x.astype(np.float32), y
+
+
+def _purity(out: np.ndarray, y: np.ndarray) -> float:
+    got = out >= 0
+    return sum(np.bincount(y[got & (out == k)]).max() for k in np.unique(out[got])) / got.sum()
+
+
+def test_manifold_teacher_label_free_is_pure_deterministic_and_keeps_its_share() -> None:
+    x, y = _teacher_blobs()
+    unl = np.full(len(y), -1)
+    with pytest.raises(ValueError, match="n_clusters"):
+        manifold_pseudo_labels(x, unl, keep=0.5)
+    out, info = manifold_pseudo_labels(x, unl, keep=0.6, n_clusters=6, seed=3)
+    again, _ = manifold_pseudo_labels(x, unl, keep=0.6, n_clusters=6, seed=3)
+    np.testing.assert_array_equal(out, again)  # UMAP seeded: single-threaded, reproducible
+    assert set(np.unique(out[out >= 0])) == set(range(6))
+    assert _purity(out, y) > 0.99
+    # the thin blob is one component, not two
+    assert len(np.unique(out[(y == 5) & (out >= 0)])) == 1
+    assert abs((out >= 0).mean() - 0.6) < 0.02
+    assert info["n_taught"] == len(y) and info["components"] == 6
+    assert info["n_pseudo_labeled"] == int((out >= 0).sum())
+
+
+def test_manifold_teacher_with_labels_names_components_by_class() -> None:
+    x, y = _teacher_blobs()
+    labels = np.full(len(y), -1)
+    for c in range(6):  # 5 labels per class; ids shifted to check the id mapping
+        labels[np.flatnonzero(y == c)[:5]] = c + 20
+    out, info = manifold_pseudo_labels(x, labels, keep=1.0, seed=0)
+    lab = labels >= 0
+    np.testing.assert_array_equal(out[lab], labels[lab])
+    assert (out >= 0).all()  # keep=1: every unlabeled row
+    assert np.mean(out[~lab] - 20 == y[~lab]) > 0.99
+    assert info["labeled_agreement"] > 0.99
+
+
+@pytest.mark.parametrize(
+    ("option", "match"),
+    [
+        ({"source": "graph"}, "source"),
+        ({"source": "manifold", "teacher": {"pca": 1}}, "pca"),
+        ({"source": "manifold", "teacher": {"neighbours": 5}}, "unknown keys"),
+        ({"teacher": {"pca": 20}}, "source='manifold'"),
+    ],
+)
+def test_bad_teacher_settings_are_named(option, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        pseudo_label_ranges(option)
+
+
+def test_train_encoder_with_the_manifold_teacher_learns_label_free(mnist_2000) -> None:
+    """Label-free MNIST: NT-Xent for start_epoch epochs, then the teacher labels once and the
+    triplet loss trains on its pseudo-labels; the embedding clusters far above chance."""
+    from sklearn.cluster import KMeans
+
+    from sqflow.paper import clustering_scores
+
+    x, y = mnist_2000
+    kw = dict(epochs=4, batch_size=250, seed=0, progress=False, device="cpu")
+    pl = {"source": "manifold", "start_epoch": 2, "n_clusters": 10, "keep": 0.8}
+    enc = train_encoder(x, np.full(len(x), -1), selfsup_space="hidden", pseudo_labels=pl, **kw)
+    m = enc.metadata
+    res = m["params"]["pseudo_labels"]["teacher_result"]
+    assert res["n_taught"] == m["n_train_unlabeled"] and res["components"] == 10
+    n = res["n_pseudo_labeled"]
+    assert m["metrics"]["pseudo_labeled"] == [0, n, n, n]
+    assert abs(n - 0.8 * m["n_train_unlabeled"]) <= 10
+    trip = m["metrics"]["train_triplet_loss"]
+    assert trip[:2] == [None, None] and trip[2] > 0  # triplets from the epoch after the teacher
+    assert m["metrics"]["best_epoch"] >= 3  # only epochs trained on pseudo-labels
+    z = enc.embed(x)
+    km = KMeans(10, n_init=3, random_state=0).fit(z)
+    # chance is about 0.11; measured 0.?? (2,000 rows, 4 epochs, 1 thread)
+    assert clustering_scores(km.labels_, y, 10)["clustering_accuracy"] > 0.6

@@ -1,5 +1,8 @@
 """Self-training: pseudo-labels from confident SQ assignments of the current embedding.
 
+(The other source of pseudo-labels, ``source="manifold"``, is the input-space teacher of
+:mod:`.teacher`; this module validates the options of both.)
+
 Every epoch from ``start_epoch`` on, the training rows are embedded, an SQ model is fitted on
 them (:class:`sqflow.StochasticQuantization`, the estimator the pipeline clusters with), and the
 unlabeled rows that sit clearly closer to their nearest center than to the second nearest get
@@ -25,10 +28,20 @@ import numpy as np
 
 __all__ = ["PSEUDO_LABELS_DEFAULT", "pseudo_label_ranges", "assign_pseudo_labels"]
 
-#: start_epoch: epochs of the plain objective before the first assignment (the embedding must
-#: first carry some structure); keep: share of each center's unlabeled rows that is kept;
-#: n_clusters: label-free only, number of centers (None: required when no label exists)
-PSEUDO_LABELS_DEFAULT: dict[str, Any] = {"start_epoch": 5, "keep": 0.5, "n_clusters": None}
+#: source: "embedding" (SQ assignments of the encoder's own embedding, every epoch from
+#: start_epoch on) or "manifold" (:mod:`.teacher`: once, before training, from the inputs);
+#: start_epoch: "embedding" only, epochs of the plain objective before the first assignment (the
+#: embedding must first carry some structure); keep: share of each center's unlabeled rows that is
+#: kept; n_clusters: label-free only, number of centers (None: required when no label exists);
+#: teacher: "manifold" only, overrides of :data:`.teacher.TEACHER_DEFAULT`
+PSEUDO_LABELS_DEFAULT: dict[str, Any] = {
+    "source": "embedding",
+    "start_epoch": 5,
+    "keep": 0.5,
+    "n_clusters": None,
+    "teacher": None,
+}
+SOURCES = ("embedding", "manifold")
 
 
 def pseudo_label_ranges(option: bool | dict[str, Any] | None) -> dict[str, Any] | None:
@@ -46,6 +59,14 @@ def pseudo_label_ranges(option: bool | dict[str, Any] | None) -> dict[str, Any] 
             f"{sorted(PSEUDO_LABELS_DEFAULT)}"
         )
     r = {**PSEUDO_LABELS_DEFAULT, **option}
+    if r["source"] not in SOURCES:
+        raise ValueError(f"pseudo_labels source={r['source']!r}; valid: {list(SOURCES)}")
+    if r["source"] == "manifold":
+        from .teacher import teacher_ranges
+
+        r["teacher"] = teacher_ranges(r["teacher"])
+    elif r["teacher"] is not None:
+        raise ValueError("pseudo_labels teacher settings apply to source='manifold' only")
     if not (isinstance(r["start_epoch"], int) and r["start_epoch"] >= 1):
         raise ValueError(f"pseudo_labels start_epoch={r['start_epoch']!r} must be an int >= 1")
     if not 0 < float(r["keep"]) <= 1:

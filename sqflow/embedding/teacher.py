@@ -1,0 +1,196 @@
+"""Manifold teacher: pseudo-labels from the neighbourhood graph of learned features.
+
+Self-training from the encoder's own 3-D embedding (:mod:`.pseudo`, ``source="embedding"``) can
+only find the structure the latent already has; without labels a young 3-D latent has little,
+and on MNIST that loop settled at 35-72 % clustering accuracy depending on the seed and even on
+the thread count. The teacher (``source="manifold"``) looks at a richer space, once:
+
+1. after ``start_epoch`` epochs of the label-free term (NT-Xent between two random views), the
+   training rows are passed through the network's convolutional features (the MLP's last hidden
+   layer for feature vectors), L2-normalised and projected on their first ``pca`` principal
+   components. Contrastive features are invariant to the views' rotations and shifts, so a
+   slanted and an upright "1" are neighbours, which they are not in pixel space;
+2. UMAP (McInnes et al. 2018; ``min_dist=0`` so that clusters pack tightly) maps them to
+   ``n_components`` dimensions along their k-nearest-neighbour graph;
+3. a Gaussian mixture with full covariances is fitted there (as in N2D, McConville et al. 2020:
+   an elongated manifold stays one component where k-means cuts it). With labels, component c
+   starts at the mean of class c, so a component is a class; without, ``gmm_inits`` seeded
+   starts and the highest likelihood wins.
+
+Per component the ``keep`` share of its unlabeled rows that are clearly assigned (posterior
+>= 0.95) and lie where the mixture density is highest gets the component as pseudo-label; labeled rows keep theirs. The triplet loss trains on them for the
+remaining epochs. UMAP runs with a fixed ``random_state`` (single-threaded, so the result does
+not depend on the thread count): the teacher is deterministic for a seed.
+
+Measured on MNIST (10,000 training rows, 5 epochs of NT-Xent, 2-core CPU): teacher labels
+96.4 % correct (Hungarian) / NMI 0.91, against 79-84 % for the same steps on raw pixels.
+Cost: UMAP takes about 45 s on 10,000 rows and 75 s on 60,000; at most ``max_rows`` rows (a
+seeded subset) are taught, the others are seen through the label-free term only.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from typing import Any
+
+import numpy as np
+
+__all__ = ["TEACHER_DEFAULT", "teacher_ranges", "teacher_rows", "manifold_pseudo_labels"]
+
+#: pca: principal components before UMAP; n_neighbors / n_components: UMAP's graph size and
+#: output dimension; gmm_inits: label-free starts of the mixture; max_rows: rows taught at most
+TEACHER_DEFAULT: dict[str, Any] = {
+    "pca": 50,
+    "n_neighbors": 15,
+    "n_components": 10,
+    "gmm_inits": 3,
+    "max_rows": 70_000,
+}
+
+_CONSTRAINTS = {
+    "pca": (2, "an int >= 2"),
+    "n_neighbors": (2, "an int >= 2"),
+    "n_components": (2, "an int >= 2"),
+    "gmm_inits": (1, "an int >= 1"),
+    "max_rows": (20, "an int >= 20"),
+}
+
+
+def teacher_ranges(option: dict[str, Any] | None) -> dict[str, Any]:
+    """Validated teacher settings: the defaults updated by ``option``."""
+    option = dict(option or {})
+    unknown = set(option) - set(TEACHER_DEFAULT)
+    if unknown:
+        raise ValueError(
+            f"teacher has unknown keys {sorted(unknown)}; valid: {sorted(TEACHER_DEFAULT)}"
+        )
+    r = {**TEACHER_DEFAULT, **option}
+    for key, (low, valid) in _CONSTRAINTS.items():
+        v = r[key]
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
+            raise ValueError(f"teacher {key}={v!r} must be {valid}")
+        r[key] = int(v)
+    return r
+
+
+def teacher_rows(n: int, max_rows: int, seed: int) -> np.ndarray:
+    """Sorted indices of the rows taught: all ``n``, or a seeded subset of ``max_rows``."""
+    if n <= max_rows:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, max_rows, replace=False))
+
+
+def manifold_pseudo_labels(
+    x: np.ndarray,
+    labels: np.ndarray,
+    *,
+    keep: float,
+    n_clusters: int | None = None,
+    seed: int = 0,
+    teacher: dict[str, Any] | None = None,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Labels plus the teacher's pseudo-labels for the rows taught.
+
+    Parameters
+    ----------
+    x:
+        ``(N, D)`` features of the rows taught (float; see :func:`teacher_rows` for the subset).
+    labels:
+        ``(N,)`` class ids >= 0, -1 for unlabeled rows, of the same rows.
+    keep:
+        Share in (0, 1] of each component's unlabeled rows that get a pseudo-label: clearly
+        assigned ones (posterior >= 0.95) first, highest mixture density first.
+    n_clusters:
+        Label-free only (every label -1): the number of mixture components. With labels there
+        is one component per class.
+    seed:
+        Seeds PCA, UMAP and the mixture.
+    teacher:
+        Overrides of :data:`TEACHER_DEFAULT`.
+
+    Returns
+    -------
+    labels:
+        ``(N,)`` int64: the given labels unchanged, the kept unlabeled rows with their component's
+        class (label-free: the component id), -1 for the rest.
+    info:
+        What the teacher did: rows taught, dimensions, components, mean posterior of the rows
+        kept, seconds; with labels also ``labeled_agreement``, the share of labeled rows whose
+        most likely component is their class (a training-set figure, not a test score).
+    """
+    import umap
+    from sklearn.decomposition import PCA
+    from sklearn.mixture import GaussianMixture
+
+    cfg = teacher_ranges(teacher)
+    t0 = time.perf_counter()
+    labels = np.asarray(labels, dtype=np.int64)
+    feats = np.asarray(x, dtype=np.float32).reshape(len(labels), -1)
+    lab = labels >= 0
+    if lab.any():
+        classes = np.unique(labels[lab])
+    elif n_clusters is None:
+        raise ValueError(
+            "the manifold teacher without any label needs n_clusters (the number of "
+            "clusters); pass pseudo_labels={'source': 'manifold', 'n_clusters': K}"
+        )
+    else:
+        classes = np.arange(n_clusters)
+    k = len(classes)
+    if len(labels) <= max(cfg["n_neighbors"], 2 * k):
+        raise ValueError(
+            f"the manifold teacher needs more than max(n_neighbors, 2 K) = "
+            f"{max(cfg['n_neighbors'], 2 * k)} rows; got {len(labels)} (lower teacher "
+            "n_neighbors or use pseudo_labels source 'embedding')"
+        )
+    n_pca = min(cfg["pca"], feats.shape[1], len(labels) - 1)
+    if n_pca < feats.shape[1]:
+        feats = PCA(n_pca, random_state=seed).fit_transform(feats)
+    with warnings.catch_warnings():
+        # "n_jobs value 1 overridden to 1 by setting random_state": wanted, for determinism
+        warnings.filterwarnings("ignore", message=".*n_jobs.*", category=UserWarning)
+        emb = umap.UMAP(
+            n_neighbors=cfg["n_neighbors"],
+            n_components=cfg["n_components"],
+            min_dist=0.0,
+            random_state=seed,
+        ).fit_transform(feats)
+    emb = np.asarray(emb, dtype=np.float64)
+    if lab.any():
+        y = np.searchsorted(classes, labels[lab])
+        means = np.stack([emb[lab][y == c].mean(axis=0) for c in range(k)])
+        gmm = GaussianMixture(k, covariance_type="full", means_init=means, random_state=seed)
+    else:
+        gmm = GaussianMixture(k, covariance_type="full", n_init=cfg["gmm_inits"], random_state=seed)
+    post = gmm.fit(emb).predict_proba(emb)
+    comp = post.argmax(axis=1)
+    conf = post.max(axis=1)
+    # posteriors saturate (nearly every row is 1.0 to machine precision on well-separated
+    # clusters), so rank by "clearly assigned" first, then by the mixture density: the core of a
+    # component before its outskirts, where the mistakes are
+    clear = conf >= 0.95
+    density = gmm.score_samples(emb)
+    out = labels.copy()
+    kept_conf = []
+    for c in range(k):
+        members = np.flatnonzero((comp == c) & ~lab)
+        if not len(members):
+            continue
+        n_keep = int(np.ceil(keep * len(members)))
+        best = members[np.lexsort((-density[members], ~clear[members]))[:n_keep]]
+        out[best] = classes[c]
+        kept_conf.append(conf[best])
+    info: dict[str, Any] = {
+        "source": "manifold",
+        **cfg,
+        "n_taught": int(len(labels)),
+        "n_pseudo_labeled": int(sum(len(c) for c in kept_conf)),
+        "components": int(k),
+        "pca_used": int(n_pca),
+        "mean_posterior_kept": float(np.concatenate(kept_conf).mean()) if kept_conf else None,
+        "seconds": time.perf_counter() - t0,
+    }
+    if lab.any():
+        info["labeled_agreement"] = float((comp[lab] == y).mean())
+    return out, info
