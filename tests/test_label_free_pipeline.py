@@ -154,7 +154,11 @@ def test_label_free_nightly_with_self_training(prefect_harness, mnist_test, tmp_
     models = out / "models"
     meta = json.loads((models / current_version(models) / "model.json").read_text())
     assert meta["mode"] == "label-free"
-    assert meta["pseudo_labels"]["n_clusters"] == 5 and meta["pseudo_labels"]["start_epoch"] == 1
+    pl = meta["pseudo_labels"]
+    assert pl["n_clusters"] == 5 and pl["start_epoch"] == 1 and pl["source"] == "manifold"
+    # the teacher labelled the training rows after epoch 1 (MLP features of the Parquet rows)
+    assert pl["teacher_result"]["components"] == 5
+    assert pl["teacher_result"]["n_pseudo_labeled"] > 0
     assert meta["selfsup"]["space"] == "hidden"
     _assert_label_free_outputs(out, rec)
 

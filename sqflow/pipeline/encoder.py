@@ -315,7 +315,10 @@ def _self_training(settings: PipelineSettings, y: np.ndarray) -> dict[str, Any]:
     off or when every row is labeled (nothing to pseudo-label)."""
     if not settings.encoder_self_training or bool((y >= 0).all()):
         return {}
-    pl: dict[str, Any] = {"start_epoch": max(1, min(5, settings.encoder_epochs // 2))}
+    pl: dict[str, Any] = {
+        "source": settings.encoder_pseudo_source,
+        "start_epoch": max(1, min(5, settings.encoder_epochs // 2)),
+    }
     if not (y >= 0).any():
         if settings.n_clusters == "auto":
             raise ValueError(
