@@ -57,12 +57,14 @@ class PipelineSettings(BaseModel):
         description="Images: random rotation (+-10 deg) and shift (+-8 %) of training "
         "batches; reached >= 99 % F1 from 25 % labels on MNIST (README). Ignored for vectors.",
     )
-    encoder_self_training: bool = Field(
-        False,
+    encoder_self_training: bool | Literal["auto"] = Field(
+        "auto",
         description="Self-training on rows without labels: pseudo-labels (see "
         "encoder_pseudo_source) join the triplet loss from half-way through the epochs, and "
-        "NT-Xent acts on a projection head over the hidden layer. Without any label it needs "
-        "an integer n_clusters.",
+        "NT-Xent acts on a projection head over the hidden layer. 'auto': on when no training "
+        "row has a label and n_clusters is an integer (label-free MNIST at the nightly's "
+        "defaults: 70.6 % clustering accuracy with it, 33.4 % without, README), off otherwise. "
+        "true without any label needs an integer n_clusters.",
     )
     encoder_pseudo_source: Literal["manifold", "embedding"] = Field(
         "manifold",

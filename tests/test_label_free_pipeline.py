@@ -170,6 +170,14 @@ def test_label_free_nightly_with_self_training(prefect_harness, mnist_test, tmp_
         _self_training(auto, np.full(10, -1))
     labeled = np.arange(10) % 2
     assert _self_training(auto, labeled) == {}  # every row labeled: nothing to pseudo-label
+    # the default, 'auto': on for label-free rows with a fixed K, off with labels or K='auto'
+    default = PipelineSettings(**_config(out, src))
+    assert default.encoder_self_training == "auto"
+    on = _self_training(default, np.full(10, -1))
+    assert on["pseudo_labels"]["source"] == "manifold" and on["pseudo_labels"]["n_clusters"] == 5
+    assert _self_training(default, np.array([0, 1, -1, -1])) == {}
+    k_auto = PipelineSettings(**_config(out, src, n_clusters="auto"))
+    assert _self_training(k_auto, np.full(10, -1)) == {}
 
 
 def test_half_labeled_nightly_reports_on_held_out_rows_only(prefect_harness, mnist_test, tmp_path):

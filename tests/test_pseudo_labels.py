@@ -202,14 +202,19 @@ def test_train_encoder_with_the_manifold_teacher_learns_label_free(mnist_2000) -
     enc = train_encoder(x, np.full(len(x), -1), selfsup_space="hidden", pseudo_labels=pl, **kw)
     m = enc.metadata
     res = m["params"]["pseudo_labels"]["teacher_result"]
-    assert res["n_taught"] == m["n_train_unlabeled"] and res["components"] == 10
-    n = res["n_pseudo_labeled"]
+    # the held-out unlabeled rows are taught too: their pseudo-labels validate the triplet term
+    assert res["n_taught"] == m["n_train_unlabeled"] + m["n_val_unlabeled"]
+    assert res["components"] == 10 and res["validation"] == "pseudo-labeled held-out rows"
+    n = m["metrics"]["pseudo_labeled"][1]
     assert m["metrics"]["pseudo_labeled"] == [0, n, n, n]
-    assert abs(n - 0.8 * m["n_train_unlabeled"]) <= 10
+    assert abs(n - 0.8 * m["n_train_unlabeled"]) <= 20
+    val_trip = m["metrics"]["val_triplet_loss"]
+    assert np.isnan(val_trip[:2]).all() and not np.isnan(val_trip[2:]).any()
     trip = m["metrics"]["train_triplet_loss"]
     assert trip[:2] == [None, None] and trip[2] > 0  # triplets from the epoch after the teacher
     assert m["metrics"]["best_epoch"] >= 3  # only epochs trained on pseudo-labels
     z = enc.embed(x)
     km = KMeans(10, n_init=3, random_state=0).fit(z)
-    # chance is about 0.11; measured 0.?? (2,000 rows, 4 epochs, 1 thread)
-    assert clustering_scores(km.labels_, y, 10)["clustering_accuracy"] > 0.6
+    # measured 0.588 (2,000 rows, 4 epochs, 1 thread); the same 4 epochs reach 0.329 with
+    # NT-Xent alone and 0.347 with the embedding's own pseudo-labels
+    assert clustering_scores(km.labels_, y, 10)["clustering_accuracy"] > 0.5

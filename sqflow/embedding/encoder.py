@@ -730,7 +730,7 @@ def train_encoder(
     view_gen = torch.Generator().manual_seed(seed + 2)
     lab_gen = torch.Generator().manual_seed(seed + 3)
     # fixed views of the held-out unlabeled rows, so the criterion compares like with like
-    xvu1 = xvu2 = None
+    xvu = xvu1 = xvu2 = None
     if len(val_unl):
         xvu = preprocess(images[val_unl], spec)
         fixed = torch.Generator().manual_seed(seed + 4)
@@ -867,10 +867,11 @@ def train_encoder(
                     # no triplet (e.g. one validation row per class): no triplet criterion,
                     # rather than a constant 0 that would stop training after `patience` epochs
                     val_t = vl / max(vn, 1) if n_trip else math.nan
-                    zr = _embed(x_train[ref]).cpu().numpy()
-                    val_acc = _knn1_accuracy(
-                        zr, y_train[ref].numpy(), zv.cpu().numpy(), y_val.numpy()
-                    )
+                    if len(ref):  # label-free: no labeled reference for the 1-NN metric
+                        zr = _embed(x_train[ref]).cpu().numpy()
+                        val_acc = _knn1_accuracy(
+                            zr, y_train[ref].numpy(), zv.cpu().numpy(), y_val.numpy()
+                        )
                 if xvu1 is not None:
                     z1, z2 = _embed(xvu1, _ssl_out), _embed(xvu2, _ssl_out)
                     sl, sn = 0.0, 0
@@ -911,12 +912,18 @@ def train_encoder(
 
             if pl_cfg is not None and not per_epoch_pl and epoch + 1 == pl_cfg["start_epoch"]:
                 # the manifold teacher labels once, from features NT-Xent has shaped
+                # the held-out unlabeled rows are taught too (no label is involved), so that
+                # without labeled validation rows the triplet term still has held-out rows
                 taught = teacher_rows(len(y_ssl), pl_cfg["teacher"]["max_rows"], seed)
                 with torch.no_grad():
                     feats = _embed(x_ssl[taught], _teacher_features).cpu().numpy()
+                    if xvu is not None:
+                        feats = np.concatenate(
+                            [feats, _embed(xvu, _teacher_features).cpu().numpy()]
+                        )
                 y_taught, teacher_info = manifold_pseudo_labels(
                     feats,
-                    y_ssl[taught],
+                    np.concatenate([y_ssl[taught], np.full(len(feats) - len(taught), -1)]),
                     keep=pl_cfg["keep"],
                     n_clusters=pl_cfg["n_clusters"],
                     seed=seed,
@@ -924,7 +931,13 @@ def train_encoder(
                 )
                 del feats
                 y_pl = y_ssl.copy()
-                y_pl[taught] = y_taught
+                y_pl[taught] = y_taught[: len(taught)]
+                if x_val is None and xvu is not None:
+                    y_vu = y_taught[len(taught) :]
+                    kept_val = np.flatnonzero(y_vu >= 0)
+                    x_val = xvu[kept_val]
+                    y_val = torch.from_numpy(y_vu[kept_val])
+                    teacher_info["validation"] = "pseudo-labeled held-out rows"
                 sel = torch.from_numpy(np.flatnonzero(y_pl >= 0))
                 n_teacher = int(len(sel) - (y_ssl >= 0).sum())
                 lab_iter = _labeled_batches(x_ssl[sel], torch.from_numpy(y_pl)[sel])

@@ -312,9 +312,21 @@ def fit_register_and_reference(
 def _self_training(settings: PipelineSettings, y: np.ndarray) -> dict[str, Any]:
     """train_encoder arguments of ``encoder_self_training``: pseudo-labels from half-way
     through the epochs (at most from epoch 5) and NT-Xent on the hidden layer; nothing when
-    off or when every row is labeled (nothing to pseudo-label)."""
-    if not settings.encoder_self_training or bool((y >= 0).all()):
+    off, when every row is labeled (nothing to pseudo-label), or, for 'auto', when some row is
+    labeled or the number of clusters is not fixed."""
+    mode = settings.encoder_self_training
+    if mode is False or bool((y >= 0).all()):
         return {}
+    if mode == "auto":
+        # measured to help label-free (README); with labels it is the user's call
+        if (y >= 0).any():
+            return {}
+        if settings.n_clusters == "auto":
+            log.info(
+                "encoder_self_training='auto' is off: the rows have no label and n_clusters "
+                "is 'auto' (self-training needs the number of pseudo-classes)"
+            )
+            return {}
     pl: dict[str, Any] = {
         "source": settings.encoder_pseudo_source,
         "start_epoch": max(1, min(5, settings.encoder_epochs // 2)),
