@@ -63,7 +63,7 @@ class PipelineSettings(BaseModel):
         "encoder_pseudo_source) join the triplet loss from half-way through the epochs, and "
         "NT-Xent acts on a projection head over the hidden layer. 'auto': on when no training "
         "row has a label and n_clusters is an integer (label-free MNIST at the nightly's "
-        "defaults: 70.6 % clustering accuracy with it, 33.4 % without, README), off otherwise. "
+        "defaults: 69.6 % clustering accuracy with it, 33.4 % without, README), off otherwise. "
         "true without any label needs an integer n_clusters.",
     )
     encoder_pseudo_source: Literal["manifold", "embedding"] = Field(
