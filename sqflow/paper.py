@@ -945,7 +945,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=json.loads,
         default=None,
         metavar="JSON",
-        help='self-training from confident SQ assignments, e.g. \'{"start_epoch": 5, "keep": 0.5}\'',
+        help="self-training: pseudo-labels from the manifold teacher (UMAP + Gaussian mixture "
+        'on the CNN features), e.g. \'{"source": "manifold", "start_epoch": 5}\', or from '
+        'confident SQ assignments of the embedding, \'{"start_epoch": 5, "keep": 0.5}\'',
     )
     p.add_argument(
         "--optimizers",

@@ -149,6 +149,21 @@ def test_tiny_end_to_end_run(tmp_path: Path) -> None:
         # clustering accuracy 0.266, NMI 0.208 (random clusters: about 0.13 and 0.01); 100
         # labels, 3 epochs: weighted F1 0.659; all 2,000 labeled, 3 epochs: 0.875 (chance 0.1)
         (["--fractions", "0"], "label-free", 0, 5, 0.2),
+        # with the manifold teacher after 2 of 4 epochs: 0.754, NMI 0.674
+        (
+            [
+                "--fractions",
+                "0",
+                "--selfsup-space",
+                "hidden",
+                "--pseudo-labels",
+                '{"source": "manifold", "start_epoch": 2}',
+            ],
+            "label-free",
+            0,
+            4,
+            0.55,
+        ),
         (["--fractions", "--label-counts", "100"], "semi-supervised", 100, 3, 0.5),
         (["--fractions", "1.0"], "supervised", 2000, 3, 0.75),
     ],
