@@ -807,6 +807,28 @@ def train_encoder(
         f = net.features(v).flatten(1) if hasattr(net, "features") else net.representation(v)
         return nn.functional.normalize(f, dim=1)
 
+    def _teach() -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
+        """The manifold teacher, once: labels + pseudo-labels of the training rows (``y_ssl``
+        order), pseudo-labels of the held-out unlabeled rows (None without them; no label is
+        involved, so teaching them leaks nothing), and what the teacher did."""
+        taught = teacher_rows(len(y_ssl), pl_cfg["teacher"]["max_rows"], seed)
+        with torch.no_grad():
+            parts = [_embed(x_ssl[taught], _teacher_features).cpu().numpy()]
+            if xvu is not None:
+                parts.append(_embed(xvu, _teacher_features).cpu().numpy())
+        feats = np.concatenate(parts)
+        y_taught, info = manifold_pseudo_labels(
+            feats,
+            np.concatenate([y_ssl[taught], np.full(len(feats) - len(taught), -1)]),
+            keep=pl_cfg["keep"],
+            n_clusters=pl_cfg["n_clusters"],
+            seed=seed,
+            teacher=pl_cfg["teacher"],
+        )
+        y_pl = y_ssl.copy()
+        y_pl[taught] = y_taught[: len(taught)]
+        return y_pl, (y_taught[len(taught) :] if xvu is not None else None), info
+
     with _deterministic(dev):
         for epoch in bar:
             t0 = time.perf_counter()
@@ -911,32 +933,11 @@ def train_encoder(
             )
 
             if pl_cfg is not None and not per_epoch_pl and epoch + 1 == pl_cfg["start_epoch"]:
-                # the manifold teacher labels once, from features NT-Xent has shaped
-                # the held-out unlabeled rows are taught too (no label is involved), so that
-                # without labeled validation rows the triplet term still has held-out rows
-                taught = teacher_rows(len(y_ssl), pl_cfg["teacher"]["max_rows"], seed)
-                with torch.no_grad():
-                    feats = _embed(x_ssl[taught], _teacher_features).cpu().numpy()
-                    if xvu is not None:
-                        feats = np.concatenate(
-                            [feats, _embed(xvu, _teacher_features).cpu().numpy()]
-                        )
-                y_taught, teacher_info = manifold_pseudo_labels(
-                    feats,
-                    np.concatenate([y_ssl[taught], np.full(len(feats) - len(taught), -1)]),
-                    keep=pl_cfg["keep"],
-                    n_clusters=pl_cfg["n_clusters"],
-                    seed=seed,
-                    teacher=pl_cfg["teacher"],
-                )
-                del feats
-                y_pl = y_ssl.copy()
-                y_pl[taught] = y_taught[: len(taught)]
-                if x_val is None and xvu is not None:
-                    y_vu = y_taught[len(taught) :]
+                y_pl, y_vu, teacher_info = _teach()
+                if x_val is None and y_vu is not None:
+                    # no labeled validation rows: the taught held-out rows validate the triplets
                     kept_val = np.flatnonzero(y_vu >= 0)
-                    x_val = xvu[kept_val]
-                    y_val = torch.from_numpy(y_vu[kept_val])
+                    x_val, y_val = xvu[kept_val], torch.from_numpy(y_vu[kept_val])
                     teacher_info["validation"] = "pseudo-labeled held-out rows"
                 sel = torch.from_numpy(np.flatnonzero(y_pl >= 0))
                 n_teacher = int(len(sel) - (y_ssl >= 0).sum())
