@@ -799,7 +799,7 @@ def train_encoder(
     lab_iter = _labeled_batches(x_train, y_train) if selfsup and len(train_rows) >= 2 else None
     prev_pl = None  # label-free: last epoch's pseudo-labels, the seeds of the next assignment
     per_epoch_pl = pl_cfg is not None and pl_cfg["source"] == "embedding"
-    teacher_info, n_teacher = None, 0
+    teacher_info, n_teacher, teacher_val = None, 0, None
 
     def _teacher_features(v: torch.Tensor) -> torch.Tensor:
         """What the manifold teacher clusters: convolutional features (CNNs), else the last
@@ -889,7 +889,9 @@ def train_encoder(
                     # no triplet (e.g. one validation row per class): no triplet criterion,
                     # rather than a constant 0 that would stop training after `patience` epochs
                     val_t = vl / max(vn, 1) if n_trip else math.nan
-                    if len(ref):  # label-free: no labeled reference for the 1-NN metric
+                    # a 1-NN "accuracy" against pseudo-labels would only measure agreement
+                    # with the teacher; label-free there is no labeled reference at all
+                    if len(ref) and teacher_val is None:
                         zr = _embed(x_train[ref]).cpu().numpy()
                         val_acc = _knn1_accuracy(
                             zr, y_train[ref].numpy(), zv.cpu().numpy(), y_val.numpy()
@@ -938,7 +940,7 @@ def train_encoder(
                     # no labeled validation rows: the taught held-out rows validate the triplets
                     kept_val = np.flatnonzero(y_vu >= 0)
                     x_val, y_val = xvu[kept_val], torch.from_numpy(y_vu[kept_val])
-                    teacher_info["validation"] = "pseudo-labeled held-out rows"
+                    teacher_val = teacher_info["validation"] = "pseudo-labeled held-out rows"
                 sel = torch.from_numpy(np.flatnonzero(y_pl >= 0))
                 n_teacher = int(len(sel) - (y_ssl >= 0).sum())
                 lab_iter = _labeled_batches(x_ssl[sel], torch.from_numpy(y_pl)[sel])
