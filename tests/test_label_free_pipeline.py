@@ -171,13 +171,19 @@ def test_label_free_nightly_with_self_training(prefect_harness, mnist_test, tmp_
     labeled = np.arange(10) % 2
     assert _self_training(auto, labeled) == {}  # every row labeled: nothing to pseudo-label
     # the default, 'auto': on for label-free rows with a fixed K, off with labels or K='auto'
-    default = PipelineSettings(**_config(out, src))
+    default = PipelineSettings(**_config(out, src, encoder_epochs=2))
     assert default.encoder_self_training == "auto"
-    on = _self_training(default, np.full(10, -1))
+    on = _self_training(default, np.full(300, -1))
     assert on["pseudo_labels"]["source"] == "manifold" and on["pseudo_labels"]["n_clusters"] == 5
     assert _self_training(default, np.array([0, 1, -1, -1])) == {}
-    k_auto = PipelineSettings(**_config(out, src, n_clusters="auto"))
-    assert _self_training(k_auto, np.full(10, -1)) == {}
+    k_auto = PipelineSettings(**_config(out, src, n_clusters="auto", encoder_epochs=2))
+    assert _self_training(k_auto, np.full(300, -1)) == {}
+    # 'auto' stays off where the teacher could not work, rather than failing the night:
+    # one epoch leaves none to train on pseudo-labels; 15 rows are below UMAP's 15 neighbours
+    one_epoch = PipelineSettings(**_config(out, src))
+    assert one_epoch.encoder_epochs == 1 and _self_training(one_epoch, np.full(300, -1)) == {}
+    assert _self_training(default, np.full(15, -1)) == {}
+    assert _self_training(default, np.full(16, -1)) != {}
 
 
 def test_half_labeled_nightly_reports_on_held_out_rows_only(prefect_harness, mnist_test, tmp_path):

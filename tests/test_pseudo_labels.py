@@ -119,6 +119,8 @@ def test_label_free_self_training_trains_the_triplet_term(mnist_2000) -> None:
     kw = dict(epochs=2, batch_size=250, seed=0, progress=False, device="cpu")
     with pytest.raises(ValueError, match="n_clusters"):
         train_encoder(x, unl, pseudo_labels=True, **kw)
+    with pytest.raises(ValueError, match="start_epoch=2 must be below epochs=2"):
+        train_encoder(x, unl, pseudo_labels={"start_epoch": 2, "n_clusters": 10}, **kw)
     with pytest.raises(ValueError, match="label-free term"):
         train_encoder(x, np.arange(len(x)) % 10, selfsup_weight=0.0, pseudo_labels=True)
     enc = train_encoder(x, unl, pseudo_labels={"start_epoch": 1, "n_clusters": 10}, **kw)
@@ -150,6 +152,8 @@ def test_manifold_teacher_label_free_is_pure_deterministic_and_keeps_its_share()
     unl = np.full(len(y), -1)
     with pytest.raises(ValueError, match="n_clusters"):
         manifold_pseudo_labels(x, unl, keep=0.5)
+    with pytest.raises(ValueError, match="at least max"):  # 15 neighbours need 16 rows
+        manifold_pseudo_labels(x[:15], unl[:15], keep=0.5, n_clusters=6)
     out, info = manifold_pseudo_labels(x, unl, keep=0.6, n_clusters=6, seed=3)
     again, _ = manifold_pseudo_labels(x, unl, keep=0.6, n_clusters=6, seed=3)
     np.testing.assert_array_equal(out, again)  # UMAP seeded: single-threaded, reproducible

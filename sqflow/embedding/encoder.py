@@ -666,6 +666,12 @@ def train_encoder(
             "pseudo_labels without any label need the number of clusters: pass "
             "pseudo_labels={'n_clusters': K}"
         )
+    if pl_cfg is not None and pl_cfg["start_epoch"] >= epochs:
+        raise ValueError(
+            f"pseudo_labels start_epoch={pl_cfg['start_epoch']} must be below epochs={epochs}: "
+            "the pseudo-labels are assigned after epoch start_epoch and train the epochs after "
+            "it, so none would be trained on"
+        )
     if selfsup and len(images) < 4:
         raise ValueError(f"the label-free objective needs at least 4 rows; got {len(images)}")
 

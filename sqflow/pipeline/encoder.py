@@ -318,14 +318,20 @@ def _self_training(settings: PipelineSettings, y: np.ndarray) -> dict[str, Any]:
     if mode is False or bool((y >= 0).all()):
         return {}
     if mode == "auto":
+        from ..embedding.teacher import teacher_min_rows
+
         # measured to help label-free (README); with labels it is the user's call
         if (y >= 0).any():
             return {}
+        why = None
         if settings.n_clusters == "auto":
-            log.info(
-                "encoder_self_training='auto' is off: the rows have no label and n_clusters "
-                "is 'auto' (self-training needs the number of pseudo-classes)"
-            )
+            why = "n_clusters is 'auto' (self-training needs the number of pseudo-classes)"
+        elif settings.encoder_epochs < 2:
+            why = "encoder_epochs < 2 leaves no epoch to train on pseudo-labels"
+        elif len(y) < teacher_min_rows(int(settings.n_clusters)):
+            why = f"{len(y)} rows are too few for the manifold teacher"
+        if why:
+            log.info("encoder_self_training='auto' is off for these label-free rows: %s", why)
             return {}
     pl: dict[str, Any] = {
         "source": settings.encoder_pseudo_source,
