@@ -186,6 +186,9 @@ def test_manifold_teacher_with_labels_names_components_by_class() -> None:
         ({"source": "manifold", "teacher": {"pca": 1}}, "pca"),
         ({"source": "manifold", "teacher": {"neighbours": 5}}, "unknown keys"),
         ({"teacher": {"pca": 20}}, "source='manifold'"),
+        ({"every": 2}, "source='manifold'"),
+        ({"source": "manifold", "every": 0}, "every=0"),
+        ({"source": "manifold", "every": True}, "every=True"),
     ],
 )
 def test_bad_teacher_settings_are_named(option, match) -> None:
@@ -243,3 +246,22 @@ def test_manifold_teacher_with_few_labels_validates_on_taught_rows(mnist_2000) -
     assert res["labeled_agreement"] > 0.4
     assert np.isnan(m["metrics"]["val_knn1_accuracy"]).all()
     assert not np.isnan(m["metrics"]["val_triplet_loss"][2])
+
+
+def test_manifold_teacher_teaches_again_every_n_epochs(mnist_2000) -> None:
+    """``every``: the teacher labels after start_epoch and every N epochs after that, never
+    after the last epoch (nothing would train on it); each teaching restarts the best-epoch
+    search, so the kept weights trained on the latest labels."""
+    x, y = mnist_2000
+    kw = dict(epochs=5, batch_size=250, seed=0, progress=False, device="cpu")
+    pl = {"source": "manifold", "start_epoch": 2, "n_clusters": 10, "every": 1}
+    m = train_encoder(x, np.full(len(x), -1), selfsup_space="hidden", pseudo_labels=pl, **kw)
+    m = m.metadata
+    got = m["params"]["pseudo_labels"]
+    assert [t["epoch"] for t in got["teachings"]] == [2, 3, 4]
+    assert got["teacher_result"] == got["teachings"][-1]
+    assert m["metrics"]["best_epoch"] == 5  # the only epoch trained on the last labels
+    # teaching once (every=None) keeps the earlier record: no list
+    pl["every"] = None
+    once = train_encoder(x[:600], np.full(600, -1), selfsup_space="hidden", pseudo_labels=pl, **kw)
+    assert once.metadata["params"]["pseudo_labels"]["teachings"] is None

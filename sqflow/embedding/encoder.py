@@ -571,7 +571,9 @@ def train_encoder(
         ``"source": "manifold"`` (:mod:`.teacher`) labels once instead, after epoch
         ``start_epoch``: UMAP and a Gaussian mixture on the network's convolutional features
         (``"teacher": {...}`` sets them); much stronger without labels (MNIST: 96 % correct
-        pseudo-labels where the embedding's own assignments reach 35-72 %).
+        pseudo-labels where the embedding's own assignments reach 35-72 %). ``"every": N``
+        teaches again every ``N`` epochs after that, on the features trained since; each time
+        the best-epoch search restarts, so the kept weights were trained on the latest labels.
     selfsup_space:
         Where the label-free term acts. "latent" (default): NT-Xent on the ``latent_dim``
         output itself. "hidden": NT-Xent on a projection head (hidden -> 128 -> 64, trained
@@ -806,6 +808,15 @@ def train_encoder(
     prev_pl = None  # label-free: last epoch's pseudo-labels, the seeds of the next assignment
     per_epoch_pl = pl_cfg is not None and pl_cfg["source"] == "embedding"
     teacher_info, n_teacher, teacher_val = None, 0, None
+    teachings: list[dict[str, Any]] = []
+
+    def teach_now(done: int) -> bool:
+        """Whether the manifold teacher labels after ``done`` epochs (never after the last:
+        no epoch would train on those labels)."""
+        if pl_cfg is None or per_epoch_pl or not pl_cfg["start_epoch"] <= done < epochs:
+            return False
+        since = done - pl_cfg["start_epoch"]
+        return since == 0 or (pl_cfg["every"] is not None and since % pl_cfg["every"] == 0)
 
     def _teacher_features(v: torch.Tensor) -> torch.Tensor:
         """What the manifold teacher clusters: convolutional features (CNNs), else the last
@@ -940,9 +951,10 @@ def train_encoder(
                 history["epoch_seconds"][-1],
             )
 
-            if pl_cfg is not None and not per_epoch_pl and epoch + 1 == pl_cfg["start_epoch"]:
+            if teach_now(epoch + 1):
                 y_pl, y_vu, teacher_info = _teach()
-                if x_val is None and y_vu is not None:
+                teacher_info["epoch"] = epoch + 1
+                if (x_val is None or teacher_val) and y_vu is not None:
                     # no labeled validation rows: the taught held-out rows validate the triplets
                     kept_val = np.flatnonzero(y_vu >= 0)
                     x_val, y_val = xvu[kept_val], torch.from_numpy(y_vu[kept_val])
@@ -950,7 +962,12 @@ def train_encoder(
                 sel = torch.from_numpy(np.flatnonzero(y_pl >= 0))
                 n_teacher = int(len(sel) - (y_ssl >= 0).sum())
                 lab_iter = _labeled_batches(x_ssl[sel], torch.from_numpy(y_pl)[sel])
+                teachings.append(teacher_info)
                 log.info("manifold teacher: %s", teacher_info)
+                # the criterion changed with the labels (and label-free, with the validation
+                # rows): only epochs trained on the latest pseudo-labels compete
+                if len(teachings) > 1:
+                    best, bad_epochs = (math.inf, -1), 0
             n_pseudo = n_teacher
             if per_epoch_pl and epoch + 1 >= pl_cfg["start_epoch"]:
                 # self-training: tomorrow's triplet pool = labels + confident SQ assignments
@@ -1040,6 +1057,7 @@ def train_encoder(
                     **pl_cfg,
                     "confidence": "d1/d2 ratio" if per_epoch_pl else "mixture posterior",
                     "teacher_result": teacher_info,
+                    "teachings": teachings if len(teachings) > 1 else None,
                 }
                 if pl_cfg
                 else None

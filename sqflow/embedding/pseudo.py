@@ -33,13 +33,16 @@ __all__ = ["PSEUDO_LABELS_DEFAULT", "pseudo_label_ranges", "assign_pseudo_labels
 #: start_epoch: "embedding" only, epochs of the plain objective before the first assignment (the
 #: embedding must first carry some structure); keep: share of each center's unlabeled rows that is
 #: kept; n_clusters: label-free only, number of centers (None: required when no label exists);
-#: teacher: "manifold" only, overrides of :data:`.teacher.TEACHER_DEFAULT`
+#: teacher: "manifold" only, overrides of :data:`.teacher.TEACHER_DEFAULT`; every: "manifold"
+#: only, None = teach once, N = teach again every N epochs after start_epoch (on the features the
+#: pseudo-labels have trained since)
 PSEUDO_LABELS_DEFAULT: dict[str, Any] = {
     "source": "embedding",
     "start_epoch": 5,
     "keep": 0.5,
     "n_clusters": None,
     "teacher": None,
+    "every": None,
 }
 SOURCES = ("embedding", "manifold")
 
@@ -67,6 +70,15 @@ def pseudo_label_ranges(option: bool | dict[str, Any] | None) -> dict[str, Any] 
         r["teacher"] = teacher_ranges(r["teacher"])
     elif r["teacher"] is not None:
         raise ValueError("pseudo_labels teacher settings apply to source='manifold' only")
+    every = r["every"]
+    if every is not None:
+        if r["source"] != "manifold":
+            raise ValueError(
+                "pseudo_labels every applies to source='manifold' only (the 'embedding' source "
+                "already relabels every epoch)"
+            )
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"pseudo_labels every={every!r} must be None or an int >= 1")
     if not (isinstance(r["start_epoch"], int) and r["start_epoch"] >= 1):
         raise ValueError(f"pseudo_labels start_epoch={r['start_epoch']!r} must be an int >= 1")
     if not 0 < float(r["keep"]) <= 1:
