@@ -142,6 +142,18 @@ def _features_parquet(tmp_path: Path, images: np.ndarray) -> Path:
     return path
 
 
+def _rows(y: np.ndarray) -> np.ndarray:
+    """Distinct feature rows, one per label of ``y``."""
+    return np.arange(4 * len(y), dtype=float).reshape(len(y), 4)
+
+
+def _auto_rule(settings, y: np.ndarray) -> dict:
+    """The encoder's self-training arguments for labels ``y`` on distinct rows."""
+    from sqflow.pipeline.encoder import _self_training
+
+    return _self_training(settings, _rows(y), y)
+
+
 def test_label_free_nightly_with_self_training(prefect_harness, mnist_test, tmp_path):
     """encoder_self_training without labels: pseudo-labels over n_clusters pseudo-classes from
     epoch 1 of 2, recorded in the registry; with n_clusters = 'auto' it is a clear error."""
@@ -167,23 +179,26 @@ def test_label_free_nightly_with_self_training(prefect_harness, mnist_test, tmp_
 
     auto = PipelineSettings(**_config(out, src, encoder_self_training=True, n_clusters="auto"))
     with pytest.raises(ValueError, match="integer n_clusters"):
-        _self_training(auto, np.full(10, -1))
+        _auto_rule(auto, np.full(10, -1))
     labeled = np.arange(10) % 2
-    assert _self_training(auto, labeled) == {}  # every row labeled: nothing to pseudo-label
+    assert _auto_rule(auto, labeled) == {}  # every row labeled: nothing to pseudo-label
     # the default, 'auto': on for label-free rows with a fixed K, off with labels or K='auto'
     default = PipelineSettings(**_config(out, src, encoder_epochs=2))
     assert default.encoder_self_training == "auto"
-    on = _self_training(default, np.full(300, -1))
+    on = _auto_rule(default, np.full(300, -1))
     assert on["pseudo_labels"]["source"] == "manifold" and on["pseudo_labels"]["n_clusters"] == 5
-    assert _self_training(default, np.array([0, 1, -1, -1])) == {}
+    assert _auto_rule(default, np.array([0, 1, -1, -1])) == {}
     k_auto = PipelineSettings(**_config(out, src, n_clusters="auto", encoder_epochs=2))
-    assert _self_training(k_auto, np.full(300, -1)) == {}
+    assert _auto_rule(k_auto, np.full(300, -1)) == {}
     # 'auto' stays off where the teacher could not work, rather than failing the night:
     # one epoch leaves none to train on pseudo-labels; 15 rows are below UMAP's 15 neighbours
     one_epoch = PipelineSettings(**_config(out, src))
-    assert one_epoch.encoder_epochs == 1 and _self_training(one_epoch, np.full(300, -1)) == {}
-    assert _self_training(default, np.full(15, -1)) == {}
-    assert _self_training(default, np.full(16, -1)) != {}
+    assert one_epoch.encoder_epochs == 1 and _auto_rule(one_epoch, np.full(300, -1)) == {}
+    assert _auto_rule(default, np.full(15, -1)) == {}
+    assert _auto_rule(default, np.full(16, -1)) != {}
+    # ... and 300 rows of which only 15 are distinct (a stuck camera) are 15 rows to UMAP
+    stuck = np.concatenate([_rows(np.full(14, -1)), np.zeros((286, 4))])
+    assert _self_training(default, stuck, np.full(300, -1)) == {}
 
 
 def test_half_labeled_nightly_reports_on_held_out_rows_only(prefect_harness, mnist_test, tmp_path):

@@ -166,6 +166,19 @@ def test_manifold_teacher_label_free_is_pure_deterministic_and_keeps_its_share()
     assert info["n_pseudo_labeled"] == int((out >= 0).sum())
 
 
+def test_manifold_teacher_gives_identical_rows_one_label() -> None:
+    """A stuck camera: copies of one blank row must share one pseudo-label (the triplet loss
+    cannot pull identical inputs apart); too few distinct rows are a clear error."""
+    x, y = _teacher_blobs(1500)
+    x[:600] = x[0]  # 40 % copies of the first row
+    out, info = manifold_pseudo_labels(x, np.full(len(y), -1), keep=1.0, n_clusters=6, seed=0)
+    assert len(np.unique(out[:600])) == 1 and info["n_distinct"] == 901
+    assert _purity(out[600:], y[600:]) > 0.99  # the other rows are taught as before
+    few = np.repeat(x[600:614], 50, axis=0)  # 700 rows, 14 distinct: below 15 neighbours + 1
+    with pytest.raises(ValueError, match="14 distinct among 700"):
+        manifold_pseudo_labels(few, np.full(len(few), -1), keep=0.5, n_clusters=6)
+
+
 def test_manifold_teacher_with_labels_names_components_by_class() -> None:
     x, y = _teacher_blobs()
     labels = np.full(len(y), -1)

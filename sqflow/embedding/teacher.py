@@ -158,7 +158,26 @@ def manifold_pseudo_labels(
             f"{teacher_min_rows(k, cfg)} rows; got {len(labels)} (lower teacher "
             "n_neighbors or use pseudo_labels source 'embedding')"
         )
-    n_pca = min(cfg["pca"], feats.shape[1], len(labels) - 1)
+    # identical inputs (blank frames of a stuck camera, repeated log rows) must share a label:
+    # UMAP would spread copies of one point over its graph and the mixture could then split
+    # them, asking the triplet loss to pull identical rows apart. The manifold is learned on
+    # the distinct rows (in first-seen order, so data without copies is taught as before) and
+    # every copy takes its row's place; the mixture still weighs each copy.
+    _, first, inverse = np.unique(feats, axis=0, return_index=True, return_inverse=True)
+    n_distinct = len(first)
+    if n_distinct < teacher_min_rows(k, cfg):
+        raise ValueError(
+            f"the manifold teacher needs at least max(n_neighbors, 2 K) + 1 = "
+            f"{teacher_min_rows(k, cfg)} distinct rows; got {n_distinct} distinct among "
+            f"{len(labels)} (mostly identical inputs: check the source, or use pseudo_labels "
+            "source 'embedding')"
+        )
+    order = np.argsort(first, kind="stable")
+    rank = np.empty_like(order)
+    rank[order] = np.arange(n_distinct)
+    row_of = rank[inverse.reshape(-1)]  # row -> its distinct row, numbered in first-seen order
+    feats = feats[first[order]]
+    n_pca = min(cfg["pca"], feats.shape[1], n_distinct - 1)
     if n_pca < feats.shape[1]:
         feats = PCA(n_pca, random_state=seed).fit_transform(feats)
     with warnings.catch_warnings():
@@ -170,7 +189,7 @@ def manifold_pseudo_labels(
             min_dist=0.0,
             random_state=seed,
         ).fit_transform(feats)
-    emb = np.asarray(emb, dtype=np.float64)
+    emb = np.asarray(emb, dtype=np.float64)[row_of]
     if lab.any():
         y = np.searchsorted(classes, labels[lab])
         means = np.stack([emb[lab][y == c].mean(axis=0) for c in range(k)])
@@ -199,6 +218,7 @@ def manifold_pseudo_labels(
         "source": "manifold",
         **cfg,
         "n_taught": int(len(labels)),
+        "n_distinct": int(n_distinct),
         "n_pseudo_labeled": int(sum(len(c) for c in kept_conf)),
         "components": int(k),
         "pca_used": int(n_pca),

@@ -246,7 +246,7 @@ def fit_register_and_reference(
         device=settings.device,
         progress=True,
         augment=settings.encoder_augment and x.ndim > 2,
-        **_self_training(settings, y),
+        **_self_training(settings, x, y),
         # the source kind decides, not the shape: float (N, H, W) images stay images
         input_kind=_input_kind(train_rows, x),
     )
@@ -309,7 +309,7 @@ def fit_register_and_reference(
     }
 
 
-def _self_training(settings: PipelineSettings, y: np.ndarray) -> dict[str, Any]:
+def _self_training(settings: PipelineSettings, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
     """train_encoder arguments of ``encoder_self_training``: pseudo-labels from half-way
     through the epochs (at most from epoch 5) and NT-Xent on the hidden layer; nothing when
     off, when every row is labeled (nothing to pseudo-label), or, for 'auto', when some row is
@@ -330,6 +330,8 @@ def _self_training(settings: PipelineSettings, y: np.ndarray) -> dict[str, Any]:
             why = "encoder_epochs < 2 leaves no epoch to train on pseudo-labels"
         elif len(y) < teacher_min_rows(int(settings.n_clusters)):
             why = f"{len(y)} rows are too few for the manifold teacher"
+        elif (n := _distinct_rows(x)) < teacher_min_rows(int(settings.n_clusters)):
+            why = f"only {n} of the {len(y)} rows are distinct, too few for the manifold teacher"
         if why:
             log.info("encoder_self_training='auto' is off for these label-free rows: %s", why)
             return {}
@@ -346,6 +348,11 @@ def _self_training(settings: PipelineSettings, y: np.ndarray) -> dict[str, Any]:
             )
         pl["n_clusters"] = int(settings.n_clusters)
     return {"pseudo_labels": pl, "selfsup_space": "hidden"}
+
+
+def _distinct_rows(x: np.ndarray) -> int:
+    """Number of distinct rows of ``x`` (any shape, first axis = rows)."""
+    return len(np.unique(np.ascontiguousarray(x).reshape(len(x), -1), axis=0))
 
 
 def split_train_reference(
