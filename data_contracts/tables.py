@@ -702,7 +702,7 @@ CLUSTER_REPORT = TableContract(
     ),
 )
 
-_RETRAIN_OUTCOMES = ["promoted", "refused", "failed"]
+_RETRAIN_OUTCOMES = ["promoted", "refused", "failed", "skipped"]
 
 RETRAINS = TableContract(
     name="retrains",
@@ -751,7 +751,9 @@ RETRAINS = TableContract(
             "outcome",
             "str",
             "promoted (new version made current), refused (not better on held-out rows: old "
-            "one kept), failed (error: old one kept).",
+            "one kept), failed (error: old one kept), skipped (another version was already "
+            "current when the attempt started, e.g. an earlier retrain of the same drift: "
+            "nothing trained).",
             checks=(pa.Check.isin(_RETRAIN_OUTCOMES),),
             json_extra={"enum": _RETRAIN_OUTCOMES},
         ),

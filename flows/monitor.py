@@ -48,7 +48,7 @@ from prefect.states import Completed
 from data_contracts.settings import PipelineSettings
 from sqflow.fault_points import kill_point
 from sqflow.layout import OutputLayout, current_version, output_lock
-from sqflow.pipeline.monitor import retrain_outcome
+from sqflow.pipeline.monitor import record_skipped_retrain, retrain_outcome
 from tasks.artifacts import artifact_key
 from tasks.monitor import monitor_task, retrain_task
 from tasks.publish_bi import publish_retrains_task
@@ -136,6 +136,8 @@ def retrain_flow(
                 "(already retrained)"
             )
             get_run_logger().info(msg)
+            record_skipped_retrain(settings, run_id, from_version, reason, msg)
+            _publish_retrains(settings, run_id)  # a skipped attempt is a row too
             _retrain_artifact(settings, run_id, f"**Retrain {msg}.**")
             return Completed(
                 name="Skipped", message=msg, data={"status": "skipped", "message": msg}

@@ -234,7 +234,7 @@ def append_lineage(models_dir: Path, rec: dict[str, Any]) -> None:
 
 
 def lineage_outcome(rec: dict[str, Any]) -> str:
-    """promoted / refused / failed of a lineage record (records of older sqflow versions have
+    """promoted / refused / failed / skipped of a lineage record (records of older sqflow versions have
     no ``outcome``: failed when their ``status`` says so, else promoted)."""
     return rec.get("outcome") or ("failed" if rec.get("status") == "failed" else "promoted")
 

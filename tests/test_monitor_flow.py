@@ -156,6 +156,23 @@ def test_drift_triggers_retrain_with_new_version_and_reference(prefect_harness, 
     df = pd.read_parquet(mon["drift_reports_table"])
     assert bool(df.loc[df["statistic"] == "decision", "drifted"].iloc[0]) is True
     assert "retrained: encoder triplet-v0001 -> triplet-v0002" in mon["markdown"]
+    # the same drift asks again (a second trigger): v0002 is current, nothing is trained, and
+    # the skipped attempt is a lineage record that makes a valid ``retrains`` row
+    from data_contracts.tables import validate_frame
+    from flows.monitor import retrain_flow
+    from sqflow.layout import read_lineage
+    from sqflow.pipeline.publish import retrains_frame
+
+    state = retrain_flow(
+        run_id="run-rot", reason="again", config=cfg, from_version="triplet-v0001",
+        return_state=True,
+    )  # fmt: skip
+    assert state.name == "Skipped" and current_version(out / "models") == "triplet-v0002"
+    mine = read_lineage(out / "models", "run-rot")
+    assert [r["outcome"] for r in mine] == ["promoted", "skipped"]
+    assert mine[-1]["to_version"] is None and mine[-1]["current_after"] == "triplet-v0002"
+    rows = validate_frame("retrains", retrains_frame("mnist", "run-rot", mine))
+    assert rows["outcome"].tolist() == ["promoted", "skipped"]
 
 
 def test_retrain_not_better_on_held_out_labels_is_refused(prefect_harness, base, tmp_path):

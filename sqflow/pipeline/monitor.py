@@ -423,6 +423,30 @@ def _embeddings_by_id(store: Any, sample_ids: pd.Series) -> np.ndarray:
     return store.read_embeddings()[[pos[str(s)] for s in sample_ids]]
 
 
+def record_skipped_retrain(
+    settings: PipelineSettings, run_id: str, from_version: str | None, reason: str, message: str
+) -> dict[str, Any]:
+    """Record in ``models/lineage.jsonl`` that run ``run_id``'s retrain was skipped (another
+    version than ``from_version``, the one that drifted, was current when it started), so the
+    attempt is a ``retrains`` row like any other. Returns the record."""
+    models = OutputLayout.of(settings).models_dir
+    at = datetime.now(UTC).isoformat()
+    rec = {
+        "run_id": run_id,
+        "from_version": from_version,
+        "to_version": None,
+        "reason": reason,
+        "outcome": "skipped",
+        "status": "skipped",
+        "message": message,
+        "current_after": current_version(models),
+        "started_at": at,
+        "finished_at": at,
+    }
+    append_lineage(models, rec)
+    return rec
+
+
 def retrain_stage(
     settings: PipelineSettings,
     run_id: str,

@@ -205,7 +205,7 @@ def attach_drift_reports(
 
 # ------------------------------------------------------------------------------ retrains
 #: outcomes of a finished retrain attempt as ``models/lineage.jsonl`` records them
-_ATTEMPT_OUTCOMES = ("promoted", "refused", "failed")
+_ATTEMPT_OUTCOMES = ("promoted", "refused", "failed", "skipped")
 
 
 def retrains_frame(dataset: str, run_id: str, attempts: list[dict[str, Any]]) -> pd.DataFrame:
