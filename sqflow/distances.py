@@ -23,6 +23,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import _kernels
+from .openmp_pool import launch_numba_pool
 
 _HEADROOM = 1e10
 
@@ -56,6 +57,7 @@ def nearest(X: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     X = _rows(X, "X")
     c = _centers(centers, X.shape[1])
     labels = np.empty(X.shape[0], dtype=np.int64)
+    launch_numba_pool()
     d2 = np.empty(X.shape[0], dtype=np.float64)
     _kernels.assign(X, c, labels, d2)
     return labels, d2
@@ -93,6 +95,7 @@ def sq_distances(X: np.ndarray, centers: np.ndarray) -> np.ndarray:
     c = _centers(centers, X.shape[1])
     out = np.empty((X.shape[0], c.shape[0]), dtype=np.float64)
     if X.shape[0]:
+        launch_numba_pool()
         _sq_distance_matrix(X, np.ascontiguousarray(c.T), out)
     return out
 

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..openmp_pool import launch_numba_pool
 from .augment import affine_views, augment_ranges, make_views, view_ranges
 from .augment_1d import SIGNAL_AUGMENT_DEFAULT, signal_ranges, signal_views
 from .mining import semi_hard_triplet_loss
@@ -628,6 +629,9 @@ def train_encoder(
     ):
         _check_finite_arg(name, value, ok)
     pl_cfg = pseudo_label_ranges(pseudo_labels)
+    # SQ (self-training) and UMAP (the teacher) run numba loops between epochs; the first one in
+    # a process would otherwise reset torch's thread count and with it the float sums
+    launch_numba_pool()
     if selfsup_space not in ("latent", "hidden"):
         raise ValueError(f"selfsup_space={selfsup_space!r}; use 'latent' or 'hidden'")
     spec = _infer_preprocessing(images, input_kind)
@@ -809,6 +813,7 @@ def train_encoder(
     per_epoch_pl = pl_cfg is not None and pl_cfg["source"] == "embedding"
     teacher_info, n_teacher, teacher_val = None, 0, None
     teachings: list[dict[str, Any]] = []
+    last_taught = pl_cfg["start_epoch"] if pl_cfg is not None else 0  # epochs done at the last
 
     def teach_now(done: int) -> bool:
         """Whether the manifold teacher labels after ``done`` epochs (never after the last:
@@ -951,6 +956,10 @@ def train_encoder(
                 history["epoch_seconds"][-1],
             )
 
+            val_based = not math.isnan(val_loss)
+            monitored = val_loss if val_based else train_loss
+            if plateau is not None:
+                plateau.step(monitored)
             if teach_now(epoch + 1):
                 y_pl, y_vu, teacher_info = _teach()
                 teacher_info["epoch"] = epoch + 1
@@ -965,9 +974,16 @@ def train_encoder(
                 teachings.append(teacher_info)
                 log.info("manifold teacher: %s", teacher_info)
                 # the criterion changed with the labels (and label-free, with the validation
-                # rows): only epochs trained on the latest pseudo-labels compete
+                # rows): only epochs trained on the latest pseudo-labels compete, and the LR
+                # plateau forgets the old scale, else every teaching's jump in the validation
+                # loss would cut the rate again (the first teaching's single cut is kept: the
+                # measured runs had it)
                 if len(teachings) > 1:
-                    best, bad_epochs = (math.inf, -1), 0
+                    # (the weights held so far stay the fallback, with their epoch)
+                    best, bad_epochs = (math.inf, best[1]), 0
+                    if plateau is not None:
+                        plateau.best, plateau.num_bad_epochs = plateau.mode_worse, 0
+                last_taught = epoch + 1
             n_pseudo = n_teacher
             if per_epoch_pl and epoch + 1 >= pl_cfg["start_epoch"]:
                 # self-training: tomorrow's triplet pool = labels + confident SQ assignments
@@ -993,13 +1009,9 @@ def train_encoder(
                 lab_iter = _labeled_batches(x_ssl[sel], torch.from_numpy(y_pl)[sel])
             history["pseudo_labeled"].append(n_pseudo)
 
-            val_based = not math.isnan(val_loss)
-            monitored = val_loss if val_based else train_loss
-            if plateau is not None:
-                plateau.step(monitored)
             # with self-training, only a model trained on pseudo-labels is a candidate: before,
             # the objective differs (and a label-free latent is not trained at all)
-            candidate = pl_cfg is None or epoch >= pl_cfg["start_epoch"]
+            candidate = pl_cfg is None or epoch + 1 > last_taught
             if not candidate:
                 pass
             elif monitored < best[0] - min_delta:

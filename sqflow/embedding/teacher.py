@@ -135,6 +135,10 @@ def manifold_pseudo_labels(
     """
     import umap
     from sklearn.decomposition import PCA
+
+    from ..openmp_pool import launch_numba_pool
+
+    launch_numba_pool()  # UMAP's numba loops must not change torch's thread count
     from sklearn.mixture import GaussianMixture
 
     cfg = teacher_ranges(teacher)
