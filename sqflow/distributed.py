@@ -109,9 +109,10 @@ class TaskResult:
 
 
 _UNWEIGHTED = np.empty(0)
+_IN_ORDER = np.empty(0, dtype=np.int64)
 
 
-def _steps(block, s: OptimizerState, args: KernelArgs, keep: np.ndarray, weights=None):
+def _steps(block, s: OptimizerState, args: KernelArgs, keep: np.ndarray, weights=None, rows=None):
     t, loss, steps, clipped = _kernels.sq_steps(
         block,
         s.centers,
@@ -139,26 +140,25 @@ def _steps(block, s: OptimizerState, args: KernelArgs, keep: np.ndarray, weights
         _UNWEIGHTED if weights is None else weights,
         args.rho_min,
         args.sphere,
+        _IN_ORDER if rows is None else rows,
     )
     s.t = int(t)
     return float(loss), int(steps), int(clipped)
 
 
-def _prepare(block, seed: int | None, start_row: int, check: bool, weights=None):
-    """The block as C-contiguous float rows, permuted by ``seed``; with ``weights`` (the
-    block's rows' weights) returns (block, weights) permuted alike."""
-    block = as_float_rows(block)
+def _prepare(block, seed: int | None, start_row: int, check: bool):
+    """The block as C-contiguous float rows, and the order of its rows: the permutation drawn
+    from ``seed`` (None: in order). The rows are not gathered: the kernel takes them in that
+    order from the block as it is (``sq_steps``' ``rows``), which gives the same steps as
+    gathering them first, without copying the block."""
+    block = np.ascontiguousarray(as_float_rows(block))
     if check:
         check_block_finite(block, start_row)
-    if seed is not None:
-        perm = np.random.RandomState(seed).permutation(block.shape[0])
-        block = block[perm]
-        if weights is not None:
-            weights = weights[perm]
-    block = np.ascontiguousarray(block)
-    if weights is None:
-        return block
-    return block, np.ascontiguousarray(weights, dtype=np.float64)
+    if seed is None:
+        return block, None
+    return block, np.random.RandomState(seed).permutation(block.shape[0]).astype(
+        np.int64, copy=False
+    )
 
 
 def run_block(
@@ -179,13 +179,12 @@ def run_block(
     (n_rows,) are the rows' sample weights (None: all 1), permuted with the rows.
     Returns (new state, loss sum in working units, steps, steps the safeguard shortened).
     """
+    block, rows = _prepare(block, seed, start_row, check)
     if weights is not None:
-        block, weights = _prepare(block, seed, start_row, check, weights)
-    else:
-        block = _prepare(block, seed, start_row, check)
+        weights = np.ascontiguousarray(weights, dtype=np.float64)
     s = state.copy()
     s.t = int(t_start)
-    loss, steps, clipped = _steps(block, s, args, np.empty((0, 0, 0)), weights)
+    loss, steps, clipped = _steps(block, s, args, np.empty((0, 0, 0)), weights, rows)
     return s, loss, steps, clipped
 
 
@@ -205,8 +204,8 @@ def run_task(
     keep[0] = keep[3] = 1.0  # identity (rows 11, 12, 21, 22) per center and coordinate
     loss_total, steps_total, clipped_total, losses = 0.0, 0, 0, []
     for block, seed, start_row in zip(blocks, seeds, start_rows):
-        block = _prepare(block, seed, start_row, check)
-        loss, steps, clipped = _steps(block, s, args, keep)
+        block, rows = _prepare(block, seed, start_row, check)
+        loss, steps, clipped = _steps(block, s, args, keep, rows=rows)
         loss_total += loss
         steps_total += steps
         clipped_total += clipped
