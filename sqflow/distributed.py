@@ -296,6 +296,24 @@ def _block_loss(block, centers: np.ndarray, rank: float, start_row: int) -> floa
     return float(np.sum(nearest(block, centers)[1] ** (rank / 2.0)))
 
 
+def _culled(blocks) -> list:
+    """The Delayed blocks of an array, each with only its own part of the graph.
+
+    ``Array.to_delayed`` gives every block the graph of the whole array, which each
+    ``Client.compute`` of a block would serialize and send again: a pass cost the driver and
+    the scheduler O(blocks) per task, O(blocks ** 2) per pass."""
+    from dask.delayed import Delayed
+    from dask.optimization import cull
+
+    graphs: dict = {}  # the blocks share one graph: materialised once
+    out = []
+    for blk in blocks:
+        if id(blk.dask) not in graphs:
+            graphs[id(blk.dask)] = dict(blk.dask)
+        out.append(Delayed(blk.key, cull(graphs[id(blk.dask)], [blk.key])[0]))
+    return out
+
+
 class DaskPasses:
     """Runs SQ passes of one estimator over a Dask array on a distributed Client.
 
@@ -330,7 +348,7 @@ class DaskPasses:
         if len(X.chunks[1]) != 1:
             X = X.rechunk({1: X.shape[1]})  # one block per row range
         self.X = X
-        self.blocks = X.to_delayed()[:, 0]
+        self.blocks = _culled(X.to_delayed()[:, 0])
         self.bounds = []
         start = 0
         for size in X.chunks[0]:
@@ -455,10 +473,24 @@ class DaskPasses:
         first_task = np.cumsum([0] + [len(r) for r in rounds])
         self.clipped = 0
 
+        reads: dict = {}  # round -> the futures of its tasks' blocks, read ahead
+
+        def read(r: int) -> None:
+            """Start reading round ``r``'s blocks (one graph per round). Reading does not
+            depend on the state, so it is started a round before the round's tasks: workers
+            read while the driver composes instead of waiting for it."""
+            if r < len(rounds) and r not in reads:
+                flat = client.compute([self.blocks[b] for task in rounds[r] for b in task])
+                out, i = [], 0
+                for task in rounds[r]:
+                    out.append(flat[i : i + len(task)])
+                    i += len(task)
+                reads[r] = out
+
         def submit(r: int, start: OptimizerState):
+            read(r)
             futures = []
-            for i, task in enumerate(rounds[r]):
-                data = client.compute([self.blocks[b] for b in task])
+            for i, (task, data) in enumerate(zip(rounds[r], reads.pop(r))):
                 futures.append(
                     client.submit(
                         run_task,
@@ -477,15 +509,19 @@ class DaskPasses:
         if stale is None:
             # Adam's end points are averaged (see combine): a stale start would undo a round
             stale = 0 if W == 1 or args.opt == OPTIMIZER_CODES["adam"] else 1
-        inflight = [submit(r, state) for r in range(min(len(rounds), stale + 1))]
+        inflight = []
         loss_total, steps_total = 0.0, 0
         try:
+            for r in range(min(len(rounds), stale + 1)):
+                inflight.append(submit(r, state))
+            read(stale + 1)
             for r in range(len(rounds)):
                 start, futures = inflight.pop(0)
                 results = self._gather(futures)  # in task order, whatever finished first
                 state = combine(state, results, [start] * len(results), args)
                 if r + stale + 1 < len(rounds):
                     inflight.append(submit(r + stale + 1, state))
+                    read(r + stale + 2)
                 for task, res in zip(rounds[r], results):
                     loss_total += res.loss
                     steps_total += res.steps
@@ -496,6 +532,8 @@ class DaskPasses:
         except BaseException:
             for _, futures in inflight:
                 self._cancel(futures)
+            for data in reads.values():
+                self._cancel([f for part in data for f in part])
             raise
         state.t = t_end
         return state, loss_total, steps_total
