@@ -20,6 +20,7 @@ import math
 import numpy as np
 from llvmlite import ir as llvm_ir
 from numba import njit, prange, types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 _FASTMATH = {"reassoc", "contract"}  # lets the distance loops vectorise; keeps inf/nan semantics
@@ -258,12 +259,10 @@ def sq_steps(
     dist2 = np.empty(K)
     track = keep.shape[0] > 0
     weighted = w.shape[0] > 0
+    # with an order, each step asks for the row AHEAD steps later: a row read only in its
+    # step waits for memory behind the previous step (measured: about 2x the kernel's time on
+    # a 65,536-row block without the hint, the same time as pre-gathered rows with it)
     reorder = rows.shape[0] > 0
-    # with an order, the rows are copied STAGE at a time into a small buffer ahead of their
-    # steps: the copy's loads are independent of each other and overlap, where a row read in
-    # the step waits for memory behind the previous step (measured: about 2x the kernel's
-    # time on a 65,536-row block); the steps read the same values either way
-    staged = np.empty((STAGE if reorder else 0, d), dtype=X.dtype)
     wi = 1.0
     # transposed copy of the centers: the distance loop then vectorises over K; with few
     # features one center at a time over the rows is cheaper (bench/kernel.py)
@@ -277,18 +276,17 @@ def sq_steps(
         for i in range(n):
             row = i
             if reorder:
-                if i % STAGE == 0:
-                    _stage(X, rows, i, staged)
                 row = rows[i]
+                if i + AHEAD < n:
+                    ahead = rows[i + AHEAD]
+                    _prefetch(X, ahead, 0)
+                    _prefetch(X, ahead, d - 1)
             if weighted:
                 wi = w[row]
                 if wi == 0.0:
                     skipped += 1
                     continue
-            if reorder:
-                _load_sample(staged, i % STAGE, inv_scale, z, lo, hi, project, sphere)
-            else:
-                _load_sample(X, i, inv_scale, z, lo, hi, project, sphere)
+            _load_sample(X, row, inv_scale, z, lo, hi, project, sphere)
             if rowwise:
                 best, best_d2 = _nearest_row(z, centers)
             else:
@@ -364,18 +362,17 @@ def sq_steps(
         for ii in range(i, stop):
             row = ii
             if reorder:
-                if ii % STAGE == 0:
-                    _stage(X, rows, ii, staged)
                 row = rows[ii]
+                if ii + AHEAD < n:
+                    ahead = rows[ii + AHEAD]
+                    _prefetch(X, ahead, 0)
+                    _prefetch(X, ahead, d - 1)
             if weighted:
                 wi = w[row]
                 if wi == 0.0:
                     used -= 1
                     continue
-            if reorder:
-                _load_sample(staged, ii % STAGE, inv_scale, z, lo, hi, project, sphere)
-            else:
-                _load_sample(X, ii, inv_scale, z, lo, hi, project, sphere)
+            _load_sample(X, row, inv_scale, z, lo, hi, project, sphere)
             if rowwise:
                 best, best_d2 = _nearest_row(z, centers)
             else:
@@ -438,20 +435,8 @@ def sq_steps(
     return t, loss_sum, n_steps, n_clipped
 
 
-#: rows ``sq_steps`` copies ahead at a time when it takes them in a given order (16 KiB of
-#: float32 rows at d = 16: stays in L1 until its steps read it; 64 rows were measurably slower)
-STAGE = 256
-
-
-@njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _stage(X, rows, first, out):
-    """out[b] = X[rows[first + b]] for the rows of ``rows`` from ``first`` (at most
-    ``out.shape[0]``)."""
-    d = X.shape[1]
-    for b in range(min(out.shape[0], rows.shape[0] - first)):
-        r = rows[first + b]
-        for j in range(d):
-            out[b, j] = X[r, j]
+#: how many steps ahead ``sq_steps`` asks for the row it will take in a given order
+AHEAD = 16
 
 
 @njit(cache=True, nogil=True, error_model="numpy", fastmath=_FASTMATH, inline="always")
@@ -484,6 +469,32 @@ def _to_sphere(centers, cT, k):
         for j in range(d):
             centers[k, j] *= inv
             cT[j, k] = centers[k, j]
+
+
+@intrinsic
+def _prefetch(typingctx, arr, row, col):
+    """Ask the CPU to fetch ``arr[row, col]`` into its caches (llvm.prefetch: a hint, no
+    effect on any value)."""
+    sig = types.void(arr, row, col)
+
+    def codegen(context, builder, signature, args):
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        idx = [
+            context.cast(builder, args[1], signature.args[1], types.intp),
+            context.cast(builder, args[2], signature.args[2], types.intp),
+        ]
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, idx, wraparound=False)
+        i8p = llvm_ir.IntType(8).as_pointer()
+        i32 = llvm_ir.IntType(32)
+        fnty = llvm_ir.FunctionType(llvm_ir.VoidType(), [i8p, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0i8")
+        # read, high temporal locality, data cache
+        args_ = [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)]
+        builder.call(fn, args_)
+        return context.get_dummy_value()
+
+    return sig, codegen
 
 
 @intrinsic
