@@ -146,19 +146,29 @@ def _steps(block, s: OptimizerState, args: KernelArgs, keep: np.ndarray, weights
     return float(loss), int(steps), int(clipped)
 
 
-def _prepare(block, seed: int | None, start_row: int, check: bool):
+def _prepare(block, seed: int | None):
     """The block as C-contiguous float rows, and the order of its rows: the permutation drawn
     from ``seed`` (None: in order). The rows are not gathered: the kernel takes them in that
     order from the block as it is (``sq_steps``' ``rows``), which gives the same steps as
     gathering them first, without copying the block."""
     block = np.ascontiguousarray(as_float_rows(block))
-    if check:
-        check_block_finite(block, start_row)
     if seed is None:
         return block, None
     return block, np.random.RandomState(seed).permutation(block.shape[0]).astype(
         np.int64, copy=False
     )
+
+
+def _check_after(block, loss: float, start_row: int) -> None:
+    """Reject NaN/inf in a block the kernel has just run over unweighted, naming the row.
+
+    Every row of an unweighted block adds ``dist ** r`` (r >= 1) to the loss, and a row with
+    a NaN or an infinity has a NaN or infinite distance to every center, so the loss of such
+    a block is never finite: the full check (a pass over the block) runs only then, and
+    raises on the block as stored, before any result leaves the task. (Finite rows whose loss
+    overflows pass the check, as they did before it.)"""
+    if not math.isfinite(loss):
+        check_block_finite(block, start_row)
 
 
 def run_block(
@@ -179,12 +189,16 @@ def run_block(
     (n_rows,) are the rows' sample weights (None: all 1), permuted with the rows.
     Returns (new state, loss sum in working units, steps, steps the safeguard shortened).
     """
-    block, rows = _prepare(block, seed, start_row, check)
+    block, rows = _prepare(block, seed)
     if weights is not None:
         weights = np.ascontiguousarray(weights, dtype=np.float64)
+        if check:  # rows of weight 0 are skipped: their values never reach the loss
+            check_block_finite(block, start_row)
     s = state.copy()
     s.t = int(t_start)
     loss, steps, clipped = _steps(block, s, args, np.empty((0, 0, 0)), weights, rows)
+    if check and weights is None:
+        _check_after(block, loss, start_row)
     return s, loss, steps, clipped
 
 
@@ -204,8 +218,10 @@ def run_task(
     keep[0] = keep[3] = 1.0  # identity (rows 11, 12, 21, 22) per center and coordinate
     loss_total, steps_total, clipped_total, losses = 0.0, 0, 0, []
     for block, seed, start_row in zip(blocks, seeds, start_rows):
-        block, rows = _prepare(block, seed, start_row, check)
+        block, rows = _prepare(block, seed)
         loss, steps, clipped = _steps(block, s, args, keep, rows=rows)
+        if check:
+            _check_after(block, loss, start_row)
         loss_total += loss
         steps_total += steps
         clipped_total += clipped
