@@ -20,6 +20,7 @@ import math
 import numpy as np
 from llvmlite import ir as llvm_ir
 from numba import njit, prange, types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 _FASTMATH = {"reassoc", "contract"}  # lets the distance loops vectorise; keeps inf/nan semantics
@@ -206,6 +207,7 @@ def sq_steps(
     w,
     rho_min,
     sphere,
+    rows,
 ):
     """Run SQ steps over the rows of ``X`` in order, updating centers and state in place.
 
@@ -230,6 +232,11 @@ def sq_steps(
     updated center is projected back onto the unit sphere (spherical SQ, ``metric="cosine"``;
     replaces the bounding box).
 
+    ``rows`` (int64, a permutation of ``range(n)``) is the order in which the rows are taken:
+    step ``i`` uses row ``rows[i]`` of ``X`` (and its weight ``w[rows[i]]``), exactly as if
+    ``X`` and ``w`` had been gathered in that order first, without the copy. Length 0: in
+    order.
+
     Returns
     -------
     t_end : int64
@@ -252,6 +259,10 @@ def sq_steps(
     dist2 = np.empty(K)
     track = keep.shape[0] > 0
     weighted = w.shape[0] > 0
+    # with an order, each step asks for the row AHEAD steps later: a row read only in its
+    # step waits for memory behind the previous step (measured: about 2x the kernel's time on
+    # a 65,536-row block without the hint, the same time as pre-gathered rows with it)
+    reorder = rows.shape[0] > 0
     wi = 1.0
     # transposed copy of the centers: the distance loop then vectorises over K; with few
     # features one center at a time over the rows is cheaper (bench/kernel.py)
@@ -263,12 +274,19 @@ def sq_steps(
         # Algorithm 1: the hot loop, kept free of the mini-batch bookkeeping
         skipped = 0  # rows of weight 0: as if removed (no step, no tick of the clock)
         for i in range(n):
+            row = i
+            if reorder:
+                row = rows[i]
+                if i + AHEAD < n:
+                    ahead = rows[i + AHEAD]
+                    _prefetch(X, ahead, 0)
+                    _prefetch(X, ahead, d - 1)
             if weighted:
-                wi = w[i]
+                wi = w[row]
                 if wi == 0.0:
                     skipped += 1
                     continue
-            _load_sample(X, i, inv_scale, z, lo, hi, project, sphere)
+            _load_sample(X, row, inv_scale, z, lo, hi, project, sphere)
             if rowwise:
                 best, best_d2 = _nearest_row(z, centers)
             else:
@@ -342,12 +360,19 @@ def sq_steps(
         stop = min(i + batch_size, n)
         used = stop - i  # rows of weight > 0 in the batch: they alone tick the clock
         for ii in range(i, stop):
+            row = ii
+            if reorder:
+                row = rows[ii]
+                if ii + AHEAD < n:
+                    ahead = rows[ii + AHEAD]
+                    _prefetch(X, ahead, 0)
+                    _prefetch(X, ahead, d - 1)
             if weighted:
-                wi = w[ii]
+                wi = w[row]
                 if wi == 0.0:
                     used -= 1
                     continue
-            _load_sample(X, ii, inv_scale, z, lo, hi, project, sphere)
+            _load_sample(X, row, inv_scale, z, lo, hi, project, sphere)
             if rowwise:
                 best, best_d2 = _nearest_row(z, centers)
             else:
@@ -410,6 +435,10 @@ def sq_steps(
     return t, loss_sum, n_steps, n_clipped
 
 
+#: how many steps ahead ``sq_steps`` asks for the row it will take in a given order
+AHEAD = 16
+
+
 @njit(cache=True, nogil=True, error_model="numpy", fastmath=_FASTMATH, inline="always")
 def _load_sample(X, row, inv_scale, z, lo, hi, project, sphere):
     """z = X[row] * inv_scale (``sphere``: X[row] / ||X[row]||, a zero row stays zero); grows
@@ -440,6 +469,32 @@ def _to_sphere(centers, cT, k):
         for j in range(d):
             centers[k, j] *= inv
             cT[j, k] = centers[k, j]
+
+
+@intrinsic
+def _prefetch(typingctx, arr, row, col):
+    """Ask the CPU to fetch ``arr[row, col]`` into its caches (llvm.prefetch: a hint, no
+    effect on any value)."""
+    sig = types.void(arr, row, col)
+
+    def codegen(context, builder, signature, args):
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        idx = [
+            context.cast(builder, args[1], signature.args[1], types.intp),
+            context.cast(builder, args[2], signature.args[2], types.intp),
+        ]
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, idx, wraparound=False)
+        i8p = llvm_ir.IntType(8).as_pointer()
+        i32 = llvm_ir.IntType(32)
+        fnty = llvm_ir.FunctionType(llvm_ir.VoidType(), [i8p, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0i8")
+        # read, high temporal locality, data cache
+        args_ = [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)]
+        builder.call(fn, args_)
+        return context.get_dummy_value()
+
+    return sig, codegen
 
 
 @intrinsic

@@ -109,9 +109,10 @@ class TaskResult:
 
 
 _UNWEIGHTED = np.empty(0)
+_IN_ORDER = np.empty(0, dtype=np.int64)
 
 
-def _steps(block, s: OptimizerState, args: KernelArgs, keep: np.ndarray, weights=None):
+def _steps(block, s: OptimizerState, args: KernelArgs, keep: np.ndarray, weights=None, rows=None):
     t, loss, steps, clipped = _kernels.sq_steps(
         block,
         s.centers,
@@ -139,26 +140,35 @@ def _steps(block, s: OptimizerState, args: KernelArgs, keep: np.ndarray, weights
         _UNWEIGHTED if weights is None else weights,
         args.rho_min,
         args.sphere,
+        _IN_ORDER if rows is None else rows,
     )
     s.t = int(t)
     return float(loss), int(steps), int(clipped)
 
 
-def _prepare(block, seed: int | None, start_row: int, check: bool, weights=None):
-    """The block as C-contiguous float rows, permuted by ``seed``; with ``weights`` (the
-    block's rows' weights) returns (block, weights) permuted alike."""
-    block = as_float_rows(block)
-    if check:
+def _prepare(block, seed: int | None):
+    """The block as C-contiguous float rows, and the order of its rows: the permutation drawn
+    from ``seed`` (None: in order). The rows are not gathered: the kernel takes them in that
+    order from the block as it is (``sq_steps``' ``rows``), which gives the same steps as
+    gathering them first, without copying the block."""
+    block = np.ascontiguousarray(as_float_rows(block))
+    if seed is None:
+        return block, None
+    return block, np.random.RandomState(seed).permutation(block.shape[0]).astype(
+        np.int64, copy=False
+    )
+
+
+def _check_after(block, loss: float, start_row: int) -> None:
+    """Reject NaN/inf in a block the kernel has just run over unweighted, naming the row.
+
+    Every row of an unweighted block adds ``dist ** r`` (r >= 1) to the loss, and a row with
+    a NaN or an infinity has a NaN or infinite distance to every center, so the loss of such
+    a block is never finite: the full check (a pass over the block) runs only then, and
+    raises on the block as stored, before any result leaves the task. (Finite rows whose loss
+    overflows pass the check, as they did before it.)"""
+    if not math.isfinite(loss):
         check_block_finite(block, start_row)
-    if seed is not None:
-        perm = np.random.RandomState(seed).permutation(block.shape[0])
-        block = block[perm]
-        if weights is not None:
-            weights = weights[perm]
-    block = np.ascontiguousarray(block)
-    if weights is None:
-        return block
-    return block, np.ascontiguousarray(weights, dtype=np.float64)
 
 
 def run_block(
@@ -179,13 +189,16 @@ def run_block(
     (n_rows,) are the rows' sample weights (None: all 1), permuted with the rows.
     Returns (new state, loss sum in working units, steps, steps the safeguard shortened).
     """
+    block, rows = _prepare(block, seed)
     if weights is not None:
-        block, weights = _prepare(block, seed, start_row, check, weights)
-    else:
-        block = _prepare(block, seed, start_row, check)
+        weights = np.ascontiguousarray(weights, dtype=np.float64)
+        if check:  # rows of weight 0 are skipped: their values never reach the loss
+            check_block_finite(block, start_row)
     s = state.copy()
     s.t = int(t_start)
-    loss, steps, clipped = _steps(block, s, args, np.empty((0, 0, 0)), weights)
+    loss, steps, clipped = _steps(block, s, args, np.empty((0, 0, 0)), weights, rows)
+    if check and weights is None:
+        _check_after(block, loss, start_row)
     return s, loss, steps, clipped
 
 
@@ -205,8 +218,10 @@ def run_task(
     keep[0] = keep[3] = 1.0  # identity (rows 11, 12, 21, 22) per center and coordinate
     loss_total, steps_total, clipped_total, losses = 0.0, 0, 0, []
     for block, seed, start_row in zip(blocks, seeds, start_rows):
-        block = _prepare(block, seed, start_row, check)
-        loss, steps, clipped = _steps(block, s, args, keep)
+        block, rows = _prepare(block, seed)
+        loss, steps, clipped = _steps(block, s, args, keep, rows=rows)
+        if check:
+            _check_after(block, loss, start_row)
         loss_total += loss
         steps_total += steps
         clipped_total += clipped
@@ -297,6 +312,24 @@ def _block_loss(block, centers: np.ndarray, rank: float, start_row: int) -> floa
     return float(np.sum(nearest(block, centers)[1] ** (rank / 2.0)))
 
 
+def _culled(blocks) -> list:
+    """The Delayed blocks of an array, each with only its own part of the graph.
+
+    ``Array.to_delayed`` gives every block the graph of the whole array, which each
+    ``Client.compute`` of a block would serialize and send again: a pass cost the driver and
+    the scheduler O(blocks) per task, O(blocks ** 2) per pass."""
+    from dask.delayed import Delayed
+    from dask.optimization import cull
+
+    graphs: dict = {}  # the blocks share one graph: materialised once
+    out = []
+    for blk in blocks:
+        if id(blk.dask) not in graphs:
+            graphs[id(blk.dask)] = dict(blk.dask)
+        out.append(Delayed(blk.key, cull(graphs[id(blk.dask)], [blk.key])[0]))
+    return out
+
+
 class DaskPasses:
     """Runs SQ passes of one estimator over a Dask array on a distributed Client.
 
@@ -331,7 +364,7 @@ class DaskPasses:
         if len(X.chunks[1]) != 1:
             X = X.rechunk({1: X.shape[1]})  # one block per row range
         self.X = X
-        self.blocks = X.to_delayed()[:, 0]
+        self.blocks = _culled(X.to_delayed()[:, 0])
         self.bounds = []
         start = 0
         for size in X.chunks[0]:
@@ -456,10 +489,24 @@ class DaskPasses:
         first_task = np.cumsum([0] + [len(r) for r in rounds])
         self.clipped = 0
 
+        reads: dict = {}  # round -> the futures of its tasks' blocks, read ahead
+
+        def read(r: int) -> None:
+            """Start reading round ``r``'s blocks (one graph per round). Reading does not
+            depend on the state, so it is started a round before the round's tasks: workers
+            read while the driver composes instead of waiting for it."""
+            if r < len(rounds) and r not in reads:
+                flat = client.compute([self.blocks[b] for task in rounds[r] for b in task])
+                out, i = [], 0
+                for task in rounds[r]:
+                    out.append(flat[i : i + len(task)])
+                    i += len(task)
+                reads[r] = out
+
         def submit(r: int, start: OptimizerState):
+            read(r)
             futures = []
-            for i, task in enumerate(rounds[r]):
-                data = client.compute([self.blocks[b] for b in task])
+            for i, (task, data) in enumerate(zip(rounds[r], reads.pop(r))):
                 futures.append(
                     client.submit(
                         run_task,
@@ -478,15 +525,19 @@ class DaskPasses:
         if stale is None:
             # Adam's end points are averaged (see combine): a stale start would undo a round
             stale = 0 if W == 1 or args.opt == OPTIMIZER_CODES["adam"] else 1
-        inflight = [submit(r, state) for r in range(min(len(rounds), stale + 1))]
+        inflight = []
         loss_total, steps_total = 0.0, 0
         try:
+            for r in range(min(len(rounds), stale + 1)):
+                inflight.append(submit(r, state))
+            read(stale + 1)
             for r in range(len(rounds)):
                 start, futures = inflight.pop(0)
                 results = self._gather(futures)  # in task order, whatever finished first
                 state = combine(state, results, [start] * len(results), args)
                 if r + stale + 1 < len(rounds):
                     inflight.append(submit(r + stale + 1, state))
+                    read(r + stale + 2)
                 for task, res in zip(rounds[r], results):
                     loss_total += res.loss
                     steps_total += res.steps
@@ -497,6 +548,8 @@ class DaskPasses:
         except BaseException:
             for _, futures in inflight:
                 self._cancel(futures)
+            for data in reads.values():
+                self._cancel([f for part in data for f in part])
             raise
         state.t = t_end
         return state, loss_total, steps_total

@@ -122,6 +122,41 @@ def test_combine_composes_tasks_as_the_serial_run(stale):
     assert one.centers.tolist() == first.state.centers.tolist()
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("d", [3, 16])
+def test_nan_or_inf_in_a_task_block_names_its_row(bad, d):
+    """The finiteness check runs after the kernel, only when a block's loss is not finite
+    (no separate pass over every block): a bad value anywhere, in a permuted block, still
+    raises naming the row as stored and the count of bad values."""
+    from sqflow.distributed import run_block
+
+    rng = np.random.default_rng(d)
+    blocks = [rng.normal(size=(500, d)).astype(np.float32) for _ in range(3)]
+    blocks[1][321, d - 1] = bad
+    blocks[1][400, 0] = bad
+    start = OptimizerState.start(rng.normal(size=(5, d)), "sgd")
+    from dataclasses import replace
+
+    for rank, opt, extra in [
+        (1.0, "sgd", {}),
+        (2.0, "sgd", {"project": True}),
+        (3.0, "momentum", {"batch_size": 7}),
+        (4.5, "adam", {}),
+        (2.0, "sgd", {"sphere": True}),
+        (3.0, "adagrad", {"batch_size": 7, "project": True}),
+    ]:
+        args = replace(_args(opt, rank=rank), **extra)
+        msg = rf"X holds 2 NaN/inf value\(s\) \(first at row 821, column {d - 1}\)"
+        with pytest.raises(ValueError, match=msg):
+            run_task(blocks, start, args, 0, [5, 6, 7], [0, 500, 1000])
+        with pytest.raises(ValueError, match=msg):
+            run_block(blocks[1], start, args, 0, 9, 500)
+        with pytest.raises(ValueError, match=msg):  # weighted: checked before the steps
+            run_block(blocks[1], start, args, 0, 9, 500, weights=np.ones(500))
+        # check=False (validated data) leaves it to the caller, as before
+        run_task(blocks, start, args, 0, [5, 6, 7], [0, 500, 1000], check=False)
+
+
 def test_combine_sums_adagrad_and_decays_moments_as_serially():
     start = OptimizerState.start(np.zeros((2, 2)), "adagrad")
     start.v[:] = 1.0

@@ -1,5 +1,6 @@
-"""The compiled nearest-center search against a float64 brute force, and the convergence
-warning of a fit that stopped on a noisy pass (momentum/NAG at high rank)."""
+"""The compiled nearest-center search against a float64 brute force, the convergence warning
+of a fit that stopped on a noisy pass (momentum/NAG at high rank), and the kernel's row order
+(rows taken through a permutation = the rows gathered first, bit for bit)."""
 
 from __future__ import annotations
 
@@ -131,3 +132,34 @@ def test_fits_with_many_features_match_the_float64_reference(optimizer, K, batch
     ).fit(X)
     np.testing.assert_allclose(est.cluster_centers_, ref.centers, rtol=1e-9, atol=1e-11)
     assert not np.allclose(ref.centers, init)  # the comparison is not vacuous
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "nag", "adagrad", "rmsprop", "adam"])
+@pytest.mark.parametrize("batch_size", [1, 7])
+@pytest.mark.parametrize("d, K", [(3, 5), (16, 20)])
+def test_rows_taken_in_an_order_equal_the_gathered_rows_bit_for_bit(optimizer, batch_size, d, K):
+    """``sq_steps(rows=perm)`` (the distributed tasks' path: no permuted copy of the block)
+    takes the same steps as the rows and weights gathered in that order first."""
+    from sqflow.distributed import _steps
+    from sqflow.optimizers import OptimizerState
+
+    rng = np.random.default_rng(d + K + batch_size)
+    X = (rng.normal(size=(1000, d)) * 2).astype(np.float32)
+    w = rng.random(1000)
+    w[::9] = 0.0
+    perm = np.random.RandomState(3).permutation(1000).astype(np.int64)
+    est = StochasticQuantization(K, optimizer=optimizer, batch_size=batch_size, scale=1.0)
+    args = est._kernel_args(est._check_params(d), 1.0)
+    start = OptimizerState.start(X[:K].astype(np.float64), optimizer)
+    for weights in (None, w):
+        got, want = start.copy(), start.copy()
+        keep_got, keep_want = (np.zeros((4, K, d)) for _ in range(2))
+        keep_got[0] = keep_got[3] = keep_want[0] = keep_want[3] = 1.0
+        out_got = _steps(X, got, args, keep_got, weights, rows=perm)
+        gathered_w = None if weights is None else np.ascontiguousarray(weights[perm])
+        out_want = _steps(np.ascontiguousarray(X[perm]), want, args, keep_want, gathered_w)
+        assert out_got == out_want and got.t == want.t
+        for a, b in ((got.centers, want.centers), (got.m, want.m), (got.v, want.v)):
+            assert a.tobytes() == b.tobytes()
+        assert np.array_equal(got.count, want.count)
+        assert keep_got.tobytes() == keep_want.tobytes()
