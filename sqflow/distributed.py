@@ -17,7 +17,8 @@ The rule (``docs/distributed.md`` gives the effective step and the convergence a
   (momentum/NAG: gamma, RMSProp: its decay, Adam: beta1/beta2); AdaGrad's accumulator is summed;
   update counts add up, the bounding box is the union;
 * pipelining: while the driver composes round ``r``, round ``r + 1`` is already running; it
-  started from the state after round ``r - 1`` (staleness: one round, ``W`` tasks). ``W = 1``
+  started from the state after round ``r - 1`` (staleness: one round, ``W`` tasks; passes of
+  fewer than four rounds run synchronously). ``W = 1``
   has no staleness and no composition: the run is the serial run over the same order, bit for
   bit.
 
@@ -107,6 +108,9 @@ class TaskResult:
     clipped: int
     block_losses: list  # loss sum of each block, in task order
 
+
+#: passes of fewer rounds run them synchronously (no staleness), see ``DaskPasses``
+MIN_PIPELINED_ROUNDS = 4
 
 _UNWEIGHTED = np.empty(0)
 _IN_ORDER = np.empty(0, dtype=np.int64)
@@ -347,8 +351,10 @@ class DaskPasses:
         but no more than leaves two rounds of ``W`` tasks per pass.
     staleness : int or None
         Rounds in flight beyond the one being composed (0 = synchronous rounds); None: 1 when
-        ``W > 1``, 0 when ``W = 1`` (which keeps ``W = 1`` bit-identical to the serial run) and
-        for Adam (whose end points are averaged, so a stale start would undo a round).
+        ``W > 1``, 0 when ``W = 1`` (which keeps ``W = 1`` bit-identical to the serial run), for
+        Adam (whose end points are averaged, so a stale start would undo a round) and for
+        passes of fewer than :data:`MIN_PIPELINED_ROUNDS` rounds (a stale round would be more
+        than a quarter of the pass).
     """
 
     def __init__(
@@ -523,8 +529,14 @@ class DaskPasses:
 
         stale = self.staleness
         if stale is None:
-            # Adam's end points are averaged (see combine): a stale start would undo a round
-            stale = 0 if W == 1 or args.opt == OPTIMIZER_CODES["adam"] else 1
+            # Adam's end points are averaged (see combine): a stale start would undo a round;
+            # with fewer than MIN_PIPELINED_ROUNDS rounds a stale round is a large share of the
+            # pass (measured: W = 32 over 60 blocks, 2 rounds: momentum/NAG 9 passes where the
+            # serial fit takes 7, RMSProp 8 vs 5; synchronous: 6 and 4)
+            synchronous = (
+                W == 1 or args.opt == OPTIMIZER_CODES["adam"] or len(rounds) < MIN_PIPELINED_ROUNDS
+            )
+            stale = 0 if synchronous else 1
         inflight = []
         loss_total, steps_total = 0.0, 0
         try:
