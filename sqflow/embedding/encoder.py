@@ -31,7 +31,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..openmp_pool import launch_numba_pool
 from .augment import affine_views, augment_ranges, make_views, view_ranges
 from .augment_1d import SIGNAL_AUGMENT_DEFAULT, signal_ranges, signal_views
 from .mining import semi_hard_triplet_loss
@@ -629,9 +628,6 @@ def train_encoder(
     ):
         _check_finite_arg(name, value, ok)
     pl_cfg = pseudo_label_ranges(pseudo_labels)
-    # SQ (self-training) and UMAP (the teacher) run numba loops between epochs; the first one in
-    # a process would otherwise reset torch's thread count and with it the float sums
-    launch_numba_pool()
     if selfsup_space not in ("latent", "hidden"):
         raise ValueError(f"selfsup_space={selfsup_space!r}; use 'latent' or 'hidden'")
     spec = _infer_preprocessing(images, input_kind)

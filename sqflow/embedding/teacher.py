@@ -31,6 +31,7 @@ seeded subset) are taught, the others are seen through the label-free term only.
 
 from __future__ import annotations
 
+import hashlib
 import time
 import warnings
 from typing import Any
@@ -42,6 +43,7 @@ __all__ = [
     "teacher_ranges",
     "teacher_min_rows",
     "teacher_rows",
+    "distinct_rows",
     "manifold_pseudo_labels",
 ]
 
@@ -86,6 +88,24 @@ def teacher_min_rows(n_clusters: int, teacher: dict[str, Any] | None = None) -> 
     than neighbours, the mixture at least two per component."""
     cfg = teacher_ranges(teacher)
     return max(cfg["n_neighbors"], 2 * n_clusters) + 1
+
+
+def distinct_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct rows of ``x`` (first axis = rows) by their bytes, in first-seen order:
+    ``(first, row_of)``, the index of each distinct row's first occurrence and, per row, the
+    number of its distinct row (``x[first][row_of]`` is ``x``). Rows are keyed by a 128-bit
+    BLAKE2 digest of their bytes (16 bytes a row held, not the row): linear in the data, where
+    ``np.unique(axis=0)`` sorts it (3 s on the 60,000 MNIST images)."""
+    rows = np.ascontiguousarray(x).reshape(len(x), -1)
+    seen: dict[bytes, int] = {}
+    row_of = np.fromiter(
+        (seen.setdefault(hashlib.blake2b(r, digest_size=16).digest(), len(seen)) for r in rows),
+        dtype=np.int64,
+        count=len(rows),
+    )
+    first = np.full(len(seen), -1, dtype=np.int64)
+    first[row_of[::-1]] = np.arange(len(rows) - 1, -1, -1)  # the last write is the first row
+    return first, row_of
 
 
 def teacher_rows(n: int, max_rows: int, seed: int) -> np.ndarray:
@@ -167,7 +187,7 @@ def manifold_pseudo_labels(
     # them, asking the triplet loss to pull identical rows apart. The manifold is learned on
     # the distinct rows (in first-seen order, so data without copies is taught as before) and
     # every copy takes its row's place; the mixture still weighs each copy.
-    _, first, inverse = np.unique(feats, axis=0, return_index=True, return_inverse=True)
+    first, row_of = distinct_rows(feats)
     n_distinct = len(first)
     if n_distinct < teacher_min_rows(k, cfg):
         raise ValueError(
@@ -176,11 +196,7 @@ def manifold_pseudo_labels(
             f"{len(labels)} (mostly identical inputs: check the source, or use pseudo_labels "
             "source 'embedding')"
         )
-    order = np.argsort(first, kind="stable")
-    rank = np.empty_like(order)
-    rank[order] = np.arange(n_distinct)
-    row_of = rank[inverse.reshape(-1)]  # row -> its distinct row, numbered in first-seen order
-    feats = feats[first[order]]
+    feats = feats[first]
     n_pca = min(cfg["pca"], feats.shape[1], n_distinct - 1)
     if n_pca < feats.shape[1]:
         feats = PCA(n_pca, random_state=seed).fit_transform(feats)

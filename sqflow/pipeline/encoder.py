@@ -318,7 +318,7 @@ def _self_training(settings: PipelineSettings, x: np.ndarray, y: np.ndarray) -> 
     if mode is False or bool((y >= 0).all()):
         return {}
     if mode == "auto":
-        from ..embedding.teacher import teacher_min_rows
+        from ..embedding.teacher import distinct_rows, teacher_min_rows
 
         # measured to help label-free (README); with labels it is the user's call
         if (y >= 0).any():
@@ -330,7 +330,7 @@ def _self_training(settings: PipelineSettings, x: np.ndarray, y: np.ndarray) -> 
             why = "encoder_epochs < 2 leaves no epoch to train on pseudo-labels"
         elif len(y) < teacher_min_rows(int(settings.n_clusters)):
             why = f"{len(y)} rows are too few for the manifold teacher"
-        elif (n := _distinct_rows(x)) < teacher_min_rows(int(settings.n_clusters)):
+        elif (n := len(distinct_rows(x)[0])) < teacher_min_rows(int(settings.n_clusters)):
             why = f"only {n} of the {len(y)} rows are distinct, too few for the manifold teacher"
         if why:
             log.info("encoder_self_training='auto' is off for these label-free rows: %s", why)
@@ -348,11 +348,6 @@ def _self_training(settings: PipelineSettings, x: np.ndarray, y: np.ndarray) -> 
             )
         pl["n_clusters"] = int(settings.n_clusters)
     return {"pseudo_labels": pl, "selfsup_space": "hidden"}
-
-
-def _distinct_rows(x: np.ndarray) -> int:
-    """Number of distinct rows of ``x`` (any shape, first axis = rows)."""
-    return len(np.unique(np.ascontiguousarray(x).reshape(len(x), -1), axis=0))
 
 
 def split_train_reference(
