@@ -807,8 +807,8 @@ def train_encoder(
     lab_iter = _labeled_batches(x_train, y_train) if selfsup and len(train_rows) >= 2 else None
     prev_pl = None  # label-free: last epoch's pseudo-labels, the seeds of the next assignment
     per_epoch_pl = pl_cfg is not None and pl_cfg["source"] == "embedding"
-    teacher_info, n_teacher, teacher_val = None, 0, None
-    teachings: list[dict[str, Any]] = []
+    n_teacher, teacher_val = 0, None
+    teachings: list[dict[str, Any]] = []  # what each teaching did, in order
     last_taught = pl_cfg["start_epoch"] if pl_cfg is not None else 0  # epochs done at the last
 
     def teach_now(done: int) -> bool:
@@ -958,6 +958,7 @@ def train_encoder(
                 plateau.step(monitored)
             if teach_now(epoch + 1):
                 y_pl, y_vu, teacher_info = _teach()
+                teachings.append(teacher_info)
                 teacher_info["epoch"] = epoch + 1
                 if (x_val is None or teacher_val) and y_vu is not None:
                     # no labeled validation rows: the taught held-out rows validate the triplets
@@ -967,7 +968,6 @@ def train_encoder(
                 sel = torch.from_numpy(np.flatnonzero(y_pl >= 0))
                 n_teacher = int(len(sel) - (y_ssl >= 0).sum())
                 lab_iter = _labeled_batches(x_ssl[sel], torch.from_numpy(y_pl)[sel])
-                teachings.append(teacher_info)
                 log.info("manifold teacher: %s", teacher_info)
                 # the criterion changed with the labels (and label-free, with the validation
                 # rows): only epochs trained on the latest pseudo-labels compete, and the LR
@@ -1064,7 +1064,7 @@ def train_encoder(
                 {
                     **pl_cfg,
                     "confidence": "d1/d2 ratio" if per_epoch_pl else "mixture posterior",
-                    "teacher_result": teacher_info,
+                    "teacher_result": teachings[-1] if teachings else None,
                     "teachings": teachings if len(teachings) > 1 else None,
                 }
                 if pl_cfg
