@@ -10,6 +10,7 @@ Appends one JSON line per run to ``bench/results/reteach_dev.jsonl``.
     python bench/reteach_dev.py none 13 10000 2        # teach once, 13 epochs, 2 threads
     python bench/reteach_dev.py 4 13 10000 2           # every 4 epochs
     python bench/reteach_dev.py 3 14 10000 2 0.8       # every 3, keep 0.8
+    python bench/reteach_dev.py 4 13 10000 2 0.5 augment   # every 4, augmented triplet batches
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ def main() -> None:
     every = None if sys.argv[1] == "none" else int(sys.argv[1])
     epochs, rows, threads = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
     keep = float(sys.argv[5]) if len(sys.argv) > 5 else 0.5
+    augment = len(sys.argv) > 6 and sys.argv[6] == "augment"
     torch.set_num_threads(threads)
     x, y = load_mnist("train")
     perm = np.random.default_rng(0).permutation(len(x))
@@ -44,7 +46,7 @@ def main() -> None:
     pl = {"source": "manifold", "start_epoch": 5, "every": every, "keep": keep}
     enc = train_encoder(
         x[tr], lab, epochs=epochs, batch_size=256, seed=0, selfsup_space="hidden",
-        pseudo_labels=pl, progress=False,
+        pseudo_labels=pl, progress=False, augment=augment,
     )  # fmt: skip
     z, zd = enc.embed(x[tr]), enc.embed(x[dev])
     km = KMeans(10, init=np.stack([z[lab == c].mean(0) for c in range(10)]), n_init=1).fit(z)
@@ -62,6 +64,7 @@ def main() -> None:
     rec = {
         "every": every,
         "keep": keep,
+        "augment": augment,
         "epochs": epochs,
         "rows": rows,
         "dev_f1": float(f1_score(y[dev], names[km.predict(zd)], average="weighted")),
