@@ -134,6 +134,8 @@ class PaperConfig:
             raise ValueError(f"test_limit={self.test_limit!r} must lie in [100, 10000]")
         if self.epochs < 1:
             raise ValueError(f"epochs={self.epochs!r} must be >= 1")
+        if self.latent_dim < 1:
+            raise ValueError(f"latent_dim={self.latent_dim!r} must be an int >= 1 (paper: 3)")
 
 
 # --------------------------------------------------------------------------- splits & scores
@@ -847,7 +849,7 @@ def markdown_table(report: dict[str, Any]) -> str:
     c = report["config"]
     out += [
         "",
-        f"Config: epochs={c['epochs']}, batch={c['batch_size']}, lr={c['lr']}, "
+        f"Config: latent_dim={c.get('latent_dim', 3)}, epochs={c['epochs']}, batch={c['batch_size']}, lr={c['lr']}, "
         f"patience={c['patience']}, lr_plateau={c.get('lr_plateau_factor')}, augment={c.get('augment', False)}, "
         f"selfsup_weight={c.get('selfsup_weight')} (None: 1 with unlabeled rows, else 0), temperature={c.get('temperature')}, selfsup_space={c.get('selfsup_space', 'latent')}, pseudo_labels={c.get('pseudo_labels')}, encoder_max_seconds={c['encoder_max_seconds']}, "
         f"train_limit={c['train_limit']} (n_train={c['n_train']}), n_test={c['n_test']}, seed={c['seed']}, "
@@ -959,6 +961,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=50, help="encoder epochs (paper: 50)")
     p.add_argument("--batch-size", type=int, default=1000, help="encoder batch (paper: 1000)")
     p.add_argument("--lr", type=float, default=1e-3, help="encoder Adam learning rate")
+    p.add_argument(
+        "--latent-dim",
+        type=int,
+        default=3,
+        help="embedding dimension (paper: 3; wider latents are a second table)",
+    )
     p.add_argument("--patience", type=int, default=5, help="early-stopping patience (epochs)")
     p.add_argument(
         "--lr-plateau",
@@ -1036,6 +1044,7 @@ def main(argv: list[str] | None = None) -> int:
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
+        latent_dim=args.latent_dim,
         patience=args.patience,
         lr_plateau_factor=args.lr_plateau,
         augment=args.augment,

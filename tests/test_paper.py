@@ -46,6 +46,9 @@ def test_quantization_objective_matches_definition() -> None:
 def test_parser_defaults_follow_the_issue() -> None:
     a = build_parser().parse_args([])
     assert a.fractions == [0.25, 0.5, 0.75, 1.0] and tuple(a.optimizers) == ALL_OPTIMIZERS
+    assert a.latent_dim == 3 and build_parser().parse_args(["--latent-dim", "16"]).latent_dim == 16
+    with pytest.raises(ValueError, match="latent_dim=0"):
+        PaperConfig(latent_dim=0).validate()
     a = build_parser().parse_args(["--sq-param", "max_iter=5", "--sq-param", "schedule=constant"])
     assert dict(a.sq_param) == {"max_iter": 5, "schedule": "constant"}
     with pytest.raises(ValueError, match="fraction 1.5"):
