@@ -113,6 +113,20 @@ def test_train_encoder_self_trains_seeded_and_recorded(mnist_2000) -> None:
     assert not np.array_equal(a.embed(x[:200]), off.embed(x[:200]))
 
 
+def test_a_cap_before_any_pseudo_labeled_epoch_keeps_and_names_the_last_weights(mnist_2000) -> None:
+    x, y = mnist_2000
+    ys = np.full(len(y), -1)
+    for c in range(10):
+        ys[np.flatnonzero(y == c)[:10]] = c
+    kw = dict(epochs=3, batch_size=250, seed=0, progress=False, device="cpu")
+    # the cap stops training after epoch 1, where the first pseudo-labels are drawn: no epoch
+    # trained on them, so none was a candidate for the kept weights
+    enc = train_encoder(x, ys, pseudo_labels={"start_epoch": 1}, max_seconds=1e-9, **kw)
+    m = enc.metadata["metrics"]
+    assert m["stop_reason"] == "max_seconds" and m["epochs_run"] == 1
+    assert m["best_epoch"] == 1  # the weights returned are epoch 1's, not "epoch 0"
+
+
 def test_label_free_self_training_trains_the_triplet_term(mnist_2000) -> None:
     x, _ = mnist_2000
     unl = np.full(len(x), -1)

@@ -1025,6 +1025,16 @@ def train_encoder(
     bar.close()
     if best_state is not None:
         net.load_state_dict(best_state)
+    else:
+        # no epoch was a candidate (a time cap right after the first teaching): the weights
+        # are the last epoch's, and the record must say so rather than "epoch 0"
+        best = (best[0], len(history["train_loss"]) - 1)
+        log.warning(
+            "encoder: stopped (%s) before any epoch trained on pseudo-labels; the last "
+            "epoch's weights (epoch %d) are kept",
+            stop_reason,
+            best[1] + 1,
+        )
 
     metadata = {
         "mode": mode,
