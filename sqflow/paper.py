@@ -884,9 +884,18 @@ def _json_clean(obj: Any) -> Any:
     return obj
 
 
-def write_outputs(report: dict[str, Any], out: str | Path) -> tuple[Path, Path]:
-    """Write ``out`` (JSON) and the Markdown table beside it (same stem, ``.md``)."""
+def json_path(out: str | Path) -> Path:
+    """``out`` as the results file: ``.json`` appended when it has another ending (or none),
+    so that the Markdown table and the plots beside it never take the place of another file
+    ("run.v2" -> "run.v2.json", table "run.v2.md")."""
     out = Path(out)
+    return out if out.suffix == ".json" else out.with_name(out.name + ".json")
+
+
+def write_outputs(report: dict[str, Any], out: str | Path) -> tuple[Path, Path]:
+    """Write ``out`` (JSON; see :func:`json_path`) and the Markdown table beside it (same
+    stem, ``.md``)."""
+    out = json_path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(_json_clean(report), indent=2) + "\n")
     md = out.with_suffix(".md")
@@ -1059,7 +1068,7 @@ def main(argv: list[str] | None = None) -> int:
         plots=not args.no_plots,
         progress=not args.quiet,
     )
-    out = Path(args.out)
+    out = json_path(args.out)
     report = run_paper(
         cfg,
         plots_dir=out.parent / f"{out.stem}_plots",

@@ -12,6 +12,7 @@ from sqflow.paper import (
     ALL_OPTIMIZERS,
     PaperConfig,
     build_parser,
+    json_path,
     labeled_mask,
     main,
     quantization_objective,
@@ -49,6 +50,8 @@ def test_parser_defaults_follow_the_issue() -> None:
     assert a.latent_dim == 3 and build_parser().parse_args(["--latent-dim", "16"]).latent_dim == 16
     with pytest.raises(ValueError, match="latent_dim=0"):
         PaperConfig(latent_dim=0).validate()
+    assert json_path("r/t.json") == Path("r/t.json") and json_path("r/t") == Path("r/t.json")
+    assert json_path("r/run.v2") == Path("r/run.v2.json")  # its table: run.v2.md, not run.md
     a = build_parser().parse_args(["--sq-param", "max_iter=5", "--sq-param", "schedule=constant"])
     assert dict(a.sq_param) == {"max_iter": 5, "schedule": "constant"}
     with pytest.raises(ValueError, match="fraction 1.5"):
