@@ -11,6 +11,10 @@ component keeps (``keep`` = 0.5, the shipped ranking), which is what the triplet
 on. Writes ``bench/results/teacher_variants.json``.
 
     python bench/teacher_variants.py [rows]   # one size given: a smoke test, nothing written
+
+The recorded JSON (commit ab15f79, 2026-12-01 02:53 UTC, nothing else running) was written
+before the script used ``bench._report``: the same rows, with ``date`` and a one-line
+``machine`` instead of the machine record.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench._report import machine, write_results  # noqa: E402
 from bench.teacher_inputs import _teacher_features_after  # noqa: E402
 from sqflow.embedding.teacher import clamped_mixture  # noqa: E402
 
@@ -133,19 +138,9 @@ def main() -> None:
             name = f"UMAP given the labels (target_weight {tw})"
             _record(*rec, f"{name}, seeded mixture", *_seeded_mixture(emb_y, labels, 10), s)
             _record(*rec, f"{name}, clamped EM", *_clamped(emb_y, labels, 10), s)
-    out = Path("bench/results/teacher_variants.json" if len(sizes) > 1 else "/dev/null")
-    out.write_text(
-        json.dumps(
-            {
-                "rows": rows,
-                "sizes": sizes,
-                "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "machine": "2-core CPU, 2 torch threads",
-            },
-            indent=1,
-        )
-        + "\n"
-    )
+    if len(sizes) > 1:  # one size is a smoke test: nothing written
+        payload = {"rows": rows, "sizes": sizes, "torch_threads": 2, "machine": machine()}
+        write_results("teacher_variants", payload)
 
 
 if __name__ == "__main__":
