@@ -108,11 +108,17 @@ def mnist_2000():
     return x[idx], y[idx].astype(np.int64)
 
 
-def test_train_encoder_self_trains_seeded_and_recorded(mnist_2000) -> None:
-    x, y = mnist_2000
+def _ten_labels_per_class(y: np.ndarray) -> np.ndarray:
+    """Labels of the first 10 rows of each class, -1 for the rest (100 labels on MNIST)."""
     ys = np.full(len(y), -1)
     for c in range(10):
         ys[np.flatnonzero(y == c)[:10]] = c
+    return ys
+
+
+def test_train_encoder_self_trains_seeded_and_recorded(mnist_2000) -> None:
+    x, y = mnist_2000
+    ys = _ten_labels_per_class(y)
     kw = dict(epochs=2, batch_size=250, seed=0, progress=False, device="cpu")
     pl = {"start_epoch": 1, "keep": 0.4}
     a = train_encoder(x, ys, pseudo_labels=pl, **kw)
@@ -132,9 +138,7 @@ def test_train_encoder_self_trains_seeded_and_recorded(mnist_2000) -> None:
 
 def test_a_cap_before_any_pseudo_labeled_epoch_keeps_and_names_the_last_weights(mnist_2000) -> None:
     x, y = mnist_2000
-    ys = np.full(len(y), -1)
-    for c in range(10):
-        ys[np.flatnonzero(y == c)[:10]] = c
+    ys = _ten_labels_per_class(y)
     kw = dict(epochs=3, batch_size=250, seed=0, progress=False, device="cpu")
     # the cap stops training after epoch 1, where the first pseudo-labels are drawn: no epoch
     # trained on them, so none was a candidate for the kept weights
@@ -276,9 +280,7 @@ def test_manifold_teacher_with_few_labels_validates_on_taught_rows(mnist_2000) -
     (labeled rows clamped in EM), the taught held-out rows validate the triplet term, and no 1-NN "accuracy" is computed against
     pseudo-labels (it would only measure agreement with the teacher)."""
     x, y = mnist_2000
-    ys = np.full(len(y), -1)
-    for c in range(10):
-        ys[np.flatnonzero(y == c)[:10]] = c
+    ys = _ten_labels_per_class(y)
     kw = dict(epochs=3, batch_size=250, seed=0, progress=False, device="cpu")
     pl = {"source": "manifold", "start_epoch": 2}
     m = train_encoder(x, ys, selfsup_space="hidden", pseudo_labels=pl, **kw).metadata
