@@ -70,6 +70,8 @@ def main() -> None:
         "dev_f1": float(f1_score(y[dev], names[km.predict(zd)], average="weighted")),
         "train_acc": float((names[km.labels_] == y[tr]).mean()),
         "teach": [(t["epoch"], t.get("labeled_agreement")) for t in teachings],
+        # records without it predate stop 15's clamp: the labels only seeded the means
+        "mixture": teachings[-1].get("mixture", "seeded means"),
         "best_epoch": m["metrics"]["best_epoch"],
         "seconds": time.perf_counter() - t0,
         "torch_threads": threads,
