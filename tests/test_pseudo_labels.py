@@ -83,6 +83,8 @@ def test_clamped_mixture_keeps_labeled_rows_and_reports_where_the_fit_puts_them(
     unl = np.setdiff1d(np.arange(600), labeled)
     assert np.mean(post[unl].argmax(axis=1) == truth[unl]) > 0.99
     assert np.isfinite(log_density).all() and log_density.shape == (600,)
+    with pytest.raises(ValueError, match=r"without a labeled row: \[2\]"):
+        clamped_mixture(x, labeled, classes, 3)
 
 
 @pytest.mark.parametrize(
@@ -146,6 +148,7 @@ def test_a_cap_before_any_pseudo_labeled_epoch_keeps_and_names_the_last_weights(
     m = enc.metadata["metrics"]
     assert m["stop_reason"] == "max_seconds" and m["epochs_run"] == 1
     assert m["best_epoch"] == 1  # the weights returned are epoch 1's, not "epoch 0"
+    assert m["best_monitored"] == m["val_loss"][0] or m["best_monitored"] == m["train_loss"][0]
 
 
 def test_label_free_self_training_trains_the_triplet_term(mnist_2000) -> None:

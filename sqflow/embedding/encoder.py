@@ -1026,13 +1026,16 @@ def train_encoder(
     if best_state is not None:
         net.load_state_dict(best_state)
     else:
-        # no epoch was a candidate (a time cap right after the first teaching): the weights
-        # are the last epoch's, and the record must say so rather than "epoch 0"
-        best = (best[0], len(history["train_loss"]) - 1)
+        # no epoch was a candidate (a time cap before any epoch trained on pseudo-labels, or a
+        # monitored loss that was never finite): the weights are the last epoch's, and the
+        # record says so with that epoch's loss, not "epoch 0" with an infinite best
+        best = (monitored, len(history["train_loss"]) - 1)
         log.warning(
-            "encoder: stopped (%s) before any epoch trained on pseudo-labels; the last "
-            "epoch's weights (epoch %d) are kept",
+            "encoder: stopped (%s) with no epoch eligible as the best (none trained on "
+            "pseudo-labels yet, or the monitored loss was never finite: %s); the last epoch's "
+            "weights (epoch %d) are kept",
             stop_reason,
+            monitored,
             best[1] + 1,
         )
 

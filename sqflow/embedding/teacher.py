@@ -156,6 +156,14 @@ def clamped_mixture(
     from scipy.special import logsumexp
 
     n, d = x.shape
+    labeled, classes = np.asarray(labeled), np.asarray(classes)
+    empty = sorted(set(range(k)) - set(classes.tolist()))
+    if len(labeled) != len(classes) or empty:
+        raise ValueError(
+            f"clamped_mixture needs one class in range({k}) per labeled row and a labeled row "
+            f"for every component; got {len(labeled)} rows, {len(classes)} classes, "
+            f"components without a labeled row: {empty}"
+        )
     means = np.stack([x[labeled[classes == c]].mean(axis=0) for c in range(k)])
     post = np.zeros((n, k))
     # the start: each row on the component whose class mean is nearest
