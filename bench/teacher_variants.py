@@ -38,7 +38,7 @@ from sqflow.embedding.teacher import clamped_mixture  # noqa: E402
 def _clamped(emb, labels, k):
     """The teacher's mixture since stop 15, as (components, log density, max posterior)."""
     lab = np.flatnonzero(labels >= 0)
-    post, density, _ = clamped_mixture(emb, lab, labels[lab], k)
+    post, density, _, _ = clamped_mixture(emb, lab, labels[lab], k)
     return post.argmax(1), density, post.max(1)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from sklearn.exceptions import ConvergenceWarning
 
 from sqflow.datasets import load_mnist
 from sqflow.embedding import train_encoder
@@ -76,7 +77,8 @@ def test_clamped_mixture_keeps_labeled_rows_and_reports_where_the_fit_puts_them(
     truth = np.repeat([0, 1], 300)
     labeled = np.array([0, 1, 2, 3, 4, 5, 300, 301, 302, 303, 304])
     classes = np.array([0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1])  # row 5, in blob 0, labeled 1
-    post, log_density, free = clamped_mixture(x, labeled, classes, 2)
+    post, log_density, free, em = clamped_mixture(x, labeled, classes, 2)
+    assert em["converged"] and 1 < em["iterations"] < 200
     np.testing.assert_allclose(post.sum(axis=1), 1.0)
     np.testing.assert_array_equal(post[labeled].argmax(axis=1), classes)  # clamped
     assert free.tolist() == [0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1]  # the fit itself: row 5 in blob 0
@@ -85,6 +87,9 @@ def test_clamped_mixture_keeps_labeled_rows_and_reports_where_the_fit_puts_them(
     assert np.isfinite(log_density).all() and log_density.shape == (600,)
     with pytest.raises(ValueError, match=r"without a labeled row: \[2\]"):
         clamped_mixture(x, labeled, classes, 3)
+    with pytest.warns(ConvergenceWarning, match="max_iter=1"):
+        *_, em = clamped_mixture(x, labeled, classes, 2, max_iter=1)
+    assert em == {"iterations": 1, "converged": False}
 
 
 @pytest.mark.parametrize(
@@ -202,6 +207,7 @@ def test_manifold_teacher_label_free_is_pure_deterministic_and_keeps_its_share()
     assert abs((out >= 0).mean() - 0.6) < 0.02
     assert info["n_taught"] == len(y) and info["components"] == 6
     assert info["n_pseudo_labeled"] == int((out >= 0).sum())
+    assert info["em"]["converged"] and info["em"]["iterations"] >= 1  # sklearn's mixture
 
 
 def test_manifold_teacher_gives_identical_rows_one_label() -> None:
@@ -228,6 +234,7 @@ def test_manifold_teacher_with_labels_names_components_by_class() -> None:
     assert (out >= 0).all()  # keep=1: every unlabeled row
     assert np.mean(out[~lab] - 20 == y[~lab]) > 0.99
     assert info["labeled_agreement"] > 0.99
+    assert info["em"]["converged"] and info["em"]["iterations"] > 1  # the clamped EM
 
 
 @pytest.mark.parametrize(

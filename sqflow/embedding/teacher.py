@@ -118,7 +118,7 @@ def clamped_mixture(
     max_iter: int = 200,
     tol: float = 1e-3,
     reg_covar: float = 1e-6,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
     """A Gaussian mixture with full covariances, fitted by EM with the labeled rows clamped.
 
     Component ``c`` is class ``c``: it starts from the rows nearest to class c's labeled mean,
@@ -152,8 +152,12 @@ def clamped_mixture(
     free_choice:
         ``(len(labeled),)`` the most likely component of each labeled row under the fitted
         mixture, before its clamp: where the mixture itself would put it.
+    em:
+        ``{"iterations": int, "converged": bool}``; a fit stopped by ``max_iter`` also warns
+        (``ConvergenceWarning``), as sklearn's mixture does.
     """
     from scipy.special import logsumexp
+    from sklearn.exceptions import ConvergenceWarning
 
     n, d = x.shape
     labeled, classes = np.asarray(labeled), np.asarray(classes)
@@ -170,7 +174,8 @@ def clamped_mixture(
     nearest = np.argmin(((x[:, None, :] - means[None]) ** 2).sum(axis=-1), axis=1)
     post[np.arange(n), nearest] = 1.0
     prev = -np.inf
-    for _ in range(max_iter):
+    converged, iterations = False, 0
+    for iterations in range(1, max_iter + 1):  # noqa: B007 (the count is the record)
         post[labeled] = 0.0
         post[labeled, classes] = 1.0
         nk = post.sum(axis=0) + 10 * np.finfo(float).eps
@@ -190,12 +195,21 @@ def clamped_mixture(
         log_density = logsumexp(logp, axis=1)
         post = np.exp(logp - log_density[:, None])
         if log_density.mean() - prev < tol:
+            converged = True
             break
         prev = log_density.mean()
+    if not converged:
+        warnings.warn(
+            f"clamped_mixture: EM did not converge in max_iter={max_iter} steps (last gain of "
+            f"the mean log-likelihood {log_density.mean() - prev:.3g} >= tol={tol}); raise "
+            "max_iter or tol",
+            ConvergenceWarning,
+            stacklevel=2,
+        )
     free_choice = post[labeled].argmax(axis=1)
     post[labeled] = 0.0
     post[labeled, classes] = 1.0
-    return post, log_density, free_choice
+    return post, log_density, free_choice, {"iterations": iterations, "converged": converged}
 
 
 def teacher_rows(n: int, max_rows: int, seed: int) -> np.ndarray:
@@ -302,11 +316,12 @@ def manifold_pseudo_labels(
     emb = np.asarray(emb, dtype=np.float64)[row_of]
     if lab.any():
         y = np.searchsorted(classes, labels[lab])
-        post, density, free_choice = clamped_mixture(emb, np.flatnonzero(lab), y, k)
+        post, density, free_choice, em = clamped_mixture(emb, np.flatnonzero(lab), y, k)
     else:
         gmm = GaussianMixture(k, covariance_type="full", n_init=cfg["gmm_inits"], random_state=seed)
         post = gmm.fit(emb).predict_proba(emb)
         density = gmm.score_samples(emb)
+        em = {"iterations": int(gmm.n_iter_), "converged": bool(gmm.converged_)}
     comp = post.argmax(axis=1)
     conf = post.max(axis=1)
     # posteriors saturate (nearly every row is 1.0 to machine precision on well-separated
@@ -333,6 +348,7 @@ def manifold_pseudo_labels(
         "pca_used": int(n_pca),
         "mean_posterior_kept": float(np.concatenate(kept_conf).mean()) if kept_conf else None,
         "seconds": time.perf_counter() - t0,
+        "em": em,
     }
     if lab.any():
         # the clamp puts every labeled row on its class; where the fitted mixture itself would
