@@ -625,6 +625,7 @@ def main(argv=None) -> None:
     ap.add_argument("--workdir", default=None, help="where the stores go (default: a temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the generated stores")
     ap.add_argument("--no-kmeans", action="store_true")
+    ap.add_argument("--name", default=None, help="results file name (default out_of_core)")
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
@@ -635,6 +636,7 @@ def main(argv=None) -> None:
         return
 
     sizes = [100_000, 400_000] if args.quick else sorted(args.sizes)
+    result_name = args.name or ("out_of_core_quick" if args.quick else "out_of_core")
     speedup_sizes = args.speedup_sizes if args.speedup_sizes is not None else [sizes[0]]
     profile_sizes = args.profile_sizes if args.profile_sizes is not None else [sizes[0]]
     sample_s = args.sample_ms / 1000.0
@@ -773,7 +775,7 @@ def main(argv=None) -> None:
                     "objective 2w": f2["objective"],
                 }
             )
-            write_results("out_of_core_quick" if args.quick else "out_of_core", payload)
+            write_results(result_name, payload)
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -816,7 +818,7 @@ def main(argv=None) -> None:
         for line in s[n]["limits"]:
             print(" -", line)
     print(json.dumps(summary, indent=1, default=float))
-    write_results("out_of_core_quick" if args.quick else "out_of_core", payload)
+    write_results(result_name, payload)
 
 
 if __name__ == "__main__":
