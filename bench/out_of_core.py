@@ -526,13 +526,15 @@ def limits_text(size: int, pass_res: dict, fit2: dict, fit1: dict | None) -> lis
     out = []
     ps = pass_res.get("pass_stream") or {}
     by = ps.get("by_prefix", {})
-    kern = by.get("run_block", {})
-    read = {k: v for k, v in by.items() if k != "run_block"}
+    # the kernel's task: run_task since stop 14 (G blocks per task), run_block before
+    kname = "run_task" if "run_task" in by else "run_block"
+    kern = by.get(kname, {})
+    read = {k: v for k, v in by.items() if k != kname}
     read_s = sum(v["compute_s"] for v in read.values())
     if ps:
         out.append(
             f"{size:,} rows, one pass on {ps['threads']} worker threads: span {ps['span_s']:.2f} s, "
-            f"workers busy {100 * ps['busy_fraction']:.0f}% (kernel run_block "
+            f"workers busy {100 * ps['busy_fraction']:.0f}% (kernel {kname} "
             f"{kern.get('compute_s', 0):.2f} s, read+decompress {read_s:.2f} s, transfers "
             f"{ps['transfer_s']:.2f} s, idle {ps['idle_s']:.2f} s thread-seconds); "
             f"{pass_res['rounds']} rounds, median {pass_res['round_ms_median']:.1f} ms/round vs "
