@@ -199,10 +199,9 @@ def test_objective_within_half_percent_of_serial_at_W_2_8_32(optimizer, small_bl
             da.from_array(X, chunks=(500, 8))
         )
         assert dist.objective_ <= 1.005 * serial.objective_, (optimizer, W)
-        # at most one pass more than serial (issue 15), except Adam at W = 32, whose averaged
-        # end points take about 1/W of a serial round's step (measured 20 passes vs 10; README)
-        if optimizer != "adam" or W <= 8:
-            assert dist.n_iter_ <= serial.n_iter_ + 1, (optimizer, W, dist.n_iter_)
+        # at most one pass more than serial (issue 15); Adam at W = 32 took 20 passes against
+        # 10 while its tasks ran on their serial clocks (see DaskPasses.run_pass)
+        assert dist.n_iter_ <= serial.n_iter_ + 1, (optimizer, W, dist.n_iter_)
 
 
 def test_all_workers_gone_fails_within_the_timeout(zarr_store):
