@@ -201,6 +201,29 @@ def test_label_free_nightly_with_self_training(prefect_harness, mnist_test, tmp_
     assert _self_training(default, stuck, np.full(300, -1)) == {}
 
 
+def test_nightly_with_k_chosen_from_the_data(prefect_harness, mnist_test, tmp_path):
+    """``n_clusters = "auto"`` end to end, two nights (the second one runs the drift check
+    against the first version's reference): every stage reads the K the cluster stage chose,
+    the run record and the BI ``runs`` table carry it, and the report shows the choice."""
+    from flows.nightly import nightly
+
+    src = {"kind": "parquet", "path": str(_features_parquet(tmp_path, mnist_test[0]))}
+    out = tmp_path / "out"
+    for night in range(2):
+        rec = nightly(config=_config(out, src, n_clusters="auto", k_range=[3, 8]))
+        assert rec["status"] == "completed", (night, rec.get("error"))
+        k = rec["n_clusters"]
+        assert isinstance(k, int) and 3 <= k <= 8
+        assert rec["cluster"]["k_selection"]["n_clusters"] == k
+        assert len(rec["cluster"]["clusters"]) == k
+        html = Path(rec["report"]["html"]).read_text()
+        assert f'data-field="k_selected">{k}<' in html
+        assert 'alt="choice of the number of clusters"' in html
+    assert rec["monitor"]  # the second night compared its batch with the reference
+    runs = _duck(out, "select run_id, n_clusters from runs order by run_id")
+    assert len(runs) == 2 and runs["n_clusters"].iloc[-1] == k
+
+
 def test_half_labeled_nightly_reports_on_held_out_rows_only(prefect_harness, mnist_test, tmp_path):
     """Half of the images carry a label. The encoder learns from labeled and unlabeled rows
     (semi-supervised); the report's figures use labeled items the encoder neither trained nor
