@@ -15,7 +15,9 @@ The rule (``docs/distributed.md`` gives the effective step and the convergence a
   run does with the same samples); for sgd with r = 2 it is exact, and it never overshoots
   (``P`` in [0, 1]). Velocities and moments are composed the same way with their own decay
   (momentum/NAG: gamma, RMSProp: its decay, Adam: beta1/beta2); AdaGrad's accumulator is summed;
-  update counts add up, the bounding box is the union;
+  update counts add up, the bounding box is the union. Adam is the exception: its normalised
+  steps do not contract, so its centers are the update-weighted mean of the tasks' end points,
+  and the tasks of one round all run on the round's clock (they are samples of one move);
 * pipelining: while the driver composes round ``r``, round ``r + 1`` is already running; it
   started from the state after round ``r - 1`` (staleness: one round, ``W`` tasks; passes of
   fewer than four rounds run synchronously). ``W = 1``
