@@ -11,6 +11,7 @@ Appends one JSON line per run to ``bench/results/reteach_dev.jsonl``.
     python bench/reteach_dev.py 4 13 10000 2           # every 4 epochs
     python bench/reteach_dev.py 3 14 10000 2 0.8       # every 3, keep 0.8
     python bench/reteach_dev.py 4 13 10000 2 0.5 augment   # every 4, augmented triplet batches
+    python bench/reteach_dev.py 4 13 10000 2 0.5 - spread=10   # every 4, teacher spread 10
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ def main() -> None:
     epochs, rows, threads = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
     keep = float(sys.argv[5]) if len(sys.argv) > 5 else 0.5
     augment = len(sys.argv) > 6 and sys.argv[6] == "augment"
+    teacher = {k: int(v) for k, v in (a.split("=") for a in sys.argv[7:])}  # e.g. spread=10
     torch.set_num_threads(threads)
     x, y = load_mnist("train")
     perm = np.random.default_rng(0).permutation(len(x))
@@ -44,6 +46,8 @@ def main() -> None:
         lab[np.flatnonzero(y[tr] == c)[:10]] = c
     t0 = time.perf_counter()
     pl = {"source": "manifold", "start_epoch": 5, "every": every, "keep": keep}
+    if teacher:
+        pl["teacher"] = teacher
     enc = train_encoder(
         x[tr], lab, epochs=epochs, batch_size=256, seed=0, selfsup_space="hidden",
         pseudo_labels=pl, progress=False, augment=augment,
@@ -65,11 +69,13 @@ def main() -> None:
         "every": every,
         "keep": keep,
         "augment": augment,
+        "teacher": teacher,
         "epochs": epochs,
         "rows": rows,
         "dev_f1": float(f1_score(y[dev], names[km.predict(zd)], average="weighted")),
         "train_acc": float((names[km.labels_] == y[tr]).mean()),
         "teach": [(t["epoch"], t.get("labeled_agreement")) for t in teachings],
+        "pseudo_labeled": [t.get("n_pseudo_labeled") for t in teachings],
         # records without it predate stop 15's clamp: the labels only seeded the means
         "mixture": teachings[-1].get("mixture", "seeded means"),
         "best_epoch": m["metrics"]["best_epoch"],

@@ -238,11 +238,44 @@ def test_manifold_teacher_with_labels_names_components_by_class() -> None:
     assert info["em"]["converged"] and info["em"]["iterations"] > 1  # the clamped EM
 
 
+def test_teacher_spread_labels_rows_outside_the_kept_share_only_where_all_agree() -> None:
+    from sqflow.embedding.teacher import _spread
+
+    # 1-D features: classes 0 and 1 labeled or kept at 0..0.2 and 10..10.2; three rows left out
+    space = np.array([0, 0.1, 0.2, 10, 10.1, 10.2, 0.15, 5.1, 0.05])[:, None]
+    out = np.array([0, 0, 0, 1, 1, 1, -1, -1, -1])
+    component_class = np.array([0, 0, 0, 1, 1, 1, 0, 0, 1])
+    assert _spread(space, out.copy(), component_class, 0) == 0  # off
+    got = out.copy()
+    assert _spread(space, got, component_class, 3) == 1
+    # row 6: three class-0 neighbours and a class-0 component -> 0; row 7: its neighbours
+    # disagree; row 8: they agree on 0 but its own component is class 1 -> both stay -1
+    np.testing.assert_array_equal(got, [0, 0, 0, 1, 1, 1, 0, -1, -1])
+
+    x, y = _teacher_blobs()
+    labels = np.full(len(y), -1)
+    for c in range(6):
+        labels[np.flatnonzero(y == c)[:5]] = c
+    base, info0 = manifold_pseudo_labels(x, labels, keep=0.5, seed=0)
+    out, info = manifold_pseudo_labels(x, labels, keep=0.5, seed=0, teacher={"spread": 10})
+    unl = labels < 0
+    assert info0["n_spread"] == 0 and info["n_spread"] > 0.3 * (base[unl] < 0).sum()
+    # the kept share is unchanged; spreading only adds rows, with their component's class
+    np.testing.assert_array_equal(out[base >= 0], base[base >= 0])
+    assert (
+        (out[unl] >= 0).sum()
+        == info["n_pseudo_labeled"]
+        == info0["n_pseudo_labeled"] + info["n_spread"]
+    )
+    assert _purity(out, y) > 0.99
+
+
 @pytest.mark.parametrize(
     ("option", "match"),
     [
         ({"source": "graph"}, "source"),
         ({"source": "manifold", "teacher": {"pca": 1}}, "pca"),
+        ({"source": "manifold", "teacher": {"spread": -1}}, "spread"),
         ({"source": "manifold", "teacher": {"neighbours": 5}}, "unknown keys"),
         ({"teacher": {"pca": 20}}, "source='manifold'"),
         ({"every": 2}, "source='manifold'"),

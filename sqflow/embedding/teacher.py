@@ -20,7 +20,9 @@ the thread count. The teacher (``source="manifold"``) looks at a richer space, o
 
 Per component the ``keep`` share of its unlabeled rows that are clearly assigned (posterior
 >= 0.95) and lie where the mixture density is highest gets the component as pseudo-label; labeled rows keep theirs. The triplet loss trains on them for the
-remaining epochs. UMAP runs with a fixed ``random_state`` (single-threaded, so the result does
+remaining epochs. With ``spread = k`` (off by default) a row outside the kept share is also
+labeled when its ``k`` nearest labeled or kept rows in the PCA space all carry its component's
+class (:func:`_spread`). UMAP runs with a fixed ``random_state`` (single-threaded, so the result does
 not depend on the thread count): the teacher is deterministic for a seed.
 
 Measured on MNIST (10,000 training rows, 5 epochs of NT-Xent, 2-core CPU): teacher labels
@@ -49,13 +51,15 @@ __all__ = [
 ]
 
 #: pca: principal components before UMAP; n_neighbors / n_components: UMAP's graph size and
-#: output dimension; gmm_inits: label-free starts of the mixture; max_rows: rows taught at most
+#: output dimension; gmm_inits: label-free starts of the mixture; max_rows: rows taught at most;
+#: spread: neighbours that must agree to label a row outside the kept share (0: off)
 TEACHER_DEFAULT: dict[str, Any] = {
     "pca": 50,
     "n_neighbors": 15,
     "n_components": 10,
     "gmm_inits": 3,
     "max_rows": 70_000,
+    "spread": 0,
 }
 
 _CONSTRAINTS = {
@@ -64,6 +68,7 @@ _CONSTRAINTS = {
     "n_components": (2, "an int >= 2"),
     "gmm_inits": (1, "an int >= 1"),
     "max_rows": (20, "an int >= 20"),
+    "spread": (0, "an int >= 0 (0: off)"),
 }
 
 
@@ -338,12 +343,14 @@ def manifold_pseudo_labels(
         best = members[np.lexsort((-density[members], ~clear[members]))[:n_keep]]
         out[best] = classes[c]
         kept_conf.append(conf[best])
+    n_spread = _spread(feats[row_of], out, classes[comp], cfg["spread"])
     info: dict[str, Any] = {
         "source": "manifold",
         **cfg,
         "n_taught": int(len(labels)),
         "n_distinct": int(n_distinct),
-        "n_pseudo_labeled": int(sum(len(c) for c in kept_conf)),
+        "n_pseudo_labeled": int(sum(len(c) for c in kept_conf)) + n_spread,
+        "n_spread": n_spread,
         "components": int(k),
         "pca_used": int(n_pca),
         "mean_posterior_kept": float(np.concatenate(kept_conf).mean()) if kept_conf else None,
@@ -356,3 +363,30 @@ def manifold_pseudo_labels(
         info["labeled_agreement"] = float((free_choice == y).mean())
         info["mixture"] = "labeled rows clamped in EM"
     return out, info
+
+
+def _spread(space: np.ndarray, out: np.ndarray, component_class: np.ndarray, k: int) -> int:
+    """Label, in place, the unlabeled rows outside the kept share whose ``k`` nearest labeled or
+    kept rows (in the teacher's PCA space, before UMAP) all carry one class, and that class is
+    the row's own component. Returns how many rows it labelled (0 when ``k`` is 0).
+
+    Why: the kept share is the easy core of each component (on MNIST 99 % right), so the
+    encoder never gets a label for the harder rows, which is where its test errors are.
+    Measured on the teacher's dev inputs (10,000 training rows, 10 or 60 labels per class,
+    features after 5 epochs; no test image): with ``k = 10`` it labels 71 % of the rows left
+    out at 98.9-99.0 % right, as right as the kept share; the mixture's own labels of those
+    rows are 94 % right, and the vote in the UMAP space is no better than the mixture."""
+    if k == 0:
+        return 0
+    from sklearn.neighbors import NearestNeighbors
+
+    src = np.flatnonzero(out >= 0)
+    rest = np.flatnonzero(out < 0)
+    if len(src) < k or not len(rest):
+        return 0
+    nn = NearestNeighbors(n_neighbors=k).fit(space[src])
+    _, idx = nn.kneighbors(space[rest])
+    votes = out[src][idx]
+    take = rest[(votes == votes[:, :1]).all(axis=1) & (votes[:, 0] == component_class[rest])]
+    out[take] = component_class[take]
+    return int(len(take))
