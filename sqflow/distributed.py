@@ -114,6 +114,15 @@ class TaskResult:
 #: passes of fewer rounds run them synchronously (no staleness), see ``DaskPasses``
 MIN_PIPELINED_ROUNDS = 4
 
+
+def _averages_end_points(opt: int) -> bool:
+    """Whether a round's centers are the update-weighted mean of its tasks' end points instead
+    of their composition (Adam: its normalised steps do not contract, see ``combine``). Such a
+    round runs synchronously (a stale start would undo a round under averaging) and all its
+    tasks run on the round's clock (they are samples of one move, see ``run_pass``)."""
+    return opt == OPTIMIZER_CODES["adam"]
+
+
 _UNWEIGHTED = np.empty(0)
 _IN_ORDER = np.empty(0, dtype=np.int64)
 
@@ -267,7 +276,7 @@ def combine(
     opt = args.opt
     movers = np.zeros(out.centers.shape[0], dtype=np.int64)
     last = np.full(out.centers.shape[0], -1)
-    adam = OPTIMIZER_CODES["adam"]
+    averaged = _averages_end_points(opt)
     total = np.zeros((out.centers.shape[0], 1))
     moved_sum = np.zeros_like(out.centers)
     for b, (res, st) in enumerate(zip(results, starts)):
@@ -276,7 +285,7 @@ def combine(
         moved = n[:, 0] > 0
         movers += moved
         last[moved] = b
-        if opt == adam:
+        if averaged:
             # Adam's step is normalised by sqrt(v): it does not shrink near the target, so
             # tasks that start from one point each take full steps toward the same target and
             # their sum overshoots up to W times. Its end points are averaged, weighted by
@@ -299,7 +308,7 @@ def combine(
         out.count = out.count + (end.count - st.count)
         out.lo = np.minimum(out.lo, end.lo)
         out.hi = np.maximum(out.hi, end.hi)
-    if opt == adam:
+    if averaged:
         out.centers = np.where(total > 0, moved_sum / np.maximum(total, 1.0), out.centers)
     if args.project:
         out.centers = np.clip(out.centers, out.lo, out.hi)
@@ -495,11 +504,11 @@ class DaskPasses:
             t += sum(self.bounds[b][1] - self.bounds[b][0] for b in task)
         t_end = t
         first_task = np.cumsum([0] + [len(r) for r in rounds])
-        if W > 1 and args.opt == OPTIMIZER_CODES["adam"]:
-            # Adam's end points are averaged (see combine), so the tasks of a round are
-            # samples of one move and all take the round's first steps: on their serial clocks
-            # the later tasks' smaller steps dragged the average back toward the start
-            # (measured: W = 32, 1,000-row chunks, 14 passes where serial takes 9; 7 with this)
+        if W > 1 and _averages_end_points(args.opt):
+            # averaged end points are samples of one move: all take the round's first steps.
+            # On their serial clocks the later tasks' smaller steps dragged the average back
+            # toward the start (Adam, W = 32, 1,000-row chunks: 14 passes where serial takes 9;
+            # 7 with this)
             for r in range(len(rounds)):
                 clocks[first_task[r] : first_task[r + 1]] = [clocks[first_task[r]]] * len(rounds[r])
         self.clipped = 0
@@ -538,12 +547,12 @@ class DaskPasses:
 
         stale = self.staleness
         if stale is None:
-            # Adam's end points are averaged (see combine): a stale start would undo a round;
+            # averaged end points (Adam, see combine): a stale start would undo a round;
             # with fewer than MIN_PIPELINED_ROUNDS rounds a stale round is a large share of the
             # pass (measured: W = 32 over 60 blocks, 2 rounds: momentum/NAG 9 passes where the
             # serial fit takes 7, RMSProp 8 vs 5; synchronous: 6 and 4)
             synchronous = (
-                W == 1 or args.opt == OPTIMIZER_CODES["adam"] or len(rounds) < MIN_PIPELINED_ROUNDS
+                W == 1 or _averages_end_points(args.opt) or len(rounds) < MIN_PIPELINED_ROUNDS
             )
             stale = 0 if synchronous else 1
         inflight = []
