@@ -294,7 +294,14 @@ def _cache_key(cfg: PaperConfig, setting: Setting, data_hash: str, mode: str) ->
         if cfg.selfsup_space != "latent":
             keep["selfsup_space"] = cfg.selfsup_space
         if cfg.pseudo_labels is not None:
-            keep["pseudo_labels"] = _pseudo_for(cfg, mode)
+            pseudo = _pseudo_for(cfg, mode)
+            if pseudo and pseudo.get("source") == "manifold":
+                from .embedding.teacher import teacher_ranges
+
+                # the teacher's settings with its defaults filled in: a changed default
+                # (spread became "auto") must not reuse an encoder trained under the old one
+                pseudo = {**pseudo, "teacher": teacher_ranges(pseudo.get("teacher"))}
+            keep["pseudo_labels"] = pseudo
     fraction = setting.fraction if setting.count is None else f"n{setting.count}"
     keep.update(fraction=fraction, data=data_hash)
     return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]

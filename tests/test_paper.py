@@ -247,3 +247,21 @@ def test_settings_and_hungarian_scores() -> None:
         PaperConfig(fractions=(), label_counts=(5,)).validate()
     with pytest.raises(ValueError, match="both empty"):
         PaperConfig(fractions=(), label_counts=()).validate()
+
+
+def test_encoder_cache_key_covers_the_teachers_defaults() -> None:
+    """An encoder cached under one teacher setting is never reused for another, including
+    a setting that differs only by a default the user did not write out."""
+    from sqflow.embedding.teacher import TEACHER_DEFAULT
+    from sqflow.paper import Setting, _cache_key
+
+    def key(teacher: dict | None) -> str:
+        pseudo = {"source": "manifold", "start_epoch": 5}
+        if teacher is not None:
+            pseudo["teacher"] = teacher
+        cfg = PaperConfig(fractions=(), label_counts=(100,), pseudo_labels=pseudo)
+        return _cache_key(cfg, Setting(0.0, 100), "data", "semi-supervised")
+
+    assert key(None) == key({}) == key({"spread": TEACHER_DEFAULT["spread"]})
+    assert key({"spread": 0}) != key(None) != key({"spread": 10})
+    assert key({"spread": 10}) != key({"spread": 0})

@@ -209,6 +209,7 @@ def test_manifold_teacher_label_free_is_pure_deterministic_and_keeps_its_share()
     assert info["n_taught"] == len(y) and info["components"] == 6
     assert info["n_pseudo_labeled"] == int((out >= 0).sum())
     assert info["em"]["converged"] and info["em"]["iterations"] >= 1  # sklearn's mixture
+    assert info["spread"] == 0 and info["n_spread"] == 0  # "auto" spreads only with labels
 
 
 def test_manifold_teacher_gives_identical_rows_one_label() -> None:
@@ -256,9 +257,12 @@ def test_teacher_spread_labels_rows_outside_the_kept_share_only_where_all_agree(
     labels = np.full(len(y), -1)
     for c in range(6):
         labels[np.flatnonzero(y == c)[:5]] = c
-    base, info0 = manifold_pseudo_labels(x, labels, keep=0.5, seed=0)
-    out, info = manifold_pseudo_labels(x, labels, keep=0.5, seed=0, teacher={"spread": 10})
+    base, info0 = manifold_pseudo_labels(x, labels, keep=0.5, seed=0, teacher={"spread": 0})
+    out, info = manifold_pseudo_labels(x, labels, keep=0.5, seed=0)  # "auto": 10 with labels
+    explicit, _ = manifold_pseudo_labels(x, labels, keep=0.5, seed=0, teacher={"spread": 10})
+    np.testing.assert_array_equal(out, explicit)
     unl = labels < 0
+    assert info["spread"] == 10
     assert info0["n_spread"] == 0 and info["n_spread"] > 0.3 * (base[unl] < 0).sum()
     # the kept share is unchanged; spreading only adds rows, with their component's class
     np.testing.assert_array_equal(out[base >= 0], base[base >= 0])
@@ -276,6 +280,7 @@ def test_teacher_spread_labels_rows_outside_the_kept_share_only_where_all_agree(
         ({"source": "graph"}, "source"),
         ({"source": "manifold", "teacher": {"pca": 1}}, "pca"),
         ({"source": "manifold", "teacher": {"spread": -1}}, "spread"),
+        ({"source": "manifold", "teacher": {"spread": "on"}}, "'auto' or an int"),
         ({"source": "manifold", "teacher": {"neighbours": 5}}, "unknown keys"),
         ({"teacher": {"pca": 20}}, "source='manifold'"),
         ({"every": 2}, "source='manifold'"),

@@ -19,11 +19,14 @@ the thread count. The teacher (``source="manifold"``) looks at a richer space, o
    wins.
 
 Per component the ``keep`` share of its unlabeled rows that are clearly assigned (posterior
->= 0.95) and lie where the mixture density is highest gets the component as pseudo-label; labeled rows keep theirs. The triplet loss trains on them for the
-remaining epochs. With ``spread = k`` (off by default) a row outside the kept share is also
-labeled when its ``k`` nearest labeled or kept rows in the PCA space all carry its component's
-class (:func:`_spread`). UMAP runs with a fixed ``random_state`` (single-threaded, so the result does
-not depend on the thread count): the teacher is deterministic for a seed.
+>= 0.95) and lie where the mixture density is highest gets the component as pseudo-label;
+labeled rows keep theirs. The triplet loss trains on them for the remaining epochs. With
+``spread = k`` (``"auto"``, the default: 10 when any row is labeled, off label-free) a row
+outside the kept share is also labeled when its ``k`` nearest labeled or kept rows in the PCA
+space all carry its component's class (:func:`_spread`; on full MNIST with 100 labels it
+raised the test F1 by 0.4-0.5 points on two seeds, README). UMAP runs with a fixed
+``random_state`` (single-threaded, so the result does not depend on the thread count): the
+teacher is deterministic for a seed.
 
 Measured on MNIST (10,000 training rows, 5 epochs of NT-Xent, 2-core CPU): teacher labels
 96.2-96.3 % correct (Hungarian) / NMI 0.91, against 79-84 % for the same steps on raw pixels
@@ -52,15 +55,17 @@ __all__ = [
 
 #: pca: principal components before UMAP; n_neighbors / n_components: UMAP's graph size and
 #: output dimension; gmm_inits: label-free starts of the mixture; max_rows: rows taught at most;
-#: spread: neighbours that must agree to label a row outside the kept share (0: off)
+#: spread: neighbours that must agree to label a row outside the kept share (0: off; "auto":
+#: SPREAD_WITH_LABELS when any row is labeled, off label-free, where it is not measured)
 TEACHER_DEFAULT: dict[str, Any] = {
     "pca": 50,
     "n_neighbors": 15,
     "n_components": 10,
     "gmm_inits": 3,
     "max_rows": 70_000,
-    "spread": 0,
+    "spread": "auto",
 }
+SPREAD_WITH_LABELS = 10
 
 _CONSTRAINTS = {
     "pca": (2, "an int >= 2"),
@@ -68,7 +73,7 @@ _CONSTRAINTS = {
     "n_components": (2, "an int >= 2"),
     "gmm_inits": (1, "an int >= 1"),
     "max_rows": (20, "an int >= 20"),
-    "spread": (0, "an int >= 0 (0: off)"),
+    "spread": (0, "'auto' or an int >= 0 (0: off)"),
 }
 
 
@@ -83,6 +88,8 @@ def teacher_ranges(option: dict[str, Any] | None) -> dict[str, Any]:
     r = {**TEACHER_DEFAULT, **option}
     for key, (low, valid) in _CONSTRAINTS.items():
         v = r[key]
+        if key == "spread" and v == "auto":
+            continue
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
             raise ValueError(f"teacher {key}={v!r} must be {valid}")
         r[key] = int(v)
@@ -343,6 +350,8 @@ def manifold_pseudo_labels(
         best = members[np.lexsort((-density[members], ~clear[members]))[:n_keep]]
         out[best] = classes[c]
         kept_conf.append(conf[best])
+    if cfg["spread"] == "auto":
+        cfg["spread"] = SPREAD_WITH_LABELS if lab.any() else 0
     n_spread = _spread(feats[row_of], out, classes[comp], cfg["spread"])
     info: dict[str, Any] = {
         "source": "manifold",
