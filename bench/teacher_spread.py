@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench._report import machine, print_table, write_results  # noqa: E402
 from bench.teacher_inputs import _teacher_features_after  # noqa: E402
 from sqflow.embedding.teacher import manifold_pseudo_labels  # noqa: E402
+from sqflow.paper import hungarian_mapping  # noqa: E402
 
 
 def _acc(got: np.ndarray, y: np.ndarray, rows: np.ndarray) -> float | None:
@@ -67,8 +68,6 @@ def main() -> None:
         mixture, _ = manifold_pseudo_labels(feats, labels, keep=1.0, seed=0, teacher=off, **k)
         mapping = None
         if per_class == 0:
-            from sqflow.paper import hungarian_mapping
-
             m = mixture >= 0
             mapping = hungarian_mapping(mixture[m], y[m], 10)
             kept, spread, mixture = (_named(a, mapping) for a in (kept, spread, mixture))

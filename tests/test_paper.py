@@ -249,9 +249,11 @@ def test_settings_and_hungarian_scores() -> None:
         PaperConfig(fractions=(), label_counts=()).validate()
 
 
-def test_encoder_cache_key_covers_the_teachers_defaults() -> None:
+def test_encoder_cache_key_covers_the_teachers_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     """An encoder cached under one teacher setting is never reused for another, including
-    a setting that differs only by a default the user did not write out."""
+    a setting that differs only by a default the user did not write out, and an encoder
+    cached before a default changed."""
+    from sqflow.embedding import teacher
     from sqflow.embedding.teacher import TEACHER_DEFAULT
     from sqflow.paper import Setting, _cache_key
 
@@ -265,3 +267,6 @@ def test_encoder_cache_key_covers_the_teachers_defaults() -> None:
     assert key(None) == key({}) == key({"spread": TEACHER_DEFAULT["spread"]})
     assert key({"spread": 0}) != key(None) != key({"spread": 10})
     assert key({"spread": 10}) != key({"spread": 0})
+    before = key(None)
+    monkeypatch.setitem(teacher.TEACHER_DEFAULT, "spread", 0)  # as before stop 18
+    assert key(None) != before and key(None) == key({"spread": 0})
