@@ -169,7 +169,9 @@ def test_selfsup_weight_zero_ignores_unlabeled_rows(mnist_small) -> None:
     m = enc.metadata
     assert m["n_labeled"] == 400 and m["labeled_fraction"] == pytest.approx(0.5)
     assert m["n_train"] + m["n_val"] == 400 and m["n_train_unlabeled"] == 0
-    assert m["mode"] == "semi-supervised" and m["params"]["selfsup"]["objective"] is None
+    # the unlabeled rows taught nothing, so the record must not say semi-supervised
+    assert m["mode"] == "supervised" and m["params"]["selfsup"]["objective"] is None
+    assert m["n_unlabeled"] == 400
     # the same labeled rows with the unlabeled ones removed give the same network
     only = train_encoder(x[:800][1::2], y[:800][1::2], epochs=1, batch_size=100, progress=False)
     np.testing.assert_array_equal(enc.embed(x[:50]), only.embed(x[:50]))

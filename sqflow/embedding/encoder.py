@@ -469,11 +469,14 @@ def train_encoder(
 ) -> TripletEncoder:
     """Train an encoder on every row: triplets on the labeled rows, NT-Xent on all rows.
 
-    The mode follows the labels (see :func:`training_mode`):
+    The mode follows the labels (see :func:`training_mode`) and is recorded in
+    ``metadata["mode"]``:
 
     * ``"supervised"`` (no -1): the paper's triplet network (PAPER.md section 4), as before;
-      the label-free term is off unless ``selfsup_weight`` is given.
-    * ``"semi-supervised"`` (some -1): per step, a batch of ``batch_size`` rows drawn from ALL
+      the label-free term is off unless ``selfsup_weight`` is given. Also the mode of some -1
+      with ``selfsup_weight=0``, which trains on the labeled rows alone (``n_unlabeled`` still
+      counts the rows passed and ignored).
+    * ``"semi-supervised"`` (some -1, ``selfsup_weight`` > 0): per step, a batch of ``batch_size`` rows drawn from ALL
       training rows gives two random views and the NT-Xent loss (:mod:`.selfsup`), and a batch of
       up to ``batch_size`` labeled training rows (cycled) gives the semi-hard triplet loss;
       loss = triplet + ``selfsup_weight`` * NT-Xent. One epoch = one pass over all training rows.
@@ -544,7 +547,7 @@ def train_encoder(
     selfsup_weight:
         Weight of the NT-Xent term. None (default): 1.0 when any row is unlabeled, 0 (off) when
         all rows are labeled. 0 with unlabeled rows: they are ignored (the pre-semi-supervised
-        behaviour). Must be > 0 in label-free mode.
+        behaviour) and the mode is recorded as "supervised". Must be > 0 in label-free mode.
     temperature:
         NT-Xent temperature T > 0 (default 0.5).
     views:
@@ -658,6 +661,10 @@ def train_encoder(
             "pseudo_labels need the label-free term (selfsup_weight > 0 and unlabeled rows): "
             "without it no unlabeled row is trained on"
         )
+    if mode == "semi-supervised" and not selfsup:
+        # selfsup_weight=0 ignores the unlabeled rows: the network is the one trained on the
+        # labeled rows alone (bit-identical), so the recorded mode must not claim they taught it
+        mode = "supervised"
     if selfsup_space == "hidden" and mode == "label-free" and pl_cfg is None:
         raise ValueError(
             "selfsup_space='hidden' without labels trains nothing into the latent: add "
