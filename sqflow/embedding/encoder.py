@@ -476,9 +476,10 @@ def train_encoder(
       the label-free term is off unless ``selfsup_weight`` is given. Also the mode of some -1
       with ``selfsup_weight=0``, which trains on the labeled rows alone (``n_unlabeled`` still
       counts the rows passed and ignored).
-    * ``"semi-supervised"`` (some -1, ``selfsup_weight`` > 0): per step, a batch of ``batch_size`` rows drawn from ALL
-      training rows gives two random views and the NT-Xent loss (:mod:`.selfsup`), and a batch of
-      up to ``batch_size`` labeled training rows (cycled) gives the semi-hard triplet loss;
+    * ``"semi-supervised"`` (some -1, ``selfsup_weight`` > 0): per step, a batch of
+      ``batch_size`` rows drawn from ALL training rows gives two random views and the NT-Xent
+      loss (:mod:`.selfsup`), and a batch of up to ``batch_size`` labeled training rows
+      (cycled) gives the semi-hard triplet loss;
       loss = triplet + ``selfsup_weight`` * NT-Xent. One epoch = one pass over all training rows.
     * ``"label-free"`` (all -1): NT-Xent only.
 
